@@ -1,0 +1,295 @@
+// tiny-llm extension SDK: write native kernels against tensor-core tensors.
+//
+// A kernel in another package's addon includes this header (header-only), receives tensors from JavaScript
+// as views (`tensor.native()` on the TypeScript side), and runs its work on tensor-core's thread pool, so
+// that every addon in the process shares one pool. Usage, in the addon's module init:
+//
+//   Napi::Object Init(Napi::Env env, Napi::Object exports) {
+//     tl::sdk::connect(env);              // binds to @tiny-llm/tensor-core's pool; once per addon
+//     exports["scaleInto"] = Napi::Function::New(env, ScaleInto);
+//     return exports;
+//   }
+//
+// and in a kernel:
+//
+//   tl::TensorRef x = tl::tensor_arg(info, 0, "scaleInto");  // checks it is a tensor view, names the op
+//   tl::require_contiguous(x, "scaleInto", "x");
+//   tl::parallel_for(x.numel(), 4096, [&](int64_t begin, int64_t end) { ... });
+//
+// The JavaScript side allocates outputs (`empty(shape, {dtype})`) and passes them in, so kernels never
+// allocate tensors themselves.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace tl {
+
+// The dtype codes shared with the TypeScript side (src/dtype.ts).
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, I32 = 3, U32 = 4, U8 = 5, Bool = 6 };
+
+inline int64_t dtype_size(DType d) {
+  switch (d) {
+    case DType::F32: case DType::I32: case DType::U32: return 4;
+    case DType::F16: case DType::BF16: return 2;
+    default: return 1;
+  }
+}
+
+inline const char* dtype_name(DType d) {
+  static const char* names[] = {"float32", "float16", "bfloat16", "int32", "uint32", "uint8", "bool"};
+  int i = static_cast<int>(d);
+  return i >= 0 && i < 7 ? names[i] : "unknown";
+}
+
+// ---- bf16 / f16 <-> f32, bit-exact with round-to-nearest-even -------------------------------------------------
+
+inline float bits_to_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t f32_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+inline float bf16_to_f32(uint16_t h) { return bits_to_f32(static_cast<uint32_t>(h) << 16); }
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = f32_to_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN, keep sign
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (mant << 13));  // inf / NaN
+  if (exp == 0) {
+    if (mant == 0) return bits_to_f32(sign);
+    // Subnormal: value = mant * 2^-24, exact in f32.
+    float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  return bits_to_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+inline uint16_t f32_to_f16(float f) {
+  uint32_t u = f32_to_bits(f);
+  uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  uint32_t abs = u & 0x7fffffffu;
+  if (abs > 0x7f800000u) return sign | 0x7e00u | static_cast<uint16_t>((abs >> 13) & 0x3ffu);  // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: infinity
+  if (abs < 0x38800000u) {
+    // Result is subnormal (or zero): shift the full significand into place, rounding to nearest even.
+    if (abs < 0x33000000u) return sign;  // below half the smallest subnormal
+    uint32_t exp = abs >> 23;
+    uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
+    uint32_t shift = 126u - exp;  // 14..24
+    uint32_t half = 1u << (shift - 1);
+    uint32_t rest = mant & ((1u << shift) - 1);
+    uint32_t q = mant >> shift;
+    if (rest > half || (rest == half && (q & 1u))) q++;
+    return sign | static_cast<uint16_t>(q);
+  }
+  uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u);  // round to nearest even on the 13 dropped bits
+  return sign | static_cast<uint16_t>(((r >> 13) - (112u << 10)) & 0xffffu);
+}
+
+// Load element i (already multiplied out to an element offset) of any dtype as float / double.
+inline float load_f32(const void* base, DType d, int64_t i) {
+  switch (d) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::I32: return static_cast<float>(static_cast<const int32_t*>(base)[i]);
+    case DType::U32: return static_cast<float>(static_cast<const uint32_t*>(base)[i]);
+    default: return static_cast<float>(static_cast<const uint8_t*>(base)[i]);
+  }
+}
+
+inline double load_f64(const void* base, DType d, int64_t i) {
+  switch (d) {
+    case DType::I32: return static_cast<const int32_t*>(base)[i];
+    case DType::U32: return static_cast<const uint32_t*>(base)[i];
+    case DType::U8: case DType::Bool: return static_cast<const uint8_t*>(base)[i];
+    default: return load_f32(base, d, i);
+  }
+}
+
+// Store a double into any dtype. Integer stores truncate toward zero and saturate, as a C cast would not.
+inline void store_f64(void* base, DType d, int64_t i, double v) {
+  switch (d) {
+    case DType::F32: static_cast<float*>(base)[i] = static_cast<float>(v); break;
+    case DType::F16: static_cast<uint16_t*>(base)[i] = f32_to_f16(static_cast<float>(v)); break;
+    case DType::BF16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(static_cast<float>(v)); break;
+    case DType::I32: {
+      double c = v != v ? 0 : v < -2147483648.0 ? -2147483648.0 : v > 2147483647.0 ? 2147483647.0 : v;
+      static_cast<int32_t*>(base)[i] = static_cast<int32_t>(c);
+      break;
+    }
+    case DType::U32: {
+      double c = v != v ? 0 : v < 0 ? 0 : v > 4294967295.0 ? 4294967295.0 : v;
+      static_cast<uint32_t*>(base)[i] = static_cast<uint32_t>(c);
+      break;
+    }
+    case DType::U8: {
+      double c = v != v ? 0 : v < 0 ? 0 : v > 255.0 ? 255.0 : v;
+      static_cast<uint8_t*>(base)[i] = static_cast<uint8_t>(c);
+      break;
+    }
+    case DType::Bool: static_cast<uint8_t*>(base)[i] = v != 0 ? 1 : 0; break;
+  }
+}
+
+// ---- Tensor views passed from JavaScript ------------------------------------------------------------------------
+
+// A strided view of a tensor's storage. `data` points at the view's first element; strides are in elements.
+struct TensorRef {
+  void* data = nullptr;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+
+  int ndim() const { return static_cast<int>(shape.size()); }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+  bool contiguous() const {
+    int64_t expected = 1;
+    for (int i = ndim() - 1; i >= 0; --i) {
+      if (shape[i] != 1 && strides[i] != expected) return false;
+      expected *= shape[i];
+    }
+    return true;
+  }
+  template <typename T> T* ptr() const { return static_cast<T*>(data); }
+  std::string describe() const {
+    std::string s = std::string(dtype_name(dtype)) + "[";
+    for (int i = 0; i < ndim(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+  }
+};
+
+// Parses the view object that `Tensor.native()` builds: { buffer, byteOffset, dtype, shape, strides }.
+inline TensorRef to_tensor_ref(Napi::Env env, Napi::Value value, const char* op, int index) {
+  auto fail = [&](const std::string& why) -> TensorRef {
+    Napi::TypeError::New(env, std::string(op) + ": argument " + std::to_string(index) + " " + why)
+        .ThrowAsJavaScriptException();
+    return TensorRef{};
+  };
+  if (!value.IsObject()) return fail("is not a tensor view (pass tensor.native())");
+  Napi::Object obj = value.As<Napi::Object>();
+  Napi::Value buffer = obj.Get("buffer");
+  if (!buffer.IsArrayBuffer()) return fail("has no ArrayBuffer storage (is it a GPU tensor?)");
+  Napi::ArrayBuffer ab = buffer.As<Napi::ArrayBuffer>();
+  TensorRef t;
+  t.dtype = static_cast<DType>(obj.Get("dtype").As<Napi::Number>().Int32Value());
+  int64_t byte_offset = obj.Get("byteOffset").As<Napi::Number>().Int64Value();
+  Napi::Array shape = obj.Get("shape").As<Napi::Array>();
+  Napi::Array strides = obj.Get("strides").As<Napi::Array>();
+  uint32_t n = shape.Length();
+  t.shape.resize(n);
+  t.strides.resize(n);
+  int64_t lo = 0, hi = 0;  // extent of the view in elements, relative to its first element
+  for (uint32_t i = 0; i < n; ++i) {
+    t.shape[i] = shape.Get(i).As<Napi::Number>().Int64Value();
+    t.strides[i] = strides.Get(i).As<Napi::Number>().Int64Value();
+    if (t.shape[i] == 0) { lo = hi = 0; break; }
+    int64_t reach = (t.shape[i] - 1) * t.strides[i];
+    (reach < 0 ? lo : hi) += reach;
+  }
+  int64_t es = dtype_size(t.dtype);
+  if (byte_offset + lo * es < 0 || byte_offset + (hi + 1) * es > static_cast<int64_t>(ab.ByteLength()))
+    if (t.numel() > 0) return fail("reaches outside its storage");
+  t.data = static_cast<uint8_t*>(ab.Data()) + byte_offset;
+  return t;
+}
+
+inline TensorRef tensor_arg(const Napi::CallbackInfo& info, int index, const char* op) {
+  return to_tensor_ref(info.Env(), info[index], op, index);
+}
+
+inline bool require_contiguous(Napi::Env env, const TensorRef& t, const char* op, const char* name) {
+  if (t.contiguous()) return true;
+  Napi::TypeError::New(env, std::string(op) + ": " + name + " must be contiguous, got strides of " + t.describe())
+      .ThrowAsJavaScriptException();
+  return false;
+}
+
+// ---- The shared thread pool ---------------------------------------------------------------------------------------
+
+// fn(ctx, begin, end) runs on the pool's threads over [0, n) split in chunks of at least `grain` items.
+using RangeFn = void (*)(void* ctx, int64_t begin, int64_t end);
+
+// The table tensor-core's addon exports (`sdkTable()`), so other addons reach the same pool.
+struct SdkTable {
+  int32_t version;
+  void (*parallel_for)(int64_t n, int64_t grain, RangeFn fn, void* ctx);
+  int32_t (*num_threads)();
+};
+constexpr int32_t kSdkVersion = 1;
+
+namespace sdk {
+inline const SdkTable*& table() {
+  static const SdkTable* t = nullptr;
+  return t;
+}
+
+// Binds this addon to tensor-core's pool: require('@tiny-llm/tensor-core/build') is done on the JS side,
+// which passes `sdkTable()` in; or call connect(env, value) with that External yourself.
+inline bool connect(Napi::Env env, Napi::Value external) {
+  if (!external.IsExternal()) {
+    Napi::TypeError::New(env, "tiny-llm SDK: expected the External from tensor-core's sdkTable()")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  auto* t = external.As<Napi::External<SdkTable>>().Data();
+  if (t->version != kSdkVersion) {
+    Napi::Error::New(env, "tiny-llm SDK: version mismatch (rebuild this addon against the installed tensor-core)")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  table() = t;
+  return true;
+}
+}  // namespace sdk
+
+#ifdef TL_CORE
+// Inside tensor-core the pool is called directly (src/thread_pool.cc).
+void core_parallel_for(int64_t n, int64_t grain, RangeFn fn, void* ctx);
+int32_t core_num_threads();
+#endif
+
+inline void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
+#ifdef TL_CORE
+  core_parallel_for(n, grain, fn, ctx);
+#else
+  if (sdk::table()) {
+    sdk::table()->parallel_for(n, grain, fn, ctx);
+  } else if (n > 0) {
+    fn(ctx, 0, n);  // not connected: run inline rather than fail
+  }
+#endif
+}
+
+// Runs body(begin, end) over [0, n) on the shared pool, chunks of at least `grain` items. Blocks until done.
+template <typename Body> void parallel_for(int64_t n, int64_t grain, const Body& body) {
+  parallel_for_raw(
+      n, grain,
+      [](void* ctx, int64_t b, int64_t e) { (*static_cast<const Body*>(ctx))(b, e); },
+      const_cast<Body*>(&body));
+}
+
+inline int32_t num_threads() {
+#ifdef TL_CORE
+  return core_num_threads();
+#else
+  return sdk::table() ? sdk::table()->num_threads() : 1;
+#endif
+}
+
+}  // namespace tl

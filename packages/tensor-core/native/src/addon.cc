@@ -1,0 +1,29 @@
+// The tensor-core addon: exports every binding that the kernel files registered (see registry.h).
+#include "registry.h"
+#include "thread_pool.h"
+
+namespace {
+
+Napi::Value SdkTableBinding(const Napi::CallbackInfo& info) {
+  static tl::SdkTable table{tl::kSdkVersion, &tl::core_parallel_for, &tl::core_num_threads};
+  return Napi::External<tl::SdkTable>::New(info.Env(), &table);
+}
+TL_EXPORT("sdkTable", SdkTableBinding);
+
+Napi::Value NumThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), tl::core_num_threads());
+}
+TL_EXPORT("numThreads", NumThreads);
+
+// An empty call: what the bench uses to measure the cost of crossing from JavaScript into C++.
+Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
+TL_EXPORT("noop", Noop);
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  for (auto& [name, fn] : tl::registered_bindings()) exports.Set(name, Napi::Function::New(env, fn, name));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(tensor_core, Init)

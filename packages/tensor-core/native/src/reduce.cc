@@ -1,0 +1,147 @@
+// Kernels over the last axis of a view: reductions, softmax, prefix sums and sorting.
+// The ops layer moves the axis it reduces to the end with a transposed view, so these kernels need only
+// the last axis (with any stride) and write a contiguous output.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "binding_util.h"
+#include "strided.h"
+
+namespace tl {
+namespace {
+
+enum Reduce { kSum, kMax, kMin, kArgmax, kLogSumExp, kReduceCount };  // REDUCE_OPS in backend.ts
+
+// Sums accumulate in double: exact for integer tensors and free of the drift of long float32 sums.
+double reduce_row(int op, const TensorRef& x, int64_t off, int64_t n, int64_t stride) {
+  auto at = [&](int64_t i) { return load_f64(x.data, x.dtype, off + i * stride); };
+  switch (op) {
+    case kSum: {
+      double s = 0;
+      for (int64_t i = 0; i < n; ++i) s += at(i);
+      return s;
+    }
+    case kMax:
+    case kMin: {
+      double best = at(0);
+      for (int64_t i = 1; i < n; ++i) {
+        double v = at(i);
+        if (v != v) return v;  // NaN wins, as in numpy
+        if (op == kMax ? v > best : v < best) best = v;
+      }
+      return best;
+    }
+    case kArgmax: {
+      int64_t arg = 0;
+      double best = at(0);
+      for (int64_t i = 1; i < n; ++i) {
+        double v = at(i);
+        if (v > best || (v != v && best == best)) {
+          best = v;
+          arg = i;
+        }
+      }
+      return static_cast<double>(arg);
+    }
+    default: {  // logsumexp, shifted by the max so that exp never overflows
+      double m = -std::numeric_limits<double>::infinity();
+      for (int64_t i = 0; i < n; ++i) m = std::max(m, at(i));
+      if (std::isinf(m)) return m;
+      double s = 0;
+      for (int64_t i = 0; i < n; ++i) s += std::exp(at(i) - m);
+      return m + std::log(s);
+    }
+  }
+}
+
+// reduce(op, x, out): out[row] = op over x's last axis. Empty rows: sum 0, others are errors upstream.
+Napi::Value ReduceBinding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int op = info[0].As<Napi::Number>().Int32Value();
+  TL_TENSOR_ARG(x, 1, "reduce");
+  TL_TENSOR_ARG(out, 2, "reduce");
+  if (op < 0 || op >= kReduceCount) return throw_range_error(env, "reduce: unknown op code " + std::to_string(op));
+  if (x.ndim() == 0 || !out.contiguous() || out.numel() * x.shape.back() != x.numel())
+    return throw_range_error(env, "reduce: output " + out.describe() + " does not fit input " + x.describe());
+  const int64_t n = x.shape.back(), stride = x.strides.back();
+  for_each_last_axis_row(x, rows_grain(n), [&](int64_t row, int64_t off) {
+    store_f64(out.data, out.dtype, row, n == 0 ? 0.0 : reduce_row(op, x, off, n, stride));
+  });
+  return env.Undefined();
+}
+TL_EXPORT("reduce", ReduceBinding);
+
+// softmax(x, out): exp(x - max) / sum, float32 math with a double sum; out contiguous, same shape.
+Napi::Value SoftmaxBinding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TL_TENSOR_ARG(x, 0, "softmax");
+  TL_TENSOR_ARG(out, 1, "softmax");
+  if (x.ndim() == 0 || !same_shape(x, out) || !out.contiguous())
+    return throw_range_error(env, "softmax: output " + out.describe() + " does not fit input " + x.describe());
+  const int64_t n = x.shape.back(), stride = x.strides.back();
+  for_each_last_axis_row(x, rows_grain(n), [&](int64_t row, int64_t off) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) m = std::max(m, load_f32(x.data, x.dtype, off + i * stride));
+    std::vector<float> e(n);
+    double s = 0;
+    // A row that is all -inf (fully masked) has no defined softmax; it becomes zeros rather than NaN.
+    const bool empty = std::isinf(m) && m < 0;
+    for (int64_t i = 0; i < n; ++i) {
+      e[i] = empty ? 0.f : std::exp(load_f32(x.data, x.dtype, off + i * stride) - m);
+      s += e[i];
+    }
+    const double inv = s > 0 ? 1.0 / s : 0.0;
+    for (int64_t i = 0; i < n; ++i) store_f64(out.data, out.dtype, row * n + i, e[i] * inv);
+  });
+  return env.Undefined();
+}
+TL_EXPORT("softmax", SoftmaxBinding);
+
+// cumsum(x, out): inclusive prefix sums over the last axis, accumulated in double.
+Napi::Value CumsumBinding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TL_TENSOR_ARG(x, 0, "cumsum");
+  TL_TENSOR_ARG(out, 1, "cumsum");
+  if (x.ndim() == 0 || !same_shape(x, out) || !out.contiguous())
+    return throw_range_error(env, "cumsum: output " + out.describe() + " does not fit input " + x.describe());
+  const int64_t n = x.shape.back(), stride = x.strides.back();
+  for_each_last_axis_row(x, rows_grain(n), [&](int64_t row, int64_t off) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      s += load_f64(x.data, x.dtype, off + i * stride);
+      store_f64(out.data, out.dtype, row * n + i, s);
+    }
+  });
+  return env.Undefined();
+}
+TL_EXPORT("cumsum", CumsumBinding);
+
+// argsort(x, out, descending): int32 indices that sort each row; stable, NaN last.
+Napi::Value ArgsortBinding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TL_TENSOR_ARG(x, 0, "argsort");
+  TL_TENSOR_ARG(out, 1, "argsort");
+  bool descending = info[2].ToBoolean();
+  if (x.ndim() == 0 || !same_shape(x, out) || !out.contiguous() || out.dtype != DType::I32)
+    return throw_range_error(env, "argsort: output " + out.describe() + " does not fit input " + x.describe());
+  const int64_t n = x.shape.back(), stride = x.strides.back();
+  for_each_last_axis_row(x, rows_grain(n * 16), [&](int64_t row, int64_t off) {
+    std::vector<double> v(n);
+    for (int64_t i = 0; i < n; ++i) v[i] = load_f64(x.data, x.dtype, off + i * stride);
+    int32_t* idx = out.ptr<int32_t>() + row * n;
+    std::iota(idx, idx + n, 0);
+    std::stable_sort(idx, idx + n, [&](int32_t a, int32_t b) {
+      double va = v[a], vb = v[b];
+      if (va != va) return false;  // NaN sorts last either way
+      if (vb != vb) return true;
+      return descending ? va > vb : va < vb;
+    });
+  });
+  return env.Undefined();
+}
+TL_EXPORT("argsort", ArgsortBinding);
+
+}  // namespace
+}  // namespace tl

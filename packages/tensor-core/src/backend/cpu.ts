@@ -1,0 +1,136 @@
+// The CPU backend: storage is an ArrayBuffer, kernels are the C++ addon's (native/src/*.cc).
+import { itemSize, storageView, type DType, type StorageArray } from '../dtype.ts';
+import { native } from '../native.ts';
+import { Tensor } from '../tensor.ts';
+import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp } from './backend.ts';
+import { BINARY_OPS, REDUCE_OPS, UNARY_OPS } from './backend.ts';
+
+export class CpuStorage implements Storage {
+  refs = 0;
+  released = false;
+  constructor(
+    readonly backend: Backend,
+    public buffer: ArrayBuffer,
+    readonly byteOffset: number,
+    readonly byteLength: number,
+    /** Pooled storage goes back to the pool on release; wrapped (mmap'd, user) memory does not. */
+    readonly pooled: boolean,
+  ) {}
+}
+
+// Freshly allocated ArrayBuffers are zero-filled page by page on first touch, which is slow in this VM
+// (DESIGN 3.2); buffers of released tensors are kept per size and handed out again. Only sizes of at least
+// POOL_MIN_BYTES are pooled: small ones are cheap to allocate and would only fragment the pool.
+const POOL_MIN_BYTES = 1 << 16;
+const POOL_MAX_BYTES = 1 << 30;
+
+class BufferPool {
+  private free = new Map<number, ArrayBuffer[]>();
+  private bytes = 0;
+
+  take(byteLength: number): ArrayBuffer {
+    const list = this.free.get(byteLength);
+    const buffer = list?.pop();
+    if (buffer) {
+      this.bytes -= byteLength;
+      return buffer;
+    }
+    return new ArrayBuffer(byteLength);
+  }
+
+  give(buffer: ArrayBuffer): void {
+    if (buffer.byteLength < POOL_MIN_BYTES || this.bytes + buffer.byteLength > POOL_MAX_BYTES) return;
+    let list = this.free.get(buffer.byteLength);
+    if (!list) this.free.set(buffer.byteLength, (list = []));
+    list.push(buffer);
+    this.bytes += buffer.byteLength;
+  }
+}
+
+const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((op, i) => [op, i])) as Record<UnaryOp, number>;
+const BINARY_CODE = Object.fromEntries(BINARY_OPS.map((op, i) => [op, i])) as Record<BinaryOp, number>;
+const REDUCE_CODE = Object.fromEntries(REDUCE_OPS.map((op, i) => [op, i])) as Record<ReduceOp, number>;
+
+class CpuBackend implements Backend {
+  readonly name = 'cpu';
+  private pool = new BufferPool();
+
+  allocate(dtype: DType, size: number): CpuStorage {
+    const byteLength = Math.max(size * itemSize(dtype), 0);
+    const buffer = byteLength >= POOL_MIN_BYTES ? this.pool.take(byteLength) : new ArrayBuffer(byteLength);
+    return new CpuStorage(this, buffer, 0, byteLength, true);
+  }
+
+  /** Storage over memory that already exists (a file mapping, a user's buffer): no copy. */
+  wrap(buffer: ArrayBuffer, byteOffset = 0, byteLength = buffer.byteLength - byteOffset): CpuStorage {
+    return new CpuStorage(this, buffer, byteOffset, byteLength, false);
+  }
+
+  upload(data: StorageArray): CpuStorage {
+    const storage = this.allocate('uint8', data.byteLength);
+    new Uint8Array(storage.buffer, 0, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    return storage;
+  }
+
+  release(storage: Storage): void {
+    const s = storage as CpuStorage;
+    s.released = true;
+    if (s.pooled) this.pool.give(s.buffer);
+    s.buffer = new ArrayBuffer(0);
+  }
+
+  readSync(x: Tensor): StorageArray {
+    const s = x.storage as CpuStorage;
+    if (x.isContiguous) {
+      // A copy, so that the caller may keep it after the tensor's buffer is reused.
+      const start = s.byteOffset + x.offset * itemSize(x.dtype);
+      return storageView(x.dtype, s.buffer.slice(start, start + x.size * itemSize(x.dtype)));
+    }
+    const out = new Tensor(this.allocate(x.dtype, x.size), x.dtype, x.shape);
+    this.unary('copy', x, out);
+    const data = storageView(x.dtype, (out.storage as CpuStorage).buffer.slice(0, x.size * itemSize(x.dtype)));
+    out.dispose();
+    return data;
+  }
+
+  async read(x: Tensor): Promise<StorageArray> {
+    return this.readSync(x);
+  }
+
+  unary(op: UnaryOp, x: Tensor, out: Tensor): void {
+    native.unary(UNARY_CODE[op], x.native(), out.native());
+  }
+  binary(op: BinaryOp, a: Tensor, b: Tensor, out: Tensor): void {
+    native.binary(BINARY_CODE[op], a.native(), b.native(), out.native());
+  }
+  where(cond: Tensor, a: Tensor, b: Tensor, out: Tensor): void {
+    native.where(cond.native(), a.native(), b.native(), out.native());
+  }
+  reduce(op: ReduceOp, x: Tensor, out: Tensor): void {
+    native.reduce(REDUCE_CODE[op], x.native(), out.native());
+  }
+  softmax(x: Tensor, out: Tensor): void {
+    native.softmax(x.native(), out.native());
+  }
+  cumsum(x: Tensor, out: Tensor): void {
+    native.cumsum(x.native(), out.native());
+  }
+  argsort(x: Tensor, out: Tensor, descending: boolean): void {
+    native.argsort(x.native(), out.native(), descending);
+  }
+  matmul(a: Tensor, b: Tensor, out: Tensor): void {
+    native.matmul(a.native(), b.native(), out.native());
+  }
+  take(table: Tensor, indices: Tensor, out: Tensor): void {
+    native.take(table.native(), indices.native(), out.native());
+  }
+  rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
+    native.rmsNorm(x.native(), weight.native(), eps, out.native());
+  }
+  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, traditional: boolean, out: Tensor): void {
+    native.rope(x.native(), cos.native(), sin.native(), positions.native(), traditional, out.native());
+  }
+}
+
+export const cpu = new CpuBackend();
+export type { CpuBackend };
