@@ -4,14 +4,12 @@ import { DTYPE_CODE, itemSize, type DType, type StorageArray, type ValueArray } 
 import { contiguousStrides, formatShape, sizeOf } from './shape.ts';
 import { trackInScope } from './scope.ts';
 
-/** What native kernels receive for a tensor (tl::TensorRef in the extension SDK). */
-export interface NativeView {
-  buffer: ArrayBuffer;
-  byteOffset: number;
-  dtype: number;
-  shape: number[];
-  strides: number[];
-}
+/**
+ * What native kernels receive for a tensor (parsed by tl::to_tensor_ref in the extension SDK): the storage
+ * and a descriptor [byteOffset, dtype code, ndim, ...shape, ...strides]. Numbers in one typed array, since
+ * reading named properties from C++ costs more than a small kernel.
+ */
+export type NativeView = [ArrayBuffer, Float64Array];
 
 export class Tensor {
   readonly storage: Storage;
@@ -22,6 +20,7 @@ export class Tensor {
   /** Offset of the first element in the storage, in elements. */
   readonly offset: number;
   private disposed = false;
+  private nativeView?: NativeView;
 
   constructor(storage: Storage, dtype: DType, shape: readonly number[], strides?: readonly number[], offset = 0) {
     this.storage = storage;
@@ -65,17 +64,14 @@ export class Tensor {
   /** The descriptor a native kernel takes (CPU tensors only). */
   native(): NativeView {
     this.assertLive('native');
+    if (this.nativeView) return this.nativeView;
     const storage = this.storage as Storage & { buffer?: ArrayBuffer; byteOffset?: number };
     if (!storage.buffer) {
       throw new Error(`native: the tensor ${this.describe()} lives on the ${this.backend.name} backend, not the CPU`);
     }
-    return {
-      buffer: storage.buffer,
-      byteOffset: (storage.byteOffset ?? 0) + this.offset * itemSize(this.dtype),
-      dtype: DTYPE_CODE[this.dtype],
-      shape: this.shape as number[],
-      strides: this.strides as number[],
-    };
+    const byteOffset = (storage.byteOffset ?? 0) + this.offset * itemSize(this.dtype);
+    const meta = new Float64Array([byteOffset, DTYPE_CODE[this.dtype], this.ndim, ...this.shape, ...this.strides]);
+    return (this.nativeView = [storage.buffer, meta]);
   }
 
   /**

@@ -174,38 +174,69 @@ struct TensorRef {
   }
 };
 
-// Parses the view object that `Tensor.native()` builds: { buffer, byteOffset, dtype, shape, strides }.
+// Checks that the view stays inside its ArrayBuffer and points `data` at its first element.
+inline bool finish_tensor_ref(TensorRef& t, Napi::ArrayBuffer ab, int64_t byte_offset) {
+  int64_t lo = 0, hi = 0;  // extent of the view in elements, relative to its first element
+  for (int i = 0; i < t.ndim(); ++i) {
+    if (t.shape[i] == 0) return (t.data = ab.Data(), true);
+    int64_t reach = (t.shape[i] - 1) * t.strides[i];
+    (reach < 0 ? lo : hi) += reach;
+  }
+  int64_t es = dtype_size(t.dtype);
+  if (byte_offset + lo * es < 0 || byte_offset + (hi + 1) * es > static_cast<int64_t>(ab.ByteLength())) return false;
+  t.data = static_cast<uint8_t*>(ab.Data()) + byte_offset;
+  return true;
+}
+
+// Parses a tensor view. Two forms are accepted:
+//  - what `Tensor.native()` builds: [ArrayBuffer, Float64Array [byteOffset, dtype, ndim, ...shape, ...strides]],
+//    which costs two element reads (property lookups by name would dominate the cost of a small op);
+//  - a plain object { buffer, byteOffset, dtype, shape, strides }, convenient in tests and hand-written calls.
 inline TensorRef to_tensor_ref(Napi::Env env, Napi::Value value, const char* op, int index) {
   auto fail = [&](const std::string& why) -> TensorRef {
     Napi::TypeError::New(env, std::string(op) + ": argument " + std::to_string(index) + " " + why)
         .ThrowAsJavaScriptException();
     return TensorRef{};
   };
-  if (!value.IsObject()) return fail("is not a tensor view (pass tensor.native())");
-  Napi::Object obj = value.As<Napi::Object>();
-  Napi::Value buffer = obj.Get("buffer");
-  if (!buffer.IsArrayBuffer()) return fail("has no ArrayBuffer storage (is it a GPU tensor?)");
-  Napi::ArrayBuffer ab = buffer.As<Napi::ArrayBuffer>();
   TensorRef t;
-  t.dtype = static_cast<DType>(obj.Get("dtype").As<Napi::Number>().Int32Value());
-  int64_t byte_offset = obj.Get("byteOffset").As<Napi::Number>().Int64Value();
-  Napi::Array shape = obj.Get("shape").As<Napi::Array>();
-  Napi::Array strides = obj.Get("strides").As<Napi::Array>();
-  uint32_t n = shape.Length();
-  t.shape.resize(n);
-  t.strides.resize(n);
-  int64_t lo = 0, hi = 0;  // extent of the view in elements, relative to its first element
-  for (uint32_t i = 0; i < n; ++i) {
-    t.shape[i] = shape.Get(i).As<Napi::Number>().Int64Value();
-    t.strides[i] = strides.Get(i).As<Napi::Number>().Int64Value();
-    if (t.shape[i] == 0) { lo = hi = 0; break; }
-    int64_t reach = (t.shape[i] - 1) * t.strides[i];
-    (reach < 0 ? lo : hi) += reach;
+  Napi::Value buffer;
+  int64_t byte_offset = 0;
+  if (value.IsArray()) {
+    Napi::Array pair = value.As<Napi::Array>();
+    buffer = pair.Get(0u);
+    Napi::Value meta_value = pair.Get(1u);
+    if (!meta_value.IsTypedArray() || meta_value.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      return fail("is not a tensor view (pass tensor.native())");
+    Napi::Float64Array meta = meta_value.As<Napi::Float64Array>();
+    const double* m = meta.Data();
+    size_t n = meta.ElementLength();
+    if (n < 3 || n != 3 + 2 * static_cast<size_t>(m[2])) return fail("has a malformed view descriptor");
+    byte_offset = static_cast<int64_t>(m[0]);
+    t.dtype = static_cast<DType>(static_cast<int32_t>(m[1]));
+    int nd = static_cast<int>(m[2]);
+    t.shape.assign(m + 3, m + 3 + nd);
+    t.strides.assign(m + 3 + nd, m + 3 + 2 * nd);
+  } else if (value.IsObject()) {
+    Napi::Object obj = value.As<Napi::Object>();
+    buffer = obj.Get("buffer");
+    Napi::Value shape_v = obj.Get("shape"), strides_v = obj.Get("strides");
+    if (!shape_v.IsArray() || !strides_v.IsArray()) return fail("is not a tensor view (pass tensor.native())");
+    Napi::Array shape = shape_v.As<Napi::Array>(), strides = strides_v.As<Napi::Array>();
+    if (shape.Length() != strides.Length()) return fail("has shape and strides of different lengths");
+    byte_offset = obj.Get("byteOffset").ToNumber().Int64Value();
+    t.dtype = static_cast<DType>(obj.Get("dtype").ToNumber().Int32Value());
+    for (uint32_t i = 0; i < shape.Length(); ++i) {
+      t.shape.push_back(shape.Get(i).ToNumber().Int64Value());
+      t.strides.push_back(strides.Get(i).ToNumber().Int64Value());
+    }
+  } else {
+    return fail("is not a tensor view (pass tensor.native())");
   }
-  int64_t es = dtype_size(t.dtype);
-  if (byte_offset + lo * es < 0 || byte_offset + (hi + 1) * es > static_cast<int64_t>(ab.ByteLength()))
-    if (t.numel() > 0) return fail("reaches outside its storage");
-  t.data = static_cast<uint8_t*>(ab.Data()) + byte_offset;
+  if (!buffer.IsArrayBuffer()) return fail("has no ArrayBuffer storage (is it a GPU tensor?)");
+  if (static_cast<int32_t>(t.dtype) < 0 || static_cast<int32_t>(t.dtype) > 6) return fail("has an unknown dtype code");
+  for (size_t i = 0; i < t.shape.size(); ++i)
+    if (t.shape[i] < 0) return fail("has a negative dimension");
+  if (!finish_tensor_ref(t, buffer.As<Napi::ArrayBuffer>(), byte_offset)) return fail("reaches outside its storage");
   return t;
 }
 

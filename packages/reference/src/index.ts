@@ -1,0 +1,2 @@
+// The reference solutions and the engine.
+export {};
