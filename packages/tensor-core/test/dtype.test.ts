@@ -2,7 +2,7 @@
 // nearest representable value, computed in float64 over the list of all 65536 half-precision patterns.
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { seeded } from './helpers.ts';
+import { seeded } from '../src/testing.ts';
 
 function f16Value(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;

@@ -1,39 +1,17 @@
 // Ops and fused kernels against the golden fixtures (computed in float64 by PyTorch, fixtures/ops).
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { expectClose } from './helpers.ts';
-
-const opsDir = fileURLToPath(new URL('../../../fixtures/ops/', import.meta.url));
-
-type Case = { name: string; [param: string]: unknown };
-
-function fixture(op: string) {
-  const file = tc.readSafetensors(`${opsDir}${op}.safetensors`);
-  const cases = JSON.parse(file.metadata.cases) as Case[];
-  return { cases, get: (c: Case, name: string) => file.get(`${c.name}.${name}`), has: (c: Case, name: string) => file.has(`${c.name}.${name}`) };
-}
-
-/** The relative error norm ||a - b|| / ||b||, the measure used for low-precision cases. */
-function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < expected.length; i++) {
-    num += (actual[i] - expected[i]) ** 2;
-    den += expected[i] ** 2;
-  }
-  return Math.sqrt(num / den);
-}
+import { expectClose, goldenOp, relativeError } from '../src/testing.ts';
 
 describe('softmax fixture', () => {
-  const f = fixture('softmax');
+  const f = goldenOp('softmax');
   for (const c of f.cases) {
     it(c.name, () => expectClose(tc.softmax(f.get(c, 'x'), c.axis as number).toArray(), f.get(c, 'out').toArray(), 1e-5));
   }
 });
 
 describe('linear fixture: x @ w.T + b through matmul with a transposed view', () => {
-  const f = fixture('linear');
+  const f = goldenOp('linear');
   for (const c of f.cases) {
     it(c.name, () => {
       let y = tc.matmul(f.get(c, 'x'), tc.transpose(f.get(c, 'w')));
@@ -44,14 +22,14 @@ describe('linear fixture: x @ w.T + b through matmul with a transposed view', ()
 });
 
 describe('silu fixture (including the extremes)', () => {
-  const f = fixture('silu');
+  const f = goldenOp('silu');
   for (const c of f.cases) {
     it(c.name, () => expectClose(tc.silu(f.get(c, 'x')).toArray(), f.get(c, 'out').toArray(), 1e-6, 1e-6));
   }
 });
 
 describe('fast.rmsNorm matches the fixture and the composed form', () => {
-  const f = fixture('rms_norm');
+  const f = goldenOp('rms_norm');
   for (const c of f.cases) {
     it(c.name, () => {
       const x = f.get(c, 'x');
@@ -72,7 +50,7 @@ describe('fast.rmsNorm matches the fixture and the composed form', () => {
 });
 
 describe('fast.rope matches the fixture (per-row offsets included) and the composed form', () => {
-  const f = fixture('rope');
+  const f = goldenOp('rope');
   for (const c of f.cases) {
     it(c.name, () => {
       const x = f.get(c, 'x');
@@ -108,7 +86,7 @@ function composedRope(x: tc.Tensor, tables: tc.fast.RopeTables, offset: number |
 }
 
 describe('fast.sdpa matches the grouped-query attention fixture', () => {
-  const f = fixture('gqa');
+  const f = goldenOp('gqa');
   for (const c of f.cases) {
     it(c.name, () => {
       const mask = c.mask === 'causal' ? 'causal' : c.mask === 'tensor' ? f.get(c, 'mask') : undefined;

@@ -1,7 +1,7 @@
 // Every op against an independent computation: plain loops over row-major indices (helpers.ts).
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { broadcastAt, expectClose, nd, ravel, seeded, unravel, type NDArray } from './helpers.ts';
+import { broadcastAt, expectClose, nd, ravel, seeded, unravel, type NDArray } from '../src/testing.ts';
 
 const t = (a: NDArray, dtype: tc.DType = 'float32') => tc.tensor(a.data, { shape: a.shape, dtype });
 

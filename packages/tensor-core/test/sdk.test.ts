@@ -1,7 +1,7 @@
 // The extension SDK: an addon built only against tiny_llm/extension.h runs on tensor-core's thread pool.
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { expectClose, seeded } from './helpers.ts';
+import { expectClose, seeded } from '../src/testing.ts';
 
 describe('extension SDK example kernel', () => {
   const example = tc.loadBuiltAddon('sdk_example');

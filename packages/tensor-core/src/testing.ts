@@ -1,6 +1,37 @@
-// Independent reference computations for the tests: plain loops over row-major index arithmetic,
-// sharing no code with the library.
+// Test utilities shared by every package's tests (`@tiny-llm/tensor-core/testing`): the golden fixtures,
+// comparisons, and independent reference computations (plain loops over row-major index arithmetic,
+// sharing no code with the library).
+import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
+import { readSafetensors } from './io/safetensors.ts';
+import type { Tensor } from './tensor.ts';
+
+/** The repository's copy of the golden fixtures (computed in float64 by PyTorch + transformers). */
+export const FIXTURES_DIR = fileURLToPath(new URL('../../../fixtures/', import.meta.url));
+
+export type GoldenCase = { name: string; [param: string]: unknown };
+
+/** The cases of fixtures/ops/<op>.safetensors and their tensors (`<case>.<name>`). */
+export function goldenOp(op: string) {
+  const file = readSafetensors(`${FIXTURES_DIR}ops/${op}.safetensors`);
+  const cases = JSON.parse(file.metadata.cases) as GoldenCase[];
+  return {
+    cases,
+    get: (c: GoldenCase, name: string): Tensor => file.get(`${c.name}.${name}`),
+    has: (c: GoldenCase, name: string): boolean => file.has(`${c.name}.${name}`),
+  };
+}
+
+/** ||actual - expected|| / ||expected||, the measure for low-precision (bf16) results. */
+export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < expected.length; i++) {
+    num += (actual[i] - expected[i]) ** 2;
+    den += expected[i] ** 2;
+  }
+  return Math.sqrt(num / den);
+}
 
 export type NDArray = { shape: number[]; data: Float64Array };
 
