@@ -36,3 +36,6 @@ import { readSafetensors } from './io/safetensors.ts';
 export function fromSafetensors(path: string, name: string) {
   return readSafetensors(path).get(name);
 }
+
+// The GPU backend; `webgpu` (Dawn) is loaded only when initWebGPU is called.
+export { initWebGPU, WebGPUBackend, GpuStorage, type WebGPUOptions } from './backend/webgpu.ts';
