@@ -1,0 +1,52 @@
+// Chapter 1.5, graded: the Qwen2 model loaded from a checkpoint, against fixtures/models/<name>/golden.safetensors
+// (computed in float64 by PyTorch + transformers from the same weights). Layer by layer first, so that a
+// wrong formula is caught where it happens: the embedding, each block given the golden input of that block,
+// the final norm; then the logits of whole prompts and 16 greedy tokens (no KV cache: a full forward pass
+// per token).
+import * as tc from '@tiny-llm/tensor-core';
+import type { Tensor } from '@tiny-llm/tensor-core';
+import { expectClose, FIXTURES_DIR } from '@tiny-llm/tensor-core/testing';
+import { describe, expect, it } from 'vitest';
+import { Qwen2ModelWeek1 } from '@solution/week1';
+import { describeGoldenModel } from './model-goldens.ts';
+
+// tied embeddings (f32); an lm_head of its own, 8 query heads on 2 kv heads, rope_theta 1e4; bf16 weights;
+// MLX 4-bit weights (dequantized at load).
+for (const name of ['qwen2-tiny', 'qwen2-tiny-untied', 'qwen2-tiny-bf16', 'qwen2-tiny-4bit']) {
+  describeGoldenModel('1.5 load the model', name);
+}
+
+describe('1.5 load the model: the shape of the output', () => {
+  it('forward(ids [1, L]) returns float32 logits [1, L, vocab]', () => {
+    const model = Qwen2ModelWeek1.load(`${FIXTURES_DIR}models/qwen2-tiny`);
+    const ids = tc.tensor([3, 1, 4, 1, 5, 9, 2], { dtype: 'int32', shape: [1, 7] });
+    const logits = model.forward(ids);
+    expect([...logits.shape], 'logits: one row of vocab_size scores per position').toEqual([1, 7, 512]);
+    expect(logits.dtype, 'week 1 computes in float32').toBe('float32');
+  });
+
+  it('runs a batch of two sequences at once: [2, L] -> [2, L, vocab], each row as if alone', () => {
+    const model = Qwen2ModelWeek1.load(`${FIXTURES_DIR}models/qwen2-tiny`);
+    const rows = [
+      [3, 1, 4, 1, 5],
+      [9, 2, 6, 5, 3],
+    ];
+    const both = model.forward(tc.tensor(rows, { dtype: 'int32' }));
+    expect([...both.shape]).toEqual([2, 5, 512]);
+    const [first, second] = tc.split(both, 2, 0);
+    const alone = (row: number[]): Tensor => model.forward(tc.tensor([row], { dtype: 'int32' }));
+    expectClose(first.toArray(), alone(rows[0]).toArray(), 1e-5);
+    expectClose(second.toArray(), alone(rows[1]).toArray(), 1e-5);
+  });
+});
+
+describe('1.5 load the model: errors', () => {
+  it('a directory that is not a model: the error says so', () => {
+    // fixtures/ops holds safetensors files but no config.json.
+    expect(() => Qwen2ModelWeek1.load(`${FIXTURES_DIR}ops`)).toThrow(/not a model directory/);
+  });
+
+  it('a mixture-of-experts model (chapter 3.3): the error names the unsupported model type', () => {
+    expect(() => Qwen2ModelWeek1.load(`${FIXTURES_DIR}models/qwen2-moe-tiny`)).toThrow(/qwen2_moe/);
+  });
+});
