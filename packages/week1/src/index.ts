@@ -5,3 +5,5 @@ export * from './grouped-attention.ts';
 export * from './norm-and-mlp.ts';
 // chapters 1.5-1.7
 export * from './sampler.ts';
+export * from './qwen2-week1.ts';
+export * from './generate.ts';
