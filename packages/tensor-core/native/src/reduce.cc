@@ -73,7 +73,28 @@ Napi::Value ReduceBinding(const Napi::CallbackInfo& info) {
 }
 TL_EXPORT("reduce", ReduceBinding);
 
-// softmax(x, out): exp(x - max) / sum, float32 math with a double sum; out contiguous, same shape.
+// One softmax row, written into out_row (contiguous). The exponentials are stored in out_row first and
+// scaled in place, so no scratch memory is needed. A row that is all -inf (fully masked) has no defined
+// softmax; it becomes zeros rather than NaN.
+template <typename Load>
+void softmax_row(const Load& load, int64_t n, float* out_row) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, load(i));
+  if (std::isinf(m) && m < 0) {
+    std::fill(out_row, out_row + n, 0.f);
+    return;
+  }
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    out_row[i] = std::exp(load(i) - m);
+    s += out_row[i];
+  }
+  const float inv = static_cast<float>(1.0 / s);
+  for (int64_t i = 0; i < n; ++i) out_row[i] *= inv;
+}
+
+// softmax(x, out): exp(x - max) / sum over the last axis, float32 math with a double sum; out is
+// contiguous with x's shape. float32 outputs are written directly; other dtypes go through a row buffer.
 Napi::Value SoftmaxBinding(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   TL_TENSOR_ARG(x, 0, "softmax");
@@ -81,19 +102,18 @@ Napi::Value SoftmaxBinding(const Napi::CallbackInfo& info) {
   if (x.ndim() == 0 || !same_shape(x, out) || !out.contiguous())
     return throw_range_error(env, "softmax: output " + out.describe() + " does not fit input " + x.describe());
   const int64_t n = x.shape.back(), stride = x.strides.back();
+  const bool f32_rows = x.dtype == DType::F32 && stride == 1;
   for_each_last_axis_row(x, rows_grain(n), [&](int64_t row, int64_t off) {
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < n; ++i) m = std::max(m, load_f32(x.data, x.dtype, off + i * stride));
-    std::vector<float> e(n);
-    double s = 0;
-    // A row that is all -inf (fully masked) has no defined softmax; it becomes zeros rather than NaN.
-    const bool empty = std::isinf(m) && m < 0;
-    for (int64_t i = 0; i < n; ++i) {
-      e[i] = empty ? 0.f : std::exp(load_f32(x.data, x.dtype, off + i * stride) - m);
-      s += e[i];
+    std::vector<float> scratch(out.dtype == DType::F32 ? 0 : n);
+    float* dst = out.dtype == DType::F32 ? out.ptr<float>() + row * n : scratch.data();
+    if (f32_rows) {
+      const float* src = x.ptr<float>() + off;
+      softmax_row([src](int64_t i) { return src[i]; }, n, dst);
+    } else {
+      softmax_row([&](int64_t i) { return load_f32(x.data, x.dtype, off + i * stride); }, n, dst);
     }
-    const double inv = s > 0 ? 1.0 / s : 0.0;
-    for (int64_t i = 0; i < n; ++i) store_f64(out.data, out.dtype, row * n + i, e[i] * inv);
+    if (out.dtype != DType::F32)
+      for (int64_t i = 0; i < n; ++i) store_f64(out.data, out.dtype, row * n + i, dst[i]);
   });
   return env.Undefined();
 }
