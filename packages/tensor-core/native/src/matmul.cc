@@ -1,0 +1,890 @@
+// native.matmul(a, b, out): out = a @ b for float32 / bfloat16 / float16 operands, float32 output.
+//
+//   a   [...batch, M, K]  any strides (transposed views, stride 0 for broadcast batch dims)
+//   b   [...batch, K, N]  any strides; the layout that matters most is a linear layer's weight W stored (N, K)
+//                         row-major and passed transposed (strides [..., 1, K]), then b contiguous [..., K, N]
+//   out [...batch, M, N]  contiguous float32, overwritten
+//
+// Three ways to compute it, picked per call:
+//   1. Packed GEMM (prefill, attention with long sequences): compute-bound. BLIS / llm.c structure: copy a
+//      KC x NC block of B into a contiguous, aligned buffer ("packing", converting bf16/f16 to f32 on the way),
+//      copy an MC x KC block of A likewise, and run a 6x16 register-tile micro-kernel over them. Packing is what
+//      makes every later load sequential and cache-resident whatever the original strides were.
+//   2. Skinny "rows" path (decode, M <= 16, b in weight layout): every output column is a dot product of A's
+//      rows with one contiguous row of W, so W is streamed from memory exactly once. For M <= 3 (memory-bound)
+//      W is converted to f32 in registers and each W vector serves all rows of A; for M = 4..16 (compute-bound)
+//      groups of 4 W rows are converted once and multiplied in 4x2 register tiles.
+//   3. Skinny "cols" path (M <= 16, b contiguous rows, e.g. attention probabilities @ V): the axpy form, one
+//      pass over B's rows with A's values broadcast.
+// Everything has a scalar fallback (non-x86 CPUs, CPUs without AVX2/FMA, TINY_LLM_NO_SIMD=1).
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <exception>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_features.h"
+#include "registry.h"
+#include "thread_pool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define TL_X86_SIMD 1
+// f16c is part of the target only so that the float16 loads compile; those are reached only when the CPU has it.
+#define TL_AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+namespace tl {
+namespace {
+
+// ---- Blocking parameters (tuned on a 2-core Zen3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3) ----------------
+constexpr int64_t kMR = 6;     // micro-tile rows: 6 x 2 accumulators of 8 floats = 12 of 16 ymm registers
+constexpr int64_t kNR = 16;    // micro-tile columns: two ymm vectors
+constexpr int64_t kKC = 256;   // depth of a packed block: one B micro-panel (256 x 16 floats = 16 KiB) stays in L1
+constexpr int64_t kMC = 144;   // rows of a packed A block: 144 x 256 floats = 144 KiB, comfortably inside L2
+constexpr int64_t kNC = 4080;  // columns of a packed B block: 256 x 4080 floats = 4 MiB, shared by both cores in L3
+constexpr int64_t kSkinnyM = 16;         // M up to this takes the streaming (GEMV-like) paths
+constexpr int64_t kParallelMinFma = 1 << 17;  // below ~130k multiply-adds, waking the pool costs more than it saves
+
+// ---- Element access -----------------------------------------------------------------------------------------------
+
+// Storage type of each floating dtype; bf16 and f16 are raw 16-bit patterns.
+template <DType D> using Stor = std::conditional_t<D == DType::F32, float, uint16_t>;
+
+template <DType D> inline float to_f32(Stor<D> x) {
+  if constexpr (D == DType::F32) return x;
+  else if constexpr (D == DType::BF16) return bf16_to_f32(x);
+  else return f16_to_f32(x);
+}
+
+// A 2-D strided view of one batch item: element (i, j) is data[i * rs + j * cs] (element units, may be <= 0).
+struct Mat {
+  const void* data;
+  DType dtype;
+  int64_t rows, cols, rs, cs;
+};
+
+template <DType D> inline const Stor<D>* base(const Mat& m) { return static_cast<const Stor<D>*>(m.data); }
+
+// Calls f(std::integral_constant<DType, D>) for the operand's dtype, so one template serves all three dtypes.
+template <class F> void with_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::F32: f(std::integral_constant<DType, DType::F32>{}); break;
+    case DType::BF16: f(std::integral_constant<DType, DType::BF16>{}); break;
+    default: f(std::integral_constant<DType, DType::F16>{}); break;
+  }
+}
+
+// ---- Reusable packing buffers -------------------------------------------------------------------------------------
+
+// A growable 64-byte-aligned float buffer. Each thread keeps its own across calls, so steady-state calls never
+// allocate: fresh pages cost first-touch faults (slow in this VM), and aligned panels allow aligned loads.
+class PackBuffer {
+ public:
+  ~PackBuffer() { std::free(p_); }
+  float* get(int64_t n) {
+    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 16)) * sizeof(float) + 63) & ~size_t(63);
+    if (bytes > cap_) {
+      std::free(p_);
+      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p_) { cap_ = 0; throw std::bad_alloc(); }
+      cap_ = bytes;
+    }
+    return p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  size_t cap_ = 0;
+};
+
+thread_local PackBuffer tls_pack_a;   // packed A block (MC x KC), or A rows converted to f32 on the skinny paths
+thread_local PackBuffer tls_pack_b;   // packed B block (KC x NC); the calling thread's copy is shared by the pool
+thread_local PackBuffer tls_scratch;  // chunks of W rows converted to f32 on the skinny rows path
+
+// Runs task(i) for every i in [0, n) on `threads` threads. Tasks are handed out one at a time from a shared
+// counter rather than split statically: the machine is shared, and a thread the OS delays then simply takes
+// fewer tasks instead of holding the others up at the end of the region. An exception (a failed buffer
+// allocation) must not escape a pool thread: it stops the hand-out and is rethrown on the calling thread.
+template <class Task> void run_tasks(int64_t n, int threads, const Task& task) {
+  if (n <= 0) return;
+  if (threads <= 1 || n == 1) {
+    for (int64_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  parallel_for(std::min<int64_t>(threads, n), 1, [&](int64_t, int64_t) {
+    try {
+      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(i);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+      next.store(n);
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+// [begin, end) of part t when `total` items are cut into `parts` parts whose sizes differ by at most one.
+inline int64_t part_begin(int64_t total, int64_t parts, int64_t t) { return total * t / parts; }
+
+// =====================================================================================================================
+// 1. Packed GEMM
+// =====================================================================================================================
+
+// Packed A: micro-panel p (rows 6p .. 6p+5 of the block) is kc x 6 floats, k-major, so the micro-kernel reads
+// the 6 values it broadcasts at step k from one place. Rows past the block end are zero: no edge case inside.
+template <DType D>
+void pack_a_panel_scalar(const Mat& a, int64_t row0, int64_t mr, int64_t k0, int64_t kc, float* dst) {
+  const Stor<D>* src = base<D>(a);
+  for (int64_t r = 0; r < kMR; ++r) {
+    float* d = dst + r;
+    if (r >= mr) {
+      for (int64_t k = 0; k < kc; ++k) d[k * kMR] = 0.0f;
+      continue;
+    }
+    const Stor<D>* row = src + (row0 + r) * a.rs + k0 * a.cs;
+    for (int64_t k = 0; k < kc; ++k) d[k * kMR] = to_f32<D>(row[k * a.cs]);
+  }
+}
+
+template <DType D> void pack_a_scalar(const Mat& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
+  for (int64_t p = 0; p < mc; p += kMR, dst += kc * kMR)
+    pack_a_panel_scalar<D>(a, i0 + p, std::min(kMR, mc - p), k0, kc, dst);
+}
+
+// Packed B: panel q (columns 16q .. 16q+15) is kc x 16 floats, row k holding 16 consecutive columns, so the
+// micro-kernel does two aligned loads per k. Columns past N are zero.
+template <DType D> void pack_b_panel_scalar(const Mat& b, int64_t k0, int64_t kc, int64_t n0, int64_t nr, float* dst) {
+  const Stor<D>* src = base<D>(b);
+  for (int64_t k = 0; k < kc; ++k) {
+    const Stor<D>* row = src + (k0 + k) * b.rs + n0 * b.cs;
+    for (int64_t j = 0; j < kNR; ++j) dst[k * kNR + j] = j < nr ? to_f32<D>(row[j * b.cs]) : 0.0f;
+  }
+}
+
+// Scalar 6x16 micro-kernel: C[6x16] (+)= Ap * Bp. Written so the compiler can vectorise the j loop with
+// whatever the baseline ISA offers (SSE2 on x86-64, NEON on arm64).
+void kernel_6x16_scalar(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool accumulate) {
+  float acc[kMR][kNR] = {};
+  for (int64_t k = 0; k < kc; ++k, ap += kMR, bp += kNR)
+    for (int i = 0; i < kMR; ++i)
+      for (int j = 0; j < kNR; ++j) acc[i][j] += ap[i] * bp[j];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+#ifdef TL_X86_SIMD
+// Loads 8 consecutive elements as 8 floats. bf16 is the top half of an f32: widen to 32 bits and shift left 16.
+// f16 has a hardware conversion (F16C).
+template <DType D> TL_AVX2 inline __m256 load8(const Stor<D>* p) {
+  if constexpr (D == DType::F32) {
+    return _mm256_loadu_ps(p);
+  } else {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    if constexpr (D == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    else return _mm256_cvtph_ps(h);
+  }
+}
+
+TL_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// In-register 8x8 transpose: r[i] holds row i on entry and column i on exit.
+TL_AVX2 inline void transpose8(__m256 r[8]) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+    r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+  }
+}
+
+// Packing A when its rows are contiguous (a.cs == 1, the usual activations): 6 rows x 8 k are loaded, and an
+// 8x8 transpose (2 rows of zeros) turns them into 8 k-steps of 6 values. Each 8-float store spills 2 floats into
+// the next k-step's slot, which the next store (or the next block or panel, packed later) overwrites; the
+// buffer has 8 floats of slack for the very last one.
+template <DType D>
+TL_AVX2 void pack_a_rows_avx2(const Mat& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
+  for (int64_t p = 0; p < mc; p += kMR, dst += kc * kMR) {
+    if (mc - p < kMR) {
+      pack_a_panel_scalar<D>(a, i0 + p, mc - p, k0, kc, dst);
+      continue;
+    }
+    const Stor<D>* row0 = base<D>(a) + (i0 + p) * a.rs + k0;
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      __m256 v[8];
+      for (int r = 0; r < kMR; ++r) v[r] = load8<D>(row0 + r * a.rs + k);
+      v[6] = v[7] = _mm256_setzero_ps();
+      transpose8(v);
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(dst + (k + j) * kMR, v[j]);
+    }
+    for (; k < kc; ++k)
+      for (int r = 0; r < kMR; ++r) dst[k * kMR + r] = to_f32<D>(row0[r * a.rs + k]);
+  }
+}
+
+// Packing B when its rows are contiguous (b.cs == 1): each packed row is 16 consecutive elements.
+template <DType D>
+TL_AVX2 void pack_b_panel_rows_avx2(const Mat& b, int64_t k0, int64_t kc, int64_t n0, int64_t nr, float* dst) {
+  if (nr < kNR) return pack_b_panel_scalar<D>(b, k0, kc, n0, nr, dst);
+  const Stor<D>* src = base<D>(b) + k0 * b.rs + n0;
+  for (int64_t k = 0; k < kc; ++k, src += b.rs, dst += kNR) {
+    _mm256_store_ps(dst, load8<D>(src));
+    _mm256_store_ps(dst + 8, load8<D>(src + 8));
+  }
+}
+
+// Packing B in weight layout (b.rs == 1, i.e. W[n][k] row-major): a packed row needs one element from each of
+// 16 W rows, so read 8 W rows x 8 k at a time and transpose in registers; a scalar gather here would cost more
+// than the GEMM's arithmetic for decode-sized M.
+template <DType D>
+TL_AVX2 void pack_b_panel_wt_avx2(const Mat& b, int64_t k0, int64_t kc, int64_t n0, int64_t nr, float* dst) {
+  if (nr < kNR) return pack_b_panel_scalar<D>(b, k0, kc, n0, nr, dst);
+  const Stor<D>* src = base<D>(b) + n0 * b.cs + k0;
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    for (int half = 0; half < 2; ++half) {
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) r[j] = load8<D>(src + (half * 8 + j) * b.cs + k);
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) _mm256_store_ps(dst + (k + j) * kNR + half * 8, r[j]);
+    }
+  }
+  for (; k < kc; ++k)
+    for (int64_t j = 0; j < kNR; ++j) dst[k * kNR + j] = to_f32<D>(src[j * b.cs + k]);
+}
+
+// Writes (or adds to) 16 floats of one C row.
+TL_AVX2 inline void store_row(float* c, __m256 lo, __m256 hi, bool accumulate) {
+  if (accumulate) {
+    lo = _mm256_add_ps(lo, _mm256_loadu_ps(c));
+    hi = _mm256_add_ps(hi, _mm256_loadu_ps(c + 8));
+  }
+  _mm256_storeu_ps(c, lo);
+  _mm256_storeu_ps(c + 8, hi);
+}
+
+// The AVX2/FMA micro-kernel: C[6x16] (+)= Ap[6 x kc] * Bp[kc x 16].
+// 12 accumulators + 2 B vectors + 1 broadcast = 15 of the 16 ymm registers: the largest tile that fits, giving
+// 12 FMAs per 2 loads + 6 broadcasts, so the two FMA pipes, not the load ports, set the pace.
+// The accumulators are named variables, not an array: GCC keeps an array of __m256 on the stack and stores
+// it back every iteration, which halves the speed.
+TL_AVX2 void kernel_6x16_avx2(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  // C is touched only after the k loop; asking for its lines now hides that miss behind the arithmetic.
+  for (int i = 0; i < kMR; ++i) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + 15), _MM_HINT_T0);
+  }
+  for (int64_t k = 0; k < kc; ++k, ap += kMR, bp += kNR) {
+    const __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
+    __m256 a;
+    a = _mm256_broadcast_ss(ap + 0);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(ap + 1);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(ap + 2);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(ap + 3);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(ap + 4);
+    c40 = _mm256_fmadd_ps(a, b0, c40);
+    c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(ap + 5);
+    c50 = _mm256_fmadd_ps(a, b0, c50);
+    c51 = _mm256_fmadd_ps(a, b1, c51);
+  }
+  store_row(c + 0 * ldc, c00, c01, accumulate);
+  store_row(c + 1 * ldc, c10, c11, accumulate);
+  store_row(c + 2 * ldc, c20, c21, accumulate);
+  store_row(c + 3 * ldc, c30, c31, accumulate);
+  store_row(c + 4 * ldc, c40, c41, accumulate);
+  store_row(c + 5 * ldc, c50, c51, accumulate);
+}
+#endif  // TL_X86_SIMD
+
+using PackAFn = void (*)(const Mat&, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst);
+using PackBFn = void (*)(const Mat&, int64_t k0, int64_t kc, int64_t n0, int64_t nr, float* dst);
+using KernelFn = void (*)(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool accumulate);
+
+struct GemmKernels {
+  PackAFn pack_a;
+  PackBFn pack_b;
+  KernelFn kernel;
+};
+
+GemmKernels gemm_kernels(const Mat& a, const Mat& b, bool simd) {
+  GemmKernels g{};
+  with_dtype(a.dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    g.pack_a = &pack_a_scalar<D>;
+#ifdef TL_X86_SIMD
+    if (simd && a.cs == 1) g.pack_a = &pack_a_rows_avx2<D>;
+#endif
+  });
+  with_dtype(b.dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    g.pack_b = &pack_b_panel_scalar<D>;
+#ifdef TL_X86_SIMD
+    if (simd && b.cs == 1) g.pack_b = &pack_b_panel_rows_avx2<D>;
+    else if (simd && b.rs == 1) g.pack_b = &pack_b_panel_wt_avx2<D>;
+#endif
+  });
+  g.kernel = &kernel_6x16_scalar;
+#ifdef TL_X86_SIMD
+  if (simd) g.kernel = &kernel_6x16_avx2;
+#endif
+  return g;
+}
+
+// Runs the micro-kernel over an mc x (panels q0..q1) part of C. Loop order (BLIS): columns outer, so one B
+// micro-panel stays in L1 while the A micro-panels stream from L2.
+void macro_kernel(const GemmKernels& g, int64_t kc, int64_t mc, int64_t q0, int64_t q1, int64_t nc, const float* ap,
+                  const float* bp, float* c, int64_t ldc, bool accumulate) {
+  alignas(64) float edge[kMR * kNR];
+  for (int64_t q = q0; q < q1; ++q) {
+    int64_t j = q * kNR, nr = std::min(kNR, nc - j);
+    const float* bq = bp + j * kc;
+    for (int64_t i = 0; i < mc; i += kMR) {
+      int64_t mr = std::min(kMR, mc - i);
+      float* cij = c + i * ldc + j;
+      if (mr == kMR && nr == kNR) {
+        g.kernel(kc, ap + i * kc, bq, cij, ldc, accumulate);
+        continue;
+      }
+      // Edge tile: compute the full 6x16 tile (packing zero-padded it) into a scratch tile, then copy.
+      g.kernel(kc, ap + i * kc, bq, edge, kNR, false);
+      for (int64_t r = 0; r < mr; ++r)
+        for (int64_t s = 0; s < nr; ++s)
+          cij[r * ldc + s] = accumulate ? cij[r * ldc + s] + edge[r * kNR + s] : edge[r * kNR + s];
+    }
+  }
+}
+
+// C[M x N] (ldc) = A[M x K] * B[K x N] with the packed GEMM on `threads` threads.
+//
+// The work is a sequence of (jc, pc) blocks: B[pc : pc+KC, jc : jc+NC] is packed once into a buffer that every
+// thread reads, then tasks compute C[:, jc : jc+NC] += A[:, pc : pc+KC] * that block. Packing block i+1 is
+// done in the same parallel region as computing block i (into the other of two buffers): it halves the number
+// of regions, and the small packing tasks fill the gap a thread would otherwise spend waiting at the end.
+void gemm_packed(const Mat& a, const Mat& b, float* c, int64_t ldc, int threads, const GemmKernels& g) {
+  const int64_t M = a.rows, K = a.cols, N = b.cols;
+  if (K == 0) {
+    for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, 0.0f);
+    return;
+  }
+  if (M * N * K < kParallelMinFma) threads = 1;
+  const int64_t m_panels = (M + kMR - 1) / kMR;
+  const int64_t k_blocks = (K + kKC - 1) / kKC, blocks = (N + kNC - 1) / kNC * k_blocks;
+  const int64_t buf_floats = kKC * ((std::min(N, kNC) + kNR - 1) / kNR) * kNR;
+  float* bufs[2];
+  bufs[0] = tls_pack_b.get(2 * buf_floats);
+  bufs[1] = bufs[0] + buf_floats;
+
+  struct Block {
+    int64_t jc, nc, n_panels, pc, kc;
+  };
+  auto block = [&](int64_t i) {
+    Block blk;
+    blk.jc = i / k_blocks * kNC;
+    blk.nc = std::min(kNC, N - blk.jc);
+    blk.n_panels = (blk.nc + kNR - 1) / kNR;
+    blk.pc = i % k_blocks * kKC;
+    blk.kc = std::min(kKC, K - blk.pc);
+    return blk;
+  };
+  // Packing tasks: 4 panels of 16 columns each.
+  auto pack_tasks = [](const Block& blk) { return (blk.n_panels + 3) / 4; };
+  auto pack = [&](const Block& blk, float* bp, int64_t t) {
+    for (int64_t q = 4 * t; q < std::min(blk.n_panels, 4 * t + 4); ++q)
+      g.pack_b(b, blk.pc, blk.kc, blk.jc + q * kNR, std::min(kNR, blk.nc - q * kNR), bp + q * kNR * blk.kc);
+  };
+  // Compute tasks cut along M when there are enough rows (each task then packs only its own rows of A), along
+  // N otherwise (short prompts: few rows, many columns; each task packs all of A, which is small then). About
+  // 4 tasks per thread, so dynamic hand-out evens out a delayed thread; sizes differ by at most one panel.
+  auto split_m = [&](const Block& blk) { return m_panels >= 4 * threads || m_panels >= blk.n_panels; };
+  auto compute_tasks = [&](const Block& blk) -> int64_t {
+    const int64_t min_tasks = (m_panels * kMR + kMC - 1) / kMC;  // a task's rows must fit one A block
+    if (threads == 1) return split_m(blk) ? min_tasks : 1;
+    if (split_m(blk)) return std::max(std::min<int64_t>(m_panels, 4 * threads), min_tasks);
+    return std::min<int64_t>(blk.n_panels, 4 * threads);
+  };
+  auto compute = [&](const Block& blk, const float* bp, int64_t tasks, int64_t t) {
+    int64_t m0 = 0, m1 = M, q0 = 0, q1 = blk.n_panels;
+    if (split_m(blk)) {
+      m0 = part_begin(m_panels, tasks, t) * kMR;
+      m1 = std::min(M, part_begin(m_panels, tasks, t + 1) * kMR);
+    } else {
+      q0 = part_begin(blk.n_panels, tasks, t);
+      q1 = part_begin(blk.n_panels, tasks, t + 1);
+    }
+    if (m0 >= m1 || q0 >= q1) return;
+    float* ap = tls_pack_a.get(((std::min(kMC, m1 - m0) + kMR - 1) / kMR) * kMR * blk.kc + 8);
+    for (int64_t ic = m0; ic < m1; ic += kMC) {
+      const int64_t mc = std::min(kMC, m1 - ic);
+      g.pack_a(a, ic, mc, blk.pc, blk.kc, ap);
+      macro_kernel(g, blk.kc, mc, q0, q1, blk.nc, ap, bp, c + ic * ldc + blk.jc, ldc, blk.pc > 0);
+    }
+  };
+
+  const Block first = block(0);
+  run_tasks(pack_tasks(first), threads, [&](int64_t t) { pack(first, bufs[0], t); });
+  for (int64_t i = 0; i < blocks; ++i) {
+    const Block cur = block(i);
+    const bool has_next = i + 1 < blocks;
+    const Block next = has_next ? block(i + 1) : cur;
+    const int64_t nc_tasks = compute_tasks(cur), np_tasks = has_next ? pack_tasks(next) : 0;
+    run_tasks(nc_tasks + np_tasks, threads, [&](int64_t t) {
+      if (t < nc_tasks) compute(cur, bufs[i & 1], nc_tasks, t);
+      else pack(next, bufs[(i + 1) & 1], t - nc_tasks);
+    });
+  }
+}
+
+// =====================================================================================================================
+// 2./3. Skinny paths (M <= 16): stream B once
+// =====================================================================================================================
+
+// A's rows as contiguous f32 (row stride *lda). Used as is when already so; converted otherwise (M x K is tiny
+// next to the weight matrix).
+const float* a_rows_f32(const Mat& a, PackBuffer& buf, int64_t* lda) {
+  if (a.dtype == DType::F32 && (a.cs == 1 || a.cols == 1)) {
+    *lda = a.rs;
+    return static_cast<const float*>(a.data);
+  }
+  float* dst = buf.get(a.rows * a.cols);
+  with_dtype(a.dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    const Stor<D>* src = base<D>(a);
+    for (int64_t i = 0; i < a.rows; ++i)
+      for (int64_t k = 0; k < a.cols; ++k) dst[i * a.cols + k] = to_f32<D>(src[i * a.rs + k * a.cs]);
+  });
+  *lda = a.cols;
+  return dst;
+}
+
+// Rows path: out[m][j] = dot(A row m, W row j) for all M rows of A and r rows of W (row stride ldw, k contiguous).
+using DotFn = void (*)(const float* a, int64_t lda, int64_t M, const void* w, int64_t ldw, int64_t K, float* out,
+                       int64_t ldo, int r);
+// Cols path: C[m][0..nc) = sum_k A[m][k] * B[k][0..nc), B rows contiguous with stride ldb.
+using AxpyFn = void (*)(const float* a, int64_t lda, const void* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                        int mb, int64_t nc);
+
+constexpr int kRowsR = 4;        // W rows per unit of work (and per f32 conversion of W)
+constexpr int64_t kRowsFewM = 3;  // up to this many A rows, W is converted in registers (memory-bound regime)
+constexpr int64_t kDotKC = 1024;  // k-chunk of the many-rows tiles (a multiple of 8; bounds the f32 W scratch)
+constexpr int kColsMB = 6;       // cols path tile: 6 rows x 16 columns = 12 accumulators, like the GEMM kernel
+
+template <DType D>
+void dot_scalar(const float* a, int64_t lda, int64_t M, const void* wv, int64_t ldw, int64_t K, float* out,
+                int64_t ldo, int r) {
+  const Stor<D>* w = static_cast<const Stor<D>*>(wv);
+  for (int64_t m = 0; m < M; ++m)
+    for (int j = 0; j < r; ++j) {
+      const float* x = a + m * lda;
+      const Stor<D>* y = w + j * ldw;
+      // Four partial sums: independent chains the CPU can overlap (and the compiler may vectorise).
+      float s[4] = {0, 0, 0, 0};
+      int64_t k = 0;
+      for (; k + 4 <= K; k += 4)
+        for (int u = 0; u < 4; ++u) s[u] += x[k + u] * to_f32<D>(y[k + u]);
+      for (; k < K; ++k) s[0] += x[k] * to_f32<D>(y[k]);
+      out[m * ldo + j] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+}
+
+template <DType D>
+void axpy_scalar(const float* a, int64_t lda, const void* bv, int64_t ldb, int64_t K, float* c, int64_t ldc, int mb,
+                 int64_t nc) {
+  const Stor<D>* b = static_cast<const Stor<D>*>(bv);
+  for (int m = 0; m < mb; ++m) {
+    float* cm = c + m * ldc;
+    std::fill(cm, cm + nc, 0.0f);
+    for (int64_t k = 0; k < K; ++k) {
+      const float x = a[m * lda + k];
+      const Stor<D>* bk = b + k * ldb;
+      for (int64_t j = 0; j < nc; ++j) cm[j] += x * to_f32<D>(bk[j]);
+    }
+  }
+}
+
+#ifdef TL_X86_SIMD
+// MB dot products of one W row with MB rows of A: each W vector is loaded (and converted) once and used for all
+// MB rows of A, whose vectors come from L1 (here A has at most 3 rows). Four accumulators per A row (k unrolled
+// by 32) hide the FMA latency. One W row at a time keeps the whole thread's read of W a single sequential
+// stream, which the hardware prefetcher follows best (reading 4 rows side by side measured slower from DRAM).
+template <int MB, DType D>
+TL_AVX2 void dot_row_avx2(const float* a, int64_t lda, const Stor<D>* w, int64_t K, float* out, int64_t ldo) {
+  __m256 acc[MB][4];
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u) {
+      const __m256 wv = load8<D>(w + k + 8 * u);
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m)
+        acc[m][u] = _mm256_fmadd_ps(_mm256_loadu_ps(a + m * lda + k + 8 * u), wv, acc[m][u]);
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    const __m256 wv = load8<D>(w + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) acc[m][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a + m * lda + k), wv, acc[m][0]);
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m) {
+    float s = hsum(_mm256_add_ps(_mm256_add_ps(acc[m][0], acc[m][1]), _mm256_add_ps(acc[m][2], acc[m][3])));
+    for (int64_t t = k; t < K; ++t) s += a[m * lda + t] * to_f32<D>(w[t]);
+    out[m * ldo] = s;
+  }
+}
+
+// Many A rows (4..16, batched decode): compute-bound, so the tile is chosen for FMAs per load. 4 A rows x 2 W rows
+// = 8 accumulators: 6 vector loads per 8 FMAs, and 8 independent chains cover the FMA latency on two pipes.
+// It covers one k-chunk and keeps its running sums in `acc` (MB x R vectors, row stride acc_ld) between chunks.
+template <int MB, int R>
+TL_AVX2 void dot_tile_avx2(const float* a, int64_t lda, const float* w, int64_t ldw, int64_t len, __m256* acc,
+                           int64_t acc_ld) {
+  __m256 c[MB][R];
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) c[m][r] = acc[m * acc_ld + r];
+  for (int64_t k = 0; k < len; k += 8) {
+    __m256 av[MB];
+#pragma GCC unroll 4
+    for (int m = 0; m < MB; ++m) av[m] = _mm256_loadu_ps(a + m * lda + k);
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + r * ldw + k);
+#pragma GCC unroll 4
+      for (int m = 0; m < MB; ++m) c[m][r] = _mm256_fmadd_ps(av[m], wv, c[m][r]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) acc[m * acc_ld + r] = c[m][r];
+}
+
+// All M rows of A against R rows of W over one k-chunk, in tiles of 4 A rows.
+template <int R>
+TL_AVX2 void dot_tiles_avx2(const float* a, int64_t lda, int64_t M, const float* w, int64_t ldw, int64_t len,
+                            __m256* acc) {
+  constexpr int64_t ld = kRowsR;
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) dot_tile_avx2<4, R>(a + m * lda, lda, w, ldw, len, acc + m * ld, ld);
+  switch (M - m) {
+    case 1: dot_tile_avx2<1, R>(a + m * lda, lda, w, ldw, len, acc + m * ld, ld); break;
+    case 2: dot_tile_avx2<2, R>(a + m * lda, lda, w, ldw, len, acc + m * ld, ld); break;
+    case 3: dot_tile_avx2<3, R>(a + m * lda, lda, w, ldw, len, acc + m * ld, ld); break;
+    default: break;
+  }
+}
+
+// M = 4..16 rows of A against r <= 4 rows of W, in tiles of 4 A rows x 2 W rows. bf16/f16 W is converted to f32
+// once, into `scratch` (in chunks of kDotKC, to bound it), rather than once per A tile; the tiles keep their
+// running sums in `acc` between chunks. (Smaller chunks, to keep A in L1 across more W rows, measured slower.)
+template <DType D>
+TL_AVX2 void dot_many_avx2(const float* a, int64_t lda, int64_t M, const Stor<D>* w, int64_t ldw, int64_t K,
+                           float* out, int64_t ldo, int r, float* scratch) {
+  __m256 acc[kSkinnyM * kRowsR];
+  for (int64_t i = 0; i < M * kRowsR; ++i) acc[i] = _mm256_setzero_ps();
+  const int64_t k8 = K & ~int64_t{7};
+  for (int64_t k0 = 0; k0 < k8; k0 += kDotKC) {
+    const int64_t len = std::min(kDotKC, k8 - k0);
+    const float* wc;
+    int64_t ldc;
+    if constexpr (D == DType::F32) {
+      wc = w + k0;
+      ldc = ldw;
+    } else {
+      for (int j = 0; j < r; ++j)
+        for (int64_t k = 0; k < len; k += 8) _mm256_store_ps(scratch + j * kDotKC + k, load8<D>(w + j * ldw + k0 + k));
+      wc = scratch;
+      ldc = kDotKC;
+    }
+    int j = 0;
+    for (; j + 2 <= r; j += 2) dot_tiles_avx2<2>(a + k0, lda, M, wc + j * ldc, ldc, len, acc + j);
+    if (j < r) dot_tiles_avx2<1>(a + k0, lda, M, wc + j * ldc, ldc, len, acc + j);
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int j = 0; j < r; ++j) {
+      float s = hsum(acc[m * kRowsR + j]);
+      for (int64_t t = k8; t < K; ++t) s += a[m * lda + t] * to_f32<D>(w[j * ldw + t]);
+      out[m * ldo + j] = s;
+    }
+}
+
+template <DType D>
+TL_AVX2 void dot_avx2(const float* a, int64_t lda, int64_t M, const void* wv, int64_t ldw, int64_t K, float* out,
+                      int64_t ldo, int r) {
+  const Stor<D>* w = static_cast<const Stor<D>*>(wv);
+  if (M > kRowsFewM) return dot_many_avx2<D>(a, lda, M, w, ldw, K, out, ldo, r, tls_scratch.get(kRowsR * kDotKC));
+  for (int j = 0; j < r; ++j, w += ldw, ++out) {
+    switch (M) {
+      case 1: dot_row_avx2<1, D>(a, lda, w, K, out, ldo); break;
+      case 2: dot_row_avx2<2, D>(a, lda, w, K, out, ldo); break;
+      default: dot_row_avx2<3, D>(a, lda, w, K, out, ldo); break;
+    }
+  }
+}
+
+// MB rows x 8*NV columns of C: per k, NV vectors of B's row k (converted once) times MB broadcast A values.
+template <int MB, int NV, DType D>
+TL_AVX2 void axpy_tile_avx2(const float* a, int64_t lda, const Stor<D>* b, int64_t ldb, int64_t K, float* c,
+                            int64_t ldc) {
+  __m256 acc[MB][NV];
+  for (int m = 0; m < MB; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k, b += ldb) {
+    __m256 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load8<D>(b + 8 * v);
+    for (int m = 0; m < MB; ++m) {
+      __m256 x = _mm256_broadcast_ss(a + m * lda + k);
+      for (int v = 0; v < NV; ++v) acc[m][v] = _mm256_fmadd_ps(x, bv[v], acc[m][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(c + m * ldc + 8 * v, acc[m][v]);
+}
+
+template <DType D, int NV>
+TL_AVX2 void axpy_tile_m(const float* a, int64_t lda, const Stor<D>* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                         int mb) {
+  switch (mb) {
+    case 1: return axpy_tile_avx2<1, NV, D>(a, lda, b, ldb, K, c, ldc);
+    case 2: return axpy_tile_avx2<2, NV, D>(a, lda, b, ldb, K, c, ldc);
+    case 3: return axpy_tile_avx2<3, NV, D>(a, lda, b, ldb, K, c, ldc);
+    case 4: return axpy_tile_avx2<4, NV, D>(a, lda, b, ldb, K, c, ldc);
+    case 5: return axpy_tile_avx2<5, NV, D>(a, lda, b, ldb, K, c, ldc);
+    default: return axpy_tile_avx2<6, NV, D>(a, lda, b, ldb, K, c, ldc);
+  }
+}
+
+// Columns in blocks of 16, then one of 8, then a scalar tail of < 8.
+template <DType D>
+TL_AVX2 void axpy_avx2(const float* a, int64_t lda, const void* bv, int64_t ldb, int64_t K, float* c, int64_t ldc,
+                       int mb, int64_t nc) {
+  const Stor<D>* b = static_cast<const Stor<D>*>(bv);
+  int64_t j = 0;
+  for (; j + 16 <= nc; j += 16) axpy_tile_m<D, 2>(a, lda, b + j, ldb, K, c + j, ldc, mb);
+  if (j + 8 <= nc) {
+    axpy_tile_m<D, 1>(a, lda, b + j, ldb, K, c + j, ldc, mb);
+    j += 8;
+  }
+  if (j < nc) axpy_scalar<D>(a, lda, b + j, ldb, K, c + j, ldc, mb, nc - j);
+}
+
+#endif  // TL_X86_SIMD
+
+struct SkinnyKernels {
+  DotFn dot;
+  AxpyFn axpy;
+};
+
+SkinnyKernels skinny_kernels(DType bd, bool simd) {
+  SkinnyKernels s{};
+  with_dtype(bd, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    s.dot = &dot_scalar<D>;
+    s.axpy = &axpy_scalar<D>;
+#ifdef TL_X86_SIMD
+    if (simd) {
+      s.dot = &dot_avx2<D>;
+      s.axpy = &axpy_avx2<D>;
+    }
+#endif
+  });
+  return s;
+}
+
+// One batch item's operands: a and b with their item offsets applied, and where its output goes.
+struct Item {
+  Mat a, b;
+  float* c;
+};
+
+// Rows path over all items. A task is a run of W rows (output columns) of one item: a decode step over one big
+// weight splits along N, a batch of small attention heads splits across heads.
+void skinny_rows(const std::vector<Item>& items, int64_t M, int64_t N, int64_t K, int threads,
+                 const SkinnyKernels& s) {
+  // Up to 64 W rows per task (~110 KB of a bf16 weight with K = 896): long enough for the prefetcher to
+  // stream, short enough for dynamic hand-out to balance the threads.
+  constexpr int64_t kRowsPerTask = 16 * kRowsR;
+  const int64_t tasks_per_item = (N + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t es = dtype_size(items[0].b.dtype);
+  run_tasks(static_cast<int64_t>(items.size()) * tasks_per_item, threads, [&](int64_t t) {
+    const Item& item = items[t / tasks_per_item];
+    const int64_t n_begin = (t % tasks_per_item) * kRowsPerTask, n_end = std::min(N, n_begin + kRowsPerTask);
+    int64_t lda = 0;
+    const float* a = a_rows_f32(item.a, tls_pack_a, &lda);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kRowsR) {
+      const int r = static_cast<int>(std::min<int64_t>(kRowsR, n_end - n0));
+      const void* w = static_cast<const char*>(item.b.data) + n0 * item.b.cs * es;
+      s.dot(a, lda, M, w, item.b.cs, K, item.c + n0, N, r);
+    }
+  });
+}
+
+// Cols path over all items: a task is a 64-column slice of one item.
+void skinny_cols(const std::vector<Item>& items, int64_t M, int64_t N, int64_t K, int threads,
+                 const SkinnyKernels& s) {
+  constexpr int64_t kSlice = 64;
+  const int64_t slices = (N + kSlice - 1) / kSlice;
+  const int64_t es = dtype_size(items[0].b.dtype);
+  run_tasks(static_cast<int64_t>(items.size()) * slices, threads, [&](int64_t t) {
+    const Item& item = items[t / slices];
+    const int64_t n0 = (t % slices) * kSlice, nc = std::min(kSlice, N - n0);
+    int64_t lda = 0;
+    const float* a = a_rows_f32(item.a, tls_pack_a, &lda);
+    const void* b = static_cast<const char*>(item.b.data) + n0 * es;
+    for (int64_t m0 = 0; m0 < M; m0 += kColsMB) {
+      const int mb = static_cast<int>(std::min<int64_t>(kColsMB, M - m0));
+      s.axpy(a + m0 * lda, lda, b, item.b.rs, K, item.c + m0 * N + n0, N, mb, nc);
+    }
+  });
+}
+
+// =====================================================================================================================
+// The binding
+// =====================================================================================================================
+
+bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+// Null when the arguments are consistent, else what is wrong (the message gets the shapes appended). Building
+// strings only on failure keeps them off the per-call cost of small decode matmuls.
+const char* check_args(const TensorRef& a, const TensorRef& b, const TensorRef& out) {
+  if (!is_float(a.dtype) || !is_float(b.dtype)) return "a and b must be float32, bfloat16 or float16";
+  if (out.dtype != DType::F32) return "out must be float32";
+  const int nd = a.ndim();
+  if (nd < 2 || b.ndim() != nd || out.ndim() != nd) return "a, b and out must have the same number of dimensions, at least 2";
+  for (int i = 0; i < nd - 2; ++i)
+    if (a.shape[i] != b.shape[i] || a.shape[i] != out.shape[i]) return "batch dimensions differ";
+  if (a.shape[nd - 1] != b.shape[nd - 2]) return "inner dimensions differ";
+  if (out.shape[nd - 2] != a.shape[nd - 2] || out.shape[nd - 1] != b.shape[nd - 1])
+    return "out must have shape [...batch, M, N]";
+  if (!out.contiguous()) return "out must be contiguous";
+  return nullptr;
+}
+
+// Element offset of each batch item (row-major order over the batch dims) in a view.
+std::vector<int64_t> batch_offsets(const TensorRef& t, int64_t count) {
+  std::vector<int64_t> offs(count);
+  const int nb = t.ndim() - 2;
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t rem = i, off = 0;
+    for (int d = nb - 1; d >= 0; --d) {
+      off += (rem % t.shape[d]) * t.strides[d];
+      rem /= t.shape[d];
+    }
+    offs[i] = off;
+  }
+  return offs;
+}
+
+Mat item_mat(const TensorRef& t, int64_t offset) {
+  const int nd = t.ndim();
+  return Mat{static_cast<const char*>(t.data) + offset * dtype_size(t.dtype), t.dtype, t.shape[nd - 2],
+             t.shape[nd - 1], t.strides[nd - 2], t.strides[nd - 1]};
+}
+
+void run_matmul(const TensorRef& at, const TensorRef& bt, const TensorRef& out) {
+  const int nd = at.ndim();
+  const int64_t M = at.shape[nd - 2], K = at.shape[nd - 1], N = bt.shape[nd - 1];
+  int64_t batch = 1;
+  for (int i = 0; i < nd - 2; ++i) batch *= at.shape[i];
+  if (batch == 0 || M == 0 || N == 0) return;
+
+  const std::vector<int64_t> ao = batch_offsets(at, batch), bo = batch_offsets(bt, batch);
+  std::vector<Item> items(batch);
+  for (int64_t i = 0; i < batch; ++i)
+    items[i] = Item{item_mat(at, ao[i]), item_mat(bt, bo[i]), out.ptr<float>() + i * M * N};
+
+  const bool has_f16 = at.dtype == DType::F16 || bt.dtype == DType::F16;
+  const bool simd = has_avx2_fma() && (!has_f16 || has_f16c());
+  const int pool = num_threads();
+  const int threads = batch * M * N * K >= kParallelMinFma ? pool : 1;
+  const int64_t rs = items[0].b.rs, cs = items[0].b.cs;
+
+  if (M <= kSkinnyM && K > 0) {
+    // Pick by B's layout: contiguous rows (axpy form) or contiguous columns (dot form, the weight layout).
+    if (cs == 1 && N > 1) return skinny_cols(items, M, N, K, threads, skinny_kernels(bt.dtype, simd));
+    if (rs == 1 || K == 1) return skinny_rows(items, M, N, K, threads, skinny_kernels(bt.dtype, simd));
+  }
+
+  const GemmKernels g = gemm_kernels(items[0].a, items[0].b, simd);
+  // Many small items (attention heads): one item per thread at a time, each GEMM single-threaded. Few large
+  // items: items in turn, each split across the pool.
+  const int64_t item_fma = M * N * K;
+  const bool across_items = batch > 1 && (batch % pool == 0 || batch >= 4 * pool || item_fma < (1 << 22));
+  if (across_items) {
+    run_tasks(batch, threads, [&](int64_t i) { gemm_packed(items[i].a, items[i].b, items[i].c, N, 1, g); });
+  } else {
+    for (const Item& it : items) gemm_packed(it.a, it.b, it.c, N, threads, g);
+  }
+}
+
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  TensorRef a = tensor_arg(info, 0, "matmul");
+  if (env.IsExceptionPending()) return env.Undefined();
+  TensorRef b = tensor_arg(info, 1, "matmul");
+  if (env.IsExceptionPending()) return env.Undefined();
+  TensorRef out = tensor_arg(info, 2, "matmul");
+  if (env.IsExceptionPending()) return env.Undefined();
+  if (const char* err = check_args(a, b, out)) {
+    Napi::TypeError::New(env, std::string("matmul: ") + err + " (a " + a.describe() + ", b " + b.describe() +
+                                  ", out " + out.describe() + ")")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  try {
+    run_matmul(a, b, out);
+  } catch (const std::bad_alloc&) {
+    Napi::Error::New(env, "matmul: out of memory for packing buffers").ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+TL_EXPORT("matmul", Matmul);
+
+// native.cpuFeatures(): which kernels this process uses, for tests and benchmark reports.
+Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("simd", has_avx2_fma());  // AVX2/FMA kernels in use (false: scalar fallback, e.g. TINY_LLM_NO_SIMD=1)
+  o.Set("f16c", has_f16c());      // float16 operands on the SIMD path too
+  return o;
+}
+TL_EXPORT("cpuFeatures", CpuFeatures);
+
+}  // namespace
+}  // namespace tl
