@@ -2,19 +2,9 @@
 // PyTorch, fixtures/ops/rope), traditional and Qwen2-style, with one offset or one offset per batch row.
 import * as tc from '@tiny-llm/tensor-core';
 import { expectClose, goldenOp } from '@tiny-llm/tensor-core/testing';
-import { describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import { RoPE } from '@solution/week1';
-
-/** Shape, dtype and NaN first, each with a message that says what is wrong; then the values within atol. */
-function expectGolden(actual: tc.Tensor, expected: tc.Tensor, atol = 1e-5): void {
-  const shapes = `expected ${tc.formatShape(expected.shape)}, got ${tc.formatShape(actual.shape)}`;
-  expect([...actual.shape], `output shape: ${shapes}`).toEqual([...expected.shape]);
-  expect(actual.dtype, `output dtype: week 1 computes in float32, got ${actual.dtype}`).toBe('float32');
-  const values = actual.toArray();
-  const nan = Array.prototype.findIndex.call(values, Number.isNaN);
-  expect(nan, `the output has NaN at index ${nan}`).toBe(-1);
-  expectClose(values, expected.toArray(), atol);
-}
+import { expectGolden } from './support.ts';
 
 const f = goldenOp('rope');
 

@@ -1,25 +1,9 @@
 // Chapter 1.4, graded: RMSNorm, SiLU and the Qwen2 MLP against the golden fixtures (computed in float64 by
 // PyTorch, fixtures/ops/rms_norm, silu and mlp).
-import * as tc from '@tiny-llm/tensor-core';
-import { expectClose, goldenOp, relativeError } from '@tiny-llm/tensor-core/testing';
+import { goldenOp, relativeError } from '@tiny-llm/tensor-core/testing';
 import { describe, expect, it } from 'vitest';
 import { Qwen2MLP, RMSNorm, silu } from '@solution/week1';
-
-/** Shape, dtype and NaN, each with a message that says what is wrong. */
-function expectWellFormed(actual: tc.Tensor, expected: tc.Tensor): ArrayLike<number> {
-  const shapes = `expected ${tc.formatShape(expected.shape)}, got ${tc.formatShape(actual.shape)}`;
-  expect([...actual.shape], `output shape: ${shapes}`).toEqual([...expected.shape]);
-  expect(actual.dtype, `output dtype: week 1 computes in float32, got ${actual.dtype}`).toBe('float32');
-  const values = actual.toArray();
-  const nan = Array.prototype.findIndex.call(values, Number.isNaN);
-  expect(nan, `the output has NaN at index ${nan}`).toBe(-1);
-  return values;
-}
-
-/** expectWellFormed, then the values within atol. */
-function expectGolden(actual: tc.Tensor, expected: tc.Tensor, atol = 1e-5): void {
-  expectClose(expectWellFormed(actual, expected), expected.toArray(), atol);
-}
+import { expectGolden, expectWellFormed } from './support.ts';
 
 describe('1.4 norm-mlp: RMSNorm', () => {
   const f = goldenOp('rms_norm');
