@@ -29,7 +29,7 @@ export {
   openModelDir, parseModelConfig, readModelConfig, ModelDir, SUPPORTED_MODEL_TYPES, type ModelConfig, type ModelType,
   type MoeConfig, type QuantizationConfig, type LinearWeights,
 } from './io/model-dir.ts';
-export { QuantizedWeight, dequantize } from './io/quantized.ts';
+export { QuantizedWeight, dequantize, quantize, type QuantizeOptions } from './io/quantized.ts';
 
 import { readSafetensors } from './io/safetensors.ts';
 /** One tensor of a safetensors file (a view over the mapped file when its data is aligned). */

@@ -4,7 +4,8 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { cpu } from '../src/backend/cpu.ts';
 import type { DType, StorageArray } from '../src/dtype.ts';
-import { dequantize, QuantizedWeight } from '../src/io/quantized.ts';
+import { dequantize, quantize, QuantizedWeight } from '../src/io/quantized.ts';
+import { astype } from '../src/ops/elementwise.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
 import { Tensor } from '../src/tensor.ts';
 
@@ -171,5 +172,90 @@ describe('QuantizedWeight checks', () => {
     expect(() => new QuantizedWeight(w(), s([4, 1]), s([4, 1]), 48, 4)).toThrow(/unsupported quantization group size 48/);
     // 8 words of 8 bits are 32 columns: not a whole number of groups of 64.
     expect(() => new QuantizedWeight(w(), s([4, 1]), s([4, 1]), 64, 8)).toThrow(/32 input columns do not split into groups of 64/);
+  });
+});
+
+describe('quantize (MLX affine quantization, the inverse of dequantize)', () => {
+  /** Deterministic values in [-1, 1) scaled per row, so that groups have different ranges. */
+  function randomWeight(rows: number, cols: number, seed: number): Float32Array {
+    const v = new Float32Array(rows * cols);
+    let s = seed >>> 0;
+    for (let i = 0; i < v.length; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      v[i] = ((s / 2 ** 32) * 2 - 1) * (0.05 + (Math.floor(i / cols) % 7) * 0.3);
+    }
+    return v;
+  }
+
+  for (const dtype of ['bfloat16', 'float16', 'float32'] as const) {
+    for (const bits of [2, 3, 4, 5, 6, 8]) {
+      for (const group of [32, 64, 128]) {
+        it(`${bits}-bit, group ${group}, ${dtype} scales: round trip within |scale| / 2 (|scale| where clipped at the far edge)`, () => {
+          const rows = 9;
+          const cols = 256;
+          const values = randomWeight(rows, cols, bits * 1000 + group);
+          values.fill(0, 2 * cols, 2 * cols + group); // an all-zero group stays zero
+          const qw = quantize(make('float32', [rows, cols], values), bits, group, { dtype });
+          expect(qw.shape).toEqual([rows, cols]);
+          expect(qw.weight.shape).toEqual([rows, (cols * bits) / 32]);
+          expect(qw.scales.dtype).toBe(dtype);
+          expect(qw.scales.shape).toEqual([rows, cols / group]);
+          const back = dequantize(qw).toArray() as Float32Array;
+          const s = qw.scales.toArray() as Float32Array;
+          const b = qw.biases.toArray() as Float32Array;
+          const top = 2 ** bits - 1;
+          // Unit roundoff of the stored scales and biases.
+          const u = dtype === 'bfloat16' ? 2 ** -9 : dtype === 'float16' ? 2 ** -11 : 2 ** -24;
+          for (let i = 0; i < values.length; i++) {
+            const g = Math.floor(i / group); // cols is a multiple of group: groups are consecutive
+            const err = Math.abs(back[i] - values[i]);
+            const lo = Math.min(b[g], b[g] + top * s[g]);
+            const hi = Math.max(b[g], b[g] + top * s[g]);
+            const step = Math.abs(s[g]);
+            if (values[i] >= lo && values[i] <= hi) {
+              expect(err, `element ${i}`).toBeLessThanOrEqual(step / 2 + 1e-6 * Math.abs(values[i]) + 1e-12);
+            } else {
+              // Outside the levels: MLX's zero-snapped step can fall short of the far edge by up to one step
+              // (a quarter of 2-bit values land there), plus the rounding of the stored scale, multiplied by
+              // up to 2^bits - 1 levels, and of the stored bias.
+              expect(err, `element ${i} (clipped)`).toBeLessThanOrEqual(step * (1 + top * u) + u * Math.abs(b[g]) + 1e-6);
+            }
+          }
+          expect(Array.from(back.subarray(2 * cols, 2 * cols + group))).toEqual(new Array(group).fill(0));
+        });
+      }
+    }
+  }
+
+  it('follows MLX: the edge of larger magnitude is the bias, a negative scale when it is the maximum', () => {
+    // Values on the grid -2 + 0.5 q (q = 0..15): |max| = 5.5 > |min| = 2, so bias 5.5 and scale -0.5; exact.
+    const grid = Float32Array.from({ length: 32 }, (_, i) => -2 + 0.5 * (i % 16));
+    const qw = quantize(make('float32', [1, 32], grid), 4, 32);
+    expect(Array.from(qw.scales.toArray())).toEqual([-0.5]);
+    expect(Array.from(qw.biases.toArray())).toEqual([5.5]);
+    expect(Array.from(dequantize(qw).toArray())).toEqual(Array.from(grid));
+    // Mirrored: |min| is larger, so bias = min and the scale is positive.
+    const mirrored = grid.map((v) => 0 - v); // 0 - v: no -0, which toEqual tells from 0
+    const qm = quantize(make('float32', [1, 32], mirrored), 4, 32);
+    expect(Array.from(qm.scales.toArray())).toEqual([0.5]);
+    expect(Array.from(qm.biases.toArray())).toEqual([-5.5]);
+    expect(Array.from(dequantize(qm).toArray())).toEqual(Array.from(mirrored));
+  });
+
+  it('keeps leading batch dimensions and accepts bfloat16 weights', () => {
+    const values = randomWeight(6, 64, 7);
+    const w = make('float32', [2, 3, 64], values);
+    const qw = quantize(astype(w, 'bfloat16'), 8, 64);
+    expect(qw.shape).toEqual([2, 3, 64]);
+    expect(qw.weight.shape).toEqual([2, 3, 16]);
+    expect(qw.scales.shape).toEqual([2, 3, 1]);
+    const back = dequantize(qw).toArray() as Float32Array;
+    expect(maxAbsDiff(back, values)).toBeLessThan(0.02);
+  });
+
+  it('rejects what it cannot quantize', () => {
+    expect(() => quantize(make('float32', [2, 48], new Float32Array(96)), 4, 32)).toThrow(/do not split into groups of 32/);
+    expect(() => quantize(make('float32', [64], new Float32Array(64)), 4, 32)).toThrow(/at least 2 dimensions/);
+    expect(() => quantize(make('float32', [1, 64], new Float32Array(64)), 7, 32)).toThrow(/unsupported quantization bits 7/);
   });
 });

@@ -5,7 +5,7 @@
 namespace {
 
 Napi::Value SdkTableBinding(const Napi::CallbackInfo& info) {
-  static tl::SdkTable table{tl::kSdkVersion, &tl::core_parallel_for, &tl::core_num_threads};
+  static tl::SdkTable table{tl::kSdkVersion, &tl::core_parallel_for, &tl::core_num_threads, &tl::core_matmul};
   return Napi::External<tl::SdkTable>::New(info.Env(), &table);
 }
 TL_EXPORT("sdkTable", SdkTableBinding);

@@ -887,4 +887,17 @@ Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
 TL_EXPORT("cpuFeatures", CpuFeatures);
 
 }  // namespace
+
+// The SDK's tl::matmul (extension.h): the same checks and kernels as native.matmul, for other addons' kernels
+// (the reference's quantized prefill multiplies dequantized weight tiles with it).
+const char* core_matmul(const TensorRef* a, const TensorRef* b, const TensorRef* out) {
+  if (const char* err = check_args(*a, *b, *out)) return err;
+  try {
+    run_matmul(*a, *b, *out);
+  } catch (const std::bad_alloc&) {
+    return "out of memory for packing buffers";
+  }
+  return nullptr;
+}
+
 }  // namespace tl

@@ -7,6 +7,7 @@
 // Dequantized value = q * scale + bias, with the scale and bias of the value's group.
 import { cpu } from '../backend/cpu.ts';
 import { storageView } from '../dtype.ts';
+import { astype } from '../ops/elementwise.ts';
 import { formatShape, sizeOf } from '../shape.ts';
 import { Tensor } from '../tensor.ts';
 
@@ -118,4 +119,101 @@ export function dequantize(qw: QuantizedWeight): Tensor {
     }
   }
   return new Tensor(storage, 'float32', [...qw.shape]);
+}
+
+export interface QuantizeOptions {
+  /** The dtype scales and biases are stored in (default bfloat16, as in most mlx-community checkpoints). */
+  dtype?: 'bfloat16' | 'float16' | 'float32';
+}
+
+/**
+ * The inverse of dequantize: MLX's affine quantization (`mx.quantize`) of a float weight [...batch, out, in]
+ * with `bits` bits per value and one scale and bias per group of `groupSize` input columns, so that
+ * w ≈ q * scale + bias with q in [0, 2^bits - 1]. The engine's benchmarks use it to build quantized weights of
+ * real model shapes from random ones; tests use it to make quantized fixtures of any shape.
+ *
+ * Per group, as MLX computes it: the step is (max - min) / (2^bits - 1); the edge of larger magnitude (min, or
+ * max with a negative scale) becomes the bias, and the step is adjusted to edge / round(edge / step) so that
+ * 0.0 falls on a level (up to rounding). The scale is then negative when |max| > |min|. Each
+ * element is within |scale| / 2 of its value, except at the far edge, which the adjusted step may no longer
+ * reach: those are clipped to the last level, within |scale|. Unlike MLX, q is computed with the scale and
+ * bias already rounded to the storage dtype, so that rounding adds no error of its own.
+ */
+export function quantize(w: Tensor, bits: number, groupSize: number, options: QuantizeOptions = {}): QuantizedWeight {
+  checkParams(groupSize, bits, 'quantize');
+  const dtype = options.dtype ?? 'bfloat16';
+  if (!['float32', 'float16', 'bfloat16'].includes(w.dtype) || w.ndim < 2) {
+    throw new Error(`quantize: expected a float weight of at least 2 dimensions, got ${w.describe()}`);
+  }
+  const inFeatures = w.shape[w.ndim - 1];
+  if (inFeatures % groupSize !== 0 || (inFeatures * bits) % 32 !== 0) {
+    throw new Error(`quantize: ${inFeatures} input columns do not split into groups of ${groupSize} (${w.describe()})`);
+  }
+  const rows = sizeOf(w.shape) / Math.max(inFeatures, 1);
+  const groupsPerRow = inFeatures / groupSize;
+  const nGroups = rows * groupsPerRow;
+  const values = w.toArray() as Float32Array;
+  const nBins = 2 ** bits - 1;
+
+  // Pass 1: each group's scale and bias, as MLX computes them in float32.
+  const scales32 = new Float32Array(nGroups);
+  const biases32 = new Float32Array(nGroups);
+  for (let g = 0; g < nGroups; g++) {
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (let j = g * groupSize; j < (g + 1) * groupSize; j++) {
+      const v = values[j];
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    const minIsEdge = Math.abs(lo) > Math.abs(hi);
+    let scale = Math.max(Math.fround((hi - lo) / nBins), 1e-7);
+    if (!minIsEdge) scale = -scale;
+    const edge = minIsEdge ? lo : hi;
+    const q0 = Math.round(Math.fround(edge / scale));
+    let bias = 0;
+    if (q0 !== 0) {
+      scale = Math.fround(edge / q0);
+      bias = edge;
+    }
+    scales32[g] = scale;
+    biases32[g] = bias;
+  }
+  const groupShape = [...w.shape.slice(0, -1), groupsPerRow];
+  const scales = storeAs(scales32, groupShape, dtype);
+  const biases = storeAs(biases32, groupShape, dtype);
+
+  // Pass 2: q = clip(round((w - bias) / scale)) with the stored (rounded) scale and bias, packed as a
+  // little-endian bit stream per row (DESIGN 4): value j at stream bits [j*bits, (j+1)*bits).
+  const s = scales.toArray() as Float32Array;
+  const b = biases.toArray() as Float32Array;
+  const wordsPerRow = (inFeatures * bits) / 32;
+  const storage = cpu.allocate('uint32', rows * wordsPerRow);
+  const words = storageView('uint32', storage.buffer, storage.byteOffset, rows * wordsPerRow) as Uint32Array;
+  words.fill(0); // pooled storage is not zeroed
+  for (let r = 0; r < rows; r++) {
+    const w0 = r * wordsPerRow;
+    for (let j = 0; j < inFeatures; j++) {
+      const g = r * groupsPerRow + Math.floor(j / groupSize);
+      const q = Math.min(Math.max(Math.round((values[r * inFeatures + j] - b[g]) / s[g]), 0), nBins);
+      const bit = j * bits;
+      const word = w0 + (bit >>> 5);
+      const shift = bit & 31;
+      words[word] |= q << shift;
+      if (shift + bits > 32) words[word + 1] |= q >>> (32 - shift);
+    }
+  }
+  const packed = new Tensor(storage, 'uint32', [...w.shape.slice(0, -1), wordsPerRow]);
+  return new QuantizedWeight(packed, scales, biases, groupSize, bits, 'quantize');
+}
+
+/** float32 values as a tensor of `dtype` (rounded to nearest even, as every conversion in the library). */
+function storeAs(values: Float32Array, shape: number[], dtype: 'bfloat16' | 'float16' | 'float32'): Tensor {
+  const storage = cpu.allocate('float32', values.length);
+  (storageView('float32', storage.buffer, storage.byteOffset, values.length) as Float32Array).set(values);
+  const t = new Tensor(storage, 'float32', shape);
+  if (dtype === 'float32') return t;
+  const converted = astype(t, dtype);
+  t.dispose();
+  return converted;
 }

@@ -261,8 +261,10 @@ struct SdkTable {
   int32_t version;
   void (*parallel_for)(int64_t n, int64_t grain, RangeFn fn, void* ctx);
   int32_t (*num_threads)();
+  // Since version 2: tensor-core's GEMM (native.matmul), see tl::matmul below.
+  const char* (*matmul)(const TensorRef* a, const TensorRef* b, const TensorRef* out);
 };
-constexpr int32_t kSdkVersion = 1;
+constexpr int32_t kSdkVersion = 2;
 
 namespace sdk {
 inline const SdkTable*& table() {
@@ -293,6 +295,8 @@ inline bool connect(Napi::Env env, Napi::Value external) {
 // Inside tensor-core the pool is called directly (src/thread_pool.cc).
 void core_parallel_for(int64_t n, int64_t grain, RangeFn fn, void* ctx);
 int32_t core_num_threads();
+// The GEMM behind native.matmul (src/matmul.cc).
+const char* core_matmul(const TensorRef* a, const TensorRef* b, const TensorRef* out);
 #endif
 
 inline void parallel_for_raw(int64_t n, int64_t grain, RangeFn fn, void* ctx) {
@@ -320,6 +324,20 @@ inline int32_t num_threads() {
   return core_num_threads();
 #else
   return sdk::table() ? sdk::table()->num_threads() : 1;
+#endif
+}
+
+// out = a @ b with tensor-core's GEMM, the kernel behind native.matmul: a [...batch, M, K] and b [...batch, K, N]
+// float32 / bfloat16 / float16 with any strides (a linear layer's weight W [N, K] passed as b with strides
+// {1, K} is the layout it is tuned for), out [...batch, M, N] contiguous float32, overwritten. Returns nullptr, or
+// what is wrong with the arguments (the caller throws, naming its own op). It runs on the pool itself, so call
+// it from the calling thread, not from inside parallel_for (a nested region would run on one thread).
+inline const char* matmul(const TensorRef& a, const TensorRef& b, const TensorRef& out) {
+#ifdef TL_CORE
+  return core_matmul(&a, &b, &out);
+#else
+  if (!sdk::table()) return "the tiny-llm SDK is not connected (call sdk::connect first)";
+  return sdk::table()->matmul(&a, &b, &out);
 #endif
 }
 
