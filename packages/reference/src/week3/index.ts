@@ -1,0 +1,2 @@
+// Week 3 reference solutions: serving at scale.
+export * from './moe.ts';
