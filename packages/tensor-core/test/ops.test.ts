@@ -109,6 +109,23 @@ describe('elementwise unary ops', () => {
     expect(out[1]).not.toBe(0); // -100 * e^-100 is a float32 subnormal, not zero
   });
 
+  it('exp, sigmoid and silu stay within a few float32 ulps over the whole range (vector and scalar lanes)', () => {
+    // 8-wide vector lanes and the scalar fallback for the extremes (|x| near 88, the far negative tail).
+    const xs = Array.from({ length: 2001 }, (_, i) => -100 + i * 0.1).map(Math.fround);
+    const x = tc.tensor(xs);
+    const check = (got: ArrayLike<number>, f: (v: number) => number) => {
+      for (let i = 0; i < xs.length; i++) {
+        const want = f(xs[i]);
+        // A few ulps, or one step of the subnormal range (2^-149) where the result is that small.
+        if (!Number.isFinite(Math.fround(want))) expect(got[i]).toBe(Math.fround(want));
+        else expect(Math.abs(got[i] - want), `at x = ${xs[i]}`).toBeLessThanOrEqual(4e-7 * Math.abs(want) + 2 ** -149);
+      }
+    };
+    check(tc.exp(x).toArray(), Math.exp);
+    check(tc.sigmoid(x).toArray(), (v) => 1 / (1 + Math.exp(-v)));
+    check(tc.silu(x).toArray(), (v) => v / (1 + Math.exp(-v)));
+  });
+
   it('work on strided views and on bf16 with correct rounding', () => {
     const m = tc.reshape(tc.arange(12, undefined, 1, { dtype: 'float32' }), [3, 4]);
     expect(tc.neg(tc.transpose(m)).toList()).toEqual([[-0, -4, -8], [-1, -5, -9], [-2, -6, -10], [-3, -7, -11]]);

@@ -4,8 +4,10 @@
 // Every other dtype mix loads each element as double, computes, and stores with conversion: exact for
 // int32/uint32 and correctly rounded for bf16/f16 outputs (tl::store_f64 rounds to nearest even).
 #include <cmath>
+#include <type_traits>
 
 #include "binding_util.h"
+#include "simd_math.h"
 #include "strided.h"
 
 namespace tl {
@@ -17,10 +19,18 @@ enum Binary { kAdd, kSub, kMul, kDiv, kMaximum, kMinimum, kPow, kEqual, kLess, k
 
 // sigmoid and silu in forms that keep the far negative tail: 1 / (1 + exp(-x)) is fine for x >= 0, but
 // x * sigmoid(x) for x << 0 must not become 0 * x when exp(-x) overflows, so it uses exp(x) / (1 + exp(x)).
+// Below about -80, exp(x) is a float32 subnormal with few significant bits, so float32 results there are
+// computed in double and rounded once.
 template <typename T> inline T sigmoid(T x) {
+  if (std::is_same<T, float>::value && x < T(-80)) return static_cast<T>(sigmoid<double>(x));
   if (x >= 0) return T(1) / (T(1) + std::exp(-x));
   T e = std::exp(x);
   return e / (T(1) + e);
+}
+
+template <typename T> inline T silu(T x) {
+  if (std::is_same<T, float>::value && x < T(-80)) return static_cast<T>(x * sigmoid<double>(x));
+  return x * sigmoid(x);
 }
 
 template <typename T> inline T apply_unary(int op, T x) {
@@ -32,7 +42,7 @@ template <typename T> inline T apply_unary(int op, T x) {
     case kSqrt: return std::sqrt(x);
     case kRsqrt: return T(1) / std::sqrt(x);
     case kSigmoid: return sigmoid(x);
-    case kSilu: return x * sigmoid(x);
+    case kSilu: return silu(x);
     case kAbs: return std::fabs(x);
     case kTanh: return std::tanh(x);
     case kCos: return std::cos(x);
@@ -56,9 +66,35 @@ template <typename T> inline T apply_binary(int op, T a, T b) {
   }
 }
 
+#if defined(__x86_64__)
+// exp, sigmoid and silu on contiguous float32, 8 at a time with the vector exp (simd_math.h). Lanes where
+// that exp is not valid (huge inputs, the far negative tail, NaN) are redone with the scalar formula.
+template <int Op>
+__attribute__((target("avx2,fma"))) void exp_family_avx2(const float* x, float* out, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256 arg = Op == kExp ? v : _mm256_sub_ps(_mm256_setzero_ps(), v);  // exp(x), or exp(-x) for sigmoid
+    __m256 e = exp8(arg);
+    __m256 r = Op == kExp ? e : _mm256_div_ps(Op == kSilu ? v : one, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(out + i, r);
+    if (int bad = exp8_invalid_lanes(arg))
+      for (int j = 0; j < 8; ++j)
+        if (bad & (1 << j)) out[i + j] = apply_unary<float>(Op, x[i + j]);
+  }
+  for (; i < n; ++i) out[i] = apply_unary<float>(Op, x[i]);
+}
+#endif
+
 // The op is a template parameter in the float path so the switch leaves the inner loop.
 template <int Op>
 void unary_f32_span(const float* x, float* out, int64_t n, int64_t sx, int64_t so) {
+#if defined(__x86_64__)
+  if constexpr (Op == kExp || Op == kSigmoid || Op == kSilu) {
+    if (sx == 1 && so == 1 && has_avx2_fma()) return exp_family_avx2<Op>(x, out, n);
+  }
+#endif
   if (sx == 1 && so == 1) {
     for (int64_t i = 0; i < n; ++i) out[i] = apply_unary<float>(Op, x[i]);
   } else {

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "binding_util.h"
+#include "simd_math.h"
 #include "strided.h"
 
 namespace tl {
@@ -15,8 +16,10 @@ namespace {
 enum Reduce { kSum, kMax, kMin, kArgmax, kLogSumExp, kReduceCount };  // REDUCE_OPS in backend.ts
 
 // Sums accumulate in double: exact for integer tensors and free of the drift of long float32 sums.
-double reduce_row(int op, const TensorRef& x, int64_t off, int64_t n, int64_t stride) {
-  auto at = [&](int64_t i) { return load_f64(x.data, x.dtype, off + i * stride); };
+// `at(i)` loads element i of the row as a double; the caller picks a plain load for contiguous float32
+// rows (the LM head's argmax over 150k logits runs every token) and a dtype-dispatching one otherwise.
+template <typename Load>
+double reduce_row(int op, const Load& at, int64_t n) {
   switch (op) {
     case kSum: {
       double s = 0;
@@ -66,8 +69,16 @@ Napi::Value ReduceBinding(const Napi::CallbackInfo& info) {
   if (x.ndim() == 0 || !out.contiguous() || out.numel() * x.shape.back() != x.numel())
     return throw_range_error(env, "reduce: output " + out.describe() + " does not fit input " + x.describe());
   const int64_t n = x.shape.back(), stride = x.strides.back();
+  const bool f32_rows = x.dtype == DType::F32 && stride == 1;
   for_each_last_axis_row(x, rows_grain(n), [&](int64_t row, int64_t off) {
-    store_f64(out.data, out.dtype, row, n == 0 ? 0.0 : reduce_row(op, x, off, n, stride));
+    double r = 0;
+    if (n > 0 && f32_rows) {
+      const float* src = x.ptr<float>() + off;
+      r = reduce_row(op, [src](int64_t i) { return static_cast<double>(src[i]); }, n);
+    } else if (n > 0) {
+      r = reduce_row(op, [&](int64_t i) { return load_f64(x.data, x.dtype, off + i * stride); }, n);
+    }
+    store_f64(out.data, out.dtype, row, r);
   });
   return env.Undefined();
 }
@@ -93,6 +104,42 @@ void softmax_row(const Load& load, int64_t n, float* out_row) {
   for (int64_t i = 0; i < n; ++i) out_row[i] *= inv;
 }
 
+#if defined(__x86_64__)
+// softmax_row for a contiguous float32 row, with the vector exp: the exponentials dominate softmax.
+__attribute__((target("avx2,fma"))) void softmax_row_f32_avx2(const float* x, int64_t n, float* out_row) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  if (std::isinf(m) && m < 0) {
+    std::fill(out_row, out_row + n, 0.f);
+    return;
+  }
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 vsum = _mm256_setzero_ps();
+  double s = 0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 arg = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+    __m256 e = exp8(arg);
+    _mm256_storeu_ps(out_row + i, e);
+    if (exp8_invalid_lanes(arg)) {
+      for (int j = 0; j < 8; ++j) out_row[i + j] = std::exp(x[i + j] - m);  // the tail below e^-87, or -inf
+      e = _mm256_loadu_ps(out_row + i);
+    }
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vsum);
+  for (float v : lanes) s += v;
+  for (; i < n; ++i) {
+    out_row[i] = std::exp(x[i] - m);
+    s += out_row[i];
+  }
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / s));
+  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out_row + i, _mm256_mul_ps(_mm256_loadu_ps(out_row + i), inv));
+  for (; i < n; ++i) out_row[i] *= static_cast<float>(1.0 / s);
+}
+#endif
+
 // softmax(x, out): exp(x - max) / sum over the last axis, float32 math with a double sum; out is
 // contiguous with x's shape. float32 outputs are written directly; other dtypes go through a row buffer.
 Napi::Value SoftmaxBinding(const Napi::CallbackInfo& info) {
@@ -108,7 +155,12 @@ Napi::Value SoftmaxBinding(const Napi::CallbackInfo& info) {
     float* dst = out.dtype == DType::F32 ? out.ptr<float>() + row * n : scratch.data();
     if (f32_rows) {
       const float* src = x.ptr<float>() + off;
-      softmax_row([src](int64_t i) { return src[i]; }, n, dst);
+#if defined(__x86_64__)
+      if (has_avx2_fma())
+        softmax_row_f32_avx2(src, n, dst);
+      else
+#endif
+        softmax_row([src](int64_t i) { return src[i]; }, n, dst);
     } else {
       softmax_row([&](int64_t i) { return load_f32(x.data, x.dtype, off + i * stride); }, n, dst);
     }

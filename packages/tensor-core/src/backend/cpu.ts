@@ -19,29 +19,28 @@ export class CpuStorage implements Storage {
 }
 
 // Freshly allocated ArrayBuffers are zero-filled page by page on first touch, which is slow in this VM
-// (DESIGN 3.2); buffers of released tensors are kept per size and handed out again. Only sizes of at least
-// POOL_MIN_BYTES are pooled: small ones are cheap to allocate and would only fragment the pool.
-const POOL_MIN_BYTES = 1 << 16;
+// (DESIGN 3.2), and even a small one costs microseconds, as much as the small kernel that fills it. Buffers
+// of released tensors are kept per size and handed out again: a decode step that runs in tidy() allocates
+// nothing new after the first token. The pool holds at most POOL_MAX_BYTES, and POOL_MAX_PER_SIZE buffers
+// of one size.
 const POOL_MAX_BYTES = 1 << 30;
+const POOL_MAX_PER_SIZE = 64;
 
 class BufferPool {
   private free = new Map<number, ArrayBuffer[]>();
   private bytes = 0;
 
   take(byteLength: number): ArrayBuffer {
-    const list = this.free.get(byteLength);
-    const buffer = list?.pop();
-    if (buffer) {
-      this.bytes -= byteLength;
-      return buffer;
-    }
-    return new ArrayBuffer(byteLength);
+    const buffer = this.free.get(byteLength)?.pop();
+    if (!buffer) return new ArrayBuffer(byteLength);
+    this.bytes -= byteLength;
+    return buffer;
   }
 
   give(buffer: ArrayBuffer): void {
-    if (buffer.byteLength < POOL_MIN_BYTES || this.bytes + buffer.byteLength > POOL_MAX_BYTES) return;
     let list = this.free.get(buffer.byteLength);
     if (!list) this.free.set(buffer.byteLength, (list = []));
+    if (list.length >= POOL_MAX_PER_SIZE || this.bytes + buffer.byteLength > POOL_MAX_BYTES) return;
     list.push(buffer);
     this.bytes += buffer.byteLength;
   }
@@ -57,8 +56,7 @@ class CpuBackend implements Backend {
 
   allocate(dtype: DType, size: number): CpuStorage {
     const byteLength = Math.max(size * itemSize(dtype), 0);
-    const buffer = byteLength >= POOL_MIN_BYTES ? this.pool.take(byteLength) : new ArrayBuffer(byteLength);
-    return new CpuStorage(this, buffer, 0, byteLength, true);
+    return new CpuStorage(this, this.pool.take(byteLength), 0, byteLength, true);
   }
 
   /** Storage over memory that already exists (a file mapping, a user's buffer): no copy. */
