@@ -173,18 +173,20 @@ export function slice(x: Tensor, specs: readonly SliceSpec[]): Tensor {
   return x.view(shape, strides, offset);
 }
 
+const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v, lo), hi);
+/** Python's negative indices: -1 is the last element. */
+const fromEnd = (v: number, size: number) => (v < 0 ? v + size : v);
+
 function sliceRange(size: number, start: number | null, stop: number | null, step: number, d: number, x: Tensor): [number, number, number] {
   if (!Number.isInteger(step) || step === 0) throw new RangeError(`slice: step ${step} for dimension ${d} of ${x.describe()} must be a non-zero integer`);
-  const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v, lo), hi);
-  const norm = (v: number) => (v < 0 ? v + size : v);
   let first: number;
   let end: number;
   if (step > 0) {
-    first = start === null ? 0 : clamp(norm(start), 0, size);
-    end = stop === null ? size : clamp(norm(stop), 0, size);
+    first = start === null ? 0 : clamp(fromEnd(start, size), 0, size);
+    end = stop === null ? size : clamp(fromEnd(stop, size), 0, size);
   } else {
-    first = start === null ? size - 1 : clamp(norm(start), -1, size - 1);
-    end = stop === null ? -1 : clamp(norm(stop), -1, size - 1);
+    first = start === null ? size - 1 : clamp(fromEnd(start, size), -1, size - 1);
+    end = stop === null ? -1 : clamp(fromEnd(stop, size), -1, size - 1);
   }
   const count = Math.max(0, Math.ceil((end - first) / step));
   return [first, count, step];
