@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
-import { loadTokenizer, type ChatMessage } from '@tiny-llm/tokenizer';
+import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
+import { loadTokenizer } from '@tiny-llm/tokenizer';
 import { afterAll, describe, expect, it } from 'vitest';
 import { weightTraffic, randomEntries, prefillFlopsPerToken } from '../src/engine/bench.ts';
 import { readToolsFile, renderChatPrompt } from '../src/engine/chat.ts';
@@ -22,20 +23,10 @@ import { RandomWeights } from '../src/engine/random-weights.ts';
 import { Qwen2ModelWeek2 } from '../src/week2/qwen2-week2.ts';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const MODELS = ['tiny-qwen2-py', 'tiny-qwen2-py-draft', 'tiny-qwen2-moe-py'];
+const MODELS = DEMO_MODELS;
 const CLI = 'packages/reference/src/engine/cli.ts';
 
-interface GoldenCase {
-  kind: 'text' | 'chat';
-  prompt: string;
-  ids: number[];
-  greedy: number[];
-  greedy_text: string;
-  messages?: ChatMessage[];
-  tools?: boolean;
-}
-const golden = (model: string) =>
-  JSON.parse(readFileSync(join(ROOT, 'models', model, 'golden.json'), 'utf8')) as { max_new_tokens: number; cases: GoldenCase[] };
+const golden = demoGolden;
 
 interface CliResult {
   code: number | null;
@@ -149,7 +140,7 @@ describe('chat: the template renders the golden chat prompts byte for byte', () 
 
 describe('the CLI (spawned)', () => {
   it('generate: stdout is exactly the golden text (a code prompt of each model, a chat prompt), stats on stderr', async () => {
-    const runs: [string, GoldenCase][] = MODELS.map((m) => [m, golden(m).cases[1]]);
+    const runs: [string, DemoGoldenCase][] = MODELS.map((m) => [m, golden(m).cases[1]]);
     runs.push(['tiny-qwen2-py', golden('tiny-qwen2-py').cases.find((c) => c.kind === 'chat')!]);
     const results = await Promise.all(
       runs.map(([model, c]) =>

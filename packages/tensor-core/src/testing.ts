@@ -1,6 +1,7 @@
 // Test utilities shared by every package's tests (`@tiny-llm/tensor-core/testing`): the golden fixtures,
 // comparisons, and independent reference computations (plain loops over row-major index arithmetic,
 // sharing no code with the library).
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'vitest';
 import { readSafetensors } from './io/safetensors.ts';
@@ -90,4 +91,27 @@ export function expectClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
     }
   }
   expect(worst, `worst error at index ${at}: got ${actual[at]}, expected ${expected[at]}`).toBeLessThanOrEqual(atol);
+}
+
+/** The repository's embedded demo models (models/), each with a golden.json of reference generations. */
+export const MODELS_DIR = fileURLToPath(new URL('../../../models/', import.meta.url));
+export const DEMO_MODELS = ['tiny-qwen2-py', 'tiny-qwen2-py-draft', 'tiny-qwen2-moe-py'] as const;
+
+/** One prompt of a demo model's golden.json: 48 greedy tokens computed by transformers, without stopping. */
+export interface DemoGoldenCase {
+  kind: 'text' | 'chat';
+  /** The prompt text (chat prompts already rendered through the chat template). */
+  prompt: string;
+  ids: number[];
+  greedy: number[];
+  /** The greedy tokens decoded with special tokens kept. */
+  greedy_text: string;
+  /** For chat prompts: the messages the prompt was rendered from. */
+  messages?: { role: 'system' | 'user' | 'assistant' | 'tool'; content: string }[];
+  /** true when the chat prompt was rendered with the demo tools (models/<name>/tools.json). */
+  tools?: boolean;
+}
+
+export function demoGolden(model: string): { max_new_tokens: number; cases: DemoGoldenCase[] } {
+  return JSON.parse(readFileSync(`${MODELS_DIR}${model}/golden.json`, 'utf8'));
 }

@@ -3,23 +3,10 @@
 import { mkdtempSync, readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { demoGolden, DEMO_MODELS, MODELS_DIR } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer, type ChatMessage, type TinyTokenizer, type ToolSchema } from '../src/index.ts';
 
-const MODELS_DIR = fileURLToPath(new URL('../../../models/', import.meta.url));
-const DEMO_MODELS = ['tiny-qwen2-py', 'tiny-qwen2-py-draft', 'tiny-qwen2-moe-py'];
-
-interface GoldenCase {
-  kind: 'text' | 'chat';
-  prompt: string;
-  ids: number[];
-  greedy: number[];
-  greedy_text: string;
-  messages?: ChatMessage[];
-  /** true when the chat prompt was rendered with the demo tools (models/<name>/tools.json). */
-  tools?: boolean;
-}
 
 const readJson = <T>(path: string): T => JSON.parse(readFileSync(path, 'utf8')) as T;
 
@@ -35,7 +22,7 @@ function stream(tok: TinyTokenizer, ids: number[]): { chunks: string[]; rest: st
 describe.each(DEMO_MODELS)('%s', (name) => {
   const dir = join(MODELS_DIR, name);
   const tok = loadTokenizer(dir);
-  const golden = readJson<{ cases: GoldenCase[] }>(join(dir, 'golden.json'));
+  const golden = demoGolden(name);
   const tools = readJson<ToolSchema[]>(join(dir, 'tools.json'));
 
   it('knows its vocabulary and stop ids', () => {

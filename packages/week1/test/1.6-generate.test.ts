@@ -6,36 +6,22 @@
 //
 // Without a KV cache every step runs the whole sequence through the model again, so the ~270-token chat
 // prompts take several seconds each: the slowest tests of week 1 (week 2's KV cache makes them fast).
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { demoGolden, MODELS_DIR, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
 import { describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1, simpleGenerate } from '@solution/week1';
 
-const MODELS_DIR = fileURLToPath(new URL('../../../models/', import.meta.url));
 const MAX_TOKENS = 48;
 
-interface GoldenCase {
-  kind: 'text' | 'chat';
-  /** The prompt text (chat prompts rendered through the chat template). */
-  prompt: string;
-  /** Its token ids. */
-  ids: number[];
-  /** 48 greedy tokens, not stopping at end-of-sequence tokens, and their text (special tokens included). */
-  greedy: number[];
-  greedy_text: string;
-  messages?: { role: string; content: string }[];
-}
-
 /** A short name for a prompt in the test titles. */
-function titleOf(c: GoldenCase): string {
+function titleOf(c: DemoGoldenCase): string {
   const text = c.kind === 'chat' ? (c.messages?.at(-1)?.content ?? '') : c.prompt;
   return `${c.kind} prompt ${JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}...` : text)} (${c.ids.length} tokens)`;
 }
 
 for (const name of ['tiny-qwen2-py', 'tiny-qwen2-py-draft']) {
   const dir = `${MODELS_DIR}${name}`;
-  const golden = JSON.parse(readFileSync(`${dir}/golden.json`, 'utf8')) as { max_new_tokens: number; cases: GoldenCase[] };
+  const golden = demoGolden(name);
   if (golden.max_new_tokens !== MAX_TOKENS) throw new Error(`${dir}/golden.json: expected ${MAX_TOKENS} new tokens per case`);
   const tokenizer = loadTokenizer(dir);
   // Loaded by the first test that needs it (a failed load fails each test with its own error).
@@ -72,7 +58,7 @@ for (const name of ['tiny-qwen2-py', 'tiny-qwen2-py-draft']) {
     const eos = new Set(tokenizer.eosTokenIds);
     // The prompt whose golden run (made without stopping) reaches an end-of-sequence token soonest: the chat
     // model ends its answer to "Hello!" with <|im_end|> after 9 tokens (and its tool calls after ~25).
-    const firstEos = (g: GoldenCase) => g.greedy.findIndex((id) => eos.has(id));
+    const firstEos = (g: DemoGoldenCase) => g.greedy.findIndex((id) => eos.has(id));
     const candidates = golden.cases.filter((g) => firstEos(g) >= 0).sort((a, b) => firstEos(a) - firstEos(b));
     if (candidates.length === 0) throw new Error(`${dir}/golden.json: no case reaches one of the eos ids ${[...eos]}; the EOS test needs one`);
     const c = candidates[0];
