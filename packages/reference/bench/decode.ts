@@ -1,18 +1,23 @@
 // Decode speed of the week 2 model (KV cache, weights in their file dtype), next to its ceilings.
 //
-//   cd packages/reference && npx tsx bench/decode.ts [--tokens 128] [--tokens-05b 32] [--skip-tiny] [--skip-05b] [--q4] [--rounds 3] [--profile]
+//   cd packages/reference && npx tsx bench/decode.ts [--tokens 128] [--tokens-05b 32] [--skip-tiny] [--skip-05b] [--q4]
+//                                                    [--rounds 3] [--profile] [--composed]
 //
 // 1. The demo model models/tiny-qwen2-py (15.7M parameters, bf16): greedy decoding of 128 tokens after a short
 //    prompt. Its weights (31 MB) nearly fit in L3, so this measures the per-token overhead of the engine.
 // 2. A Qwen2-0.5B with random bf16 weights (fixtures/configs/Qwen2-0.5B-Instruct.json, built with fromWeights):
 //    decode is memory-bound, so tokens/s <= read bandwidth / bytes of weights read per token (~0.99 GB).
 // --q4 also runs the 0.5B shapes with MLX 4-bit weights (~0.28 GB per token, through quantizedMatmul).
-// --profile counts the ops of one decode step and where their time goes.
+// --profile counts the ops of one decode step and where their time goes (the reference addon's kernels by weight
+// shape: quantizedMatmul as "qmm N x K", denseLinear as "linear N x K", and attentionDecode).
+// --composed also runs the 0.5B shapes with { fusedKernels: false } (the separate RMSNorm, bias, residual, SwiGLU,
+// RoPE, cache and attention ops), alternating with the fused model in each round, and reports both.
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { readBandwidthGBs } from '../../tensor-core/bench/native-kernels.ts';
+import { referenceKernels } from '../src/native.ts';
 import { type GatedMlp, Qwen2ModelWeek2, type Weight } from '../src/week2/index.ts';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -53,7 +58,14 @@ function profileStep(model: Qwen2ModelWeek2, prompt: number[]): void {
     backend[n] = function (this: unknown, ...a: unknown[]) {
       const t = performance.now();
       const r = originals[i].apply(this, a);
-      const key = n === 'unary' || n === 'binary' || n === 'reduce' ? `${n}:${a[0]}` : n;
+      const key =
+        n === 'unary' || n === 'binary' || n === 'reduce'
+          ? `${n}:${a[0]}`
+          : n === 'matmul'
+            ? (a[1] as Tensor).ndim === 2
+              ? `matmul ${(a[1] as Tensor).shape[1]}x${(a[1] as Tensor).shape[0]}` // a weight [out, in], as W.T
+              : 'matmul (batched)'
+            : n;
       const s = stats.get(key) ?? { n: 0, ms: 0 };
       s.n++;
       s.ms += performance.now() - t;
@@ -61,11 +73,50 @@ function profileStep(model: Qwen2ModelWeek2, prompt: number[]): void {
       return r;
     };
   });
+  // The quantized kernel is the reference addon's, not the backend's: wrapped too, and keyed by weight shape.
+  const addon = referenceKernels() as Record<string, (...a: unknown[]) => unknown>;
+  const qmm = addon.quantizedMatmul;
+  addon.quantizedMatmul = function (this: unknown, ...a: unknown[]) {
+    const t = performance.now();
+    const r = qmm.apply(this, a);
+    const meta = (a[1] as [ArrayBuffer, Float64Array])[1]; // [byteOffset, dtype, ndim, ...shape, ...strides]
+    const key = `qmm ${meta[3]}x${(meta[4] * 32) / (a[6] as number)}`;
+    const s = stats.get(key) ?? { n: 0, ms: 0 };
+    s.n++;
+    s.ms += performance.now() - t;
+    stats.set(key, s);
+    return r;
+  };
+  const dense = addon.denseLinear;
+  addon.denseLinear = function (this: unknown, ...a: unknown[]) {
+    const t = performance.now();
+    const r = dense.apply(this, a);
+    const meta = (a[1] as [ArrayBuffer, Float64Array])[1]; // wT [K, N]
+    const key = `linear ${meta[4]}x${meta[3]}`;
+    const s = stats.get(key) ?? { n: 0, ms: 0 };
+    s.n++;
+    s.ms += performance.now() - t;
+    stats.set(key, s);
+    return r;
+  };
+  const attention = addon.attentionDecode;
+  addon.attentionDecode = function (this: unknown, ...a: unknown[]) {
+    const t = performance.now();
+    const r = attention.apply(this, a);
+    const s = stats.get('attentionDecode') ?? { n: 0, ms: 0 };
+    s.n++;
+    s.ms += performance.now() - t;
+    stats.set('attentionDecode', s);
+    return r;
+  };
   const steps = 20;
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) tc.tidy(() => tc.argmax(model.forwardLastLogits(ids2d([[1]]), cache), -1).item());
   const total = (performance.now() - t0) / steps;
   names.forEach((n, i) => (backend[n] = originals[i]));
+  addon.quantizedMatmul = qmm;
+  addon.denseLinear = dense;
+  addon.attentionDecode = attention;
   let kernelMs = 0;
   let calls = 0;
   console.log(`  one decode step: ${total.toFixed(3)} ms (instrumented)`);
@@ -226,32 +277,47 @@ function bench05b(bits: number | null): void {
   const t0 = performance.now();
   const { weights, bytes: perToken } = randomWeights(config, bits);
   const model = Qwen2ModelWeek2.fromWeights(config, (name) => weights.get(name));
+  const composed = flag('--composed') ? Qwen2ModelWeek2.fromWeights(config, (name) => weights.get(name), { fusedKernels: false }) : null;
   const buildS = (performance.now() - t0) / 1e3;
   const prompt = Array.from({ length: 16 }, (_, i) => 100 + i * 7);
   decodeRate(model, prompt, 4); // warm-up
+  if (composed) decodeRate(composed, prompt, 4);
   // The machine is shared, so its bandwidth moves from one second to the next: each round measures the read
-  // bandwidth just before and just after its decode run and compares the run with the better of the two.
+  // bandwidth just before and just after its decode run(s) and compares them with the better of the two.
   const tokens = option('--tokens-05b', 32);
-  const rounds: { rate: number; bw: number; ratio: number; prefillMs: number }[] = [];
+  type Round = { rate: number; bw: number; ratio: number; prefillMs: number };
+  const rounds: Round[] = [];
+  const composedRounds: Round[] = [];
   let bwBefore = readBandwidthGBs(256, 2);
   for (let round = 0; round < option('--rounds', 3); round++) {
-    const r = decodeRate(model, prompt, tokens);
+    // With --composed, the two models take turns going first.
+    const runs = composed && round % 2 === 1 ? [composed, model] : composed ? [model, composed] : [model];
+    const results = new Map(runs.map((m) => [m, decodeRate(m, prompt, tokens)]));
     const bwAfter = readBandwidthGBs(256, 2);
     const bw = Math.max(bwBefore, bwAfter);
-    rounds.push({ rate: r.rate, bw, ratio: r.rate / ((bw * 1e9) / perToken), prefillMs: r.prefillMs });
+    for (const [m, r] of results) {
+      (m === model ? rounds : composedRounds).push({ rate: r.rate, bw, ratio: r.rate / ((bw * 1e9) / perToken), prefillMs: r.prefillMs });
+    }
     bwBefore = bwAfter;
   }
-  const sorted = [...rounds].sort((a, b) => a.ratio - b.ratio);
+  const medianRatio = (rs: Round[]) => [...rs].sort((a, b) => a.ratio - b.ratio)[Math.floor(rs.length / 2)].ratio;
   const floor = projectionsFloor(model);
-  const median = sorted[Math.floor(sorted.length / 2)];
   const best = rounds.reduce((a, b) => (b.rate > a.rate ? b : a));
   const kind = bits === null ? 'bf16' : `MLX ${bits}-bit`;
   console.log(
     `Qwen2-0.5B shapes (random ${kind} weights, built in ${buildS.toFixed(1)} s): ${(perToken / 1e9).toFixed(3)} GB of weights per token; ` +
       `prefill ${prompt.length} tokens ${best.prefillMs.toFixed(0)} ms; decode ${tokens} tokens: best ${best.rate.toFixed(1)} tokens/s ` +
       `(read bandwidth ${best.bw.toFixed(1)} GB/s -> ceiling ${((best.bw * 1e9) / perToken).toFixed(1)} tokens/s); ` +
-      `ratio to ceiling per round: median ${median.ratio.toFixed(2)} [${rounds.map((r) => r.ratio.toFixed(2)).join(' ')}]`,
+      `ratio to ceiling per round: median ${medianRatio(rounds).toFixed(2)} [${rounds.map((r) => r.ratio.toFixed(2)).join(' ')}]`,
   );
+  if (composed) {
+    const speedups = rounds.map((r, i) => r.rate / composedRounds[i].rate).sort((a, b) => a - b);
+    console.log(
+      `  composed ops (fusedKernels: false), same rounds: ratio median ${medianRatio(composedRounds).toFixed(2)} ` +
+        `[${composedRounds.map((r) => r.ratio.toFixed(2)).join(' ')}]; fused/composed tokens/s per round: median ` +
+        `${speedups[Math.floor(speedups.length / 2)].toFixed(2)}x`,
+    );
+  }
   console.log(
     `  the projections alone (every weight matmul of a step, nothing else): ${floor.toFixed(1)} ms = ` +
       `${(1e3 / floor).toFixed(1)} steps/s; the model's best step is ${(1e3 / best.rate).toFixed(1)} ms ` +

@@ -1,13 +1,19 @@
 // Chapter 2.2: quantized matmul on the CPU, written against tensor-core's extension SDK.
 //
-//   quantizedMatmul(x, w, scales, biases, out, groupSize, bits)
-//     x       [M, K]         float32 / bfloat16 / float16, contiguous (the TypeScript side flattens leading dims)
+//   quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps])
+//     x       [..., K]       float32 / bfloat16 / float16, contiguous: M rows of K
 //     w       [N, K*bits/32] uint32, MLX layout: value j of a row is stream bits [j*bits, (j+1)*bits), stream bit i
 //                            is bit i%32 of word i/32 (for 2, 4 and 8 bits: value j of a word sits at j*bits)
 //     scales  [N, K/G]       float16 / bfloat16 / float32, one per group of G input columns
 //     biases  [N, K/G]       same dtype as scales
-//     out     [M, N]         float32, contiguous, overwritten
+//     out     [..., N]       float32, contiguous, overwritten: M rows of N
 //   out[m][n] = sum_k x[m][k] * (q[n][k] * scale[n][k/G] + bias[n][k/G])  =  x @ dequantize(w).T
+//   The optional arguments fuse the work around a decode projection (step 9, native/fusion.cc): bias [N] and
+//   residual [M, N] (float32, or null) are added to out; prologue 1 replaces x by rmsNorm(x) * normWeight, and
+//   prologue 2 reads x as [..., 2K] and multiplies by silu(x[:, :K]) * x[:, K:].
+//
+//   dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids of the dequantized w, into out
+//   [..., K] (the quantized embedding's lookup).
 //
 // The dequantized matrix is never materialised: a 4-bit weight is 8x smaller than its float32 form, and decode
 // is bound by how many bytes of weight cross the memory bus, so those bytes are the whole point.
@@ -41,9 +47,23 @@
 //      2*M FLOPs per value of the GEMM, so it is a few percent at M = 256.
 //   8. Decode again: software prefetch, spread evenly over the loop, 4 KB ahead (see kPrefetchBytes). From
 //      DRAM, the R interleaved row streams of a tile left the hardware prefetchers behind.
+//   9. The model's decode step (Qwen2-0.5B, 4-bit): 0.35-0.38 of the read-bandwidth ceiling while the big shapes
+//      alone reached 0.6. A third of the step was around the matmuls: per layer an RMSNorm, bias and residual
+//      adds, silu and mul (each an op with its JavaScript, allocation and pool wake-up), and the x preparation
+//      of each call (group sums, step 6's permutation) ran scalar. Now the norm or SwiGLU is a prologue and the
+//      bias and residual an epilogue of this kernel (native/fusion.cc; store_out), and the x side is vectorised:
+//      a layer is four calls here plus one attention kernel (native/attention_decode.cc).
+//  10. Long rows (down_proj, K = 4864) in tiles of 2 rows for one x row (see rows_avx2), and one x row no longer
+//      holds 4 rows' packed words in registers (tile_chunks).
+//  11. Task sizes by bytes (see decode): the small projections of a decode step (0.5 MB) had 16 tasks of 64 rows,
+//      each start a jump the prefetch had not covered; now a task per thread.
+// Together, Qwen2-0.5B 4-bit decode: 0.37 -> 0.46 of the ceiling (median of alternating rounds in one process,
+// 1.48x the tokens/s); what is left is the inner loop itself: with both cores streaming it decodes 4-5 weights
+// per cycle per core, about 12-13 GB/s against 18-25 GB/s of read bandwidth (bench/decode.ts --profile).
 #include <tiny_llm/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -53,103 +73,18 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define TL_X86_SIMD 1
-// f16c is in the target only so that float16 scales convert with vcvtph2ps; that path checks the CPU has it.
-#define TL_AVX2 __attribute__((target("avx2,fma,f16c")))
-#endif
+#include "common.h"
 
 namespace {
 
+using namespace refk;
 using tl::DType;
 
-// ---- Run-time SIMD choice (the convention of tensor-core's private native/src/cpu_features.h) --------------------
-
-// The addon is built for the baseline ISA; AVX2/FMA code is chosen only when the CPU reports both, and
-// TINY_LLM_NO_SIMD set to anything but "" or "0" forces the scalar path, so tests cover it on an AVX2 machine.
-bool has_avx2_fma() {
-  static const bool ok = [] {
-#if defined(__x86_64__)
-    const char* v = std::getenv("TINY_LLM_NO_SIMD");
-    if (v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return false;
-#endif
-  }();
-  return ok;
-}
-
-bool has_f16c() {
-  static const bool ok = [] {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return has_avx2_fma() && __builtin_cpu_supports("f16c");
-#else
-    return false;
-#endif
-  }();
-  return ok;
-}
-
-// ---- Reusable buffers ---------------------------------------------------------------------------------------------
-
-// A growable, 64-byte-aligned float buffer kept across calls: fresh pages cost first-touch faults (slow in this
-// VM), so steady-state calls must not allocate.
-class Buffer {
- public:
-  ~Buffer() { std::free(p_); }
-  float* get(int64_t n) {
-    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 16)) * sizeof(float) + 63) & ~size_t(63);
-    if (bytes > cap_) {
-      std::free(p_);
-      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p_) {
-        cap_ = 0;
-        throw std::bad_alloc();
-      }
-      cap_ = bytes;
-    }
-    return p_;
-  }
-
- private:
-  float* p_ = nullptr;
-  size_t cap_ = 0;
-};
-
-thread_local Buffer tls_x;        // x converted to float32 (bf16 / f16 inputs), calling thread
 thread_local Buffer tls_xsum;     // per-group sums of x, calling thread
 thread_local Buffer tls_xp;       // x rearranged for the chunked kernels (step 6), calling thread
 thread_local Buffer tls_scales;   // a tile's scales and biases as float32, each pool thread its own
 thread_local Buffer tls_wblock;   // prefill: a block of dequantized weight rows, calling thread (shared by the pool)
 thread_local Buffer tls_oblock;   // prefill: the GEMM's output for that block, calling thread
-
-// Runs task(i) for i in [0, n) on the shared pool, handing tasks out one at a time from a counter: the machine is
-// shared, and a thread the OS delays then takes fewer tasks instead of holding the others up. (parallel_for
-// splits statically into one chunk per thread.) Exceptions must not escape a pool thread: rethrown here.
-template <class Task> void run_tasks(int64_t n, const Task& task) {
-  if (n <= 0) return;
-  const int threads = tl::num_threads();
-  if (threads <= 1 || n == 1) {
-    for (int64_t i = 0; i < n; ++i) task(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  tl::parallel_for(std::min<int64_t>(threads, n), 1, [&](int64_t, int64_t) {
-    try {
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(i);
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-      next.store(n);
-    }
-  });
-  if (error) std::rethrow_exception(error);
-}
 
 // ---- The problem, once parsed -------------------------------------------------------------------------------------
 
@@ -165,7 +100,18 @@ struct Problem {
   const void* biases;  // [N, groups]
   DType sdtype;        // of scales and biases
   float* out;          // [M, N]
+  // The fused epilogue (step 9): each output also gets bias[n] and residual[m, n] added, where given.
+  const float* bias;      // [N] float32, or null
+  const float* residual;  // [M, N] float32, or null (may be out itself)
 };
+
+// Writes output (m, n) with the epilogue applied: every kernel's last word on an output goes through here.
+inline void store_out(const Problem& p, int64_t m, int64_t n, float v) {
+  const int64_t i = m * p.N + n;
+  if (p.bias) v += p.bias[n];
+  if (p.residual) v += p.residual[i];
+  p.out[i] = v;
+}
 
 inline float load_param(const void* p, DType d, int64_t i) { return tl::load_f32(p, d, i); }
 
@@ -186,9 +132,11 @@ inline uint32_t extract(const uint8_t* row, int bits, int64_t j) {
 void rows_scalar(const Problem& p, int64_t n0, int64_t n1) {
   const int G = p.G;
   float q[128];  // one group of decoded weights, reused by every x row (G <= 128)
+  static thread_local std::vector<float> acc;  // one output column, M rows (out may be the residual: not written early)
+  acc.resize(p.M);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* row = p.w + n * p.row_bytes;
-    for (int64_t m = 0; m < p.M; ++m) p.out[m * p.N + n] = 0.0f;
+    std::fill(acc.begin(), acc.end(), 0.0f);
     for (int64_t g = 0; g < p.groups; ++g) {
       for (int j = 0; j < G; ++j) q[j] = static_cast<float>(extract(row, p.bits, g * G + j));
       const float s = load_param(p.scales, p.sdtype, n * p.groups + g);
@@ -197,9 +145,10 @@ void rows_scalar(const Problem& p, int64_t n0, int64_t n1) {
         const float* xg = p.x + m * p.K + g * G;
         float dot = 0.0f;
         for (int j = 0; j < G; ++j) dot += q[j] * xg[j];
-        p.out[m * p.N + n] += s * dot + b * p.xsum[m * p.groups + g];
+        acc[m] += s * dot + b * p.xsum[m * p.groups + g];
       }
     }
+    for (int64_t m = 0; m < p.M; ++m) store_out(p, m, n, acc[m]);
   }
 }
 
@@ -246,13 +195,6 @@ template <int BITS> TL_AVX2 inline __m256 unpack8(const uint8_t* src) {
     v = _mm256_srlv_epi32(v, shifts);
     return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << BITS) - 1)));
   }
-}
-
-TL_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // sum_i a[i] * b[i], 8 lanes at a time.
@@ -356,7 +298,7 @@ TL_AVX2 void tile_avx2(const Problem& p, int64_t n0, int64_t m0, const float* sc
     const int64_t n = n0 + r;
     for (int t = 0; t < MT; ++t) {
       const float* xsum = p.xsum + (m0 + t) * p.groups;  // the bias terms: sum_g b_g * sum_j x_j
-      p.out[(m0 + t) * p.N + n] = hsum(total[r][t]) + dot_avx2(bi + r * p.groups, xsum, p.groups);
+      store_out(p, m0 + t, n, hsum(total[r][t]) + dot_avx2(bi + r * p.groups, xsum, p.groups));
     }
   }
 }
@@ -383,7 +325,8 @@ void permute_x(const float* x, int64_t M, int64_t K, int bits, float* xp) {
       float* dst = xp + m * K + c * ch;
       for (int h = 0; h < per_byte; ++h)
         for (int i = 0; i < 4; ++i) {
-          const float scale = (bits == 8 && i == 3) ? 1.0f : 1.0f / static_cast<float>(1u << (8 * i));
+          static constexpr float kScale[4] = {1.0f, 1.0f / 256, 1.0f / 65536, 1.0f / 16777216};
+          const float scale = (bits == 8 && i == 3) ? 1.0f : kScale[i];
           for (int w = 0; w < 8; ++w) dst[(h * 4 + i) * 8 + w] = src[w * per_word + i * per_byte + h] * scale;
         }
     }
@@ -438,41 +381,21 @@ TL_AVX2 void tile_chunks(const Problem& p, int64_t n0, int64_t m0, const float* 
     for (int a = 0; a < NA; ++a)
       for (int r = 0; r < R; ++r)
         for (int t = 0; t < MT; ++t) acc[a][r][t] = _mm256_setzero_ps();
-    if constexpr (MT == 1) {
-      // One x row: each x vector is loaded once and serves the R weight rows, whose two fields stay in
-      // registers (R = 4: 8 registers) for the chunk.
+    // Row by row, each decoded weight vector serving the MT x rows (whose vectors are memory operands: loads are
+    // cheap). With one x row this used to run the other way round, each x vector loaded once for the R rows and
+    // their packed words held in registers: 21 live vectors for 16 ymm registers, and the spills cost 3-6%.
+    for (int r = 0; r < R; ++r) {
+      const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c * 32));
       for (int h = 0; h < H; ++h) {
-        __m256i field[R];
-        for (int r = 0; r < R; ++r) {
-          const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c * 32));
-          field[r] = h == 0 ? words : _mm256_srli_epi32(words, h * BITS);
-        }
+        const __m256i field = h == 0 ? words : _mm256_srli_epi32(words, h * BITS);
         for (int i = 0; i < 4; ++i) {
+          __m256i qi;
+          if (BITS == 8 && i == 3) qi = _mm256_srli_epi32(field, 24);
+          else qi = _mm256_and_si256(field, _mm256_set1_epi32(static_cast<int>(kMask << (8 * i))));
+          const __m256 q = _mm256_cvtepi32_ps(qi);
           const int v = h * 4 + i;
-          const __m256 xv = _mm256_loadu_ps(xs[0] + c * CH + v * 8);
-          for (int r = 0; r < R; ++r) {
-            __m256i qi;
-            if (BITS == 8 && i == 3) qi = _mm256_srli_epi32(field[r], 24);
-            else qi = _mm256_and_si256(field[r], _mm256_set1_epi32(static_cast<int>(kMask << (8 * i))));
-            acc[v % NA][r][0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qi), xv, acc[v % NA][r][0]);
-          }
-        }
-      }
-    } else {
-      // Several x rows: each decoded weight vector serves the MT x rows instead.
-      for (int r = 0; r < R; ++r) {
-        const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[r] + c * 32));
-        for (int h = 0; h < H; ++h) {
-          const __m256i field = h == 0 ? words : _mm256_srli_epi32(words, h * BITS);
-          for (int i = 0; i < 4; ++i) {
-            __m256i qi;
-            if (BITS == 8 && i == 3) qi = _mm256_srli_epi32(field, 24);
-            else qi = _mm256_and_si256(field, _mm256_set1_epi32(static_cast<int>(kMask << (8 * i))));
-            const __m256 q = _mm256_cvtepi32_ps(qi);
-            const int v = h * 4 + i;
-            for (int t = 0; t < MT; ++t)
-              acc[v % NA][r][t] = _mm256_fmadd_ps(q, _mm256_loadu_ps(xs[t] + c * CH + v * 8), acc[v % NA][r][t]);
-          }
+          for (int t = 0; t < MT; ++t)
+            acc[v % NA][r][t] = _mm256_fmadd_ps(q, _mm256_loadu_ps(xs[t] + c * CH + v * 8), acc[v % NA][r][t]);
         }
       }
     }
@@ -489,7 +412,7 @@ TL_AVX2 void tile_chunks(const Problem& p, int64_t n0, int64_t m0, const float* 
     const int64_t n = n0 + r;
     for (int t = 0; t < MT; ++t) {
       const float* xsum = p.xsum + (m0 + t) * p.groups;  // the bias terms: sum_g b_g * sum_j x_j
-      p.out[(m0 + t) * p.N + n] = hsum(total[r][t]) + dot_avx2(bi + r * p.groups, xsum, p.groups);
+      store_out(p, m0 + t, n, hsum(total[r][t]) + dot_avx2(bi + r * p.groups, xsum, p.groups));
     }
   }
 }
@@ -501,10 +424,11 @@ template <int BITS, bool CHUNKED> TL_AVX2 void rows_avx2(const Problem& p, int64
   float* sc = tls_scales.get(8 * p.groups);
   float* bi = sc + 4 * p.groups;
   auto params_of = [&](int64_t n, int r) { params_f32(p, n, r, sc, bi); };
-  // Tiles of R weight rows x MT x rows: R = 4 when one x row (step 4), fewer as x rows take registers.
-  auto run = [&](auto mt_c, int64_t m0) {
+  // Tiles of R weight rows x MT x rows: R = 4 when one x row (step 4; 2 for long rows, step 10), fewer as x rows
+  // take registers.
+  auto run = [&](auto mt_c, auto r_c, int64_t m0) {
     constexpr int MT = decltype(mt_c)::value;
-    constexpr int R = MT == 1 ? 4 : MT == 2 ? 2 : 1;
+    constexpr int R = decltype(r_c)::value;
     // 8 bits and one x row: step 3's zero-extending load (vpmovzxbd) needs one FP-pipe op fewer per 8 weights
     // than step 6's AND, and measured 7.0 against 6.3 weights per cycle. With several x rows step 6 wins (its
     // two accumulators per pair).
@@ -521,12 +445,23 @@ template <int BITS, bool CHUNKED> TL_AVX2 void rows_avx2(const Problem& p, int64
       else tile_avx2<BITS, 1, MT>(p, n, m0, sc, bi);
     }
   };
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  using I3 = std::integral_constant<int, 3>;
+  using I4 = std::integral_constant<int, 4>;
   int64_t m0 = 0;
-  for (; m0 + 4 <= p.M; m0 += 4) run(std::integral_constant<int, 4>{}, m0);
+  for (; m0 + 4 <= p.M; m0 += 4) run(I4{}, I1{}, m0);
   switch (p.M - m0) {
-    case 3: run(std::integral_constant<int, 3>{}, m0); break;
-    case 2: run(std::integral_constant<int, 2>{}, m0); break;
-    case 1: run(std::integral_constant<int, 1>{}, m0); break;
+    case 3: run(I3{}, I1{}, m0); break;
+    case 2: run(I2{}, I2{}, m0); break;
+    case 1:
+      // Step 10: with one x row, long rows (down_proj's K = 4864 at 4 bits: 2.4 KB each) go 2 to a tile. The
+      // 4 row streams of a 4-row tile start 2.4 KB apart, beyond what step 8's linear prefetch covers at the
+      // tile's start; with 2 they stay ahead. Both cores, 896 x 4864 from DRAM: 10.0 -> 12.9 GB/s (at K = 896
+      // 4 rows stay best: 13.0 against 12.0 GB/s).
+      if (p.row_bytes >= 1024) run(I1{}, I2{}, m0);
+      else run(I1{}, I4{}, m0);
+      break;
     default: break;
   }
 }
@@ -573,11 +508,16 @@ void decode(const Problem& p) {
   const RowsFn rows = rows_kernel(p.bits, p.K);
   // Few multiply-adds in all: waking the pool costs more than it saves.
   if (p.M * p.N * p.K < (1 << 16)) return rows(p, 0, p.N);
-  // Tasks of at least 64 weight rows (K = 896, 4 bits: 28 KB), and for large weights about 8 per thread: a
-  // thread then streams long contiguous runs (the hardware prefetchers restart at every jump), and dynamic
-  // hand-out still balances a thread that the OS delays.
+  // Large weights: about 8 tasks per thread, so that a thread streams long contiguous runs (the hardware
+  // prefetchers restart at every jump) and dynamic hand-out still balances a thread that the OS delays. Small
+  // ones (a decode step is mostly matrices of 0.5-5 MB): tasks of at least 512 KB, a whole number per thread.
+  // Each task start is a jump that the prefetch of step 8 has not covered, and 64-row tasks made the 896 x 896
+  // and 1152 x 896 projections of Qwen2-0.5B 15-20% slower than two halves.
   const int64_t threads = tl::num_threads();
-  const int64_t rows_per_task = std::max<int64_t>(64, (p.N / (8 * threads) + 3) / 4 * 4);
+  const int64_t row_cost = p.row_bytes + 2 * p.groups * tl::dtype_size(p.sdtype);  // bytes streamed per row
+  const int64_t by_size = std::max<int64_t>(1, p.N * row_cost / (threads * (int64_t{512} << 10)));
+  const int64_t tasks_per_thread = std::min<int64_t>(8, by_size);
+  const int64_t rows_per_task = std::max<int64_t>(4, (p.N / (tasks_per_thread * threads) + 3) / 4 * 4);
   const int64_t tasks = (p.N + rows_per_task - 1) / rows_per_task;
   run_tasks(tasks, [&](int64_t t) { rows(p, t * rows_per_task, std::min(p.N, (t + 1) * rows_per_task)); });
 }
@@ -668,8 +608,13 @@ const char* prefill(const Problem& p, const tl::TensorRef& x2d) {
     o.strides = {rows, 1};
     if (const char* err = tl::matmul(x2d, b, o)) return err;
     // The GEMM wants a contiguous output; copy the block's columns into place (M * rows floats, against
-    // M * rows * K FMAs).
-    for (int64_t m = 0; m < p.M; ++m) std::memcpy(p.out + m * p.N + n0, oblock + m * rows, rows * sizeof(float));
+    // M * rows * K FMAs), with the epilogue when there is one.
+    if (p.bias || p.residual) {
+      for (int64_t m = 0; m < p.M; ++m)
+        for (int64_t j = 0; j < rows; ++j) store_out(p, m, n0 + j, oblock[m * rows + j]);
+    } else {
+      for (int64_t m = 0; m < p.M; ++m) std::memcpy(p.out + m * p.N + n0, oblock + m * rows, rows * sizeof(float));
+    }
   }
   return nullptr;
 }
@@ -680,13 +625,62 @@ const char* prefill(const Problem& p, const tl::TensorRef& x2d) {
 
 constexpr int64_t kDecodeMaxM = 16;
 
-bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+bool is_float(DType d) { return is_float_dtype(d); }
+
+#ifdef TL_X86_SIMD
+// Per-group sums of one x row.
+TL_AVX2 void group_sums_avx2(const float* x, int64_t groups, int G, float* xsum) {
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256 a = _mm256_loadu_ps(x + g * G), b = _mm256_loadu_ps(x + g * G + 8);
+    for (int j = 16; j < G; j += 16) {
+      a = _mm256_add_ps(a, _mm256_loadu_ps(x + g * G + j));
+      b = _mm256_add_ps(b, _mm256_loadu_ps(x + g * G + j + 8));
+    }
+    xsum[g] = hsum(_mm256_add_ps(a, b));
+  }
+}
+
+// permute_x for 4 bits: each chunk of 64 values is an 8 x 8 transpose (word w's value j = 2i + h goes to lane w
+// of vector v = 4h + i), then vector v scaled by 256^-i.
+TL_AVX2 void permute_x4_avx2(const float* x, int64_t K, float* xp) {
+  const __m256 scale[4] = {_mm256_set1_ps(1.0f), _mm256_set1_ps(1.0f / 256), _mm256_set1_ps(1.0f / 65536),
+                           _mm256_set1_ps(1.0f / 16777216)};
+  for (int64_t c = 0; c < K / 64; ++c) {
+    const float* src = x + c * 64;
+    float* dst = xp + c * 64;
+    __m256 r[8], t[8], u[8];
+    for (int w = 0; w < 8; ++w) r[w] = _mm256_loadu_ps(src + w * 8);
+    for (int k = 0; k < 4; ++k) {
+      t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+      t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+      u[4 * k + 0] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
+      u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0xEE);
+      u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
+      u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xEE);
+    }
+    __m256 col[8];  // col[j][w] = src[w * 8 + j]
+    for (int k = 0; k < 4; ++k) {
+      col[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+      col[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+    }
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 4; ++i) _mm256_storeu_ps(dst + (h * 4 + i) * 8, _mm256_mul_ps(col[2 * i + h], scale[i]));
+  }
+}
+#endif
 
 Napi::Value Connect(const Napi::CallbackInfo& info) {
   tl::sdk::connect(info.Env(), info[0]);
   return info.Env().Undefined();
 }
 
+// quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps])
+//   x         [..., K] (or [..., 2K] with the swiglu prologue), contiguous; out [..., N] float32, contiguous, as
+//             many rows as x
+//   bias      [N] float32 or null; residual: float32, out's shape, contiguous, or null (may be out itself)
+//   prologue  0 none, 1 rmsNorm with normWeight [K] and eps, 2 swiglu (step 9)
 Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "quantizedMatmul";
@@ -698,6 +692,9 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   const tl::TensorRef &x = t[0], &w = t[1], &scales = t[2], &biases = t[3], &out = t[4];
   const int G = info[5].ToNumber().Int32Value();
   const int bits = info[6].ToNumber().Int32Value();
+  Fusion fusion;
+  const char* fusion_error = parse_fusion(info, 7, fusion);
+  if (env.IsExceptionPending()) return env.Undefined();
   auto fail = [&](const std::string& why) {
     Napi::TypeError::New(env, std::string(op) + ": " + why + " (x " + x.describe() + ", w " + w.describe() +
                                   ", scales " + scales.describe() + ", biases " + biases.describe() + ", out " +
@@ -708,21 +705,25 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   };
   if (!(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8)) return fail("unsupported bits");
   if (!(G == 32 || G == 64 || G == 128)) return fail("unsupported group size");
-  if (x.ndim() != 2 || w.ndim() != 2 || scales.ndim() != 2 || biases.ndim() != 2 || out.ndim() != 2)
-    return fail("x, w, scales, biases and out must be 2-D");
+  if (x.ndim() < 1 || w.ndim() != 2 || scales.ndim() != 2 || biases.ndim() != 2 || out.ndim() < 1)
+    return fail("w, scales and biases must be 2-D, x and out at least 1-D");
   if (!is_float(x.dtype)) return fail("x must be float32, bfloat16 or float16");
   if (w.dtype != DType::U32) return fail("w must be uint32");
   if (!is_float(scales.dtype) || biases.dtype != scales.dtype) return fail("scales and biases must be float of one dtype");
   if (out.dtype != DType::F32) return fail("out must be float32");
-  const int64_t M = x.shape[0], K = x.shape[1], N = w.shape[0];
+  if (fusion_error) return fail(fusion_error);
+  const int64_t xk = x.shape.back(), K = fusion.prologue == kSwiglu ? xk / 2 : xk, N = w.shape[0];
+  if (fusion.prologue == kSwiglu && xk % 2 != 0) return fail("the swiglu prologue needs x of an even last dimension");
+  const int64_t M = xk == 0 ? 0 : x.numel() / xk;
   if (w.shape[1] * 32 != K * bits) return fail("w's packed width does not match x's last dimension");
   if (K % G != 0) return fail("K is not a multiple of the group size");
   const int64_t groups = K / G;
   if (scales.shape[0] != N || scales.shape[1] != groups || biases.shape[0] != N || biases.shape[1] != groups)
     return fail("scales and biases must be [N, K / groupSize]");
-  if (out.shape[0] != M || out.shape[1] != N) return fail("out must be [M, N]");
+  if (out.shape.back() != N || out.numel() != M * N) return fail("out must be [..., N] with x's rows");
   if (!x.contiguous() || !w.contiguous() || !scales.contiguous() || !biases.contiguous() || !out.contiguous())
     return fail("every operand must be contiguous");
+  if (const char* err = check_fusion(fusion, M, K, N)) return fail(err);
   if (M == 0 || N == 0) return env.Undefined();
 
   Problem p{};
@@ -738,38 +739,112 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   p.biases = biases.data;
   p.sdtype = scales.dtype;
   p.out = out.ptr<float>();
+  p.bias = fusion.bias.data ? fusion.bias.ptr<float>() : nullptr;
+  p.residual = fusion.residual.data ? fusion.residual.ptr<float>() : nullptr;
   try {
     if (M > kDecodeMaxM) {
-      const char* err = prefill(p, x);
+      // The GEMM takes x in its own dtype; a prologue hands it the prepared float32 rows instead.
+      tl::TensorRef x2d;
+      x2d.dtype = x.dtype;
+      x2d.data = x.data;
+      if (fusion.prologue != kNoPrologue) {
+        x2d.dtype = DType::F32;
+        x2d.data = const_cast<float*>(prepare_x(x, M, K, fusion));
+      }
+      x2d.shape = {M, K};
+      x2d.strides = {K, 1};
+      const char* err = prefill(p, x2d);
       if (err == nullptr) return env.Undefined();
       // The SDK is not connected, or too old to have tl::matmul: the decode path below is correct for any M.
     }
-    // Decode: x as float32 rows (bf16 / f16 converted once per call, not once per weight row), and the
-    // per-group sums of x (step 1).
-    const float* xf = x.ptr<float>();
-    if (x.dtype != DType::F32) {
-      float* buf = tls_x.get(M * K);
-      for (int64_t i = 0; i < M * K; ++i) buf[i] = tl::load_f32(x.data, x.dtype, i);
-      xf = buf;
-    }
+    // Decode: x as float32 rows (bf16 / f16 converted once per call, not once per weight row; the prologue
+    // applied), and the per-group sums of x (step 1).
+    const float* xf = prepare_x(x, M, K, fusion);
     float* xsum = tls_xsum.get(M * groups);
-    for (int64_t m = 0; m < M; ++m)
+    for (int64_t m = 0; m < M; ++m) {
+#ifdef TL_X86_SIMD
+      if (has_avx2_fma()) {
+        group_sums_avx2(xf + m * K, groups, G, xsum + m * groups);
+        continue;
+      }
+#endif
       for (int64_t g = 0; g < groups; ++g) {
         float s = 0.0f;
         for (int j = 0; j < G; ++j) s += xf[m * K + g * G + j];
         xsum[m * groups + g] = s;
       }
+    }
     p.x = xf;
     p.xsum = xsum;
     p.xp = nullptr;
 #ifdef TL_X86_SIMD
     if (use_chunks(bits, K)) {
       float* xp = tls_xp.get(M * K);
-      permute_x(xf, M, K, bits, xp);
+      if (bits == 4) {
+        for (int64_t m = 0; m < M; ++m) permute_x4_avx2(xf + m * K, K, xp + m * K);
+      } else {
+        permute_x(xf, M, K, bits, xp);
+      }
       p.xp = xp;
     }
 #endif
     decode(p);
+  } catch (const std::bad_alloc&) {
+    Napi::Error::New(env, std::string(op) + ": out of memory for scratch buffers").ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
+// dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids[i] of a quantized matrix [N, K],
+// dequantized into out [..., K] (float32, contiguous, one row per id): the quantized embedding's lookup. Done in
+// JavaScript (gather the packed words, scales and biases, then tensor-core's dequantize) it took 45-110 us per
+// token; here it is the prefill path's dequantizer, a microsecond.
+Napi::Value DequantizeRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "dequantizeRows";
+  tl::TensorRef t[5];
+  for (int i = 0; i < 5; ++i) {
+    t[i] = tl::tensor_arg(info, i, op);
+    if (env.IsExceptionPending()) return env.Undefined();
+  }
+  const tl::TensorRef &w = t[0], &scales = t[1], &biases = t[2], &ids = t[3], &out = t[4];
+  const int G = info[5].ToNumber().Int32Value();
+  const int bits = info[6].ToNumber().Int32Value();
+  auto fail = [&](const std::string& why) {
+    Napi::TypeError::New(env, std::string(op) + ": " + why + " (w " + w.describe() + ", ids " + ids.describe() +
+                                  ", out " + out.describe() + ")")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (!(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8) || !(G == 32 || G == 64 || G == 128))
+    return fail("unsupported bits or group size");
+  if (w.ndim() != 2 || w.dtype != DType::U32 || scales.ndim() != 2 || !is_float(scales.dtype) || biases.dtype != scales.dtype)
+    return fail("w must be uint32 [N, K * bits / 32], scales and biases float [N, K / groupSize]");
+  const int64_t N = w.shape[0], K = w.shape[1] * 32 / bits;
+  if (K % G != 0 || scales.shape[0] != N || scales.shape[1] != K / G || biases.shape != scales.shape)
+    return fail("scales and biases must be [N, K / groupSize]");
+  if (ids.dtype != DType::I32 && ids.dtype != DType::U32) return fail("ids must be int32");
+  if (out.dtype != DType::F32 || out.numel() != ids.numel() * K || !out.contiguous() || !ids.contiguous() ||
+      !w.contiguous() || !scales.contiguous() || !biases.contiguous())
+    return fail("out must be float32 [..., K] with a row per id; every operand contiguous");
+  Problem p{};
+  p.K = K;
+  p.N = N;
+  p.groups = K / G;
+  p.G = G;
+  p.bits = bits;
+  p.w = static_cast<const uint8_t*>(w.data);
+  p.row_bytes = K * bits / 8;
+  p.scales = scales.data;
+  p.biases = biases.data;
+  p.sdtype = scales.dtype;
+  const DequantFn dequant = dequant_kernel(bits);
+  const int32_t* id = static_cast<const int32_t*>(ids.data);
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    if (id[i] < 0 || id[i] >= N) return fail("id " + std::to_string(id[i]) + " is outside the " + std::to_string(N) + " rows");
+  }
+  try {
+    for (int64_t i = 0; i < ids.numel(); ++i) dequant(p, id[i], id[i] + 1, out.ptr<float>() + i * K);
   } catch (const std::bad_alloc&) {
     Napi::Error::New(env, std::string(op) + ": out of memory for scratch buffers").ThrowAsJavaScriptException();
   }
@@ -787,6 +862,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports["connect"] = Napi::Function::New(env, Connect);
   exports["quantizedMatmul"] = Napi::Function::New(env, QuantizedMatmul);
   exports["cpuFeatures"] = Napi::Function::New(env, CpuFeatures);
+  exports["attentionDecode"] = Napi::Function::New(env, refk::AttentionDecode);
+  exports["denseLinear"] = Napi::Function::New(env, refk::DenseLinear);
+  exports["dequantizeRows"] = Napi::Function::New(env, DequantizeRows);
   return exports;
 }
 

@@ -127,7 +127,7 @@ describe('quantizedMatmul: scalar fallback (TINY_LLM_NO_SIMD=1)', () => {
     expect(child.stderr).toBe('');
     const { simd, results } = JSON.parse(child.stdout.trim()) as { simd: boolean; results: { name: string; error: number }[] };
     expect(simd).toBe(false);
-    expect(results.length).toBe(18);
+    expect(results.length).toBe(26);
     for (const r of results) expect(r.error, r.name).toBeLessThan(1e-4);
   });
 });

@@ -9,6 +9,8 @@
 // `chunkSize` positions. New rows are written in place (a strided copy into a slice view of the buffer), and
 // what updateAndFetch returns is a view of the filled part [B, Hkv, offset, D]: a decode step copies one
 // position per layer, never the whole cache. Only growing past the capacity copies the filled part once.
+// The fused decode attention (native/attention_decode.cc) writes its row itself: reserve() hands it the whole
+// buffers and the position, commit() counts the row.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 
@@ -63,6 +65,32 @@ export class KvCache {
     this.filled = end;
     const filled: tc.SliceSpec[] = [null, null, [0, end]];
     return { keys: tc.slice(keys, filled), values: tc.slice(values, filled) };
+  }
+
+  /**
+   * For a kernel that writes the new positions itself (the fused decode attention, native/attention_decode.cc):
+   * makes room for `l` more positions of [B, Hkv, *, D] and returns the whole buffers [B, Hkv, capacity, D]
+   * (float32, contiguous) with the position the first new row goes to. The rows count as stored once
+   * commit(l) is called.
+   */
+  reserve(b: number, hkv: number, d: number, l: number, backend: tc.Backend): { keys: Tensor; values: Tensor; offset: number } {
+    if (this.keys) {
+      const [cb, ch, , cd] = this.keys.shape;
+      if (b !== cb || hkv !== ch || d !== cd) {
+        throw new RangeError(`KvCache.reserve: the cache holds [B=${cb}, Hkv=${ch}, S, D=${cd}], got [B=${b}, Hkv=${hkv}, D=${d}]`);
+      }
+    }
+    const end = this.filled + l;
+    if (!this.keys || !this.values || end > this.keys.shape[2]) this.grow(backend, b, hkv, d, end);
+    return { keys: this.keys!, values: this.values!, offset: this.filled };
+  }
+
+  /** Counts `l` rows written after the stored ones (see reserve) as stored. */
+  commit(l: number): void {
+    if (!Number.isInteger(l) || l < 0 || this.filled + l > this.capacity) {
+      throw new RangeError(`KvCache.commit: cannot add ${l} positions to ${this.filled} in a capacity of ${this.capacity}`);
+    }
+    this.filled += l;
   }
 
   /** Drops the last n positions (tokens a draft model proposed and the target rejected). */

@@ -5,9 +5,34 @@
 // the transposed view W.T, built once here: the kernel reads W's rows in place and widens them to float32 in
 // registers, so decode streams the 2-byte weights from memory exactly once and no float32 copy ever exists. An
 // MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its kernel.
+//
+// forward() can also take the work around the projection (LinearFusion: an RMSNorm or SwiGLU on its input, the
+// residual added to its output, and always its bias), done in the same native call: quantizedMatmul's prologue
+// and epilogue, or for dense weights native/dense_linear.cc around tensor-core's matmul. Each of those was a
+// separate op of its own per layer and token.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
+import { referenceKernels } from '../native.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
+
+/** An RMSNorm applied to a layer's input: rmsNorm(x, weight, eps), as tc.fast.rmsNorm. */
+export interface InputNorm {
+  weight: Tensor;
+  eps: number;
+}
+
+/**
+ * The work around a projection that Linear.forward can fuse into it. A quantized weight does it in the same
+ * native call as the matmul (quantizedMatmul's prologue and epilogue); a dense one composes the same ops.
+ */
+export interface LinearFusion {
+  /** The input is normalised first (the RMSNorm in front of q/k/v and of the MLP). */
+  norm?: InputNorm | null;
+  /** The input is [..., 2 * in]: a gate half and an up half, and the layer reads silu(gate) * up. */
+  swiglu?: boolean;
+  /** Added to the output (the residual stream): the block's `x + layer(...)`. */
+  residual?: Tensor | null;
+}
 
 /** A weight as a checkpoint holds it: a plain tensor in its file dtype, or an MLX-quantized one. */
 export type Weight = Tensor | tc.QuantizedWeight;
@@ -122,17 +147,94 @@ export class Linear {
     return this.quantized !== null;
   }
 
-  /** x [..., in] (float32) -> [..., out] float32. */
-  forward(x: Tensor): Tensor {
-    if (x.shape[x.ndim - 1] !== this.inFeatures) {
-      throw new RangeError(`${this.name}: expected x of shape [..., ${this.inFeatures}], got ${x.describe()}`);
+  /**
+   * x [..., in] (float32) -> [..., out] float32; with fusion.swiglu x is [..., 2 * in]. With fusion: norm first,
+   * then the matmul (and bias), then the residual added.
+   */
+  forward(x: Tensor, fusion?: LinearFusion): Tensor {
+    const swiglu = fusion?.swiglu === true;
+    const inF = swiglu ? 2 * this.inFeatures : this.inFeatures;
+    if (x.shape[x.ndim - 1] !== inF) {
+      throw new RangeError(`${this.name}: expected x of shape [..., ${inF}]${swiglu ? ' (gate and up halves)' : ''}, got ${x.describe()}`);
     }
-    const y = this.quantized ? quantizedMatmul(x, this.quantized) : tc.matmul(x, this.wT!);
-    if (!this.bias) return y;
-    const out = tc.add(y, this.bias);
-    y.dispose();
-    return out;
+    const norm = fusion?.norm ?? null;
+    const residual = fusion?.residual ?? null;
+    if (this.quantized) {
+      // One native call: the residual is fused when it is a float32 tensor the kernel can read as [rows, out].
+      const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous &&
+        residual.size === (x.size / inF) * this.outFeatures;
+      const y = quantizedMatmul(x, this.quantized, { bias: this.bias, norm, swiglu, residual: fuseResidual ? residual : null });
+      if (!residual || fuseResidual) return y;
+      const out = tc.add(residual, y);
+      y.dispose();
+      return out;
+    }
+    return denseLinear(x, this.wT!, this.name, { bias: this.bias, norm, swiglu, residual });
   }
+}
+
+/**
+ * x @ wT (+ bias) with a dense weight given as its transposed view wT [in, out], and the fusion of LinearFusion:
+ * on the CPU one native call (native/dense_linear.cc: the prologue, tensor-core's matmul, the epilogue), elsewhere
+ * the same ops composed. With fusion.swiglu x is [..., 2 * in].
+ */
+export function denseLinear(x: Tensor, wT: Tensor, name: string, fusion: LinearFusion & { bias?: Tensor | null } = {}): Tensor {
+  const [inF, outF] = wT.shape;
+  const { norm = null, swiglu = false, residual = null, bias = null } = fusion;
+  const outShape = [...x.shape.slice(0, -1), outF];
+  const rows = x.size / x.shape[x.ndim - 1];
+  if (x.backend === tc.cpu && wT.backend === tc.cpu && (!bias || bias.isContiguous)) {
+    const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous && residual.size === rows * outF;
+    const xc = tc.contiguous(x);
+    const out = tc.empty(outShape, 'float32');
+    try {
+      referenceKernels().denseLinear(
+        xc.native(),
+        wT.native(),
+        out.native(),
+        bias?.native(),
+        fuseResidual ? residual.native() : null,
+        swiglu ? 2 : norm ? 1 : 0,
+        norm?.weight.native(),
+        norm?.eps,
+      );
+    } catch (err) {
+      out.dispose();
+      throw new Error(`${name}: ${(err as Error).message}`);
+    } finally {
+      if (xc !== x) xc.dispose();
+    }
+    if (!residual || fuseResidual) return out;
+    const sum = tc.add(residual, out);
+    out.dispose();
+    return sum;
+  }
+  // Other backends: the same ops, composed.
+  let input = x;
+  if (swiglu) {
+    const lead = x.shape.slice(0, -1).map(() => null);
+    const g = tc.slice(x, [...lead, [0, inF]]);
+    const u = tc.slice(x, [...lead, [inF, 2 * inF]]);
+    const a = tc.silu(g);
+    input = tc.mul(a, u);
+    for (const t of [g, u, a]) t.dispose();
+  }
+  if (norm) {
+    const normed = tc.fast.rmsNorm(input, norm.weight, norm.eps);
+    if (input !== x) input.dispose();
+    input = normed;
+  }
+  let y = tc.matmul(input, wT);
+  if (input !== x) input.dispose();
+  if (bias) {
+    const biased = tc.add(y, bias);
+    y.dispose();
+    y = biased;
+  }
+  if (!residual) return y;
+  const out = tc.add(residual, y);
+  y.dispose();
+  return out;
 }
 
 /** The gated MLP of Qwen2: down(silu(gate(x)) * up(x)). */
@@ -165,25 +267,28 @@ export class GatedMlp {
     return this.down.outFeatures;
   }
 
-  /** x [..., dim] -> [..., dim]. */
-  forward(x: Tensor): Tensor {
-    let g: Tensor;
-    let u: Tensor;
-    let gu: Tensor | null = null;
+  /**
+   * x [..., dim] -> [..., dim]. fusion.norm normalises x first, fusion.residual is added to the output: the
+   * decoder block's `h + mlp(norm(h))` as two projections (quantized weights: two native calls, the norm fused
+   * into gate/up and silu(gate) * up and the residual into down).
+   */
+  forward(x: Tensor, fusion?: { norm?: InputNorm | null; residual?: Tensor | null }): Tensor {
+    const norm = fusion?.norm ?? null;
+    const residual = fusion?.residual ?? null;
     if (this.gateUp) {
-      gu = this.gateUp.forward(x); // [..., 2 * hidden]: the gate's outputs, then up's (views of it below)
-      const lead = gu.shape.slice(0, -1).map(() => null);
-      g = tc.slice(gu, [...lead, [0, this.hiddenDim]]);
-      u = tc.slice(gu, [...lead, [this.hiddenDim, 2 * this.hiddenDim]]);
-    } else {
-      g = this.gate!.forward(x);
-      u = this.up!.forward(x);
+      const gu = this.gateUp.forward(x, { norm }); // [..., 2 * hidden]: the gate's outputs, then up's
+      const out = this.down.forward(gu, { swiglu: true, residual });
+      gu.dispose();
+      return out;
     }
+    const input = norm ? tc.fast.rmsNorm(x, norm.weight, norm.eps) : x;
+    const g = this.gate!.forward(input);
+    const u = this.up!.forward(input);
+    if (input !== x) input.dispose();
     const a = tc.silu(g);
     const h = tc.mul(a, u);
     for (const t of [g, u, a]) t.dispose();
-    gu?.dispose();
-    const out = this.down.forward(h);
+    const out = this.down.forward(h, { residual });
     h.dispose();
     return out;
   }

@@ -6,17 +6,23 @@
 //   call with one token. RoPE rotates the new tokens at their absolute positions offset, offset + 1, ...
 // - Weights stay in their file dtype: bf16/f16 matrices are read in place by matmul (as transposed views,
 //   built once at load), MLX-quantized ones by quantizedMatmul (chapter 2.2); a quantized embedding is
-//   dequantized only for the rows a call looks up.
+//   dequantized only for the rows a call looks up (one native call, dequantizeRows).
 // - The fused kernels: fast.rmsNorm, fast.rope (tables computed once per model, grown on demand), fast.sdpa
 //   ('causal' is aligned to the bottom right, so a prefill after cached tokens masks correctly; a one-token
 //   decode step needs no mask).
 // - Every forward pass runs inside tc.tidy: only the logits it returns and the cache buffers survive it.
+// - Fused decode (Qwen2LoadOptions.fusedKernels, on by default): each RMSNorm goes into the projection that reads
+//   it, each bias and residual add into the projection that produces it, SwiGLU into down_proj (Linear's
+//   fusion: one native call per projection, quantized or dense), and a one-token step's RoPE, cache append and
+//   attention are one kernel (native/attention_decode.cc). A dense layer is then five native calls instead of
+//   seventeen ops, which on Qwen2-0.5B was a third of a 4-bit decode step.
 // - Qwen2-MoE layers use the mixture-of-experts block of chapter 3.3.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import { Qwen2MoeBlock } from '../week3/moe.ts';
 import { KvCache } from './kv-cache.ts';
-import { expectWeightShape, fuseWeights, GatedMlp, Linear, type Weight } from './linear.ts';
+import { referenceKernels } from '../native.ts';
+import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type Weight } from './linear.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
 
 /** Where weights come from: a tensor (or quantized weight) by its Hugging Face name, undefined if absent. */
@@ -30,6 +36,12 @@ export interface Qwen2LoadOptions {
    * projection separate (for comparisons).
    */
   fuse?: boolean;
+  /**
+   * Run decode steps through the fused kernels (default true): each RMSNorm, bias, residual add and SwiGLU inside
+   * the projection next to it (one native call each for quantized weights), and RoPE, the cache update and
+   * attention as one kernel (native/attention_decode.cc). false composes the separate ops (for comparisons).
+   */
+  fusedKernels?: boolean;
 }
 
 const SUPPORTED_MODEL_TYPES = ['qwen2', 'qwen3', 'qwen2_moe'];
@@ -67,25 +79,24 @@ export class TokenEmbedding {
       rows.dispose();
       return widened;
     }
-    // Dequantize only the looked-up rows: gather the packed words, scales and biases of each id, then unpack.
+    // Dequantize only the looked-up rows (one native call; the ids were range-checked by the model).
     const q = this.quantized!;
-    const flat = tc.reshape(ids, [ids.size]);
-    const rows = new tc.QuantizedWeight(
-      tc.take(q.weight, flat),
-      tc.take(q.scales, flat),
-      tc.take(q.biases, flat),
-      q.groupSize,
-      q.bits,
-      'model.embed_tokens',
-    );
-    const dense = tc.dequantize(rows);
-    rows.dispose();
-    return tc.reshape(dense, [...ids.shape, this.hiddenSize]);
+    const out = tc.empty([...ids.shape, this.hiddenSize], 'float32');
+    const idsc = tc.contiguous(ids);
+    try {
+      referenceKernels().dequantizeRows(q.weight.native(), q.scales.native(), q.biases.native(), idsc.native(), out.native(), q.groupSize, q.bits);
+    } catch (err) {
+      out.dispose();
+      throw err;
+    } finally {
+      if (idsc !== ids) idsc.dispose();
+    }
+    return out;
   }
 
-  /** x [..., hidden] -> logits [..., vocab] = x @ table.T (tied output head). */
-  asLinear(x: Tensor): Tensor {
-    return this.quantized ? quantizedMatmul(x, this.quantized) : tc.matmul(x, this.tableT!);
+  /** x [..., hidden] -> logits [..., vocab] = x @ table.T (tied output head); `norm` normalises x first. */
+  asLinear(x: Tensor, norm: InputNorm | null = null): Tensor {
+    return this.quantized ? quantizedMatmul(x, this.quantized, { norm }) : denseLinear(x, this.tableT!, 'lm_head', { norm });
   }
 }
 
@@ -112,8 +123,17 @@ export class Qwen2AttentionWeek2 {
   readonly hasBias: boolean;
   readonly shape: AttentionShape;
   private readonly scale: number;
+  /** Decode steps (one token) run the fused attention kernel (needs the fused qkv projection). */
+  readonly decodeKernel: boolean;
 
-  constructor(shape: AttentionShape, prefix: string, weight: WeightSource, need: (name: string) => Weight, fuse = true) {
+  constructor(
+    shape: AttentionShape,
+    prefix: string,
+    weight: WeightSource,
+    need: (name: string) => Weight,
+    fuse = true,
+    fusedKernels = true,
+  ) {
     const { hiddenSize, numHeads, numKvHeads, headDim } = shape;
     this.shape = shape;
     const part = (name: string, out: number, inF: number): { w: Weight; b: Tensor | null; p: string } => {
@@ -155,18 +175,57 @@ export class Qwen2AttentionWeek2 {
     this.kNorm = norm('k_norm');
     if (!this.qNorm !== !this.kNorm) throw new Error(`${prefix}: has one of q_norm and k_norm but not the other`);
     this.scale = 1 / Math.sqrt(headDim);
+    this.decodeKernel = fusedKernels && this.qkvProj !== null && headDim % 2 === 0 && headDim <= 256 && numHeads / numKvHeads <= 64;
   }
 
-  /** x [B, L, hidden] float32 at positions offset.. offset + L - 1 -> [B, L, hidden]. */
-  forward(x: Tensor, cache: KvCache, offset: number, rope: tc.fast.RopeTables): Tensor {
+  /**
+   * x [B, L, hidden] float32 at positions offset.. offset + L - 1 -> [B, L, hidden]. fusion.norm normalises x
+   * first (fused into the q/k/v projection), fusion.residual is added to the output (fused into o_proj).
+   */
+  forward(
+    x: Tensor,
+    cache: KvCache,
+    offset: number,
+    rope: tc.fast.RopeTables,
+    fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
+  ): Tensor {
     const [b, l] = x.shape;
     const { numHeads: h, numKvHeads: hkv, headDim: d, rmsNormEps } = this.shape;
+    const norm = fusion?.norm ?? null;
+    const residual = fusion?.residual ?? null;
+    if (l === 1 && this.decodeKernel && x.backend === tc.cpu && rope.cos.dtype === 'float32') {
+      // Decode: one kernel rotates the new query and key heads, appends the key and value to the cache and
+      // attends over it (the composed form below, for one token, without its dozen ops and views).
+      const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
+      const { keys, values, offset: position } = cache.reserve(b, hkv, d, 1, x.backend);
+      const attn = tc.empty([b, 1, h * d], 'float32');
+      referenceKernels().attentionDecode(
+        qkv.native(),
+        rope.cos.native(),
+        rope.sin.native(),
+        position,
+        keys.native(),
+        values.native(),
+        attn.native(),
+        h,
+        hkv,
+        this.scale,
+        this.qNorm?.native() ?? null,
+        this.kNorm?.native() ?? null,
+        rmsNormEps,
+      );
+      cache.commit(1);
+      qkv.dispose();
+      const out = this.oProj.forward(attn, { residual });
+      attn.dispose();
+      return out;
+    }
     let q: Tensor;
     let k: Tensor;
     let v: Tensor;
     if (this.qkvProj) {
       // One projection; q, k and v are views of its heads [B, L, Hq + 2 Hkv, D].
-      const qkv = tc.reshape(this.qkvProj.forward(x), [b, l, h + 2 * hkv, d]);
+      const qkv = tc.reshape(this.qkvProj.forward(x, { norm }), [b, l, h + 2 * hkv, d]);
       v = tc.slice(qkv, [null, null, [h + hkv, h + 2 * hkv]]);
       if (this.qNorm && this.kNorm) {
         q = tc.fast.rope(tc.fast.rmsNorm(tc.slice(qkv, [null, null, [0, h]]), this.qNorm, rmsNormEps), rope, offset);
@@ -178,9 +237,10 @@ export class Qwen2AttentionWeek2 {
         k = tc.slice(qk, [null, null, [h, h + hkv]]);
       }
     } else {
-      q = tc.reshape(this.qProj!.forward(x), [b, l, h, d]);
-      k = tc.reshape(this.kProj!.forward(x), [b, l, hkv, d]);
-      v = tc.reshape(this.vProj!.forward(x), [b, l, hkv, d]);
+      const input = norm ? tc.fast.rmsNorm(x, norm.weight, norm.eps) : x;
+      q = tc.reshape(this.qProj!.forward(input), [b, l, h, d]);
+      k = tc.reshape(this.kProj!.forward(input), [b, l, hkv, d]);
+      v = tc.reshape(this.vProj!.forward(input), [b, l, hkv, d]);
       if (this.qNorm && this.kNorm) {
         q = tc.fast.rmsNorm(q, this.qNorm, rmsNormEps);
         k = tc.fast.rmsNorm(k, this.kNorm, rmsNormEps);
@@ -196,7 +256,7 @@ export class Qwen2AttentionWeek2 {
       // times (once per query head): at long contexts attention reads more cache than weights.
       const groups = h / hkv;
       const out = tc.fast.sdpa(tc.reshape(q, [b, hkv, groups, d]), keys, values, { scale: this.scale }); // [B, Hkv, G, D]
-      return this.oProj.forward(tc.reshape(out, [b, 1, h * d]));
+      return this.oProj.forward(tc.reshape(out, [b, 1, h * d]), { residual });
     }
     const out = tc.fast.sdpa(tc.transpose(q, [0, 2, 1, 3]), keys, values, {
       scale: this.scale,
@@ -204,7 +264,7 @@ export class Qwen2AttentionWeek2 {
       // bottom right of the [L, offset + L] scores.
       mask: 'causal',
     }); // [B, H, L, D]
-    return this.oProj.forward(tc.reshape(tc.transpose(out, [0, 2, 1, 3]), [b, l, h * d]));
+    return this.oProj.forward(tc.reshape(tc.transpose(out, [0, 2, 1, 3]), [b, l, h * d]), { residual });
   }
 }
 
@@ -216,13 +276,34 @@ export class Qwen2BlockWeek2 {
     readonly postAttentionLayerNorm: Tensor,
     readonly mlp: GatedMlp | Qwen2MoeBlock,
     readonly rmsNormEps: number,
+    /** Norms and residual adds fused into the projections (see Qwen2LoadOptions.fusedKernels). */
+    readonly fusedKernels = true,
   ) {}
 
   forward(x: Tensor, cache: KvCache, offset: number, rope: tc.fast.RopeTables): Tensor {
-    const n1 = tc.fast.rmsNorm(x, this.inputLayerNorm, this.rmsNormEps);
+    const eps = this.rmsNormEps;
+    if (this.fusedKernels) {
+      // The norms go into the projections that read them and the residual adds into the ones that end each
+      // half (o_proj, down_proj): with quantized weights a dense layer is four native matmul calls and one
+      // attention kernel.
+      const h = this.selfAttn.forward(x, cache, offset, rope, { norm: { weight: this.inputLayerNorm, eps }, residual: x });
+      let out: Tensor;
+      if (this.mlp instanceof GatedMlp) {
+        out = this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: h });
+      } else {
+        const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
+        const m = this.mlp.forward(n2);
+        out = tc.add(h, m);
+        n2.dispose();
+        m.dispose();
+      }
+      h.dispose();
+      return out;
+    }
+    const n1 = tc.fast.rmsNorm(x, this.inputLayerNorm, eps);
     const a = this.selfAttn.forward(n1, cache, offset, rope);
     const h = tc.add(x, a);
-    const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, this.rmsNormEps);
+    const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
     const m = this.mlp.forward(n2);
     const out = tc.add(h, m);
     // Free the temporaries now rather than at the end of the pass: their buffers serve the next layer.
@@ -240,6 +321,8 @@ export class Qwen2ModelWeek2 {
   /** The untied output head; null when the head is the embedding (tie_word_embeddings). */
   readonly lmHead: Linear | null;
   private rope: tc.fast.RopeTables | null = null;
+  /** See Qwen2LoadOptions.fusedKernels. */
+  readonly fusedKernels: boolean;
 
   private constructor(config: ModelConfig, weight: WeightSource, options: Qwen2LoadOptions & { source?: string }) {
     const where = options.source ?? 'Qwen2ModelWeek2';
@@ -250,6 +333,7 @@ export class Qwen2ModelWeek2 {
       throw new Error(`${where}: RoPE scaling ${JSON.stringify(config.ropeScaling)} is not implemented (only the default RoPE)`);
     }
     this.config = config;
+    this.fusedKernels = options.fusedKernels !== false;
     const need = (name: string): Weight => {
       const w = weight(name);
       if (!w) throw new Error(`${where}: the checkpoint has no ${name}`);
@@ -278,7 +362,8 @@ export class Qwen2ModelWeek2 {
     this.layers = [];
     for (let i = 0; i < numHiddenLayers; i++) {
       const p = `model.layers.${i}`;
-      const attn = new Qwen2AttentionWeek2(shape, `${p}.self_attn`, weight, need, options.fuse !== false);
+      const fusedKernels = options.fusedKernels !== false;
+      const attn = new Qwen2AttentionWeek2(shape, `${p}.self_attn`, weight, need, options.fuse !== false, fusedKernels);
       if (config.qkNorm && !attn.qNorm) throw new Error(`${where}: ${config.modelType} needs ${p}.self_attn.q_norm.weight and k_norm.weight`);
       if (config.attentionBias && !attn.hasBias) throw new Error(`${where}: the checkpoint has no ${p}.self_attn.q_proj.bias (config says the attention has biases)`);
       this.layers.push(
@@ -290,6 +375,7 @@ export class Qwen2ModelWeek2 {
             ? Qwen2MoeBlock.fromWeights(config, `${p}.mlp`, weight, { fuse: options.fuse })
             : denseMlp(config, `${p}.mlp`, need, options.fuse !== false),
           rmsNormEps,
+          fusedKernels,
         ),
       );
       progress(i + 2);
@@ -367,6 +453,11 @@ export class Qwen2ModelWeek2 {
       }
       // Only the last position's logits are needed to pick the next token: slice before the final norm.
       if (lastOnly) h = tc.slice(h, [null, l - 1]); // [B, hidden]
+      if (this.fusedKernels) {
+        // The final norm goes into the output head (quantized: the same native call).
+        const norm = { weight: this.norm, eps: this.config.rmsNormEps };
+        return this.lmHead ? this.lmHead.forward(h, { norm }) : this.embedding.asLinear(h, norm);
+      }
       const normed = tc.fast.rmsNorm(h, this.norm, this.config.rmsNormEps);
       return this.lmHead ? this.lmHead.forward(normed) : this.embedding.asLinear(normed);
     });

@@ -65,3 +65,66 @@ export function scaledError(actual: ArrayLike<number>, expected: ArrayLike<numbe
   }
   return Number.isNaN(worst) ? Infinity : worst / scale;
 }
+
+/** The work fused around a matmul (quantizedMatmul's and Linear's fusion), as float64 reference inputs. */
+export interface FusedCase {
+  /** x [M, K], or [M, 2K] (gate, up) with swiglu. */
+  x: Tensor;
+  w: QuantizedWeight;
+  bias: Tensor | null;
+  residual: Tensor | null;
+  norm: { weight: Tensor; eps: number } | null;
+  swiglu: boolean;
+  /** prologue(x) @ dequantize(w).T + bias + residual in float64, [M, N] flattened. */
+  expected: Float64Array;
+}
+
+/**
+ * A random problem with the given fusion: `kinds` among bias, residual, norm, swiglu (norm and swiglu exclude
+ * each other). The norm weight is bf16 (as in checkpoints).
+ */
+export function fusedCase(m: number, n: number, k: number, bits: number, groupSize: number, kinds: readonly string[], seed = 5): FusedCase {
+  const swiglu = kinds.includes('swiglu');
+  const wv = randomValues(n * k, seed, 0.5);
+  const w32 = tc.tensor(wv, { shape: [n, k] });
+  const w = tc.quantize(w32, bits, groupSize);
+  w32.dispose();
+  const xk = swiglu ? 2 * k : k;
+  const xv = randomValues(m * xk, seed + 1, 2);
+  const x = tc.tensor(xv, { shape: [m, xk] });
+  const bias = kinds.includes('bias') ? tc.tensor(randomValues(n, seed + 2), { shape: [n] }) : null;
+  const residual = kinds.includes('residual') ? tc.tensor(randomValues(m * n, seed + 3, 3), { shape: [m, n] }) : null;
+  const norm = kinds.includes('norm')
+    ? { weight: tc.astype(tc.tensor(randomValues(k, seed + 4, 1.5), { shape: [k] }), 'bfloat16'), eps: 1e-6 }
+    : null;
+  // The prologue in float64.
+  const xin = new Float64Array(m * k);
+  const nw = norm ? (norm.weight.toArray() as Float32Array) : null;
+  for (let i = 0; i < m; i++) {
+    if (swiglu) {
+      for (let j = 0; j < k; j++) {
+        const g = xv[i * xk + j];
+        xin[i * k + j] = (g / (1 + Math.exp(-g))) * xv[i * xk + k + j];
+      }
+    } else if (nw) {
+      let ss = 0;
+      for (let j = 0; j < k; j++) ss += xv[i * k + j] ** 2;
+      const inv = 1 / Math.sqrt(ss / k + norm!.eps);
+      for (let j = 0; j < k; j++) xin[i * k + j] = xv[i * k + j] * inv * nw[j];
+    } else {
+      for (let j = 0; j < k; j++) xin[i * k + j] = xv[i * k + j];
+    }
+  }
+  const wd = tc.dequantize(w).toArray() as Float32Array;
+  const bv = bias ? (bias.toArray() as Float32Array) : null;
+  const rv = residual ? (residual.toArray() as Float32Array) : null;
+  const expected = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let q = 0; q < k; q++) s += xin[i * k + q] * wd[j * k + q];
+      expected[i * n + j] = s + (bv ? bv[j] : 0) + (rv ? rv[i * n + j] : 0);
+    }
+  }
+  return { x, w, bias, residual, norm, swiglu, expected };
+}
