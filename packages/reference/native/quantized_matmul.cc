@@ -57,9 +57,10 @@
 //      holds 4 rows' packed words in registers (tile_chunks).
 //  11. Task sizes by bytes (see decode): the small projections of a decode step (0.5 MB) had 16 tasks of 64 rows,
 //      each start a jump the prefetch had not covered; now a task per thread.
-// Together, Qwen2-0.5B 4-bit decode: 0.37 -> 0.46 of the ceiling (median of alternating rounds in one process,
-// 1.48x the tokens/s); what is left is the inner loop itself: with both cores streaming it decodes 4-5 weights
-// per cycle per core, about 12-13 GB/s against 18-25 GB/s of read bandwidth (bench/decode.ts --profile).
+// Together, Qwen2-0.5B 4-bit decode went from 0.33-0.35 to 0.47-0.51 of the read-bandwidth ceiling (medians of
+// 7 rounds alternating the two versions in one process, 1.3-1.4x the tokens/s). What is left is the inner loop: with
+// both cores streaming it decodes 4-5 weights per cycle per core, 12-13 GB/s against 18-25 GB/s of read
+// bandwidth, so the ratio falls when the machine's neighbours take FP throughput (bench/decode.ts --profile).
 #include <tiny_llm/extension.h>
 
 #include <algorithm>
