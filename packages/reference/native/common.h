@@ -22,62 +22,10 @@
 
 namespace refk {
 
-// ---- Run-time SIMD choice (the convention of tensor-core's private native/src/cpu_features.h) --------------------
-
-// The addon is built for the baseline ISA; AVX2/FMA code is chosen only when the CPU reports both, and
-// TINY_LLM_NO_SIMD set to anything but "" or "0" forces the scalar path, so tests cover it on an AVX2 machine.
-inline bool has_avx2_fma() {
-  static const bool ok = [] {
-#if defined(__x86_64__)
-    const char* v = std::getenv("TINY_LLM_NO_SIMD");
-    if (v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return false;
-#endif
-  }();
-  return ok;
-}
-
-inline bool has_f16c() {
-  static const bool ok = [] {
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    return has_avx2_fma() && __builtin_cpu_supports("f16c");
-#else
-    return false;
-#endif
-  }();
-  return ok;
-}
-
-// ---- Reusable buffers ---------------------------------------------------------------------------------------------
-
-// A growable, 64-byte-aligned float buffer kept across calls: fresh pages cost first-touch faults (slow in this
-// VM), so steady-state calls must not allocate.
-class Buffer {
- public:
-  ~Buffer() { std::free(p_); }
-  float* get(int64_t n) {
-    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 16)) * sizeof(float) + 63) & ~size_t(63);
-    if (bytes > cap_) {
-      std::free(p_);
-      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p_) {
-        cap_ = 0;
-        throw std::bad_alloc();
-      }
-      cap_ = bytes;
-    }
-    return p_;
-  }
-
- private:
-  float* p_ = nullptr;
-  size_t cap_ = 0;
-};
-
+// The run-time SIMD choice and scratch buffers come from the SDK (tiny_llm/extension.h).
+using tl::has_avx2_fma;
+using tl::has_f16c;
+using Buffer = tl::ScratchBuffer;
 
 // Runs task(i) for i in [0, n) on the shared pool, handing tasks out one at a time from a counter: the machine is
 // shared, and a thread the OS delays then takes fewer tasks instead of holding the others up. (parallel_for

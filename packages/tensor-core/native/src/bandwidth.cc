@@ -8,7 +8,7 @@
 #include <chrono>
 #include <cstdint>
 
-#include "cpu_features.h"
+#include "thread_pool.h"
 #include "registry.h"
 #include "thread_pool.h"
 

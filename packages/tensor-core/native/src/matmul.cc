@@ -27,7 +27,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu_features.h"
+#include "thread_pool.h"
 #include "registry.h"
 #include "thread_pool.h"
 
@@ -79,32 +79,9 @@ template <class F> void with_dtype(DType d, F&& f) {
   }
 }
 
-// ---- Reusable packing buffers -------------------------------------------------------------------------------------
-
-// A growable 64-byte-aligned float buffer. Each thread keeps its own across calls, so steady-state calls never
-// allocate: fresh pages cost first-touch faults (slow in this VM), and aligned panels allow aligned loads.
-class PackBuffer {
- public:
-  ~PackBuffer() { std::free(p_); }
-  float* get(int64_t n) {
-    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 16)) * sizeof(float) + 63) & ~size_t(63);
-    if (bytes > cap_) {
-      std::free(p_);
-      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p_) { cap_ = 0; throw std::bad_alloc(); }
-      cap_ = bytes;
-    }
-    return p_;
-  }
-
- private:
-  float* p_ = nullptr;
-  size_t cap_ = 0;
-};
-
-thread_local PackBuffer tls_pack_a;   // packed A block (MC x KC), or A rows converted to f32 on the skinny paths
-thread_local PackBuffer tls_pack_b;   // packed B block (KC x NC); the calling thread's copy is shared by the pool
-thread_local PackBuffer tls_scratch;  // chunks of W rows converted to f32 on the skinny rows path
+thread_local ScratchBuffer tls_pack_a;   // packed A block (MC x KC), or A rows converted to f32 on the skinny paths
+thread_local ScratchBuffer tls_pack_b;   // packed B block (KC x NC); the calling thread's copy is shared by the pool
+thread_local ScratchBuffer tls_scratch;  // chunks of W rows converted to f32 on the skinny rows path
 
 // Runs task(i) for every i in [0, n) on `threads` threads. Tasks are handed out one at a time from a shared
 // counter rather than split statically: the machine is shared, and a thread the OS delays then simply takes
@@ -472,7 +449,7 @@ void gemm_packed(const Mat& a, const Mat& b, float* c, int64_t ldc, int threads,
 
 // A's rows as contiguous f32 (row stride *lda). Used as is when already so; converted otherwise (M x K is tiny
 // next to the weight matrix).
-const float* a_rows_f32(const Mat& a, PackBuffer& buf, int64_t* lda) {
+const float* a_rows_f32(const Mat& a, ScratchBuffer& buf, int64_t* lda) {
   if (a.dtype == DType::F32 && (a.cs == 1 || a.cols == 1)) {
     *lda = a.rs;
     return static_cast<const float*>(a.data);

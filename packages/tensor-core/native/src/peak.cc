@@ -3,7 +3,7 @@
 #include <chrono>
 
 #include "binding_util.h"
-#include "cpu_features.h"
+#include "thread_pool.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cpu_features.h"
+#include "thread_pool.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

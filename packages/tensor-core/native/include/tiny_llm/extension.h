@@ -22,7 +22,10 @@
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -142,6 +145,69 @@ inline void store_f64(void* base, DType d, int64_t i, double v) {
     case DType::Bool: static_cast<uint8_t*>(base)[i] = v != 0 ? 1 : 0; break;
   }
 }
+
+// ---- Run-time SIMD choice ------------------------------------------------------------------------------------------
+//
+// Addons are built for the baseline ISA (never -march=native: a cached .node from another CPU would die with
+// SIGILL), so AVX2/FMA kernels are compiled with __attribute__((target(...))) and called only when the CPU
+// reports the features. TINY_LLM_NO_SIMD forces the portable path, so tests cover it on an AVX2 machine.
+// TINY_LLM_NO_SIMD set to anything but "" or "0" disables every SIMD kernel.
+inline bool simd_disabled_by_env() {
+  const char* v = std::getenv("TINY_LLM_NO_SIMD");
+  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+}
+
+// AVX2 + FMA: what the x86 kernels need (the 8-wide float FMA is the whole point of them).
+inline bool has_avx2_fma() {
+  static const bool ok = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    if (simd_disabled_by_env()) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+// F16C (vcvtph2ps): float16 operands take the SIMD path only with it. Every AVX2 CPU made so far has it, but
+// checking costs nothing.
+inline bool has_f16c() {
+  static const bool ok = [] {
+#if defined(__x86_64__) || defined(__i386__)
+    if (simd_disabled_by_env()) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("f16c") != 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+// ---- Scratch memory -------------------------------------------------------------------------------------
+
+// A growable 64-byte-aligned float buffer. A kernel keeps one (per thread) across calls, so steady-state calls
+// never allocate: fresh pages cost first-touch faults (slow in this VM), and aligned panels allow aligned loads.
+class ScratchBuffer {
+ public:
+  ~ScratchBuffer() { std::free(p_); }
+  float* get(int64_t n) {
+    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 16)) * sizeof(float) + 63) & ~size_t(63);
+    if (bytes > cap_) {
+      std::free(p_);
+      p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p_) { cap_ = 0; throw std::bad_alloc(); }
+      cap_ = bytes;
+    }
+    return p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  size_t cap_ = 0;
+};
 
 // ---- Tensor views passed from JavaScript ------------------------------------------------------------------------
 
