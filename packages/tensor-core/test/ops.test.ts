@@ -164,6 +164,26 @@ describe('reductions', () => {
     });
   }
 
+  it('argmax over long rows (the LM head): the first of equal maxima, the first NaN, rows of -inf', () => {
+    const n = 1003; // 125 vectors of 8 and a tail of 3
+    const rows = [
+      Array.from({ length: n }, (_, i) => Math.sin(i * 0.37) * 5), // one maximum
+      Array.from({ length: n }, (_, i) => (i === 17 || i === 900 ? 9 : -i)), // a tie: the first wins
+      Array.from({ length: n }, (_, i) => (i === 1002 ? 50 : 0)), // the maximum in the tail
+      Array.from({ length: n }, (_, i) => (i === 600 || i === 1001 ? NaN : i)), // NaN wins, the first one
+      Array.from({ length: n }, () => -Infinity),
+    ];
+    const expected = rows.map((r) => {
+      const firstNaN = r.findIndex((v) => Number.isNaN(v));
+      return firstNaN >= 0 ? firstNaN : r.indexOf(Math.max(...r));
+    });
+    expect(expected).toEqual([expected[0], 17, 1002, 600, 0]);
+    expect(Array.from(tc.argmax(tc.tensor(rows), -1).toArray())).toEqual(expected);
+    // The same rows through a strided view (the generic path) agree.
+    const strided = tc.transpose(tc.contiguous(tc.transpose(tc.tensor(rows))));
+    expect(Array.from(tc.argmax(strided, -1).toArray())).toEqual(expected);
+  });
+
   it('keepdims keeps a size-1 axis; negative axes count from the end', () => {
     expect(tc.sum(x, 1, { keepdims: true }).shape).toEqual([3, 1, 5]);
     expect(tc.max(x, -1).shape).toEqual([3, 4]);

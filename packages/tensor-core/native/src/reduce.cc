@@ -59,6 +59,44 @@ double reduce_row(int op, const Load& at, int64_t n) {
   }
 }
 
+#if defined(__x86_64__)
+// argmax of a contiguous float32 row, 8 lanes at a time: the greedy step's argmax over the LM head's 150k logits
+// took 0.4-0.5 ms per token in reduce_row (a double conversion and a data-dependent branch per element); two
+// vector passes take ~0.03 ms. Pass 1 finds the largest value and whether any NaN is present (numpy's argmax
+// returns the first NaN); pass 2 the first index holding it, so ties go to the first, as in reduce_row.
+__attribute__((target("avx2,fma"))) int64_t argmax_row_f32_avx2(const float* x, int64_t n) {
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256 nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    vmax = _mm256_max_ps(vmax, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float best = lanes[0];
+  for (float v : lanes) best = std::max(best, v);
+  bool any_nan = _mm256_movemask_ps(nan) != 0;
+  for (int64_t j = i; j < n; ++j) {
+    any_nan |= x[j] != x[j];
+    best = std::max(best, x[j]);
+  }
+  if (any_nan) {
+    for (int64_t j = 0; j < n; ++j)
+      if (x[j] != x[j]) return j;
+  }
+  const __m256 target = _mm256_set1_ps(best);
+  for (i = 0; i + 8 <= n; i += 8) {
+    const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), target, _CMP_EQ_OQ));
+    if (hits) return i + __builtin_ctz(static_cast<unsigned>(hits));
+  }
+  for (; i < n; ++i)
+    if (x[i] == best) return i;
+  return 0;  // not reached: best is one of the row's values
+}
+#endif
+
 // reduce(op, x, out): out[row] = op over x's last axis. Empty rows: sum 0, others are errors upstream.
 Napi::Value ReduceBinding(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -74,6 +112,12 @@ Napi::Value ReduceBinding(const Napi::CallbackInfo& info) {
     double r = 0;
     if (n > 0 && f32_rows) {
       const float* src = x.ptr<float>() + off;
+#if defined(__x86_64__)
+      if (op == kArgmax && has_avx2_fma()) {
+        store_f64(out.data, out.dtype, row, static_cast<double>(argmax_row_f32_avx2(src, n)));
+        return;
+      }
+#endif
       r = reduce_row(op, [src](int64_t i) { return static_cast<double>(src[i]); }, n);
     } else if (n > 0) {
       r = reduce_row(op, [&](int64_t i) { return load_f64(x.data, x.dtype, off + i * stride); }, n);
