@@ -515,13 +515,22 @@ void axpy_scalar(const float* a, int64_t lda, const void* bv, int64_t ldb, int64
 // MB rows of A, whose vectors come from L1 (here A has at most 3 rows). Four accumulators per A row (k unrolled
 // by 32) hide the FMA latency. One W row at a time keeps the whole thread's read of W a single sequential
 // stream, which the hardware prefetcher follows best (reading 4 rows side by side measured slower from DRAM).
+// On top of it, a software prefetch kRowPrefetchBytes ahead in the (contiguous) rows: a decode step is mostly
+// matrices of 0.3-2 MB in tasks of 64 rows, short streams the hardware prefetcher is slow to pick up. The demo
+// model's decode step took 5-7% less time with it (medians of 80 rounds alternating with and without, in one
+// process); at Qwen2-0.5B shapes it was neutral at 1 KB ahead and 8% slower at 2-4 KB.
+constexpr int64_t kRowPrefetchBytes = 1024;
+
 template <int MB, DType D>
 TL_AVX2 void dot_row_avx2(const float* a, int64_t lda, const Stor<D>* w, int64_t K, float* out, int64_t ldo) {
   __m256 acc[MB][4];
 #pragma GCC unroll 4
   for (int m = 0; m < MB; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = _mm256_setzero_ps();
+  const char* ahead = reinterpret_cast<const char*>(w) + kRowPrefetchBytes;  // a prefetch never faults
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
+    for (int64_t off = 0; off < 32 * int64_t{sizeof(Stor<D>)}; off += 64)
+      _mm_prefetch(ahead + k * int64_t{sizeof(Stor<D>)} + off, _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int u = 0; u < 4; ++u) {
       const __m256 wv = load8<D>(w + k + 8 * u);
