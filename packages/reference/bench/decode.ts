@@ -9,7 +9,8 @@
 //    decode is memory-bound, so tokens/s <= read bandwidth / bytes of weights read per token (~0.99 GB).
 // --q4 also runs the 0.5B shapes with MLX 4-bit weights (~0.28 GB per token, through quantizedMatmul).
 // --profile counts the ops of one decode step and where their time goes (the reference addon's kernels by weight
-// shape: quantizedMatmul as "qmm N x K", denseLinear as "linear N x K", and attentionDecode).
+// shape: quantizedMatmul as "qmm N x K", denseLinear as "linear N x K", and attentionDecode); for the demo model
+// also after the 1024-token prompt, where attention reads a KV cache of 8 MB per step.
 // --composed also runs the 0.5B shapes with { fusedKernels: false } (the separate RMSNorm, bias, residual, SwiGLU,
 // RoPE, cache and attention ops), alternating with the fused model in each round, and reports both.
 import { readFileSync } from 'node:fs';
@@ -161,6 +162,7 @@ if (!flag('--skip-tiny')) {
   console.log(`  after a ${long.length}-token prompt (prefill ${rl.prefillMs.toFixed(0)} ms): decode ${rl.rate.toFixed(0)} tokens/s ` +
     `(${(1e3 / rl.rate).toFixed(2)} ms/token)`);
   if (flag('--profile')) profileStep(model, prompt);
+  if (flag('--profile')) profileStep(model, long);
 }
 
 // ---- 2. Qwen2-0.5B shapes, random weights ------------------------------------------------------------------------
