@@ -379,4 +379,21 @@ describe('tidy', () => {
     expect(kept.toList()).toEqual([[2, 2], [2, 2]]);
     expect(() => tc.tidy(() => Promise.resolve(1))).toThrow(/tidy: the function returned a Promise/);
   });
+
+  it('cpu.memory() counts the bytes of live tensors and their high-water mark', () => {
+    const before = tc.cpu.memory().liveBytes;
+    tc.cpu.resetPeak();
+    tc.tidy(() => {
+      const a = tc.zeros([1000]); // 4000 bytes
+      const view = tc.reshape(a, [10, 100]); // a view: no new bytes
+      expect(tc.cpu.memory().liveBytes - before).toBe(4000);
+      tc.add(view, view).dispose(); // 4000 more for a moment
+      expect(tc.cpu.memory().liveBytes - before).toBe(4000);
+    });
+    const after = tc.cpu.memory();
+    expect(after.liveBytes).toBe(before);
+    expect(after.peakBytes - before).toBe(8000);
+    tc.cpu.resetPeak();
+    expect(tc.cpu.memory().peakBytes).toBe(before);
+  });
 });

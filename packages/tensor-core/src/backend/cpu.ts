@@ -50,13 +50,34 @@ const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((op, i) => [op, i])) as Reco
 const BINARY_CODE = Object.fromEntries(BINARY_OPS.map((op, i) => [op, i])) as Record<BinaryOp, number>;
 const REDUCE_CODE = Object.fromEntries(REDUCE_OPS.map((op, i) => [op, i])) as Record<ReduceOp, number>;
 
+/** Bytes held by the tensors the CPU backend allocated (not wrapped or mapped memory, not the pool's free list). */
+export interface MemoryInfo {
+  liveBytes: number;
+  /** The most liveBytes has been since the start or the last resetPeak(). */
+  peakBytes: number;
+}
+
 class CpuBackend implements Backend {
   readonly name = 'cpu';
   private pool = new BufferPool();
+  private liveBytes = 0;
+  private peakBytes = 0;
 
   allocate(dtype: DType, size: number): CpuStorage {
     const byteLength = Math.max(size * itemSize(dtype), 0);
+    this.liveBytes += byteLength;
+    this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     return new CpuStorage(this, this.pool.take(byteLength), 0, byteLength, true);
+  }
+
+  /** What the tensors alive now hold, and the high-water mark: how a model's temporaries are measured. */
+  memory(): MemoryInfo {
+    return { liveBytes: this.liveBytes, peakBytes: this.peakBytes };
+  }
+
+  /** Starts a new high-water mark at the current live bytes. */
+  resetPeak(): void {
+    this.peakBytes = this.liveBytes;
   }
 
   /** Storage over memory that already exists (a file mapping, a user's buffer): no copy. */
@@ -73,7 +94,10 @@ class CpuBackend implements Backend {
   release(storage: Storage): void {
     const s = storage as CpuStorage;
     s.released = true;
-    if (s.pooled) this.pool.give(s.buffer);
+    if (s.pooled) {
+      this.liveBytes -= s.byteLength;
+      this.pool.give(s.buffer);
+    }
     s.buffer = new ArrayBuffer(0);
   }
 
