@@ -242,7 +242,7 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
   const solution = (flags.solution as Solution | undefined) ?? 'reference';
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
-  // of the ceiling for the demo model, in one run).
+  // of the ceiling for the demo model, in consecutive runs).
   const promptLen = (flags['prompt-len'] as number | undefined) ?? 256;
   const gen = (flags.gen as number | undefined) ?? 128;
   const reps = (flags.reps as number | undefined) ?? 2;
