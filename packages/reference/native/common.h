@@ -1,8 +1,9 @@
 // What the reference kernels (native/*.cc) share: the run-time SIMD choice, scratch buffers, the pool's task
-// hand-out, and a few AVX2 helpers.
+// hand-out, and a few AVX2 helpers (hsum and transpose8 come from the SDK, tiny_llm/simd.h).
 #pragma once
 
 #include <tiny_llm/extension.h>
+#include <tiny_llm/simd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -12,13 +13,6 @@
 #include <cstring>
 #include <exception>
 #include <new>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define TL_X86_SIMD 1
-// f16c is in the target only so that float16 scales convert with vcvtph2ps; that path checks the CPU has it.
-#define TL_AVX2 __attribute__((target("avx2,fma,f16c")))
-#endif
 
 namespace refk {
 
@@ -52,12 +46,8 @@ template <class Task> void run_tasks(int64_t n, const Task& task) {
 }
 
 #ifdef TL_X86_SIMD
-TL_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
+using tl::simd::hsum;
+using tl::simd::transpose8;
 
 // exp(x) for 8 lanes (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial; about 1 ulp), clamped
 // to the float range: silu needs it for a few thousand values per call.

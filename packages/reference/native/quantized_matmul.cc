@@ -649,23 +649,9 @@ TL_AVX2 void permute_x4_avx2(const float* x, int64_t K, float* xp) {
   for (int64_t c = 0; c < K / 64; ++c) {
     const float* src = x + c * 64;
     float* dst = xp + c * 64;
-    __m256 r[8], t[8], u[8];
-    for (int w = 0; w < 8; ++w) r[w] = _mm256_loadu_ps(src + w * 8);
-    for (int k = 0; k < 4; ++k) {
-      t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-      t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-    }
-    for (int k = 0; k < 2; ++k) {
-      u[4 * k + 0] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0x44);
-      u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], 0xEE);
-      u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0x44);
-      u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], 0xEE);
-    }
-    __m256 col[8];  // col[j][w] = src[w * 8 + j]
-    for (int k = 0; k < 4; ++k) {
-      col[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
-      col[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
-    }
+    __m256 col[8];
+    for (int w = 0; w < 8; ++w) col[w] = _mm256_loadu_ps(src + w * 8);
+    transpose8(col);  // col[j][w] = src[w * 8 + j]
     for (int h = 0; h < 2; ++h)
       for (int i = 0; i < 4; ++i) _mm256_storeu_ps(dst + (h * 4 + i) * 8, _mm256_mul_ps(col[2 * i + h], scale[i]));
   }

@@ -27,19 +27,18 @@
 #include <type_traits>
 #include <vector>
 
-#include "thread_pool.h"
+#include <tiny_llm/simd.h>
+
 #include "registry.h"
 #include "thread_pool.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define TL_X86_SIMD 1
-// f16c is part of the target only so that the float16 loads compile; those are reached only when the CPU has it.
-#define TL_AVX2 __attribute__((target("avx2,fma,f16c")))
-#endif
-
 namespace tl {
 namespace {
+
+#ifdef TL_X86_SIMD
+using simd::hsum;
+using simd::transpose8;
+#endif
 
 // ---- Blocking parameters (tuned on a 2-core Zen3: 32 KiB L1d, 512 KiB L2 per core, 32 MiB L3) ----------------
 constexpr int64_t kMR = 6;     // micro-tile rows: 6 x 2 accumulators of 8 floats = 12 of 16 ymm registers
@@ -166,32 +165,6 @@ template <DType D> TL_AVX2 inline __m256 load8(const Stor<D>* p) {
     __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     if constexpr (D == DType::BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     else return _mm256_cvtph_ps(h);
-  }
-}
-
-TL_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// In-register 8x8 transpose: r[i] holds row i on entry and column i on exit.
-TL_AVX2 inline void transpose8(__m256 r[8]) {
-  __m256 t[8], s[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 2; ++i) {
-    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
-    r[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
   }
 }
 
