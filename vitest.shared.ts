@@ -6,7 +6,7 @@ import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Plugin } from 'vite';
 import type { ViteUserConfig } from 'vitest/config';
-import { chaptersOf, WEEKS } from './scripts/chapters.ts';
+import { chaptersOf, learnerFile, solutionFile, WEEKS } from './scripts/chapters.ts';
 
 const ROOT = fileURLToPath(new URL('.', import.meta.url));
 
@@ -31,9 +31,7 @@ function replacedFiles(env: NodeJS.ProcessEnv): Map<string, string> {
   for (const id of ids) {
     const chapter = chapters.find((c) => c.id === id);
     if (!chapter) throw new Error(`TINY_LLM_REFERENCE_CHAPTERS: unknown chapter "${id}"`);
-    for (const file of chapter.files) {
-      replaced.set(`packages/${chapter.week}/src/${file}`, `packages/reference/src/${chapter.week}/${file}`);
-    }
+    for (const file of chapter.files) replaced.set(learnerFile(chapter, file), solutionFile(chapter, file));
   }
   return replaced;
 }

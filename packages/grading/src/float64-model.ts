@@ -6,12 +6,37 @@ import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, ModelDir } from '@tiny-llm/tensor-core';
 import { attention, causalMask, linear, mlp, reshapeND, rmsNorm, rope, swapMiddle, toND, type NDArray } from './float64.ts';
 
-/** What a model pass may do differently from the real model: the known mistakes of chapter 1.5. */
+/** What a model pass may do differently from the real model: the known mistakes of chapters 1.5 and 2.1. */
 export interface Float64Variant {
   /** The RoPE base (default config.ropeTheta). */
   ropeBase?: number;
   /** false drops the q/k/v biases. */
   biases?: boolean;
+  /** With a cache: every call turns its tokens from position 0, as if the offset were ignored. */
+  ignoreOffset?: boolean;
+  /** With a cache: every call attends to its own tokens only, as if the cache returned the new keys alone. */
+  forgetCache?: boolean;
+  /** With a cache: a prefill after cached tokens masks with the top-left aligned causal mask. */
+  topLeftMask?: boolean;
+}
+
+/** One layer's keys and values so far, [1, Hkv, S, D] each (rotated keys), for passes in several calls. */
+export interface Float64LayerCache {
+  keys: NDArray | null;
+  values: NDArray | null;
+}
+
+/** [1, H, S1, D] and [1, H, S2, D] -> [1, H, S1 + S2, D]. */
+function concatPositions(a: NDArray | null, b: NDArray): NDArray {
+  if (!a) return b;
+  const [, h, s1, d] = a.shape;
+  const s2 = b.shape[2];
+  const data = new Float64Array(h * (s1 + s2) * d);
+  for (let i = 0; i < h; i++) {
+    data.set(a.data.subarray(i * s1 * d, (i + 1) * s1 * d), i * (s1 + s2) * d);
+    data.set(b.data.subarray(i * s2 * d, (i + 1) * s2 * d), (i * (s1 + s2) + s1) * d);
+  }
+  return { shape: [1, h, s1 + s2, d], data };
 }
 
 interface LayerWeights {
@@ -78,8 +103,17 @@ export class Float64Qwen2 {
     return { shape: [1, ids.length, e], data };
   }
 
-  /** One decoder layer on x [1, L, E] at positions 0..L-1, causal. */
-  layer(index: number, x: NDArray, variant: Float64Variant = {}): NDArray {
+  /**
+   * One decoder layer on x [1, L, E], causal: at positions 0..L-1, or, with a cache, after the cache's S tokens
+   * (at positions S..S+L-1), appending the new keys and values to it.
+   */
+  layer(
+    index: number,
+    x: NDArray,
+    variant: Float64Variant = {},
+    cache: Float64LayerCache = { keys: null, values: null },
+    position = cache.keys ? cache.keys.shape[2] : 0,
+  ): NDArray {
     const c = this.config;
     const w = this.layers[index];
     const [, l] = x.shape;
@@ -89,11 +123,14 @@ export class Float64Qwen2 {
       const projected = reshapeND(linear(rmsNorm(x, w.inputNorm, eps), p.w, biases ? p.b : undefined), [1, l, n, d]);
       return norm ? rmsNorm(projected, norm, eps) : projected;
     };
-    const ropeOf = (t: NDArray) => rope(t, { base: variant.ropeBase ?? c.ropeTheta, traditional: false, offsets: [0] });
+    const cached = cache.keys ? cache.keys.shape[2] : 0;
+    const offset = variant.ignoreOffset ? 0 : position;
+    const ropeOf = (t: NDArray) => rope(t, { base: variant.ropeBase ?? c.ropeTheta, traditional: false, offsets: [offset] });
     const q = swapMiddle(ropeOf(heads(w.q, h, w.qNorm)));
-    const k = swapMiddle(ropeOf(heads(w.k, hkv, w.kNorm)));
-    const v = swapMiddle(heads(w.v, hkv));
-    const attended = attention(q, k, v, { mask: causalMask(l, l), kvHeadOf: (hq, nq, nkv) => Math.floor(hq / (nq / nkv)) });
+    cache.keys = concatPositions(cache.keys, swapMiddle(ropeOf(heads(w.k, hkv, w.kNorm))));
+    cache.values = concatPositions(cache.values, swapMiddle(heads(w.v, hkv)));
+    const mask = causalMask(l, cached + l, variant.topLeftMask ? 'top-left' : 'bottom-right');
+    const attended = attention(q, cache.keys, cache.values, { mask, kvHeadOf: (hq, nq, nkv) => Math.floor(hq / (nq / nkv)) });
     const o = linear(reshapeND(swapMiddle(attended), [1, l, h * d]), w.o);
     const hidden = { shape: x.shape, data: x.data.map((xi, i) => xi + o.data[i]) };
     const m = mlp(rmsNorm(hidden, w.postNorm, eps), w.gate, w.up, w.down);
@@ -102,11 +139,28 @@ export class Float64Qwen2 {
 
   /** The logits of every position, [L, V]. */
   logits(ids: readonly number[], variant: Float64Variant = {}): NDArray {
-    let x = this.embed(ids);
-    for (let i = 0; i < this.layers.length; i++) x = this.layer(i, x, variant);
-    const normed = rmsNorm(x, this.norm, this.config.rmsNormEps);
-    const out = linear(normed, this.head);
-    return reshapeND(out, [ids.length, this.config.vocabSize]);
+    return this.logitsInCalls(ids, [ids.length], variant);
+  }
+
+  /**
+   * The logits of every position, [L, V], computed as a model with a KV cache does: in calls of `lengths`
+   * tokens (a prefill, then one token at a time: [n, 1, 1, ...]), each after the tokens of the calls before.
+   */
+  logitsInCalls(ids: readonly number[], lengths: readonly number[], variant: Float64Variant = {}): NDArray {
+    const caches: Float64LayerCache[] = this.layers.map(() => ({ keys: null, values: null }));
+    const vocab = this.config.vocabSize;
+    const out = new Float64Array(ids.length * vocab);
+    let start = 0;
+    for (const length of lengths) {
+      let x = this.embed(ids.slice(start, start + length));
+      for (let i = 0; i < this.layers.length; i++) {
+        if (variant.forgetCache) caches[i] = { keys: null, values: null };
+        x = this.layer(i, x, variant, caches[i], start);
+      }
+      out.set(linear(rmsNorm(x, this.norm, this.config.rmsNormEps), this.head).data, start * vocab);
+      start += length;
+    }
+    return { shape: [ids.length, vocab], data: out };
   }
 }
 

@@ -2,7 +2,7 @@
 // with tensor-core's kernels. The graded tests use them two ways: as independent goldens for cases the
 // fixtures do not cover, and, with one thing done wrong on purpose, as the known wrong answers that a
 // failing test compares the learner's output with (mistakes.ts).
-import type { Tensor } from '@tiny-llm/tensor-core';
+import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';
 import { ravel, unravel, type NDArray } from '@tiny-llm/tensor-core/testing';
 
 export type { NDArray };
@@ -220,4 +220,60 @@ export function multiHeadAttention(
   const heads = (x: NDArray, w: NDArray, len: number) => swapMiddle(reshapeND(linear(x, w), [n, len, numHeads, d]));
   const attended = attention(heads(query, weights.wq, l), heads(key, weights.wk, s), heads(value, weights.wv, s), { mask });
   return linear(reshapeND(swapMiddle(attended), [n, l, e]), weights.wo);
+}
+
+/** The value j of a packed MLX row: `bits` bits at stream position j * bits, lowest bits first. */
+export function unpackQuantized(words: ArrayLike<number>, rowStart: number, j: number, bits: number, { fromTop = false } = {}): number {
+  let q = 0;
+  for (let b = 0; b < bits; b++) {
+    const bit = j * bits + b;
+    const word = words[rowStart + Math.floor(bit / 32)] >>> 0;
+    // Reading from the top: bit b of the value taken from the word's other end (a common mistake).
+    const position = fromTop ? 31 - (bit % 32) : bit % 32;
+    q |= ((word >>> position) & 1) << (fromTop ? bits - 1 - b : b);
+  }
+  return q;
+}
+
+export interface QuantizedArrays {
+  /** uint32 [N, K * bits / 32] */
+  words: ArrayLike<number>;
+  /** [N, K / groupSize] */
+  scales: ArrayLike<number>;
+  biases: ArrayLike<number>;
+  n: number;
+  k: number;
+  bits: number;
+  groupSize: number;
+}
+
+/** A QuantizedWeight's arrays, read back (bf16 and f16 scales widen exactly). */
+export function quantizedArraysOf(w: QuantizedWeight): QuantizedArrays {
+  const [n, k] = w.shape;
+  return { words: w.weight.toArray(), scales: w.scales.toArray(), biases: w.biases.toArray(), n, k, bits: w.bits, groupSize: w.groupSize };
+}
+
+/**
+ * x [M, K] @ dequantize(w).T in float64, from the packed words. `withBias: false` leaves out the groups'
+ * biases, `fromTop` reads each value from the other end of its word: the known mistakes of chapter 2.2.
+ */
+export function quantizedMatmul(x: NDArray, w: QuantizedArrays, { withBias = true, fromTop = false } = {}): NDArray {
+  const { n, k, bits, groupSize } = w;
+  const m = x.data.length / k;
+  const wordsPerRow = (k * bits) / 32;
+  const groups = k / groupSize;
+  const out = zerosND([...x.shape.slice(0, -1), n]);
+  for (let row = 0; row < n; row++) {
+    const weight = new Float64Array(k);
+    for (let j = 0; j < k; j++) {
+      const g = row * groups + Math.floor(j / groupSize);
+      weight[j] = unpackQuantized(w.words, row * wordsPerRow, j, bits, { fromTop }) * w.scales[g] + (withBias ? w.biases[g] : 0);
+    }
+    for (let i = 0; i < m; i++) {
+      let s = 0;
+      for (let j = 0; j < k; j++) s += x.data[i * k + j] * weight[j];
+      out.data[i * n + row] = s;
+    }
+  }
+  return out;
 }

@@ -191,3 +191,39 @@ export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Var
   }
   return mistakes;
 }
+
+/**
+ * A model with a KV cache run in calls of `lengths` tokens (chapter 2.1): the offset ignored, the cache not
+ * returned, the top-left mask on a prefill after cached tokens.
+ */
+export function cacheMistakes(model: Float64Qwen2, ids: readonly number[], lengths: readonly number[]): Mistake[] {
+  const run = (variant: Float64Variant) => lazy(() => model.logitsInCalls(ids, lengths, variant));
+  return [
+    {
+      explanation: 'each call turned its tokens from position 0: RoPE needs their absolute positions, offset, offset + 1, ... (offset = the tokens already cached).',
+      values: run({ ignoreOffset: true }),
+    },
+    {
+      explanation: "each call attended to its own tokens only: updateAndFetch must return every cached key and value, the earlier calls' too.",
+      values: run({ forgetCache: true }),
+    },
+    {
+      explanation: "a top-left causal mask after cached tokens: the L new tokens are the last L of S, so query i sees keys up to i + S - L ('causal' means that).",
+      values: run({ topLeftMask: true }),
+    },
+  ];
+}
+
+/** Quantized matmul (chapter 2.2): the groups' biases left out, the values read from the top of their words. */
+export function quantizedMatmulMistakes(x: NDArray, w: f64.QuantizedArrays): Mistake[] {
+  return [
+    {
+      explanation: 'the bias of each group left out: a value dequantizes to q * scale + bias (in the factored form, + bias * sum(x) per group).',
+      values: lazy(() => f64.quantizedMatmul(x, w, { withBias: false })),
+    },
+    {
+      explanation: `values read from the top of their 32-bit words: value j of a word sits in bits [j * ${w.bits}, (j + 1) * ${w.bits}), lowest bits first.`,
+      values: lazy(() => f64.quantizedMatmul(x, w, { fromTop: true })),
+    },
+  ];
+}

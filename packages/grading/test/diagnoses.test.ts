@@ -6,11 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
-import { goldenOp } from '@tiny-llm/tensor-core/testing';
+import { goldenOp, seeded } from '@tiny-llm/tensor-core/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
+import { KvCache, quantizedMatmul, Qwen2ModelWeek2, type AttentionCache } from '@tiny-llm/reference/week2';
 import {
-  attentionMistakes, causalMaskMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
+  attentionMistakes, cacheMistakes, causalMaskMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
   expectRelativeError, expectValues, float64 as f64, formatAt, goldenModel, gqaMistakes, linearMistakes, mlpMistakes, multiHeadAttentionMistakes, rmsNormMistakes, ropeMistakes,
   softmaxMistakes,
 } from '../src/index.ts';
@@ -309,5 +310,79 @@ describe('1.5: the model', () => {
       }
     }
     throw new Error('qwen2-tiny has no near-tie among its greedy tokens; this test needs one');
+  });
+});
+
+describe('2.1: the KV cache', () => {
+  const model = goldenModel('qwen2-tiny');
+  const prompt = model.prompts.reduce((a, b) => (b.ids.length > a.ids.length ? b : a));
+  const n = prompt.ids.length;
+  const lengths = [Math.ceil(n / 2), ...new Array<number>(n - Math.ceil(n / 2)).fill(1)];
+  const week2 = Qwen2ModelWeek2.load(model.dir);
+
+  /** Runs the prompt in calls of `lengths` through the reference model with `cacheOf` layers and a wrong `offsetOf`. */
+  const run = (caches: AttentionCache[], offsetOf: (start: number) => number) => {
+    const parts: Tensor[] = [];
+    let start = 0;
+    for (const length of lengths) {
+      parts.push(week2.forward(tc.tensor([prompt.ids.slice(start, start + length)], { dtype: 'int32' }), offsetOf(start), caches));
+      start += length;
+    }
+    return tc.concat(parts, 1);
+  };
+  const check = (logits: Tensor) =>
+    failureOf(() => expectGolden(logits, tc.expandDims(prompt.logits, 0), { atol: 1e-4, mistakes: cacheMistakes(model.float64(), prompt.ids, lengths) }));
+
+  it('the offset ignored: every call at position 0', () => {
+    expect(check(run(week2.newCache(), () => 0))).toMatch(/each call turned its tokens from position 0/);
+  });
+
+  it('a cache that returns the new keys and values only', () => {
+    const forgetful = week2.newCache().map((cache) => ({
+      updateAndFetch: (k: Tensor, v: Tensor) => {
+        cache.updateAndFetch(k, v);
+        return { keys: k, values: v, mask: 'causal' as const };
+      },
+    }));
+    expect(check(run(forgetful, (start) => start))).toMatch(/each call attended to its own tokens only/);
+  });
+
+  it('a top-left causal mask after cached tokens', () => {
+    const topLeft = week2.newCache().map((cache: KvCache) => ({
+      updateAndFetch: (k: Tensor, v: Tensor) => {
+        const { keys, values } = cache.updateAndFetch(k, v);
+        const [l, s] = [k.shape[2], keys.shape[2]];
+        const hidden = tc.greater(tc.reshape(tc.arange(s), [1, s]), tc.reshape(tc.arange(l), [l, 1]));
+        return { keys, values, mask: tc.where(hidden, -Infinity, 0) };
+      },
+    }));
+    expect(check(run(topLeft, (start) => start))).toMatch(/a top-left causal mask after cached tokens/);
+  });
+});
+
+describe('2.2: quantized matmul', () => {
+  const w = tc.quantize(tc.tensor(seeded(24 * 128, 3, 0.5), { shape: [24, 128] }), 4, 64);
+  const x = tc.tensor(seeded(3 * 128, 4), { shape: [3, 128] });
+  const arrays = f64.quantizedArraysOf(w);
+  const check = (out: Tensor) => {
+    const expected = f64.quantizedMatmul(f64.toND(x), arrays);
+    return failureOf(() => expectGolden(out, expected, { atol: 1e-4, mistakes: quantizedMatmulMistakes(f64.toND(x), arrays) }));
+  };
+
+  it("the groups' biases left out", () => {
+    const unbiased = new tc.QuantizedWeight(w.weight, w.scales, tc.zeros(w.biases.shape, { dtype: w.biases.dtype }), 64, 4);
+    expect(check(quantizedMatmul(x, unbiased))).toMatch(/the bias of each group left out/);
+  });
+
+  it('values read from the top of their words', () => {
+    // Reading value j from the top of a word = reading normally from a word whose values are in reverse order.
+    const perWord = 32 / 4;
+    const reversed = Uint32Array.from(w.weight.toArray(), (word) => {
+      let out = 0;
+      for (let j = 0; j < perWord; j++) out |= ((word >>> (4 * j)) & 15) << (4 * (perWord - 1 - j));
+      return out >>> 0;
+    });
+    const wrong = new tc.QuantizedWeight(tc.tensor(reversed, { shape: w.weight.shape }), w.scales, w.biases, 64, 4);
+    expect(check(quantizedMatmul(x, wrong))).toMatch(/values read from the top of their 32-bit words/);
   });
 });
