@@ -32,13 +32,22 @@ export interface ChapterProgress {
 
 type Solution = 'learner' | 'reference';
 
-/** The chapter an extension belongs to: 1.5-qwen3 is written in chapter 1.5's files, whose stubs say "1.5". */
-const stubIdOf = (chapter: Chapter) => chapter.id.split('-')[0];
+/** Whether two chapters share a file (1.5 and its Qwen3 extension, 2.6 and 2.7). */
+function shareFiles(a: Chapter, b: Chapter): boolean {
+  return a.week === b.week && a.files.some((f) => b.files.includes(f));
+}
 
 /** The other chapters whose files do not overlap this one's: they run on the reference while it is graded. */
 function othersOf(chapter: Chapter, chapters: Chapter[]): string[] {
-  const own = new Set(chapter.files.map((f) => `${chapter.week}/${f}`));
-  return chapters.filter((c) => c.files.every((f) => !own.has(`${c.week}/${f}`))).map((c) => c.id);
+  return chapters.filter((c) => !shareFiles(c, chapter)).map((c) => c.id);
+}
+
+/**
+ * The chapters whose NotImplemented this chapter's stubs may throw: its own, and those of the chapters it
+ * shares files with (1.5-qwen3's tests reach chapter 1.5's stubs in the same file).
+ */
+function stubIdsOf(chapter: Chapter, chapters: Chapter[]): string[] {
+  return chapters.filter((c) => shareFiles(c, chapter)).map((c) => c.id.split('-')[0]);
 }
 
 interface TestOutcome {
@@ -71,11 +80,11 @@ async function runTests(chapter: Chapter, env: Record<string, string>): Promise<
 }
 
 /** A NotImplemented error thrown by this chapter's own stubs (TypeScript, or a C++ kernel's message). */
-function isOwnStub(message: string, chapter: Chapter): boolean {
-  return message.includes('NotImplemented') && message.includes(`(chapter ${stubIdOf(chapter)})`);
+function isOwnStub(message: string, stubIds: string[]): boolean {
+  return message.includes('NotImplemented') && stubIds.some((id) => message.includes(`(chapter ${id})`));
 }
 
-function progressOf(chapter: Chapter, tests: TestOutcome[], errors: string[]): ChapterProgress {
+function progressOf(chapter: Chapter, stubIds: string[], tests: TestOutcome[], errors: string[]): ChapterProgress {
   const row = { id: chapter.id, title: chapter.title, week: chapter.week, total: tests.length };
   const passed = tests.filter((t) => t.state === 'passed').length;
   const failures = [...errors, ...tests.flatMap((t) => t.messages)];
@@ -90,8 +99,8 @@ function progressOf(chapter: Chapter, tests: TestOutcome[], errors: string[]): C
     return { ...row, passed, status: 'error', detail: `${unfinished} of ${tests.length} tests skipped or not run${why}` };
   }
   if (passed === tests.length && errors.length === 0) return { ...row, passed, status: 'passed' };
-  if (passed === 0 && failures.every((m) => isOwnStub(m, chapter))) return { ...row, passed, status: 'not started' };
-  const wrong = failures.find((m) => !isOwnStub(m, chapter)) ?? failures[0];
+  if (passed === 0 && failures.every((m) => isOwnStub(m, stubIds))) return { ...row, passed, status: 'not started' };
+  const wrong = failures.find((m) => !isOwnStub(m, stubIds)) ?? failures[0];
   return { ...row, passed, status: 'in progress', detail: oneLine(wrong) };
 }
 
@@ -99,7 +108,7 @@ export async function gradeChapter(chapter: Chapter, solution: Solution, chapter
   const env: Record<string, string> = { TINY_LLM_SOLUTION: solution };
   if (solution === 'learner') env.TINY_LLM_REFERENCE_CHAPTERS = othersOf(chapter, chapters).join(',');
   const { tests, errors } = await runTests(chapter, env);
-  return progressOf(chapter, tests, errors);
+  return progressOf(chapter, stubIdsOf(chapter, chapters), tests, errors);
 }
 
 function printTable(rows: ChapterProgress[], solution: Solution): void {

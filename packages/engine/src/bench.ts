@@ -13,6 +13,8 @@ import { writeFileSync } from 'node:fs';
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
+import { Scheduler } from '@tiny-llm/reference/week2';
+import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
 import { checkModelDir, type ModelChoice, type Solution, type Week } from './registry.ts';
@@ -153,6 +155,27 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
  * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
  * (it also faults in memory-mapped weights).
  */
+/**
+ * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapter 2.6, on the
+ * engine's model): the requests are prefilled first (one per step), then `steps` steps of pure decode, each
+ * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
+ * products, so its ceiling is the prefill rate.
+ */
+export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
+  const scheduler = new Scheduler(new EngineBatchModel(model), { maxBatch: batch });
+  const ids = Array.from({ length: batch }, (_, i) =>
+    scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
+  );
+  // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
+  for (let i = 0; i <= batch; i++) scheduler.step();
+  const t0 = performance.now();
+  let tokens = 0;
+  for (let i = 0; i < steps; i++) tokens += scheduler.step().filter((o) => o.token !== null).length;
+  const seconds = (performance.now() - t0) / 1e3;
+  for (const id of ids) scheduler.cancel(id);
+  return { tokensPerS: tokens / seconds, seconds };
+}
+
 export function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): SpeedResult {
   const ids = promptIds(promptLen, model.config.vocabSize, seed);
   const argmax = (logits: tc.Tensor): number => {
@@ -229,6 +252,10 @@ export interface BenchReport {
   prefill_ratio: number;
   prefill_ratio_fma_peak: number;
   peak_rss_mb: number;
+  /** With --batch N: the aggregate decode rate of N requests decoding together, and its ratio to the prefill rate. */
+  batch: number | null;
+  batch_decode_tokens_per_s: number | null;
+  batch_decode_ratio_to_prefill: number | null;
   threads: number;
   date: string;
 }
@@ -320,6 +347,13 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
 
   process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
   const speed = measureSpeed(model, promptLen, gen, reps, seed);
+  const batch = flags.batch as number | undefined;
+  let batched: { tokensPerS: number } | null = null;
+  if (batch !== undefined) {
+    if (!(model instanceof EngineQwen2)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+    process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
+    batched = measureBatchDecode(model.model, batch, promptLen, gen, seed);
+  }
   const rss = peakRssMB();
   process.stderr.write('measuring the ceilings (read bandwidth, GEMM, FMA peak)...\n');
   const ceilings = measureCeilings();
@@ -357,6 +391,9 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
     prefill_ratio: prefillGflops / ceilings.gemmGflops,
     prefill_ratio_fma_peak: ceilings.fmaPeakGflops > 0 ? prefillGflops / ceilings.fmaPeakGflops : 0,
     peak_rss_mb: rss,
+    batch: batch ?? null,
+    batch_decode_tokens_per_s: batched?.tokensPerS ?? null,
+    batch_decode_ratio_to_prefill: batched ? batched.tokensPerS / speed.prefillTokensPerS : null,
     threads: Number(tc.native.numThreads()),
     date: new Date().toISOString(),
   };
@@ -387,6 +424,9 @@ export function formatReport(r: BenchReport): string {
     `  decode ${r.gen} tokens:  ${f(r.decode_tokens_per_s)} tok/s (${f(r.decode_seconds, 3)} s) = ` +
       `${f(r.decode_gb_s, 2)} GB/s of weights: ${f(r.decode_ratio, 2)} of read bandwidth ` +
       `(ceiling ${f(r.decode_ceiling_tokens_per_s)} tok/s)`,
+    ...(r.batch !== null
+      ? [`  decode at batch ${r.batch}: ${f(r.batch_decode_tokens_per_s!)} tok/s aggregate = ${f(r.batch_decode_ratio_to_prefill!, 2)} of the prefill rate`]
+      : []),
     `  peak resident memory: ${f(r.peak_rss_mb, 0)} MB; tensors the model allocated: ${mb(r.model_tensor_bytes)}; load ${f(r.load_seconds, 2)} s`,
   ].join('\n');
 }

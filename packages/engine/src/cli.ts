@@ -8,13 +8,13 @@
 // The argument parser is small and explicit: each command lists its flags and their types, unknown flags and
 // missing values are usage errors (exit 2), bad input is a one-line error (exit 1), and a stack trace is only
 // printed for bugs (with TINY_LLM_DEBUG=1).
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { isAbsolute, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
-import { checkPromptFits, formatStats, generate, type GenerateOptions } from './generate.ts';
+import { checkPromptFits, formatStats, generate, makeSampler, type GenerateOptions } from './generate.ts';
 import { checkModelDir, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
@@ -303,6 +303,35 @@ async function runLogits(flags: FlagValues): Promise<void> {
   logits.dispose();
 }
 
+async function runBatchCommand(flags: FlagValues): Promise<void> {
+  const { readPrompts, runBatch } = await import('./batch.ts');
+  const { loadScheduler } = await import('./registry.ts');
+  if (flags.prompts === undefined) throw new UsageError('batch: --prompts FILE.jsonl is required (see tiny-llm batch --help)');
+  const dir = modelDirOf(flags);
+  const prompts = readPrompts(resolveInput(flags.prompts as string), (flags['max-tokens'] as number | undefined) ?? 256);
+  const tokenizer = loadTokenizerOf(dir);
+  const maxBatch = (flags['max-batch'] as number | undefined) ?? 8;
+  const prefillChunk = (flags['prefill-chunk'] as number | undefined) ?? 256;
+  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk });
+  log(`batch: ${prompts.length} prompts on ${description}, at most ${maxBatch} at a time, prefill chunks of ${prefillChunk} tokens`);
+  const make = flags.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
+  const samplerOf = (p: { temperature: number; topK?: number; topP?: number; minP?: number; seed?: number }) =>
+    p.temperature > 0 ? make({ temperature: p.temperature, topK: p.topK, topP: p.topP, minP: p.minP, seed: p.seed }) : undefined;
+  const { results, seconds, generated } = runBatch(scheduler, tokenizer, prompts, samplerOf);
+  const lines = results.map((r) => JSON.stringify(r)).join('\n') + '\n';
+  if (flags.out !== undefined) {
+    const out = resolveOutput(flags.out as string);
+    try {
+      writeFileSync(out, lines);
+    } catch (err) {
+      throw new UserError(`--out ${out}: cannot write it (${oneLine(err)})`);
+    }
+  } else {
+    process.stdout.write(lines);
+  }
+  log(`[${prompts.length} prompts, ${generated} tokens generated in ${seconds.toFixed(2)} s: ${(generated / seconds).toFixed(1)} tok/s]`);
+}
+
 async function runBenchCommand(flags: FlagValues): Promise<void> {
   const { runBench } = await import('./bench.ts');
   await runBench(flags, { resolveInput, resolveOutput, displayPath, loadWithProgress });
@@ -354,9 +383,26 @@ export const COMMANDS: Record<string, CommandSpec> = {
     },
     run: runLogits,
   },
+  batch: {
+    summary: 'many prompts through continuous batching (chapters 2.6, 2.7): JSON lines in, JSON lines out',
+    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--max-tokens N] [--out FILE.jsonl]',
+    flags: {
+      ...MODEL_FLAGS,
+      prompts: { kind: 'string', value: 'FILE.jsonl', help: 'one JSON object per line: {"prompt": "...", "max_tokens": 48, "temperature": 0, "top_k", "top_p", "min_p", "seed", "ignore_eos"}' },
+      'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
+      'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+      'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
+      out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
+    },
+    notes:
+      'Each output line is {"index", "text", "tokens", "finish_reason"}, in the order of the input lines; the aggregate\n' +
+      'tokens/s goes to stderr. Example:\n  printf \'{"prompt": "def add(a, b):"}\\n{"prompt": "class Stack:"}\\n\' > p.jsonl\n' +
+      '  pnpm tiny-llm batch --prompts p.jsonl --max-tokens 32',
+    run: runBatchCommand,
+  },
   bench: {
     summary: 'prefill and decode tokens/s next to the memory-bandwidth and GEMM ceilings measured in the same run',
-    usage: 'tiny-llm bench [--model DIR | --config CONFIG.json [--dtype f32|bf16|q4|q8]] [--prompt-len N] [--gen N] [--json FILE]',
+    usage: 'tiny-llm bench [--model DIR | --config CONFIG.json [--dtype f32|bf16|q4|q8]] [--prompt-len N] [--gen N] [--batch N] [--json FILE]',
     flags: {
       ...MODEL_FLAGS,
       config: { kind: 'string', value: 'CONFIG.json', help: 'random weights of this config.json shape instead of a model (e.g. fixtures/configs/Qwen2-0.5B-Instruct.json)' },
@@ -372,6 +418,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
       reps: { kind: 'int', value: 'N', help: 'measure N times and keep the best', default: '2', check: atLeast(1) },
       seed: { kind: 'int', value: 'S', help: 'the random weights and prompt', default: '0' },
       json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+      batch: { kind: 'int', value: 'N', help: 'also measure the aggregate decode rate of N requests batched together (the engine)', check: atLeast(1) },
     },
     notes:
       'decode ratio = decode tok/s x bytes of weights read per token / read bandwidth (decode is memory-bound);\n' +

@@ -204,4 +204,4 @@ export function formatStats(s: GenerateStats): string {
   return `prompt ${s.promptTokens} tokens${reused}, generated ${s.generatedTokens} tokens; ${prefill}, ${decode}; stopped: ${reason}`;
 }
 
-export type { Sampler, SamplerOptions };
+export { makeSampler, type Sampler, type SamplerOptions };

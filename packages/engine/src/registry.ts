@@ -12,6 +12,10 @@ import type { Sampler, SamplerOptions } from '@tiny-llm/reference/week1';
 import type { KvCache as ReferenceKvCache } from '@tiny-llm/reference/week2';
 import type { KvCache as LearnerKvCache } from '@tiny-llm/week2';
 import { isNotImplemented, learnerNotImplemented, oneLine, UserError, withLearnerErrors } from './errors.ts';
+import type { ModelConfig } from '@tiny-llm/tensor-core';
+import type { SchedulerOptions } from '@tiny-llm/reference/week2';
+import type { BatchScheduler } from './batch.ts';
+import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { EngineQwen2, Week1Session, Week2Session, type EngineModel, type Week1Model, type Week2Model } from './session.ts';
 
@@ -102,4 +106,51 @@ export async function learnerMakeSampler(): Promise<(options: SamplerOptions) =>
     const sampler = withLearnerErrors(() => makeSampler(options));
     return (logits) => withLearnerErrors(() => sampler(logits));
   };
+}
+
+/** A scheduler (chapter 2.6) over the chosen model: what `batch`, `bench --batch` and the server drive. */
+export interface LoadedScheduler {
+  scheduler: BatchScheduler;
+  config: ModelConfig;
+  description: string;
+}
+
+/**
+ * Continuous batching over the chosen model: the engine (the reference Scheduler over the engine's model), or
+ * a week 2 model with its own solution's Scheduler. Week 1's model has no cache to batch with.
+ */
+export async function loadScheduler(dir: string, choice: ModelChoice, options: SchedulerOptions): Promise<LoadedScheduler> {
+  checkModelDir(dir);
+  const solution = choice.solution ?? 'reference';
+  if (choice.week === 1) throw new UserError("batching needs a model with a KV cache: the engine, or --week 2 (week 1's model has none)");
+  const schedulerError = (err: unknown) => new UserError(`the scheduler: ${oneLine(err)}`, { cause: err });
+  if (choice.week === undefined && solution === 'reference') {
+    const { Scheduler } = await MODULES.reference.week2();
+    let model: Qwen2Model;
+    try {
+      model = Qwen2Model.load(dir);
+    } catch (err) {
+      throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
+    }
+    try {
+      return { scheduler: new Scheduler(new EngineBatchModel(model), options), config: model.config, description: 'the engine' };
+    } catch (err) {
+      throw schedulerError(err);
+    }
+  }
+  const description = `the ${solution === 'learner' ? "learner's" : 'reference'} week 2 model and scheduler`;
+  try {
+    // One branch per solution: their classes are of different declarations.
+    if (solution === 'reference') {
+      const week2 = await MODULES.reference.week2();
+      const model = week2.Qwen2ModelWeek2.load(dir);
+      return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), options), config: model.config, description };
+    }
+    const week2 = await MODULES.learner.week2();
+    const model = week2.Qwen2ModelWeek2.load(dir);
+    return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), options), config: model.config, description };
+  } catch (err) {
+    if (isNotImplemented(err)) throw learnerNotImplemented(err);
+    throw new UserError(`cannot load the model in ${dir} (${description}): ${oneLine(err)}`, { cause: err });
+  }
 }

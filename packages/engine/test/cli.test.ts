@@ -252,6 +252,50 @@ describe('the CLI (spawned)', () => {
   });
 });
 
+describe('batch: many prompts through continuous batching', () => {
+  const jsonl = (rows: object[]) => {
+    const path = join(tmp, `prompts-${Math.random().toString(36).slice(2)}.jsonl`);
+    writeFileSync(path, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    return path;
+  };
+
+  it('every golden prompt of the demo model, 4 at a time, chunks of 64: each line its golden text, in input order', async () => {
+    const g = golden('tiny-qwen2-py');
+    const prompts = jsonl(g.cases.map((c) => ({ prompt: c.prompt, max_tokens: 48, ignore_eos: true })));
+    for (const choice of [[], ['--solution', 'reference', '--week', '2']]) {
+      const r = await cli(['batch', ...choice, '--prompts', prompts, '--max-batch', '4', '--prefill-chunk', '64']);
+      expect(r.code, r.stderr).toBe(0);
+      const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+      expect(lines.map((l) => l.index)).toEqual(g.cases.map((_, i) => i));
+      lines.forEach((l, i) => {
+        expect(l.text, `line ${i} (${choice.join(' ') || 'the engine'})`).toBe(g.cases[i].greedy_text);
+        expect([l.tokens, l.finish_reason]).toEqual([48, 'length']);
+      });
+      expect(r.stderr).toMatch(/\[7 prompts, 336 tokens generated in [\d.]+ s: [\d.]+ tok\/s\]/);
+    }
+  });
+
+  it('bad input: a one-line message naming the file, the line and the field', async () => {
+    const cases: [string, string[], RegExp][] = [
+      ['no --prompts', ['batch'], /--prompts FILE.jsonl is required/],
+      ['a missing file', ['batch', '--prompts', join(tmp, 'nowhere.jsonl')], /nowhere.jsonl: cannot read it \(ENOENT\)/],
+      ['an unknown field', ['batch', '--prompts', jsonl([{ prompt: 'a' }, { prompt: 'b', max_token: 3 }])], /line 2: unknown field "max_token"/],
+      ['a bad value', ['batch', '--prompts', jsonl([{ prompt: 'a', temperature: -1 }])], /line 1: bad value for "temperature": -1/],
+      ['an empty prompt', ['batch', '--prompts', jsonl([{ prompt: '' }])], /prompt 0: the prompt is empty/],
+      ['week 1 has no cache', ['batch', '--week', '1', '--prompts', jsonl([{ prompt: 'a' }])], /batching needs a model with a KV cache/],
+    ];
+    const broken = join(tmp, 'broken.jsonl');
+    writeFileSync(broken, '{"prompt": "a"}\n{"prompt": \n');
+    cases.push(['a truncated line', ['batch', '--prompts', broken], /line 2: not JSON/]);
+    const results = await Promise.all(cases.map(([, args]) => cli(args)));
+    cases.forEach(([what, , message], i) => {
+      expect(results[i].code, `${what}: ${results[i].stderr}`).not.toBe(0);
+      expect(results[i].stderr, what).toMatch(message);
+      expect(results[i].stderr, what).toMatch(/^(batch: .*\n)?tiny-llm: [^\n]+\n$/);
+    });
+  });
+});
+
 describe('flags, random weights, the bench accounting', () => {
   it('parseFlags: --flag value, --flag=value, booleans, types and ranges', () => {
     const spec = COMMANDS.generate.flags;

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { expectClose, FIXTURES_DIR } from '@tiny-llm/tensor-core/testing';
+import { expectGolden, goldenModel } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { RandomWeights } from '../src/random-weights.ts';
 import { DecodeKvCache } from '../src/model/kv-cache.ts';
@@ -128,6 +129,27 @@ for (const name of FIXTURE_MODELS) {
     });
   });
 }
+
+describe('Qwen2Model.decodeRows: requests of different lengths, each with its own caches, in one step', () => {
+  for (const name of ['qwen2-tiny', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny']) {
+    it(`${name}: every prompt's last position, decoded together after its own prefill`, () => {
+      const golden = goldenModel(name);
+      const m = Qwen2Model.load(golden.dir);
+      const prompts = golden.prompts.filter((p) => p.ids.length >= 2);
+      const caches = prompts.map((p) => {
+        const cache = m.newCache();
+        m.forward(ids2d([p.ids.slice(0, -1)]), cache).dispose();
+        return cache;
+      });
+      const logits = m.decodeRows(prompts.map((p) => p.ids.at(-1)!), caches); // [B, V]
+      prompts.forEach((p, row) => {
+        const n = p.ids.length;
+        expectGolden(tc.slice(logits, [[row, row + 1]]), tc.slice(p.logits, [[n - 1, n]]), { atol: ATOL, what: `row ${row} (prompt ${p.index}, position ${n - 1})`, axes: ['b', 'v'] });
+        expect(caches[row][0].offset, `row ${row}'s caches hold its ${n} tokens`).toBe(n);
+      });
+    });
+  }
+});
 
 interface DemoGolden {
   max_new_tokens: number;

@@ -180,6 +180,61 @@ export class Qwen2Attention {
   }
 
   /**
+   * A decode step of B requests, one token each, each with a cache of its own (continuous batching): the
+   * projections run once for the B rows (matrix products instead of B vector products, the point of batching),
+   * the attention row by row on each request's cache, in place (no padding, no copy of the caches).
+   */
+  forwardRows(
+    x: Tensor,
+    caches: readonly DecodeKvCache[],
+    positions: readonly number[],
+    rope: tc.fast.RopeTables,
+    fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
+  ): Tensor {
+    const norm = fusion?.norm ?? null;
+    const residual = fusion?.residual ?? null;
+    const row = (t: Tensor, i: number) => tc.slice(t, [[i, i + 1]]);
+    if (!this.canDecodeInKernel(x, rope)) {
+      // Without the decode kernel, each row goes through the composed path alone.
+      return tc.concat(caches.map((cache, i) => this.forward(row(x, i), cache, positions[i], rope, { norm, residual: residual && row(residual, i) })), 0);
+    }
+    const { numHeads: h, headDim: d } = this.shape;
+    const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
+    const attn = tc.empty([x.shape[0], 1, h * d], 'float32');
+    caches.forEach((cache, i) => this.attendInKernel(row(qkv, i), cache, rope, row(attn, i)));
+    qkv.dispose();
+    const out = this.oProj.forward(attn, { residual });
+    attn.dispose();
+    return out;
+  }
+
+  private canDecodeInKernel(x: Tensor, rope: tc.fast.RopeTables): boolean {
+    return this.decodeKernel && x.backend === tc.cpu && rope.cos.dtype === 'float32';
+  }
+
+  /** native/attention_decode.cc: qkv [B, 1, (Hq + 2 Hkv) * D] of one token per row, at the cache's position. */
+  private attendInKernel(qkv: Tensor, cache: DecodeKvCache, rope: tc.fast.RopeTables, attn: Tensor): void {
+    const { numHeads: h, numKvHeads: hkv, headDim: d, rmsNormEps } = this.shape;
+    const { keys, values, offset: position } = cache.reserve(qkv.shape[0], hkv, d, 1, qkv.backend);
+    engineKernels().attentionDecode(
+      qkv.native(),
+      rope.cos.native(),
+      rope.sin.native(),
+      position,
+      keys.native(),
+      values.native(),
+      attn.native(),
+      h,
+      hkv,
+      this.scale,
+      this.qNorm?.native() ?? null,
+      this.kNorm?.native() ?? null,
+      rmsNormEps,
+    );
+    cache.commit(1);
+  }
+
+  /**
    * x [B, L, hidden] float32 at positions offset.. offset + L - 1 -> [B, L, hidden]. fusion.norm normalises x
    * first (fused into the q/k/v projection), fusion.residual is added to the output (fused into o_proj).
    */
@@ -194,28 +249,12 @@ export class Qwen2Attention {
     const { numHeads: h, numKvHeads: hkv, headDim: d, rmsNormEps } = this.shape;
     const norm = fusion?.norm ?? null;
     const residual = fusion?.residual ?? null;
-    if (l === 1 && this.decodeKernel && x.backend === tc.cpu && rope.cos.dtype === 'float32') {
+    if (l === 1 && this.canDecodeInKernel(x, rope)) {
       // Decode: one kernel rotates the new query and key heads, appends the key and value to the cache and
       // attends over it (the composed form below, for one token, without its dozen ops and views).
       const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
-      const { keys, values, offset: position } = cache.reserve(b, hkv, d, 1, x.backend);
       const attn = tc.empty([b, 1, h * d], 'float32');
-      engineKernels().attentionDecode(
-        qkv.native(),
-        rope.cos.native(),
-        rope.sin.native(),
-        position,
-        keys.native(),
-        values.native(),
-        attn.native(),
-        h,
-        hkv,
-        this.scale,
-        this.qNorm?.native() ?? null,
-        this.kNorm?.native() ?? null,
-        rmsNormEps,
-      );
-      cache.commit(1);
+      this.attendInKernel(qkv, cache, rope, attn);
       qkv.dispose();
       const out = this.oProj.forward(attn, { residual });
       attn.dispose();
@@ -279,13 +318,18 @@ export class Qwen2Block {
     readonly fusedKernels = true,
   ) {}
 
-  forward(x: Tensor, cache: DecodeKvCache, offset: number, rope: tc.fast.RopeTables): Tensor {
+  /** cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only). */
+  forward(x: Tensor, cache: DecodeKvCache | readonly DecodeKvCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
     const eps = this.rmsNormEps;
+    const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor }) =>
+      Array.isArray(cache)
+        ? this.selfAttn.forwardRows(input, cache, offset as readonly number[], rope, fusion)
+        : this.selfAttn.forward(input, cache as DecodeKvCache, offset as number, rope, fusion);
     if (this.fusedKernels) {
       // The norms go into the projections that read them and the residual adds into the ones that end each
       // half (o_proj, down_proj): with quantized weights a dense layer is four native matmul calls and one
       // attention kernel.
-      const h = this.selfAttn.forward(x, cache, offset, rope, { norm: { weight: this.inputLayerNorm, eps }, residual: x });
+      const h = attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: x });
       let out: Tensor;
       if (this.mlp instanceof GatedMlp) {
         out = this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: h });
@@ -300,7 +344,7 @@ export class Qwen2Block {
       return out;
     }
     const n1 = tc.fast.rmsNorm(x, this.inputLayerNorm, eps);
-    const a = this.selfAttn.forward(n1, cache, offset, rope);
+    const a = attend(n1);
     const h = tc.add(x, a);
     const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
     const m = this.mlp.forward(n2);
@@ -434,7 +478,7 @@ export class Qwen2Model {
     const offset = this.resolveOffset(cache, offsetArg, b, l);
     const rope = this.ropeTables(offset + l);
     try {
-      return this.pass(ids, cache, offset, rope, l, lastOnly);
+      return this.pass(ids, (i) => cache[i], offset, rope, l, lastOnly);
     } catch (err) {
       // A pass that failed part-way has appended to some caches only: take those tokens back out.
       for (const c of cache) if (c.offset > offset) c.rewind(c.offset - offset);
@@ -442,14 +486,47 @@ export class Qwen2Model {
     }
   }
 
-  private pass(ids: Tensor, cache: DecodeKvCache[], offset: number, rope: tc.fast.RopeTables, l: number, lastOnly: boolean): Tensor {
+  /**
+   * A decode step of B requests with caches of their own (continuous batching, see Qwen2Attention.forwardRows):
+   * tokens[b] after the tokens in caches[b] (a cache per layer) -> the logits float32 [B, vocab].
+   */
+  decodeRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[]): Tensor {
+    if (tokens.length === 0 || caches.length !== tokens.length) {
+      throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${tokens.length} tokens and ${caches.length} caches`);
+    }
+    const ids = tc.tensor(tokens.map((t) => [t]), { dtype: 'int32' });
+    try {
+      this.checkIds(ids);
+      const positions = caches.map((c) => this.resolveOffset(c, undefined, 1, 1));
+      const rope = this.ropeTables(Math.max(...positions) + 1);
+      try {
+        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, true);
+      } catch (err) {
+        caches.forEach((c, row) => {
+          for (const layer of c) if (layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
+        });
+        throw err;
+      }
+    } finally {
+      ids.dispose();
+    }
+  }
+
+  private pass(
+    ids: Tensor,
+    cacheOf: (layer: number) => DecodeKvCache | readonly DecodeKvCache[],
+    offset: number | readonly number[],
+    rope: tc.fast.RopeTables,
+    l: number,
+    lastOnly: boolean,
+  ): Tensor {
     return tc.tidy(() => {
       let h = this.embedding.forward(ids); // [B, L, hidden]
       for (let i = 0; i < this.layers.length; i++) {
         // A scope per layer: a prefill's attention temporaries (projections, rotated heads, the score matrix)
         // are freed before the next layer runs, not held for all layers until the pass ends. At Qwen2-0.5B
         // shapes and a 256-token prompt they were ~450 MB of the peak resident memory (4-bit: 885 -> 434 MB).
-        const next = tc.tidy(() => this.layers[i].forward(h, cache[i], offset, rope));
+        const next = tc.tidy(() => this.layers[i].forward(h, cacheOf(i), offset, rope));
         h.dispose();
         h = next;
       }
@@ -489,7 +566,7 @@ export class Qwen2Model {
     return [b, l];
   }
 
-  private resolveOffset(cache: DecodeKvCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
+  private resolveOffset(cache: readonly DecodeKvCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
     if (!Array.isArray(cache) || cache.length !== this.layers.length) {
       throw new RangeError(`Qwen2Model.forward: expected one DecodeKvCache per layer (${this.layers.length}), got ${Array.isArray(cache) ? cache.length : typeof cache} (use model.newCache())`);
     }

@@ -3,3 +3,4 @@ export * from './kv-cache.ts';
 export * from './quantized-matmul.ts';
 export * from './flash-attention.ts';
 export * from './qwen2-week2.ts';
+export * from './batch.ts';
