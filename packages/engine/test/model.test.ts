@@ -3,7 +3,9 @@
 // prefill followed by one-token decode steps, a prefill in two chunks, and greedy decoding must all reproduce
 // the full-prompt logits of every position and the greedy continuations. Then the demo models' 48-token
 // goldens, its KV cache's buffers, and the errors.
-import { readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
@@ -332,6 +334,15 @@ describe('Qwen2Model: errors', () => {
     expect(calls.length).toBe(total);
     expect(calls.at(-1)).toEqual([total, total]);
     expect(calls.every(([d, t], i) => t === total && d === i + 1)).toBe(true);
+  });
+
+  it('weights whose shapes disagree with the config: the error names the weight, its shape and the expected one', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'tl-shapes-'));
+    cpSync(`${FIXTURES_DIR}models/qwen2-tiny`, dir, { recursive: true });
+    const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, intermediate_size: 96 }));
+    expect(() => Qwen2Model.load(dir)).toThrow(/model\.layers\.0\.mlp\.gate_proj: expected a weight of shape \[96, 64\], got float32\[128, 64\]/);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('a directory that is not a model says so', () => {

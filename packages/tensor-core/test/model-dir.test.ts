@@ -255,6 +255,11 @@ describe('config parsing', () => {
     );
     expect(() => parseModelConfig({ ...qwen2Base, quantization: { group_size: 64 } }, 'c.json')).toThrow('c.json: quantization: bits is missing');
     expect(() => parseModelConfig({ ...qwen2Base, quantization: { group_size: 64, bits: 7 } }, 'c.json')).toThrow(/unsupported bits 7/);
+    expect(() => parseModelConfig({ ...qwen2Base, hidden_size: 130 }, 'c.json')).toThrow(
+      'c.json: hidden_size (130) is not a multiple of num_attention_heads (4) and there is no head_dim',
+    );
+    const moe = { ...qwen2Base, model_type: 'qwen2_moe', num_experts: 4, moe_intermediate_size: 32, shared_expert_intermediate_size: 64 };
+    expect(() => parseModelConfig({ ...moe, num_experts_per_tok: 5 }, 'c.json')).toThrow('c.json: num_experts_per_tok (5) exceeds num_experts (4)');
   });
 });
 

@@ -267,6 +267,25 @@ describe('bad safetensors files', () => {
     expect(() => readSafetensors(path)).toThrow(/runs past the end of the file \(20 bytes\)/);
   });
 
+  it('a header length over the 100 MB limit, and a header that is not UTF-8', () => {
+    const big = tmpPath('big-header.safetensors');
+    // A sparse file long enough that the length fits in it: the limit, not the file size, must refuse it.
+    const fd = openSync(big, 'w');
+    const prefix = Buffer.alloc(8);
+    prefix.writeBigUInt64LE(200_000_000n);
+    writeSync(fd, prefix);
+    closeSync(fd);
+    truncateSync(big, 8 + 200_000_000);
+    expect(() => readSafetensors(big)).toThrow(/header length 200000000 exceeds 100000000 bytes: not a safetensors file/);
+    const latin1 = tmpPath('latin1.safetensors');
+    const header = Buffer.from('{"caf\xe9": 1}', 'latin1');
+    const out = Buffer.alloc(8 + header.length);
+    out.writeBigUInt64LE(BigInt(header.length));
+    header.copy(out, 8);
+    writeFileSync(latin1, out);
+    expect(() => readSafetensors(latin1)).toThrow(/the header is not valid UTF-8: not a safetensors file/);
+  });
+
   it('invalid JSON, or JSON that is not an object', () => {
     const path = tmpPath('bad.safetensors');
     writeRaw(path, '{"x": {"dtype": "F32",');
@@ -377,6 +396,14 @@ describe('openCheckpoint', () => {
     expect(() => openCheckpoint(dir)).toThrow(/no "weight_map" object/);
     writeFileSync(index, '{not json');
     expect(() => openCheckpoint(dir)).toThrow(/model.safetensors.index.json: not valid JSON/);
+  });
+
+  it('refuses one tensor in two files of a checkpoint without an index', () => {
+    const dir = join(tmp, `dup-${counter++}`);
+    mkdirSync(dir);
+    saveSafetensors(join(dir, 'model-00001-of-00002.safetensors'), { a: make('float32', [2], new Float32Array([1, 2])) });
+    saveSafetensors(join(dir, 'model-00002-of-00002.safetensors'), { a: make('float32', [2], new Float32Array([3, 4])) });
+    expect(() => openCheckpoint(dir)).toThrow(/tensor "a" is in both .*model-00001-of-00002\.safetensors and .*model-00002-of-00002\.safetensors/);
   });
 
   it('refuses a directory without weights, or with several unrelated files and no index', () => {

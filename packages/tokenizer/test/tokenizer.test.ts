@@ -67,6 +67,13 @@ describe('incremental detokenizer', () => {
     expect(rest).toBe('');
   });
 
+  it('an empty input: decode([]) is the empty text, and a detokenizer fed nothing flushes nothing', () => {
+    expect(tok.decode([])).toBe('');
+    const d = tok.detokenizer();
+    expect(d.flush()).toBe('');
+    expect(d.text).toBe('');
+  });
+
   it('emits a character only once its last byte has arrived', () => {
     const ids = tok.encode('中');
     expect(ids.length).toBeGreaterThan(1);

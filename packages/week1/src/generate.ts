@@ -27,7 +27,8 @@ export interface GenerateResult {
 /**
  * Completes `prompt` as it is (no chat template: a chat prompt arrives already rendered).
  *
- * 1. ids = tokenizer.encode(prompt).
+ * 1. ids = tokenizer.encode(prompt); an empty prompt (no ids) is a RangeError that says so: there is no
+ *    token to continue from.
  * 2. Loop while fewer than maxTokens tokens are generated:
  *    - logits = model.forward(int32 tensor [1, L] of the prompt ids and the tokens generated so far);
  *    - keep the last position, `tc.slice(logits, [null, -1])` -> [1, V], and pick the next token with the

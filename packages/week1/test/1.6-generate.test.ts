@@ -136,6 +136,10 @@ describe('1.6 generate: the loop itself, on a scripted model', () => {
     expect(chunks.join('')).toBe('é café');
   });
 
+  it('an empty prompt: a RangeError that says so (there is no token to continue from)', () => {
+    expect(() => simpleGenerate(scriptedModel([], 0, vocab), tokenizer, '', { maxTokens: 3 })).toThrow(/empty/);
+  });
+
   it('picks every token with options.sampler when one is given', () => {
     const chosen = tokenizer.encode(' ok')[0];
     const seen: number[][] = [];

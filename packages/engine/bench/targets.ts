@@ -1,0 +1,78 @@
+// The engine's performance targets, checked: `pnpm bench` runs this after tensor-core's kernel benchmarks.
+// Each figure comes from its own process (`tiny-llm bench --json`, the flash attention benchmark), so that a
+// row's peak memory is its own, and is judged against a ceiling measured in the same run (the read bandwidth,
+// the prefill rate) or against another figure of the same run. Targets are not tests: on a shared machine a
+// neighbour's burst moves them, so this prints what it measured and exits non-zero when a target is missed.
+//
+//   pnpm bench [--json FILE] [--quick]      (--quick: the demo model only)
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-targets-'));
+
+/** Runs a command of the repository and returns the JSON it wrote to the file it was given. */
+function runJson(label: string, command: string[]): any {
+  const out = join(tmp, `${label.replace(/\W+/g, '-')}.json`);
+  process.stderr.write(`${label}: ${command.join(' ')}\n`);
+  const child = spawnSync(process.execPath, ['--import', 'tsx', ...command, '--json', out], { cwd: ROOT, stdio: ['ignore', 'inherit', 'inherit'] });
+  if (child.status !== 0) throw new Error(`${label}: the benchmark failed (exit ${child.status})`);
+  return JSON.parse(readFileSync(out, 'utf8'));
+}
+
+const CLI = 'packages/engine/src/cli.ts';
+const HALF_B = 'fixtures/configs/Qwen2-0.5B-Instruct.json';
+
+interface Target {
+  what: string;
+  measured: number;
+  /** The bound and its direction. */
+  atLeast?: number;
+  atMost?: number;
+  unit: string;
+}
+
+const met = (t: Target) => (t.atLeast === undefined || t.measured >= t.atLeast) && (t.atMost === undefined || t.measured <= t.atMost);
+
+function main(): number {
+  const { values } = parseArgs({ options: { json: { type: 'string' }, quick: { type: 'boolean', default: false } } });
+  const targets: Target[] = [];
+  const reports: Record<string, unknown> = {};
+
+  const demo = (reports.demo = runJson('demo model, batch 16', [CLI, 'bench', '--batch', '16']));
+  targets.push({ what: 'demo model: aggregate decode at batch 16 / prefill rate', measured: demo.batch_decode_ratio_to_prefill, atLeast: 0.7, unit: '' });
+  // Decode at a long context against a short one: the KV cache keeps the step's cost from growing with it.
+  const short = (reports.demo_context_16 = runJson('demo model, context 16', [CLI, 'bench', '--prompt-len', '16', '--gen', '64']));
+  const long = (reports.demo_context_1024 = runJson('demo model, context 1024', [CLI, 'bench', '--prompt-len', '1024', '--gen', '64']));
+  targets.push({ what: 'demo model: decode step at 1024 tokens of context / at 16', measured: short.decode_tokens_per_s / long.decode_tokens_per_s, atMost: 1.3, unit: 'x' });
+
+  const flash = (reports.flash_attention = runJson('flash attention', ['packages/engine/bench/flash-attention.ts'])) as { length: number; causal_speedup_over_zero_mask: number; speedup_over_sdpa: number }[];
+  const at = (l: number) => flash.find((r) => r.length === l)!;
+  targets.push({ what: 'flash attention, L = S = 2048: causal / all-zero mask speed-up', measured: at(2048).causal_speedup_over_zero_mask, atLeast: 1.6, unit: 'x' });
+  targets.push({ what: 'flash attention, L = S = 512: speed-up over fast.sdpa', measured: at(512).speedup_over_sdpa, atLeast: 1.0, unit: 'x' });
+  targets.push({ what: 'flash attention, L = S = 2048: speed-up over fast.sdpa', measured: at(2048).speedup_over_sdpa, atLeast: 1.5, unit: 'x' });
+
+  if (!values.quick) {
+    const bf16 = (reports.qwen2_05b_bf16 = runJson('Qwen2-0.5B shape, bf16, batch 16', [CLI, 'bench', '--config', HALF_B, '--dtype', 'bf16', '--batch', '16']));
+    targets.push({ what: 'Qwen2-0.5B bf16: decode / read bandwidth', measured: bf16.decode_ratio, atLeast: 0.8, unit: '' });
+    targets.push({ what: 'Qwen2-0.5B bf16: aggregate decode at batch 16 / prefill rate', measured: bf16.batch_decode_ratio_to_prefill, atLeast: 0.7, unit: '' });
+    const q4 = (reports.qwen2_05b_q4 = runJson('Qwen2-0.5B shape, q4, batch 16', [CLI, 'bench', '--config', HALF_B, '--dtype', 'q4', '--batch', '16']));
+    targets.push({ what: 'Qwen2-0.5B q4: aggregate decode at batch 16 / prefill rate', measured: q4.batch_decode_ratio_to_prefill, atLeast: 0.7, unit: '' });
+    const q4Single = (reports.qwen2_05b_q4_memory = runJson('Qwen2-0.5B shape, q4, memory', [CLI, 'bench', '--config', HALF_B, '--dtype', 'q4']));
+    targets.push({ what: 'Qwen2-0.5B q4: peak resident memory', measured: q4Single.peak_rss_mb, atMost: 600, unit: ' MB' });
+  }
+
+  console.log('\nthe engine against its targets (same-run ceilings and comparisons)\n');
+  for (const t of targets) {
+    const bound = t.atLeast !== undefined ? `>= ${t.atLeast}${t.unit}` : `<= ${t.atMost}${t.unit}`;
+    console.log(`  ${met(t) ? 'met    ' : 'NOT met'}  ${t.what}: ${t.measured.toFixed(2)}${t.unit} (target ${bound})`);
+  }
+  if (values.json) writeFileSync(values.json, `${JSON.stringify({ targets: targets.map((t) => ({ ...t, met: met(t) })), reports }, null, 2)}\n`);
+  return targets.every(met) ? 0 : 1;
+}
+
+process.exitCode = main();
