@@ -144,3 +144,17 @@ export function expectRelativeError(actual: Tensor, expected: Tensor, check: { b
   }
   assert.fail(lines.join('\n'));
 }
+
+/**
+ * The error `fn` throws, for a test of an error message. A stub's NotImplemented is thrown on as it is, so
+ * that the test fails as "not started" and not as a message mismatch; no error at all fails the test.
+ */
+export function errorOf(fn: () => unknown): Error {
+  try {
+    fn();
+  } catch (err) {
+    if ((err as Error)?.name === 'NotImplemented') throw err;
+    return err as Error;
+  }
+  assert.fail('expected an error, but the call returned normally');
+}

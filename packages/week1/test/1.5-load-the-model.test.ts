@@ -5,7 +5,7 @@
 // per token).
 import * as tc from '@tiny-llm/tensor-core';
 import { FIXTURES_DIR } from '@tiny-llm/tensor-core/testing';
-import { expectGolden, expectPromptLogits, goldenModel, LOGITS_ATOL } from '@tiny-llm/grading';
+import { errorOf, expectGolden, expectPromptLogits, goldenModel, LOGITS_ATOL } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@solution/week1';
 import { describeGoldenModel } from './support.ts';
@@ -38,17 +38,6 @@ describe('1.5 load the model: the shape of the output', () => {
     expectGolden(row1, { shape: [1, ...expected.shape], data: expected.data }, { atol: LOGITS_ATOL, what: 'batch row 1 (prompt 0 reversed)', axes: ['b', 'l', 'v'] });
   });
 });
-
-/** The error `fn` throws (a stub's NotImplemented is thrown on, so that the test reports it as such). */
-function errorOf(fn: () => unknown): Error {
-  try {
-    fn();
-  } catch (err) {
-    if ((err as Error).name === 'NotImplemented') throw err;
-    return err as Error;
-  }
-  throw new Error('expected an error, but the call returned normally');
-}
 
 describe('1.5 load the model: errors', () => {
   it('a directory that is not a model: the error says so', () => {

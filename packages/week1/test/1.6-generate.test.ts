@@ -9,7 +9,7 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { demoGolden, MODELS_DIR, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
-import { argmaxAxisMistake } from '@tiny-llm/grading';
+import { argmaxAxisMistake, errorOf } from '@tiny-llm/grading';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { assert, describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1, simpleGenerate } from '@solution/week1';
@@ -137,7 +137,9 @@ describe('1.6 generate: the loop itself, on a scripted model', () => {
   });
 
   it('an empty prompt: a RangeError that says so (there is no token to continue from)', () => {
-    expect(() => simpleGenerate(scriptedModel([], 0, vocab), tokenizer, '', { maxTokens: 3 })).toThrow(/empty/);
+    const error = errorOf(() => simpleGenerate(scriptedModel([], 0, vocab), tokenizer, '', { maxTokens: 3 }));
+    expect(error, 'a RangeError').toBeInstanceOf(RangeError);
+    expect(error.message).toMatch(/empty/);
   });
 
   it('picks every token with options.sampler when one is given', () => {
