@@ -3,10 +3,14 @@
 // memory and hands each kernel of the Backend interface to the file of its op family.
 import { itemSize, storageView, type DType, type StorageArray } from '../../dtype.ts';
 import { contiguousStrides, sizeOf } from '../../shape.ts';
+import type { QuantizedWeight } from '../../io/quantized.ts';
 import type { Tensor } from '../../tensor.ts';
-import { unsupported, type Backend, type BinaryOp, type ReduceOp, type Storage, type UnaryOp } from '../backend.ts';
+import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp } from '../backend.ts';
 import * as elementwise from './elementwise.ts';
+import * as fast from './fast.ts';
+import * as gather from './gather.ts';
 import * as linalg from './matmul.ts';
+import * as rows from './reduce.ts';
 import { GpuRuntime } from './runtime.ts';
 import { isContiguous, type View } from './views.ts';
 
@@ -102,12 +106,7 @@ export class WebGPUBackend implements Backend {
     const size = itemSize(v.dtype);
     const n = sizeOf(v.shape);
     // A strided view is gathered into a contiguous temporary first.
-    let src = v;
-    if (!isContiguous(v) && n > 0) {
-      const temp = this.runtime.createBuffer('read', n * size);
-      src = { buffer: temp, dtype: v.dtype, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0 };
-      elementwise.copy(this.runtime, v, src);
-    }
+    const src = isContiguous(v) || n === 0 ? v : this.contiguousCopy('read', v);
     try {
       return storageView(v.dtype, await this.runtime.read('read', src.buffer, src.offset * size, n * size));
     } finally {
@@ -135,29 +134,74 @@ export class WebGPUBackend implements Backend {
     linalg.matmul(this.runtime, va, vb, vo);
   }
 
-  reduce(op: ReduceOp, _x: Tensor, _out: Tensor): void {
-    throw unsupported(this.name, op);
+  reduce(op: ReduceOp, x: Tensor, out: Tensor): void {
+    rows.reduce(this.runtime, op, this.view(op, x), this.view(op, out));
   }
-  softmax(_x: Tensor, _out: Tensor): void {
-    throw unsupported(this.name, 'softmax');
+  softmax(x: Tensor, out: Tensor): void {
+    rows.reduce(this.runtime, 'softmax', this.view('softmax', x), this.view('softmax', out));
   }
-  cumsum(_x: Tensor, _out: Tensor): void {
-    throw unsupported(this.name, 'cumsum');
+  cumsum(x: Tensor, out: Tensor): void {
+    rows.cumsum(this.runtime, this.view('cumsum', x), this.view('cumsum', out));
   }
-  argsort(_x: Tensor, _out: Tensor, _descending: boolean): void {
-    throw unsupported(this.name, 'argsort');
+  argsort(x: Tensor, out: Tensor, descending: boolean): void {
+    rows.argsort(this.runtime, this.view('argsort', x), this.view('argsort', out), descending);
   }
-  take(_table: Tensor, _indices: Tensor, _out: Tensor): void {
-    throw unsupported(this.name, 'take');
+  take(table: Tensor, indices: Tensor, out: Tensor): void {
+    const [vt, vi, vo] = [table, indices, out].map((t) => this.view('take', t));
+    gather.take(this.runtime, vt, vi, vo);
   }
-  rmsNorm(_x: Tensor, _weight: Tensor, _eps: number, _out: Tensor): void {
-    throw unsupported(this.name, 'rmsNorm');
+  takeAlongAxis(x: Tensor, indices: Tensor, out: Tensor): void {
+    const [vx, vi, vo] = [x, indices, out].map((t) => this.view('takeAlongAxis', t));
+    gather.takeAlongAxis(this.runtime, vx, vi, vo);
   }
-  rope(_x: Tensor, _cos: Tensor, _sin: Tensor, _positions: Tensor, _traditional: boolean, _out: Tensor): void {
-    throw unsupported(this.name, 'rope');
+  rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
+    const [vx, vw, vo] = [x, weight, out].map((t) => this.view('rmsNorm', t));
+    fast.rmsNorm(this.runtime, vx, vw, eps, vo);
+  }
+  rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, traditional: boolean, out: Tensor): void {
+    const [vx, vc, vs, vp, vo] = [x, cos, sin, positions, out].map((t) => this.view('rope', t));
+    fast.rope(this.runtime, vx, vc, vs, vp, traditional, vo);
+  }
+  sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 'causal' | null, scale: number, out: Tensor): void {
+    const [vq, vk, vv, vo] = [q, k, v, out].map((t) => this.view('sdpa', t));
+    const vm = mask === null || mask === 'causal' ? mask : this.view('sdpa', mask);
+    fast.sdpa(this.runtime, vq, vk, vv, vm, scale, vo);
+  }
+  quantizedMatmul(x: Tensor, w: QuantizedWeight, out: Tensor): void {
+    const op = 'quantizedMatmul';
+    const [words, scales, biases] = [w.weight, w.scales, w.biases].map((t) => this.view(op, t));
+    // The kernels read the words and the groups as contiguous rows, scales and biases at one offset: other
+    // views are copied first.
+    const copies: View[] = [];
+    const copied = (v: View) => {
+      copies.push(this.contiguousCopy(op, v));
+      return copies[copies.length - 1];
+    };
+    const aligned = isContiguous(scales) && isContiguous(biases) && scales.offset === biases.offset;
+    linalg.quantizedMatmul(
+      this.runtime,
+      this.view(op, x),
+      {
+        words: isContiguous(words) ? words : copied(words),
+        scales: aligned ? scales : copied(scales),
+        biases: aligned ? biases : copied(biases),
+        bits: w.bits,
+        groupSize: w.groupSize,
+      },
+      this.view(op, out),
+    );
+    for (const c of copies) this.runtime.destroyLater(c.buffer);
   }
 
   // ---- internals
+
+  /** A contiguous copy of a view in a new buffer (the caller destroys it). */
+  private contiguousCopy(op: string, v: View): View {
+    const buffer = this.runtime.createBuffer(op, sizeOf(v.shape) * itemSize(v.dtype));
+    const copy = { buffer, dtype: v.dtype, shape: v.shape, strides: contiguousStrides(v.shape), offset: 0 };
+    elementwise.copy(this.runtime, v, copy);
+    return copy;
+  }
 
   /** The tensor as kernels see it; checks that it is alive and lives on this backend. */
   view(op: string, t: Tensor): View {

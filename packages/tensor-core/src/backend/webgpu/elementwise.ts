@@ -1,10 +1,11 @@
 // Elementwise ops on the GPU (kernels/elementwise.wgsl): unary, binary, where and copies between any views.
 import type { BinaryOp, UnaryOp } from '../backend.ts';
 import { unsupported } from '../backend.ts';
-import { isFloating, type DType } from '../../dtype.ts';
+import { isFloating, itemSize, type DType } from '../../dtype.ts';
+import { contiguousStrides } from '../../shape.ts';
 import type { GpuRuntime } from './runtime.ts';
 import { kernel } from './shader.ts';
-import { coalesce, describe, elementCount, walkParams, type View } from './views.ts';
+import { coalesce, describe, elementCount, isContiguous, walkParams, type View } from './views.ts';
 
 /** The dtypes the integer mode computes exactly in i32 (uint32 values do not all fit). */
 const INTEGER_DTYPES: readonly DType[] = ['int32', 'uint8', 'bool'];
@@ -55,4 +56,18 @@ function run(rt: GpuRuntime, op: Op, inputs: View[], out: View, raw = false): vo
     params: { n, offsets: all.map((v) => v.offset), shape: walk.shape, strides: walk.strides },
     workgroups: rt.grid(Math.ceil(n / wg)),
   });
+}
+
+/**
+ * Kernels other than the elementwise one write a contiguous output at offset 0, in one dtype (f32 or i32
+ * words, or the input's dtype for gathers). When `out` is not that, `write` fills a temporary that is then
+ * copied (and converted) into out: a bf16 softmax, a max of uint8 values.
+ */
+export function intoContiguous(rt: GpuRuntime, op: string, out: View, dtype: DType, write: (target: View) => void): void {
+  if (out.dtype === dtype && out.offset === 0 && isContiguous(out)) return write(out);
+  const n = elementCount(out);
+  const temp: View = { buffer: rt.createBuffer(op, n * itemSize(dtype)), dtype, shape: out.shape, strides: contiguousStrides(out.shape), offset: 0 };
+  write(temp);
+  copy(rt, temp, out);
+  rt.destroyLater(temp.buffer);
 }

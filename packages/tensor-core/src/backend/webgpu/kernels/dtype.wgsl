@@ -7,6 +7,10 @@
 // use int_decode_<dtype> / int_encode_<dtype> (int32, uint8, bool), which never pass through f32.
 
 fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
+fn is_inf(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) == 0x7f800000u; }
+// WGSL has no infinity literal, and rejects one made by a constant expression: this goes through a variable.
+var<private> inf_bits: u32 = 0x7f800000u;
+fn inf() -> f32 { return bitcast<f32>(inf_bits); }
 
 // bf16 is the top half of an f32: widening is a shift, narrowing rounds to nearest even.
 fn bf16_to_f32(h: u32) -> f32 { return bitcast<f32>(h << 16u); }
