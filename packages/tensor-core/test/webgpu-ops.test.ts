@@ -152,30 +152,34 @@ describe('golden fixtures on the GPU', () => {
   });
 
   for (const fixture of ['gqa', 'attention', 'flash_attention']) {
-    it(`fast.sdpa on the ${fixture} fixture (masks: none, tensor, causal; bf16)`, async () => {
+    describe(`fast.sdpa on the ${fixture} fixture`, () => {
       const f = goldenOp(fixture);
       for (const c of f.cases) {
-        const mask = c.mask === 'causal' ? 'causal' : c.mask === 'tensor' ? onGpu(f.get(c, 'mask')) : undefined;
-        const [q, k, v] = ['q', 'k', 'v'].map((name) => onGpu(f.get(c, name)));
-        const out = tc.fast.sdpa(q, k, v, { scale: c.scale as number | undefined, mask });
-        const expected = f.get(c, 'out').toArray();
-        if (c.dtype === 'bfloat16') {
-          expect(out.dtype).toBe('bfloat16');
-          expect(relativeError(await out.data(), expected)).toBeLessThan(1e-2);
-        } else {
-          expectClose(await out.data(), expected, 1e-5);
-        }
+        it(`${c.name} (mask: ${c.mask}${c.dtype ? `, ${c.dtype}` : ''})`, async () => {
+          const mask = c.mask === 'causal' ? 'causal' : c.mask === 'tensor' ? onGpu(f.get(c, 'mask')) : undefined;
+          const [q, k, v] = ['q', 'k', 'v'].map((name) => onGpu(f.get(c, name)));
+          const out = tc.fast.sdpa(q, k, v, { scale: c.scale as number | undefined, mask });
+          const expected = f.get(c, 'out').toArray();
+          if (c.dtype === 'bfloat16') {
+            expect(out.dtype).toBe('bfloat16');
+            expect(relativeError(await out.data(), expected)).toBeLessThan(1e-2);
+          } else {
+            expectClose(await out.data(), expected, 1e-5);
+          }
+        });
       }
     });
   }
 
-  it('fast.quantizedMatmul on every quantized_matmul case (2, 4 and 8 bits; f32 and bf16 x)', async () => {
+  describe('fast.quantizedMatmul on the quantized_matmul fixture', () => {
     const f = goldenOp('quantized_matmul');
     for (const c of f.cases) {
-      const w = new tc.QuantizedWeight(onGpu(f.get(c, 'w')), onGpu(f.get(c, 'scales')), onGpu(f.get(c, 'biases')), c.group_size as number, c.bits as number);
-      const out = tc.fast.quantizedMatmul(onGpu(f.get(c, 'x')), w);
-      expect(out.dtype).toBe('float32');
-      expectClose(await out.data(), f.get(c, 'out').toArray(), 1e-4, 1e-5);
+      it(`${c.name} (${c.bits} bits, group ${c.group_size})`, async () => {
+        const w = new tc.QuantizedWeight(onGpu(f.get(c, 'w')), onGpu(f.get(c, 'scales')), onGpu(f.get(c, 'biases')), c.group_size as number, c.bits as number);
+        const out = tc.fast.quantizedMatmul(onGpu(f.get(c, 'x')), w);
+        expect(out.dtype).toBe('float32');
+        expectClose(await out.data(), f.get(c, 'out').toArray(), 1e-4, 1e-5);
+      });
     }
   });
 });

@@ -82,9 +82,10 @@ export function sdpa(rt: GpuRuntime, q: View, k: View, v: View, mask: View | 'ca
   if (batch * hq * l * d === 0) return;
   const td = Math.ceil(d / FEATURES_PER_INVOCATION);
   if (td > rt.invocations) throw unsupported('webgpu', `sdpa with head dim ${d}`);
-  // As many query rows per workgroup as L needs (a decode step has one) and the device allows, then the
-  // largest key tile that fits in workgroup memory with them.
-  let bq = Math.min(16, l, Math.floor(Math.min(256, rt.invocations) / td));
+  // As many query rows per workgroup as L needs (a decode step has one) and the device allows, a power of two
+  // so that prompts of every length share a few compiled variants; then the largest key tile that fits in
+  // workgroup memory with them.
+  let bq = Math.min(16, 2 ** Math.ceil(Math.log2(l)), 2 ** Math.floor(Math.log2(Math.min(256, rt.invocations) / td)));
   const bytes = (bq: number, bk: number) => 4 * (bq * d + 2 * bk * d + bq * bk + 3 * bq);
   const budget = rt.limits.maxComputeWorkgroupStorageSize;
   while (bq > 1 && bytes(bq, 1) > budget) bq = Math.floor(bq / 2);
@@ -116,6 +117,8 @@ export function sdpa(rt: GpuRuntime, q: View, k: View, v: View, mask: View | 'ca
         hq,
         groups: hq / hkv,
         scale,
+        d,
+        bk,
         offsets: [q.offset, k.offset, v.offset, tensorMask?.offset ?? 0],
         head_strides: along(0),
         row_strides: along(1),

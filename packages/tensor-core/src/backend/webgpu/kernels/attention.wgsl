@@ -13,6 +13,8 @@
 // At the end the output is divided by l; a row that saw no key (all masked) is zeros, as the CPU's softmax
 // makes it. With the causal mask, tiles past the last key of the block's last query are skipped.
 // An invocation of (row r, lane t) owns features t, t + TD, t + 2 TD and t + 3 TD of its row's output.
+// The loops over D and over a tile's keys take their bounds from params, not from the overrides: a compiler
+// that sees constant bounds unrolls them, and Mesa's llvmpipe then spends seconds compiling each variant.
 // Workgroup (x, y, z): query block x, query head y, batch z. Typed bindings (shader.ts): q, k, v, mask.
 
 override TD: u32 = 16u;  // invocations per query row: ceil(D / DPT)
@@ -33,6 +35,8 @@ struct Params {
   hq: u32,
   groups: u32,  // Hq / Hkv
   scale: f32,
+  d: u32,  // = D
+  bk: u32,  // = BK
   offsets: vec4<i32>,  // the first element of q, k, v, mask
   head_strides: vec4<i32>,  // along the heads
   row_strides: vec4<i32>,  // along L (q, mask) or S (k, v)
@@ -108,7 +112,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       var score = -inf();
       if (qi < L && key < S && (MASK != MASK_CAUSAL || key + L <= qi + S)) {
         score = 0.0;
-        for (var d = 0u; d < D; d++) { score = fma(q_tile[(i / BK) * D + d], k_tile[c * D + d], score); }
+        for (var d = 0u; d < params.d; d++) { score = fma(q_tile[(i / BK) * D + d], k_tile[c * D + d], score); }
         if (MASK == MASK_TENSOR) {
           score += mask_load(u32(base.w + i32(qi) * params.row_strides.w + i32(key) * params.col_strides.w));
         }
@@ -121,18 +125,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (lid < BQ) {
       let old_max = row_max[lid];
       var m = old_max;
-      for (var c = 0u; c < BK; c++) { m = max(m, p_tile[lid * BK + c]); }
+      for (var c = 0u; c < params.bk; c++) { m = max(m, p_tile[lid * BK + c]); }
       var rescale = 1.0;
       var sum = 0.0;
       if (m != -inf()) {
         rescale = exp(old_max - m);
-        for (var c = 0u; c < BK; c++) {
+        for (var c = 0u; c < params.bk; c++) {
           let e = exp(p_tile[lid * BK + c] - m);
           p_tile[lid * BK + c] = e;
           sum += e;
         }
       } else {
-        for (var c = 0u; c < BK; c++) { p_tile[lid * BK + c] = 0.0; }
+        for (var c = 0u; c < params.bk; c++) { p_tile[lid * BK + c] = 0.0; }
       }
       row_max[lid] = m;
       row_sum[lid] = row_sum[lid] * rescale + sum;
@@ -146,7 +150,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let d = t + u * TD;
       if (d < D) {
         var o = acc[u] * rescale;
-        for (var c = 0u; c < BK; c++) { o = fma(p_tile[r * BK + c], v_tile[c * D + d], o); }
+        for (var c = 0u; c < params.bk; c++) { o = fma(p_tile[r * BK + c], v_tile[c * D + d], o); }
         acc[u] = o;
       }
     }

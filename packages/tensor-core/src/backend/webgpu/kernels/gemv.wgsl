@@ -16,7 +16,6 @@
 
 override WG: u32 = 256u;
 override TPC: u32 = 32u;  // invocations per column
-override ROWS: u32 = 1u;  // M
 override NBATCH: u32 = 0u;
 override B_FORMAT: u32 = 0u;
 override B_BF16: bool = true;  // FORMAT_HALF_WORDS: bf16 (else f16)
@@ -102,23 +101,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     for (var j = 0u; j < chunk; j++) {
       let k = i32(c * chunk + j);
-      for (var m = 0u; m < ROWS; m++) {
+      for (var m = 0u; m < params.m; m++) {
         acc[m] = fma(a_load(u32(base.x + i32(m) * params.a_strides.x + k * params.a_strides.y)), v[j], acc[m]);
       }
     }
   }
 
   // Add the TPC partial sums of each column: a tree over the group, all rows at once.
-  for (var m = 0u; m < ROWS; m++) { partial[m * WG + li] = acc[m]; }
+  for (var m = 0u; m < params.m; m++) { partial[m * WG + li] = acc[m]; }
   workgroupBarrier();
   for (var step = TPC / 2u; step > 0u; step /= 2u) {
     if (t < step) {
-      for (var m = 0u; m < ROWS; m++) { partial[m * WG + li] += partial[m * WG + li + step]; }
+      for (var m = 0u; m < params.m; m++) { partial[m * WG + li] += partial[m * WG + li + step]; }
     }
     workgroupBarrier();
   }
   if (live && t == 0u) {
-    for (var m = 0u; m < ROWS; m++) {
+    for (var m = 0u; m < params.m; m++) {
       out[u32(base.z + i32(m) * params.out_strides.x + i32(col) * params.out_strides.y)] = partial[m * WG + li];
     }
   }
