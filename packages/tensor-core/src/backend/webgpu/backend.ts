@@ -7,11 +7,13 @@ import type { QuantizedWeight } from '../../io/quantized.ts';
 import type { Tensor } from '../../tensor.ts';
 import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp } from '../backend.ts';
 import * as elementwise from './elementwise.ts';
+import { runKernel, type KernelArgs } from './extension.ts';
 import * as fast from './fast.ts';
 import * as gather from './gather.ts';
 import * as linalg from './matmul.ts';
 import * as rows from './reduce.ts';
 import { GpuRuntime } from './runtime.ts';
+import type { WgslKernel } from './shader.ts';
 import { isContiguous, type View } from './views.ts';
 
 export interface WebGPUBackendOptions {
@@ -191,6 +193,16 @@ export class WebGPUBackend implements Backend {
       this.view(op, out),
     );
     for (const c of copies) this.runtime.destroyLater(c.buffer);
+  }
+
+  // ---- kernels of other packages
+
+  /**
+   * Runs a WGSL kernel written outside tensor-core on tensors of this backend: the tensors bound by binding
+   * name, params and override constants by name (extension.ts; the README's "Writing GPU kernels").
+   */
+  run(kernel: WgslKernel, args: KernelArgs): void {
+    runKernel(this.runtime, kernel, args, (op, t) => this.view(op, t));
   }
 
   // ---- internals

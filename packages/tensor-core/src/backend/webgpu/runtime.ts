@@ -5,7 +5,7 @@
 // MAX_PENDING dispatches), because a queue submit per op costs more than most small ops themselves.
 // Dispatches within one pass see each other's writes: WebGPU orders them like separate submits.
 import type { DType } from '../../dtype.ts';
-import { accessors, type ParamValues, type WgslModule } from './shader.ts';
+import { accessors, type ParamValues, type WgslKernel } from './shader.ts';
 
 /** Dispatches recorded before the pending pass is submitted anyway. */
 const MAX_PENDING = 128;
@@ -38,7 +38,7 @@ export interface Dispatch {
   workgroups: readonly number[];
 }
 
-interface ModulePipelines {
+interface KernelPipelines {
   layout: GPUPipelineLayout;
   bindGroupLayout: GPUBindGroupLayout;
   variants: Map<string, GPUComputePipeline>;
@@ -55,7 +55,7 @@ export class GpuRuntime {
    */
   readonly checks: GPUBuffer;
   private readonly indexCheckOps: string[] = [];
-  private readonly modules = new Map<WgslModule, ModulePipelines>();
+  private readonly kernels = new Map<WgslKernel, KernelPipelines>();
   private readonly paramBuffers = new Map<string, GPUBuffer>();
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
@@ -119,19 +119,19 @@ export class GpuRuntime {
     return i + 1;
   }
 
-  /** Records one dispatch of a variant of `module`. Validates what WebGPU would only report later. */
-  dispatch(op: string, module: WgslModule, d: Dispatch): void {
+  /** Records one dispatch of a variant of `kernel`. Validates what WebGPU would only report later. */
+  dispatch(op: string, kernel: WgslKernel, d: Dispatch): void {
     this.assertAlive(op);
     const entries: GPUBindGroupEntry[] = [];
     for (const name of Object.keys(d.buffers)) {
-      if (!module.bindings.has(name)) throw new Error(`${op}: kernel ${module.name} has no binding ${name}`);
+      if (!kernel.bindings.has(name)) throw new Error(`${op}: kernel ${kernel.name} has no binding ${name}`);
     }
     const writable: GPUBuffer[] = [];
     const bound: GPUBuffer[] = [];
-    for (const b of module.bindings.values()) {
+    for (const b of kernel.bindings.values()) {
       if (b.kind === 'uniform') continue;
       const given = d.buffers[b.name];
-      if (!given) throw new Error(`${op}: kernel ${module.name} needs a buffer for binding ${b.name}`);
+      if (!given) throw new Error(`${op}: kernel ${kernel.name} needs a buffer for binding ${b.name}`);
       const range = 'buffer' in given ? given : { buffer: given, offset: 0, size: given.size };
       if (range.size > this.limits.maxStorageBufferBindingSize) {
         throw new RangeError(
@@ -154,11 +154,11 @@ export class GpuRuntime {
       throw new RangeError(`${op}: ${[x, y, z].join(' x ')} workgroups exceed this device's maxComputeWorkgroupsPerDimension (${maxGroups})`);
     }
     if (x * y * z === 0) return;
-    if (module.paramsBinding) {
-      const binding = module.bindings.get(module.paramsBinding)!.binding;
-      entries.push({ binding, resource: { buffer: this.paramBuffer(module.packParams(d.params ?? {})) } });
+    if (kernel.paramsBinding) {
+      const binding = kernel.bindings.get(kernel.paramsBinding)!.binding;
+      entries.push({ binding, resource: { buffer: this.paramBuffer(kernel.packParams(d.params ?? {})) } });
     }
-    const { pipeline, bindGroupLayout } = this.pipeline(module, d.constants ?? {}, d.dtypes ?? {});
+    const { pipeline, bindGroupLayout } = this.pipeline(kernel, d.constants ?? {}, d.dtypes ?? {});
     const bindGroup = this.device.createBindGroup({ layout: bindGroupLayout, entries });
     if (!this.encoder) {
       this.encoder = this.device.createCommandEncoder();
@@ -223,7 +223,7 @@ export class GpuRuntime {
     this.flush();
     for (const buffer of this.paramBuffers.values()) buffer.destroy();
     this.paramBuffers.clear();
-    this.modules.clear();
+    this.kernels.clear();
     this.checks.destroy();
     this.destroyed = true;
   }
@@ -235,29 +235,29 @@ export class GpuRuntime {
     throw new Error(`${op}: a webgpu kernel failed: ${message}`);
   }
 
-  /** The compiled variant (cached): the module's source plus the accessors of its typed bindings. */
-  private pipeline(module: WgslModule, constants: Record<string, number>, dtypes: Record<string, DType>) {
-    let entry = this.modules.get(module);
+  /** The compiled variant (cached): the kernel's source plus the accessors of its typed bindings. */
+  private pipeline(kernel: WgslKernel, constants: Record<string, number>, dtypes: Record<string, DType>) {
+    let entry = this.kernels.get(kernel);
     if (!entry) {
       // An explicit layout from the declared bindings, so that a binding the entry point does not use
       // (a variant that skips it) still takes its buffer.
       const bindGroupLayout = this.device.createBindGroupLayout({
-        label: module.name,
-        entries: [...module.bindings.values()].map((b) => ({
+        label: kernel.name,
+        entries: [...kernel.bindings.values()].map((b) => ({
           binding: b.binding,
           visibility: SHADER_STAGE_COMPUTE,
           buffer: { type: b.kind },
         })),
       });
-      const layout = this.device.createPipelineLayout({ label: module.name, bindGroupLayouts: [bindGroupLayout] });
+      const layout = this.device.createPipelineLayout({ label: kernel.name, bindGroupLayouts: [bindGroupLayout] });
       entry = { layout, bindGroupLayout, variants: new Map() };
-      this.modules.set(module, entry);
+      this.kernels.set(kernel, entry);
     }
     const key = JSON.stringify([Object.entries(constants).sort(), Object.entries(dtypes).sort()]);
     let pipeline = entry.variants.get(key);
     if (!pipeline) {
-      const label = `${module.name}${key}`;
-      const code = module.code + accessors(module, dtypes);
+      const label = `${kernel.name}${key}`;
+      const code = kernel.code + accessors(kernel, dtypes);
       const shader = this.device.createShaderModule({ label, code });
       pipeline = this.device.createComputePipeline({
         label,

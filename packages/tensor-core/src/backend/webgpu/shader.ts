@@ -1,4 +1,4 @@
-// WGSL modules: the text of a kernel and what the runtime reads from it. Nothing about a kernel's interface is
+// WGSL kernels: the text of a kernel and what the runtime reads from it. Nothing about a kernel's interface is
 // written twice: its bindings, its `struct Params` (the uniform block of scalar arguments) and its named
 // constants are parsed from the WGSL, so the TypeScript side fills params by field name and binds buffers by
 // binding name.
@@ -29,23 +29,32 @@ interface ParamField {
 
 export type ParamValues = Record<string, number | readonly number[]>;
 
-export class WgslModule {
+/**
+ * A WGSL compute kernel (entry point `main`), parsed once: its bindings, its `struct Params` and its
+ * module-scope constants. Tensor-core's own kernels are WgslKernels, and other packages make theirs the same
+ * way and run them with WebGPUBackend.run (extension.ts).
+ */
+export class WgslKernel {
   readonly name: string;
-  /** The source compiled for every variant (libraries included). */
+  /** The source compiled for every variant: the kernel's own text first (so compiler errors point at its
+   * lines), then the libraries. */
   readonly code: string;
-  /** Every `@group(0) @binding(n) var...` of the module, by name. */
+  /** Every `@group(0) @binding(n) var...` of the kernel, by name. */
   readonly bindings: ReadonlyMap<string, BindingInfo>;
-  /** The name of the uniform binding of type Params, if the module has one. */
+  /** The name of the uniform binding of type Params, if the kernel has one. */
   readonly paramsBinding: string | null;
   /** The uniform block's size in bytes (a multiple of 16). */
   readonly paramsSize: number;
   private readonly fields: ReadonlyMap<string, ParamField>;
   private readonly consts: ReadonlyMap<string, number>;
 
-  /** `libraries` are prepended to `source`; only `source` is parsed for bindings, params and constants. */
-  constructor(name: string, source: string, libraries = '') {
+  /**
+   * `libraries` (by default the dtype conversions of kernels/dtype.wgsl) are appended to `source`: WGSL
+   * declarations may come in any order. Only `source` is parsed for bindings, params and constants.
+   */
+  constructor(name: string, source: string, libraries = dtypeLibrary()) {
     this.name = name;
-    this.code = `${libraries}\n${source}`;
+    this.code = `${source}\n${libraries}`;
     const stripped = source.replace(/\/\/[^\n]*/g, '');
     this.bindings = parseBindings(name, stripped);
     const uniform = [...this.bindings.values()].find((b) => b.kind === 'uniform');
@@ -195,11 +204,11 @@ function parseConstants(source: string): Map<string, number> {
 
 const INT_DTYPES: readonly DType[] = ['int32', 'uint8', 'bool'];
 
-export function accessors(module: WgslModule, dtypes: Record<string, DType>): string {
+export function accessors(kernel: WgslKernel, dtypes: Record<string, DType>): string {
   let code = '';
   for (const [name, dtype] of Object.entries(dtypes)) {
-    const binding = module.bindings.get(name);
-    if (!binding) throw new Error(`${module.name}: no binding ${name} to type as ${dtype}`);
+    const binding = kernel.bindings.get(name);
+    if (!binding) throw new Error(`${kernel.name}: no binding ${name} to type as ${dtype}`);
     const integer = INT_DTYPES.includes(dtype);
     if (binding.type === 'array<atomic<u32>>') {
       code += storeBits(name, itemSize(dtype));
@@ -214,7 +223,7 @@ export function accessors(module: WgslModule, dtypes: Record<string, DType>): st
         ? `fn ${name}_int(e: u32) -> i32 { return int_decode_${dtype}(${name}_bits(e)); }\n`
         : `fn ${name}_int(e: u32) -> i32 { return f32_to_i32(${name}_load(e)); }\n`;
     } else {
-      throw new Error(`${module.name}: typed binding ${name} must be array<u32> or array<atomic<u32>>, got ${binding.type}`);
+      throw new Error(`${kernel.name}: typed binding ${name} must be array<u32> or array<atomic<u32>>, got ${binding.type}`);
     }
   }
   return code;
@@ -259,14 +268,14 @@ export function dtypeLibrary(): string {
   return readKernelFile('dtype.wgsl');
 }
 
-const modules = new Map<string, WgslModule>();
+const kernels = new Map<string, WgslKernel>();
 
-/** One of tensor-core's kernels (kernels/<name>.wgsl), read and parsed once per process. */
-export function kernel(name: string): WgslModule {
-  let module = modules.get(name);
-  if (!module) {
-    module = new WgslModule(name, readKernelFile(`${name}.wgsl`), dtypeLibrary() + readKernelFile('layout.wgsl'));
-    modules.set(name, module);
+/** One of tensor-core's kernels (kernels/<name>.wgsl) with the shared libraries, read and parsed once. */
+export function kernel(name: string): WgslKernel {
+  let k = kernels.get(name);
+  if (!k) {
+    k = new WgslKernel(name, readKernelFile(`${name}.wgsl`), dtypeLibrary() + readKernelFile('layout.wgsl'));
+    kernels.set(name, k);
   }
-  return module;
+  return k;
 }
