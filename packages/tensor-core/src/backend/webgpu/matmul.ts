@@ -86,6 +86,7 @@ function run(rt: GpuRuntime, op: string, a: View, b: BOperand, out: View): void 
       constants: {
         WG: wg,
         TPC: tpc,
+        ROWS: 2 ** Math.ceil(Math.log2(M)),
         NBATCH: walk.ndim,
         B_FORMAT: module.constant(format),
         B_BF16: Number(dense?.dtype === 'bfloat16'),

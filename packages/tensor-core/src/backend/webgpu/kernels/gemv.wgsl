@@ -16,6 +16,7 @@
 
 override WG: u32 = 256u;
 override TPC: u32 = 32u;  // invocations per column
+override ROWS: u32 = 1u;  // M rounded up to a power of two (fewer variants)
 override NBATCH: u32 = 0u;
 override B_FORMAT: u32 = 0u;
 override B_BF16: bool = true;  // FORMAT_HALF_WORDS: bf16 (else f16)
@@ -49,11 +50,25 @@ struct Params {
 
 var<workgroup> partial: array<f32, WG * MAX_ROWS>;
 
+// Every loop over the rows runs to the constant ROWS, so that it unrolls and acc stays in registers (an
+// array indexed by a run-time value lives in slow local memory); rows past M are skipped by the test.
+var<private> acc: array<f32, MAX_ROWS>;
+
+// Values of b per read, by format.
 fn chunk_size() -> u32 {
   switch (B_FORMAT) {
     case FORMAT_HALF_WORDS: { return 2u; }
     case FORMAT_QUANTIZED: { return 32u; }
     default: { return 1u; }
+  }
+}
+
+// acc[m] += a[m, k] * v for the M rows.
+fn accumulate(a_base: i32, k: u32, v: f32) {
+  for (var m = 0u; m < ROWS; m++) {
+    if (m < params.m) {
+      acc[m] = fma(a_load(u32(a_base + i32(m) * params.a_strides.x + i32(k) * params.a_strides.y)), v, acc[m]);
+    }
   }
 }
 
@@ -66,20 +81,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let t = li % TPC;
   let col = flat_workgroup(wid, nwg) * COLS + li / TPC;
   let live = col < N;  // invocations past N still take part in the barriers below
-  let chunk = chunk_size();
-  let chunks = select(0u, K / chunk, live);
+  let chunks = select(0u, K / chunk_size(), live);
 
-  var acc: array<f32, MAX_ROWS>;
   for (var c = t; c < chunks; c += TPC) {
-    var v: array<f32, 32>;
     if (B_FORMAT == FORMAT_HALF_WORDS) {
       let w = b[u32(base.y + i32(col) * params.b_strides.y) / 2u + c];
       if (B_BF16) {
-        v[0] = bitcast<f32>(w << 16u);
-        v[1] = bitcast<f32>(w & 0xffff0000u);
+        accumulate(base.x, 2u * c, bitcast<f32>(w << 16u));
+        accumulate(base.x, 2u * c + 1u, bitcast<f32>(w & 0xffff0000u));
       } else {
-        v[0] = f16_to_f32(w & 0xffffu);
-        v[1] = f16_to_f32(w >> 16u);
+        accumulate(base.x, 2u * c, f16_to_f32(w & 0xffffu));
+        accumulate(base.x, 2u * c + 1u, f16_to_f32(w >> 16u));
       }
     } else if (B_FORMAT == FORMAT_QUANTIZED) {
       // BITS words hold the chunk's 32 values; the chunk lies inside one group (GROUP_SIZE >= 32).
@@ -94,31 +106,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let shift = bit & 31u;
         var q = words[bit >> 5u] >> shift;
         if (shift + BITS > 32u) { q |= words[(bit >> 5u) + 1u] << (32u - shift); }
-        v[j] = f32(q & ((1u << BITS) - 1u)) * scale + bias;
+        accumulate(base.x, 32u * c + j, f32(q & ((1u << BITS) - 1u)) * scale + bias);
       }
     } else {
-      v[0] = b_load(u32(base.y + i32(c) * params.b_strides.x + i32(col) * params.b_strides.y));
-    }
-    for (var j = 0u; j < chunk; j++) {
-      let k = i32(c * chunk + j);
-      for (var m = 0u; m < params.m; m++) {
-        acc[m] = fma(a_load(u32(base.x + i32(m) * params.a_strides.x + k * params.a_strides.y)), v[j], acc[m]);
-      }
+      accumulate(base.x, c, b_load(u32(base.y + i32(c) * params.b_strides.x + i32(col) * params.b_strides.y)));
     }
   }
 
   // Add the TPC partial sums of each column: a tree over the group, all rows at once.
-  for (var m = 0u; m < params.m; m++) { partial[m * WG + li] = acc[m]; }
+  for (var m = 0u; m < ROWS; m++) { partial[m * WG + li] = acc[m]; }
   workgroupBarrier();
   for (var step = TPC / 2u; step > 0u; step /= 2u) {
     if (t < step) {
-      for (var m = 0u; m < params.m; m++) { partial[m * WG + li] += partial[m * WG + li + step]; }
+      for (var m = 0u; m < ROWS; m++) { partial[m * WG + li] += partial[m * WG + li + step]; }
     }
     workgroupBarrier();
   }
   if (live && t == 0u) {
-    for (var m = 0u; m < params.m; m++) {
-      out[u32(base.z + i32(m) * params.out_strides.x + i32(col) * params.out_strides.y)] = partial[m * WG + li];
+    for (var m = 0u; m < ROWS; m++) {
+      if (m < params.m) {
+        out[u32(base.z + i32(m) * params.out_strides.x + i32(col) * params.out_strides.y)] = partial[m * WG + li];
+      }
     }
   }
 }
