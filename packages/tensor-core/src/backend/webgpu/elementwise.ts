@@ -5,10 +5,8 @@ import { isFloating, itemSize, type DType } from '../../dtype.ts';
 import { contiguousStrides } from '../../shape.ts';
 import type { GpuRuntime } from './runtime.ts';
 import { kernel } from './shader.ts';
-import { coalesce, describe, elementCount, isContiguous, walkParams, type View } from './views.ts';
+import { coalesce, describe, elementCount, INTEGER_DTYPES, isContiguous, walkParams, type View } from './views.ts';
 
-/** The dtypes the integer mode computes exactly in i32 (uint32 values do not all fit). */
-const INTEGER_DTYPES: readonly DType[] = ['int32', 'uint8', 'bool'];
 /** The ops with an integer form; the others have float results. */
 const INTEGER_OPS = new Set(['copy', 'neg', 'abs', 'add', 'sub', 'mul', 'maximum', 'minimum', 'equal', 'less', 'greater', 'where']);
 

@@ -1,40 +1,17 @@
-// The fused kernels of ops/fast.ts on the GPU: RMSNorm (kernels/rms_norm.wgsl), RoPE (kernels/rope.wgsl) and
-// attention (kernels/attention.wgsl). Each writes f32; other output dtypes go through a conversion.
+// The fused kernels of ops/fast.ts on the GPU: RMSNorm (a row kernel, kernels/rows.wgsl), RoPE
+// (kernels/rope.wgsl) and attention (kernels/attention.wgsl). Each writes f32; other output dtypes go through
+// a conversion.
 import { unsupported } from '../backend.ts';
 import { sizeOf } from '../../shape.ts';
 import { intoContiguous } from './elementwise.ts';
 import type { GpuRuntime } from './runtime.ts';
 import { kernel } from './shader.ts';
+import { runRows } from './reduce.ts';
 import { coalesce, describe, isContiguous, walkParams, type View } from './views.ts';
 
 /** x / sqrt(mean(x^2, -1) + eps) * weight over the last axis of x (any strides). */
 export function rmsNorm(rt: GpuRuntime, x: View, weight: View, eps: number, out: View): void {
-  const nd = x.shape.length;
-  const lead = coalesce(x.shape.slice(0, nd - 1), [x.strides.slice(0, nd - 1)]);
-  const walk = walkParams('rmsNorm', lead, () => describe(x));
-  const rows = sizeOf(x.shape.slice(0, nd - 1));
-  const n = x.shape[nd - 1];
-  if (rows * n === 0) return;
-  const wg = 2 ** Math.floor(Math.log2(Math.min(256, rt.invocations)));
-  intoContiguous(rt, 'rmsNorm', out, 'float32', (target) =>
-    rt.dispatch('rmsNorm', kernel('rms_norm'), {
-      constants: { WG: Math.min(wg, Math.max(32, 2 ** Math.ceil(Math.log2(n)))), NDIM: walk.ndim },
-      dtypes: { x: x.dtype, weight: weight.dtype },
-      buffers: { x: x.buffer, weight: weight.buffer, out: target.buffer },
-      params: {
-        rows,
-        n,
-        x_offset: x.offset,
-        x_stride: x.strides[nd - 1],
-        weight_offset: weight.offset,
-        weight_stride: weight.strides[0],
-        eps,
-        shape: walk.shape,
-        strides: walk.strides,
-      },
-      workgroups: rt.grid(rows),
-    }),
-  );
+  runRows(rt, 'rmsNorm', 'OP_RMS_NORM', x, out, 'float32', weight, eps);
 }
 
 /** Rotary embedding of x [B, L, H, D] at positions [B, L] (int32, contiguous) with f32 tables [P, D / 2]. */

@@ -5,7 +5,7 @@ import { sizeOf } from '../../shape.ts';
 import { intoContiguous } from './elementwise.ts';
 import type { GpuRuntime } from './runtime.ts';
 import { kernel } from './shader.ts';
-import { coalesce, describe, walkParams, type View } from './views.ts';
+import { coalesce, describe, rowsOf, walkParams, type View } from './views.ts';
 
 /** out [...indices.shape, ...rest] = rows of table [R, ...rest] (any strides); indices contiguous. */
 export function take(rt: GpuRuntime, table: View, indices: View, out: View): void {
@@ -23,14 +23,12 @@ export function take(rt: GpuRuntime, table: View, indices: View, out: View): voi
 
 /** out [..., k] = x [..., n] at indices [..., k] along the last axis; indices contiguous. */
 export function takeAlongAxis(rt: GpuRuntime, x: View, indices: View, out: View): void {
-  const nd = x.shape.length;
-  const lead = coalesce(x.shape.slice(0, nd - 1), [x.strides.slice(0, nd - 1)]);
-  const walk = walkParams('takeAlongAxis', lead, () => describe(x));
+  const { rows, ndim } = rowsOf('takeAlongAxis', x);
   gather(rt, 'takeAlongAxis', x, indices, out, {
-    inner: indices.shape[nd - 1],
-    limit: x.shape[nd - 1],
-    index_stride: x.strides[nd - 1],
-    walk,
+    inner: indices.shape[indices.shape.length - 1],
+    limit: rows.n,
+    index_stride: rows.stride,
+    walk: { ndim, shape: rows.shape, strides: rows.strides },
     alongAxis: true,
   });
 }

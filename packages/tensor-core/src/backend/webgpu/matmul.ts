@@ -1,5 +1,5 @@
-// Matrix products on the GPU: the tiled kernel (kernels/matmul.wgsl) and, for at most GEMV_MAX_ROWS rows,
-// the GEMV kernel (kernels/gemv.wgsl) that streams the weights once. Both take a dense b of any float dtype
+// Matrix products on the GPU (kernels/matmul.wgsl): the tiled kernel and, for at most MAX_ROWS rows (a decode
+// step's), the GEMV kernel that streams the weights once. Both take a dense b of any float dtype
 // and strides, or an MLX-quantized weight.
 import { unsupported } from '../backend.ts';
 import { isFloating } from '../../dtype.ts';
@@ -7,9 +7,6 @@ import { sizeOf } from '../../shape.ts';
 import type { GpuRuntime } from './runtime.ts';
 import { kernel } from './shader.ts';
 import { coalesce, describe, walkParams, type View } from './views.ts';
-
-/** Rows (M) up to which the GEMV kernel runs: a decode step's, and a few speculative tokens'. */
-const GEMV_MAX_ROWS = 8;
 
 /** An MLX-quantized weight W [N, K] as views: packed words [N, K * bits / 32], scales and biases [N, K / groupSize]. */
 export interface QuantizedViews {
@@ -71,27 +68,26 @@ function run(rt: GpuRuntime, op: string, a: View, b: BOperand, out: View): void 
     },
     params,
   };
-  const quantization = { BITS: quantized?.bits ?? 4, GROUP_SIZE: quantized?.groupSize ?? 32 };
+  const module = kernel('matmul');
+  const gemv = M <= module.constant('MAX_ROWS');
+  const format = readFormat(dense, K, gemv);
+  const shared = {
+    B_FORMAT: module.constant(format),
+    BITS: quantized?.bits ?? 4,
+    GROUP_SIZE: quantized?.groupSize ?? 32,
+    NBATCH: walk.ndim,
+  };
   const nBatch = sizeOf(batchShape);
 
-  if (M <= GEMV_MAX_ROWS) {
-    const format = gemvFormat(dense, K);
-    const module = kernel('gemv');
+  if (gemv) {
     const wg = Math.min(256, rt.invocations);
     // Enough invocations per column to cover its chunks, at most 32; a power of two for the tree sum.
     const chunks = K / (format === 'FORMAT_QUANTIZED' ? 32 : format === 'FORMAT_HALF_WORDS' ? 2 : 1);
     const tpc = Math.min(32, wg, 2 ** Math.ceil(Math.log2(Math.max(chunks, 1))));
     rt.dispatch(op, module, {
       ...operands,
-      constants: {
-        WG: wg,
-        TPC: tpc,
-        ROWS: 2 ** Math.ceil(Math.log2(M)),
-        NBATCH: walk.ndim,
-        B_FORMAT: module.constant(format),
-        B_BF16: Number(dense?.dtype === 'bfloat16'),
-        ...quantization,
-      },
+      entryPoint: 'gemv',
+      constants: { ...shared, WG: wg, TPC: tpc, ROWS: 2 ** Math.ceil(Math.log2(M)), B_BF16: Number(dense?.dtype === 'bfloat16') },
       workgroups: rt.grid(Math.ceil(N / (wg / tpc)), nBatch),
     });
     return;
@@ -101,19 +97,22 @@ function run(rt: GpuRuntime, op: string, a: View, b: BOperand, out: View): void 
   const wide = rt.invocations >= 256 && rt.limits.maxComputeWorkgroupSizeY >= 16;
   const threads = wide ? 16 : 8;
   const tile = threads * 4;
-  rt.dispatch(op, kernel('matmul'), {
+  rt.dispatch(op, module, {
     ...operands,
-    constants: { WX: threads, WY: threads, BK: 16, NBATCH: walk.ndim, B_QUANTIZED: Number(!!quantized), ...quantization },
+    constants: { ...shared, WX: threads, WY: threads, BK: 16 },
     workgroups: [Math.ceil(N / tile), Math.ceil(M / tile), nBatch],
   });
 }
 
-/** Half-precision rows with stride 1 that start on a word are read a word (two values) at a time. */
-function gemvFormat(dense: View | null, K: number): 'FORMAT_ELEMENTS' | 'FORMAT_HALF_WORDS' | 'FORMAT_QUANTIZED' {
+/**
+ * How the kernels read b: quantized; for the GEMV, half-precision rows with stride 1 that start on a word a
+ * word (two values) at a time; else element by element.
+ */
+function readFormat(dense: View | null, K: number, gemv: boolean): 'FORMAT_ELEMENTS' | 'FORMAT_HALF_WORDS' | 'FORMAT_QUANTIZED' {
   if (!dense) return 'FORMAT_QUANTIZED';
   const [sK, sN] = dense.strides.slice(-2);
   const half = dense.dtype === 'bfloat16' || dense.dtype === 'float16';
   const batchEven = dense.strides.slice(0, -2).every((s) => s % 2 === 0);
   const wordRows = sK === 1 && K % 2 === 0 && sN % 2 === 0 && dense.offset % 2 === 0 && batchEven;
-  return half && wordRows ? 'FORMAT_HALF_WORDS' : 'FORMAT_ELEMENTS';
+  return gemv && half && wordRows ? 'FORMAT_HALF_WORDS' : 'FORMAT_ELEMENTS';
 }

@@ -26,6 +26,8 @@ export interface BufferRange {
 }
 
 export interface Dispatch {
+  /** The entry point (default `main`). */
+  entryPoint?: string;
   /** Values of the kernel's `override` constants. */
   constants?: Record<string, number>;
   /** The dtypes of the kernel's typed bindings (see shader.ts): the runtime generates their accessors. */
@@ -158,7 +160,7 @@ export class GpuRuntime {
       const binding = kernel.bindings.get(kernel.paramsBinding)!.binding;
       entries.push({ binding, resource: { buffer: this.paramBuffer(kernel.packParams(d.params ?? {})) } });
     }
-    const { pipeline, bindGroupLayout } = this.pipeline(kernel, d.constants ?? {}, d.dtypes ?? {});
+    const { pipeline, bindGroupLayout } = this.pipeline(kernel, d.entryPoint ?? 'main', d.constants ?? {}, d.dtypes ?? {});
     const bindGroup = this.device.createBindGroup({ layout: bindGroupLayout, entries });
     if (!this.encoder) {
       this.encoder = this.device.createCommandEncoder();
@@ -236,7 +238,7 @@ export class GpuRuntime {
   }
 
   /** The compiled variant (cached): the kernel's source plus the accessors of its typed bindings. */
-  private pipeline(kernel: WgslKernel, constants: Record<string, number>, dtypes: Record<string, DType>) {
+  private pipeline(kernel: WgslKernel, entryPoint: string, constants: Record<string, number>, dtypes: Record<string, DType>) {
     let entry = this.kernels.get(kernel);
     if (!entry) {
       // An explicit layout from the declared bindings, so that a binding the entry point does not use
@@ -253,7 +255,7 @@ export class GpuRuntime {
       entry = { layout, bindGroupLayout, variants: new Map() };
       this.kernels.set(kernel, entry);
     }
-    const key = JSON.stringify([Object.entries(constants).sort(), Object.entries(dtypes).sort()]);
+    const key = JSON.stringify([entryPoint, Object.entries(constants).sort(), Object.entries(dtypes).sort()]);
     let pipeline = entry.variants.get(key);
     if (!pipeline) {
       const label = `${kernel.name}${key}`;
@@ -262,7 +264,7 @@ export class GpuRuntime {
       pipeline = this.device.createComputePipeline({
         label,
         layout: entry.layout,
-        compute: { module: shader, entryPoint: 'main', constants },
+        compute: { module: shader, entryPoint, constants },
       });
       entry.variants.set(key, pipeline);
     }

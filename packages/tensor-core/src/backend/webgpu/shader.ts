@@ -19,7 +19,10 @@ export interface BindingInfo {
   type: string;
 }
 
-/** A field of `struct Params`: its byte offset in the uniform block, scalar type and number of scalars. */
+/**
+ * A field of `struct Params`, or of a struct inside it (named by its path, "rows.n"): its byte offset in the
+ * uniform block, scalar type and number of scalars.
+ */
 interface ParamField {
   name: string;
   offset: number;
@@ -27,7 +30,10 @@ interface ParamField {
   count: number;
 }
 
-export type ParamValues = Record<string, number | readonly number[]>;
+/** Values of a struct's fields by name: numbers, arrays of them for vectors, objects for inner structs. */
+export interface ParamValues {
+  [field: string]: number | readonly number[] | ParamValues;
+}
 
 /**
  * A WGSL compute kernel (entry point `main`), parsed once: its bindings, its `struct Params` and its
@@ -55,14 +61,17 @@ export class WgslKernel {
   constructor(name: string, source: string, libraries = dtypeLibrary()) {
     this.name = name;
     this.code = `${source}\n${libraries}`;
-    const stripped = source.replace(/\/\/[^\n]*/g, '');
+    const stripped = stripComments(source);
     this.bindings = parseBindings(name, stripped);
     const uniform = [...this.bindings.values()].find((b) => b.kind === 'uniform');
     this.paramsBinding = uniform?.name ?? null;
     if (uniform && uniform.type !== 'Params') {
       throw new Error(`${name}: the uniform binding ${uniform.name} must have type Params, got ${uniform.type}`);
     }
-    [this.fields, this.paramsSize] = uniform ? parseParams(name, stripped) : [new Map(), 0];
+    // Params may hold structs the libraries declare (layout.wgsl's Rows).
+    const layout = uniform ? structLayout(name, 'Params', parseStructs(stripComments(this.code))) : null;
+    this.fields = new Map(layout?.fields.map((f) => [f.name, f]));
+    this.paramsSize = layout ? layout.size : 0;
     this.consts = parseConstants(stripped);
   }
 
@@ -77,11 +86,12 @@ export class WgslKernel {
   packParams(values: ParamValues): ArrayBuffer {
     const bytes = new ArrayBuffer(Math.max(this.paramsSize, 16));
     const view = new DataView(bytes);
-    for (const key of Object.keys(values)) {
+    const given = flattenParams(values);
+    for (const key of given.keys()) {
       if (!this.fields.has(key)) throw new Error(`${this.name}: Params has no field ${key}`);
     }
     for (const field of this.fields.values()) {
-      const value = values[field.name];
+      const value = given.get(field.name);
       if (value === undefined) throw new Error(`${this.name}: missing params.${field.name}`);
       const list = typeof value === 'number' ? [value] : value;
       if (list.length > field.count) {
@@ -91,6 +101,15 @@ export class WgslKernel {
     }
     return bytes;
   }
+}
+
+/** Values of inner structs under dotted paths ("rows.n"), as the fields are named. */
+function flattenParams(values: ParamValues, prefix = '', into = new Map<string, number | readonly number[]>()) {
+  for (const [key, value] of Object.entries(values)) {
+    if (typeof value === 'number' || Array.isArray(value)) into.set(prefix + key, value as number | readonly number[]);
+    else flattenParams(value as ParamValues, `${prefix}${key}.`, into);
+  }
+  return into;
 }
 
 function writeScalar(view: DataView, at: number, field: ParamField, v: number, kernel: string): void {
@@ -121,24 +140,41 @@ function parseBindings(kernel: string, source: string): Map<string, BindingInfo>
   return bindings;
 }
 
+const stripComments = (code: string) => code.replace(/\/\/[^\n]*/g, '');
+
+/** The bodies of the `struct Name { ... }` declarations of some WGSL, by name. */
+function parseStructs(code: string): Map<string, string> {
+  return new Map([...code.matchAll(/struct\s+(\w+)\s*\{([^}]*)\}/g)].map(([, name, body]) => [name, body]));
+}
+
 /**
- * The byte layout of `struct Params` under WGSL's uniform rules. Supported field types: u32, i32, f32,
- * vec2/vec3/vec4 of them, and array<vec4<T>, N> (uniform arrays need a 16-byte element stride).
+ * The byte layout of a struct under WGSL's uniform rules, its inner structs' fields named by their paths.
+ * Supported field types: u32, i32, f32, vec2/vec3/vec4 of them, array<vec4<T>, N> (uniform arrays need a
+ * 16-byte element stride) and structs of these.
  */
-function parseParams(kernel: string, source: string): [Map<string, ParamField>, number] {
-  const body = /struct\s+Params\s*\{([^}]*)\}/.exec(source)?.[1];
-  if (body === undefined) throw new Error(`${kernel}: a uniform binding needs a struct Params`);
-  const fields = new Map<string, ParamField>();
+function structLayout(kernel: string, name: string, structs: Map<string, string>): { fields: ParamField[]; size: number } {
+  const body = structs.get(name);
+  if (body === undefined) throw new Error(`${kernel}: no struct ${name}${name === 'Params' ? ' for the uniform binding' : ''}`);
+  const fields: ParamField[] = [];
   let offset = 0;
   for (const decl of splitTopLevel(body)) {
     const m = /^(\w+)\s*:\s*(.+)$/.exec(decl);
-    const type = m ? parseFieldType(m[2].replace(/\s+/g, '')) : null;
-    if (!m || !type) throw new Error(`${kernel}: unsupported Params field "${decl}"`);
+    const typeName = m?.[2].replace(/\s+/g, '') ?? '';
+    if (m && structs.has(typeName)) {
+      // A struct member is aligned (and sized) to 16 bytes in the uniform address space.
+      const inner = structLayout(kernel, typeName, structs);
+      offset = Math.ceil(offset / 16) * 16;
+      for (const f of inner.fields) fields.push({ ...f, name: `${m[1]}.${f.name}`, offset: offset + f.offset });
+      offset += inner.size;
+      continue;
+    }
+    const type = m ? parseFieldType(typeName) : null;
+    if (!m || !type) throw new Error(`${kernel}: unsupported field "${decl}" in struct ${name}`);
     offset = Math.ceil(offset / type.align) * type.align;
-    fields.set(m[1], { name: m[1], offset, scalar: type.scalar, count: type.count });
+    fields.push({ name: m[1], offset, scalar: type.scalar, count: type.count });
     offset += type.size;
   }
-  return [fields, Math.ceil(offset / 16) * 16];
+  return { fields, size: Math.ceil(offset / 16) * 16 };
 }
 
 /** Splits a struct body at the commas outside <...> (array<vec4<u32>, 2> holds one). */

@@ -2,6 +2,9 @@
 import type { DType } from '../../dtype.ts';
 import { sizeOf } from '../../shape.ts';
 
+/** The dtypes the integer kernels compute exactly in i32 (uint32 values do not all fit). */
+export const INTEGER_DTYPES: readonly DType[] = ['int32', 'uint8', 'bool'];
+
 /** A tensor as the kernels see it: its buffer, and its elements' dtype, shape, strides and offset. */
 export interface View {
   buffer: GPUBuffer;
@@ -56,6 +59,24 @@ export function walkParams(op: string, layout: Layout, what: () => string): { nd
     for (let t = 0; t < 4; t++) strides.push(layout.strides[t]?.[d] ?? 0);
   }
   return { ndim, shape, strides };
+}
+
+/**
+ * The params of kernels over the last axis of x (struct Rows, kernels/layout.wgsl) and the number of leading
+ * dims they walk.
+ */
+export function rowsOf(op: string, x: View) {
+  const nd = x.shape.length;
+  const walk = walkParams(op, coalesce(x.shape.slice(0, nd - 1), [x.strides.slice(0, nd - 1)]), () => describe(x));
+  const rows = {
+    count: sizeOf(x.shape.slice(0, nd - 1)),
+    n: x.shape[nd - 1],
+    offset: x.offset,
+    stride: x.strides[nd - 1],
+    shape: walk.shape,
+    strides: walk.strides,
+  };
+  return { rows, ndim: walk.ndim };
 }
 
 export function isContiguous(v: View): boolean {

@@ -7,7 +7,7 @@
 //                (i, i + j) of a block of size k, ascending in even blocks and descending in odd ones;
 //                log2(P) * (log2(P) + 1) / 2 steps sort a row
 //   STAGE_STORE  the first n indices of each row into out (int32)
-// Rows as in reduce.wgsl. Typed binding (shader.ts): x.
+// Rows as in layout.wgsl. Typed binding (shader.ts): x.
 
 override WG: u32 = 256u;
 override NDIM: u32 = 0u;
@@ -19,15 +19,10 @@ const STAGE_MERGE = 1u;
 const STAGE_STORE = 2u;
 
 struct Params {
-  rows: u32,
-  n: u32,
+  rows: Rows,
   p: u32,  // the padded row length
   k: u32,
   j: u32,
-  x_offset: i32,
-  x_stride: i32,
-  shape: array<vec4<u32>, 2>,
-  strides: array<vec4<i32>, 6>,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -38,8 +33,8 @@ struct Params {
 
 // Whether element (ka, ia) comes before (kb, ib) in the sorted row.
 fn before(ka: f32, ia: u32, kb: f32, ib: u32) -> bool {
-  let pad_a = ia >= params.n;
-  let pad_b = ib >= params.n;
+  let pad_a = ia >= params.rows.n;
+  let pad_b = ib >= params.rows.n;
   if (pad_a || pad_b) { return select(pad_b, ia < ib, pad_a && pad_b); }
   let nan_a = is_nan(ka);
   let nan_b = is_nan(kb);
@@ -54,19 +49,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let g = flat_workgroup(wid, nwg) * WG + lid;
   let p = params.p;
   if (STAGE == STAGE_LOAD) {
-    if (g >= params.rows * p) { return; }
+    if (g >= params.rows.count * p) { return; }
     let row = g / p;
     let i = g % p;
     var key = 0.0;
-    if (i < params.n) {
-      let base = params.x_offset + walk(row, NDIM, params.shape, params.strides).x;
-      key = x_load(u32(base + i32(i) * params.x_stride));
+    if (i < params.rows.n) {
+      key = x_load(u32(row_start(params.rows, NDIM, row) + i32(i) * params.rows.stride));
     }
     keys[g] = key;
     order[g] = i;
   } else if (STAGE == STAGE_MERGE) {
     // Invocation g orders the pair (i, i + j) of its row: i has bit j clear.
-    if (g >= params.rows * (p / 2u)) { return; }
+    if (g >= params.rows.count * (p / 2u)) { return; }
     let row = g / (p / 2u);
     let t = g % (p / 2u);
     let i = 2u * params.j * (t / params.j) + t % params.j;
@@ -82,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       order[b] = index;
     }
   } else {
-    if (g >= params.rows * params.n) { return; }
-    out[g] = order[(g / params.n) * p + g % params.n];
+    if (g >= params.rows.count * params.rows.n) { return; }
+    out[g] = order[(g / params.rows.n) * p + g % params.rows.n];
   }
 }

@@ -25,6 +25,23 @@ fn walk(i: u32, ndim: u32, shape: array<vec4<u32>, 2>, strides: array<vec4<i32>,
   return offsets;
 }
 
+// The rows of a view, for the kernels over its last axis (reduce, cumsum, argsort, rms_norm): `count` rows of
+// `n` elements `stride` apart; row r starts at element offset + walk(r) over the leading dims (only x's
+// strides, component 0, are used).
+struct Rows {
+  count: u32,
+  n: u32,
+  offset: i32,
+  stride: i32,
+  shape: array<vec4<u32>, 2>,
+  strides: array<vec4<i32>, 6>,
+}
+
+// The first element of row r, walking `ndim` leading dims.
+fn row_start(rows: Rows, ndim: u32, r: u32) -> i32 {
+  return rows.offset + walk(r, ndim, rows.shape, rows.strides).x;
+}
+
 // Grids of more than 65535 workgroups do not fit in x: dispatches spread them over y, flattened here.
 fn flat_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
   return wid.y * nwg.x + wid.x;
