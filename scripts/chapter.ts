@@ -1,38 +1,48 @@
 // pnpm chapter solve <id>: puts the reference solution of one chapter in place of the learner's files,
 // keeping the learner's own work in packages/<week>/.learner-backup/.
 // pnpm chapter restore <id>: brings the learner's files back.
-import { copyFileSync, existsSync, mkdirSync, rmSync } from 'node:fs';
-import { findChapter, ROOT } from './chapters.ts';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { findChapter, learnerFile, ROOT, solutionFile, type Chapter } from './chapters.ts';
 
-function paths(week: string, file: string) {
+function paths(chapter: Chapter, file: string) {
   return {
-    learner: `${ROOT}packages/${week}/src/${file}`,
-    backup: `${ROOT}packages/${week}/.learner-backup/${file}`,
-    reference: `${ROOT}packages/reference/src/${week}/${file}`,
+    learner: `${ROOT}${learnerFile(chapter, file)}`,
+    backup: `${ROOT}packages/${chapter.week}/.learner-backup/${file}`,
+    reference: `${ROOT}${solutionFile(chapter, file)}`,
   };
+}
+
+/**
+ * A solution file as it reads in the learner's package: the reference reaches its earlier weeks by relative
+ * paths ('../week1/index.ts'), the learner's packages by name ('@tiny-llm/week1').
+ */
+function asLearnerFile(source: string): string {
+  return source.replace(/(['"])\.\.\/(week\d)\/index\.ts\1/g, "$1@tiny-llm/$2$1");
 }
 
 function solve(id: string): void {
   const chapter = findChapter(id);
   for (const file of chapter.files) {
-    const p = paths(chapter.week, file);
+    const p = paths(chapter, file);
     if (existsSync(p.backup)) {
       throw new Error(`chapter ${id}: ${file} is already swapped for the solution (restore it first: pnpm chapter restore ${id})`);
     }
   }
   for (const file of chapter.files) {
-    const p = paths(chapter.week, file);
-    mkdirSync(`${ROOT}packages/${chapter.week}/.learner-backup`, { recursive: true });
+    const p = paths(chapter, file);
+    mkdirSync(dirname(p.backup), { recursive: true });
     copyFileSync(p.learner, p.backup);
-    copyFileSync(p.reference, p.learner);
-    console.log(`${file}: the solution is in place; your version is kept in packages/${chapter.week}/.learner-backup/${file}`);
+    writeFileSync(p.learner, asLearnerFile(readFileSync(p.reference, 'utf8')));
+    const rebuild = file.startsWith('native/') ? ' (rebuild it: pnpm build)' : '';
+    console.log(`${file}: the solution is in place${rebuild}; your version is kept in packages/${chapter.week}/.learner-backup/${file}`);
   }
 }
 
 function restore(id: string): void {
   const chapter = findChapter(id);
   for (const file of chapter.files) {
-    const p = paths(chapter.week, file);
+    const p = paths(chapter, file);
     if (!existsSync(p.backup)) throw new Error(`chapter ${id}: no saved copy of ${file} to restore`);
     copyFileSync(p.backup, p.learner);
     rmSync(p.backup);

@@ -1,5 +1,5 @@
 // The chapter registry: packages/weekN/chapters.json says which stub files, test file and book page make
-// up each chapter. The grader, the stub check and the swap command all read it from here.
+// up each chapter. The grader, the stub check, the swap command and the solution switch all read it here.
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -9,7 +9,10 @@ export interface Chapter {
   id: string;
   title: string;
   week: string;
-  /** Stub files under packages/<week>/src, mirrored by packages/reference/src/<week>. */
+  /**
+   * The learner's files, relative to packages/<week>: `src/F` (TypeScript) and `native/F` (C++ kernels), whose
+   * solutions are packages/reference/src/<week>/F and packages/reference/native/<week>/F.
+   */
   files: string[];
   /** The graded test file, relative to packages/<week>. */
   test: string;
@@ -35,4 +38,15 @@ export function findChapter(id: string): Chapter {
     throw new Error(`unknown chapter "${id}"; the chapters are ${allChapters().map((c) => c.id).join(', ')}`);
   }
   return chapter;
+}
+
+/** A chapter file of the learner's (packages/week2/native/quantized_matmul.cc), relative to the repository. */
+export function learnerFile(chapter: Chapter, file: string): string {
+  return `packages/${chapter.week}/${file}`;
+}
+
+/** Its solution: src/F -> packages/reference/src/<week>/F, native/F -> packages/reference/native/<week>/F. */
+export function solutionFile(chapter: Chapter, file: string): string {
+  const slash = file.indexOf('/');
+  return `packages/reference/${file.slice(0, slash)}/${chapter.week}/${file.slice(slash + 1)}`;
 }

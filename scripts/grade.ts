@@ -1,105 +1,168 @@
-// pnpm grade: runs the graded tests of every week against the learner's code (or --solution reference)
-// and prints each chapter's progress. A chapter whose tests all fail with NotImplemented is "not started".
+// pnpm grade: runs the graded tests of every chapter against the learner's code (or --solution reference)
+// and prints each chapter's progress.
 //
-// pnpm grade --check-stubs (used by CI): the learner packages must still be stubs, so every chapter must be
-// "not started"; a chapter failing with a wrong answer instead means a stub computes something. With
+// Each chapter is graded on its own, with the files of every other chapter swapped for their reference
+// solutions (TINY_LLM_REFERENCE_CHAPTERS, see vitest.shared.ts): a chapter's row says whether *its* code is
+// right, whatever state the others are in. `pnpm test --filter week1` runs the learner's chapters together.
+// The tests run in a child process of vitest's (its "forks" pool), so a learner's kernel that crashes fails
+// its own chapter and leaves the table standing.
+//
+// pnpm grade --check-stubs (run by `pnpm test`): the learner packages must still be stubs, so every chapter
+// must be "not started": each of its tests fails with a NotImplemented error that names that chapter. With
 // TINY_LLM_TEST_REPORT set, the check is also written there as a test report for the CI summary.
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+// pnpm grade --json: the table as JSON on stdout.
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chaptersOf, ROOT, WEEKS, type Chapter } from './chapters.ts';
+import { parseArgs } from 'node:util';
+import { startVitest } from 'vitest/node';
+import { allChapters, ROOT, type Chapter } from './chapters.ts';
 
-interface FileResult {
-  passed: number;
-  failed: number;
-  failures: string[];
-}
+export type Status = 'passed' | 'in progress' | 'not started' | 'error';
 
-interface Progress {
-  chapter: Chapter;
+export interface ChapterProgress {
+  id: string;
+  title: string;
+  week: string;
   passed: number;
   total: number;
-  status: 'passed' | 'not started' | 'in progress' | 'no tests';
+  status: Status;
+  /** Why the chapter is not "passed": the first failure, in one line. */
+  detail?: string;
 }
 
-function runWeek(week: string, solution: string): Map<string, FileResult> {
-  const out = join(mkdtempSync(join(tmpdir(), 'grade-')), `${week}.json`);
-  spawnSync('npx', ['vitest', 'run', '--reporter=json', `--outputFile=${out}`], {
-    cwd: `${ROOT}packages/${week}`,
-    env: { ...process.env, TINY_LLM_SOLUTION: solution, TINY_LLM_TEST_REPORT: '' },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  const results = new Map<string, FileResult>();
-  if (!existsSync(out)) return results;
-  const report = JSON.parse(readFileSync(out, 'utf8'));
-  for (const file of report.testResults) {
-    const assertions = file.assertionResults as { status: string; failureMessages: string[] }[];
-    const failed = assertions.filter((a) => a.status !== 'passed');
-    // A file that fails to load (a syntax error in a stub) has no assertions but a message of its own.
-    const failures = failed.flatMap((a) => a.failureMessages);
-    if (assertions.length === 0 && file.message) failures.push(file.message);
-    results.set(file.name, {
-      passed: assertions.length - failed.length,
-      failed: failed.length || (file.status === 'failed' ? 1 : 0),
-      failures,
-    });
+type Solution = 'learner' | 'reference';
+
+/** The chapter an extension belongs to: 1.5-qwen3 is written in chapter 1.5's files, whose stubs say "1.5". */
+const stubIdOf = (chapter: Chapter) => chapter.id.split('-')[0];
+
+/** The other chapters whose files do not overlap this one's: they run on the reference while it is graded. */
+function othersOf(chapter: Chapter, chapters: Chapter[]): string[] {
+  const own = new Set(chapter.files.map((f) => `${chapter.week}/${f}`));
+  return chapters.filter((c) => c.files.every((f) => !own.has(`${c.week}/${f}`))).map((c) => c.id);
+}
+
+interface TestOutcome {
+  state: 'passed' | 'failed' | 'skipped' | 'pending';
+  messages: string[];
+}
+
+/** Runs one test file with vitest's Node API and returns each test's outcome, and errors outside any test. */
+async function runTests(chapter: Chapter, env: Record<string, string>): Promise<{ tests: TestOutcome[]; errors: string[] }> {
+  const saved = { ...process.env };
+  Object.assign(process.env, env, { TINY_LLM_TEST_REPORT: '' });
+  try {
+    // A reporter with no hooks: the table is the output.
+    const quiet = { root: join(ROOT, 'packages', chapter.week), watch: false, reporters: [{}] };
+    const vitest = await startVitest('test', [chapter.test], quiet);
+    const tests: TestOutcome[] = [];
+    const errors: string[] = vitest.state.getUnhandledErrors().map((e) => String((e as Error)?.message ?? e));
+    for (const module of vitest.state.getTestModules()) {
+      errors.push(...module.errors().map((e) => e.message));
+      for (const test of module.children.allTests()) {
+        const result = test.result();
+        tests.push({ state: result.state, messages: (result.errors ?? []).map((e) => e.message) });
+      }
+    }
+    await vitest.close();
+    return { tests, errors };
+  } finally {
+    process.env = saved;
   }
-  return results;
 }
 
-function progressOf(chapter: Chapter, results: Map<string, FileResult>): Progress {
-  const result = results.get(`${ROOT}packages/${chapter.week}/${chapter.test}`);
-  if (!result) return { chapter, passed: 0, total: 0, status: 'no tests' };
-  const total = result.passed + result.failed;
-  const notStarted = result.passed === 0 && result.failures.every((m) => m.includes('NotImplemented'));
-  const status = result.failed === 0 ? 'passed' : notStarted ? 'not started' : 'in progress';
-  return { chapter, passed: result.passed, total, status };
+/** A NotImplemented error thrown by this chapter's own stubs (TypeScript, or a C++ kernel's message). */
+function isOwnStub(message: string, chapter: Chapter): boolean {
+  return message.includes('NotImplemented') && message.includes(`(chapter ${stubIdOf(chapter)})`);
 }
 
-function printTable(rows: Progress[], solution: string): void {
-  console.log(`\nProgress of the ${solution} solution\n`);
-  console.log(`${'chapter'.padEnd(10)}${'title'.padEnd(28)}${'tests'.padEnd(10)}status`);
+function progressOf(chapter: Chapter, tests: TestOutcome[], errors: string[]): ChapterProgress {
+  const row = { id: chapter.id, title: chapter.title, week: chapter.week, total: tests.length };
+  const passed = tests.filter((t) => t.state === 'passed').length;
+  const failures = [...errors, ...tests.flatMap((t) => t.messages)];
+  const oneLine = (s: string) => s.split('\n')[0].slice(0, 200);
+  if (tests.length === 0) {
+    return { ...row, passed, status: 'error', detail: failures.length ? oneLine(failures[0]) : 'no tests found' };
+  }
+  const unfinished = tests.filter((t) => t.state === 'skipped' || t.state === 'pending').length;
+  if (unfinished > 0) {
+    // A test process that died (a crashing native kernel) leaves its tests unfinished and says why in errors.
+    const why = errors.length ? `: ${oneLine(errors[0])}` : '';
+    return { ...row, passed, status: 'error', detail: `${unfinished} of ${tests.length} tests skipped or not run${why}` };
+  }
+  if (passed === tests.length && errors.length === 0) return { ...row, passed, status: 'passed' };
+  if (passed === 0 && failures.every((m) => isOwnStub(m, chapter))) return { ...row, passed, status: 'not started' };
+  const wrong = failures.find((m) => !isOwnStub(m, chapter)) ?? failures[0];
+  return { ...row, passed, status: 'in progress', detail: oneLine(wrong) };
+}
+
+export async function gradeChapter(chapter: Chapter, solution: Solution, chapters: Chapter[]): Promise<ChapterProgress> {
+  const env: Record<string, string> = { TINY_LLM_SOLUTION: solution };
+  if (solution === 'learner') env.TINY_LLM_REFERENCE_CHAPTERS = othersOf(chapter, chapters).join(',');
+  const { tests, errors } = await runTests(chapter, env);
+  return progressOf(chapter, tests, errors);
+}
+
+function printTable(rows: ChapterProgress[], solution: Solution): void {
+  const log = (line = '') => process.stderr.write(`${line}\n`);
+  log(`\nProgress of the ${solution} solution${solution === 'learner' ? " (each chapter graded on the reference's other chapters)" : ''}\n`);
+  log(`${'chapter'.padEnd(11)}${'title'.padEnd(28)}${'tests'.padEnd(9)}status`);
   for (const r of rows) {
     const tests = r.total ? `${r.passed}/${r.total}` : '-';
-    console.log(`${r.chapter.id.padEnd(10)}${r.chapter.title.padEnd(28)}${tests.padEnd(10)}${r.status}`);
+    log(`${r.id.padEnd(11)}${r.title.padEnd(28)}${tests.padEnd(9)}${r.status}${r.detail && r.status !== 'not started' ? `: ${r.detail}` : ''}`);
   }
   const done = rows.filter((r) => r.status === 'passed').length;
-  console.log(`\n${done} of ${rows.length} chapters pass.`);
+  log(`\n${done} of ${rows.length} chapters pass.`);
 }
 
-/** The stub check as a vitest-style JSON report, so the CI summary counts one test per chapter. */
-function writeStubReport(rows: Progress[], dir: string): void {
-  const ok = rows.filter((r) => r.status === 'not started');
-  writeFileSync(
-    join(dir, 'stub-check.json'),
-    JSON.stringify({ numPassedTests: ok.length, numFailedTests: rows.length - ok.length, testResults: [] }),
-  );
+/** The stub check as a report in vitest's JSON form, so the CI summary counts one test per chapter. */
+function writeStubReport(rows: ChapterProgress[], dir: string): void {
+  const results = rows.map((r) => ({
+    title: `chapter ${r.id} is a stub`,
+    status: r.status === 'not started' ? 'passed' : 'failed',
+    failureMessages: r.status === 'not started' ? [] : [`${r.status}: ${r.detail ?? ''}`],
+  }));
+  const failed = results.filter((r) => r.status === 'failed').length;
+  const report = {
+    numTotalTests: results.length,
+    numPassedTests: results.length - failed,
+    numFailedTests: failed,
+    numPendingTests: 0,
+    numTodoTests: 0,
+    success: failed === 0,
+    testResults: [{ name: 'scripts/grade.ts --check-stubs', status: failed ? 'failed' : 'passed', assertionResults: results }],
+  };
+  writeFileSync(join(dir, 'stub-check.json'), JSON.stringify(report, null, 2));
 }
 
-function main(): void {
-  const args = process.argv.slice(2);
-  const checkStubs = args.includes('--check-stubs');
-  const solutionArg = args.indexOf('--solution');
-  const solution = checkStubs ? 'learner' : solutionArg >= 0 ? args[solutionArg + 1] : process.env.TINY_LLM_SOLUTION ?? 'learner';
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      solution: { type: 'string', default: process.env.TINY_LLM_SOLUTION ?? 'learner' },
+      'check-stubs': { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
+      chapter: { type: 'string', multiple: true },
+    },
+  });
+  const checkStubs = values['check-stubs'];
+  const solution = checkStubs ? 'learner' : values.solution;
   if (solution !== 'learner' && solution !== 'reference') {
-    console.error(`grade: --solution must be learner or reference, got ${solution}`);
-    process.exit(2);
+    process.stderr.write(`grade: --solution must be learner or reference, got ${solution}\n`);
+    return 2;
   }
-  const rows: Progress[] = [];
-  for (const week of WEEKS) {
-    const chapters = chaptersOf(week);
-    if (chapters.length === 0) continue;
-    const results = runWeek(week, solution);
-    rows.push(...chapters.map((c) => progressOf(c, results)));
-  }
+  const chapters = allChapters();
+  const selected = values.chapter ? chapters.filter((c) => values.chapter!.includes(c.id)) : chapters;
+  const rows: ChapterProgress[] = [];
+  for (const chapter of selected) rows.push(await gradeChapter(chapter, solution, chapters));
+  if (values.json) process.stdout.write(`${JSON.stringify({ solution, chapters: rows }, null, 2)}\n`);
   printTable(rows, solution);
-  if (!checkStubs) return;
-  const report = process.env.TINY_LLM_TEST_REPORT;
-  if (report) writeStubReport(rows, report);
+  if (!checkStubs) return 0;
+  if (process.env.TINY_LLM_TEST_REPORT) writeStubReport(rows, process.env.TINY_LLM_TEST_REPORT);
   const bad = rows.filter((r) => r.status !== 'not started');
-  for (const r of bad) console.error(`stub check: chapter ${r.chapter.id} is "${r.status}" with the learner stubs; its stubs must only throw NotImplemented`);
-  process.exit(bad.length ? 1 : 0);
+  for (const r of bad) {
+    const why = r.detail ? ` (${r.detail})` : '';
+    process.stderr.write(`stub check: chapter ${r.id} is "${r.status}" with the learner stubs${why}; each of its tests must fail with its own NotImplemented\n`);
+  }
+  return bad.length ? 1 : 0;
 }
 
-main();
+process.exitCode = await main();

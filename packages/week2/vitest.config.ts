@@ -1,4 +1,3 @@
-import { defineConfig } from 'vitest/config';
-import { sharedTestConfig } from '../../vitest.shared.ts';
+import { sharedConfig } from '../../vitest.shared.ts';
 
-export default defineConfig({ test: sharedTestConfig('week2') });
+export default sharedConfig(import.meta.url);

@@ -6,6 +6,7 @@ export { tidy, keep } from './scope.ts';
 export type { Backend, Storage } from './backend/backend.ts';
 export { cpu, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
+export { loadExtension } from './extension.ts';
 export { getDefaultBackend, setDefaultBackend, empty } from './ops/util.ts';
 
 export { tensor, full, zeros, ones, arange, toDevice, toCPU, type CreateOptions } from './ops/creation.ts';

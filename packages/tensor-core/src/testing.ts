@@ -15,7 +15,9 @@ export type GoldenCase = { name: string; [param: string]: unknown };
 /** The cases of fixtures/ops/<op>.safetensors and their tensors (`<case>.<name>`). */
 export function goldenOp(op: string) {
   const file = readSafetensors(`${FIXTURES_DIR}ops/${op}.safetensors`);
-  const cases = JSON.parse(file.metadata.cases) as GoldenCase[];
+  const cases = JSON.parse(file.metadata.cases ?? '[]') as GoldenCase[];
+  // A loop over no cases would pass with no test at all.
+  if (!Array.isArray(cases) || cases.length === 0) throw new Error(`fixtures/ops/${op}.safetensors lists no cases in its metadata`);
   return {
     cases,
     get: (c: GoldenCase, name: string): Tensor => file.get(`${c.name}.${name}`),
@@ -113,5 +115,7 @@ export interface DemoGoldenCase {
 }
 
 export function demoGolden(model: string): { max_new_tokens: number; cases: DemoGoldenCase[] } {
-  return JSON.parse(readFileSync(`${MODELS_DIR}${model}/golden.json`, 'utf8'));
+  const golden = JSON.parse(readFileSync(`${MODELS_DIR}${model}/golden.json`, 'utf8'));
+  if (!Array.isArray(golden.cases) || golden.cases.length === 0) throw new Error(`models/${model}/golden.json has no cases`);
+  return golden;
 }

@@ -74,10 +74,14 @@ describe('elementwise binary ops broadcast like numpy', () => {
     expect(tc.add(i, tc.tensor([2147483000, 0], { dtype: 'int32' })).toList()).toEqual([2147483007, 9]); // exact, not via f32
   });
 
-  it('where selects with broadcasting', () => {
+  it('where selects with broadcasting, between tensors or numbers', () => {
     const cond = tc.tensor([[true, false, true]]);
     const out = tc.where(cond, tc.tensor([[1], [2]]), -1);
     expect(out.toList()).toEqual([[1, -1, 1], [2, -1, 2]]);
+    const mask = tc.where(cond, -Infinity, 0); // two numbers: a float32 result of cond's shape
+    expect(mask.dtype).toBe('float32');
+    expect(mask.toList()).toEqual([[-Infinity, 0, -Infinity]]);
+    expect(() => tc.where([true] as never, 1, 0)).toThrow(/where: expected a Tensor as the condition, got an array of length 1/);
   });
 });
 
@@ -238,6 +242,25 @@ describe('scans and sorting', () => {
   });
 });
 
+describe('matmul result dtype', () => {
+  it('computes in float32 and returns the promoted dtype: bf16 @ bf16 is bf16 (rounded once), bf16 @ f32 is f32', () => {
+    const [a, b] = [seeded(2 * 3, 4), seeded(3 * 2, 5)];
+    const [ab, bb] = [tc.tensor(a, { shape: [2, 3], dtype: 'bfloat16' }), tc.tensor(b, { shape: [3, 2], dtype: 'bfloat16' })];
+    // The bf16 inputs as float64, their product in float64, then rounded once through float32 to bf16.
+    const [av, bv] = [ab.toArray(), bb.toArray()];
+    const product = Array.from({ length: 4 }, (_, i) => {
+      const [r, c] = [Math.floor(i / 2), i % 2];
+      return [0, 1, 2].reduce((s, k) => s + av[r * 3 + k] * bv[k * 2 + c], 0);
+    });
+    const both = tc.matmul(ab, bb);
+    expect(both.dtype).toBe('bfloat16');
+    expect(Array.from(both.toArray())).toEqual(Array.from(tc.tensor(product, { shape: [2, 2], dtype: 'bfloat16' }).toArray()));
+    const mixed = tc.matmul(ab, tc.astype(bb, 'float32'));
+    expect(mixed.dtype).toBe('float32');
+    expectClose(mixed.toArray(), product, 1e-6);
+  });
+});
+
 describe('shape ops are views where they can be', () => {
   const base = tc.arange(24, undefined, 1, { dtype: 'float32' });
   const x = tc.reshape(base, [2, 3, 4]);
@@ -275,7 +298,7 @@ describe('shape ops are views where they can be', () => {
     const b = tc.broadcastTo(tc.tensor([1, 2, 3]), [2, 3]);
     expect(b.strides).toEqual([0, 1]);
     expect(b.toList()).toEqual([[1, 2, 3], [1, 2, 3]]);
-    expect(() => tc.broadcastTo(tc.tensor([1, 2]), [3])).toThrow(/broadcastTo: cannot broadcast float32\[2\] to \[3\]/);
+    expect(() => tc.broadcastTo(tc.tensor([1, 2]), [3])).toThrow(/broadcastTo: cannot broadcast int32\[2\] to \[3\]/);
   });
 
   it('concat, stack and split', () => {
@@ -321,6 +344,21 @@ describe('creation', () => {
     expect(() => tc.tensor([[1, 2], [3]])).toThrow(/ragged/);
     expect(() => tc.tensor([1, 2, 3], { shape: [2, 2] })).toThrow(/3 values do not fill the shape \[2, 2\]/);
     expect(() => tc.tensor([1], { dtype: 'float64' as tc.DType })).toThrow(/unknown dtype "float64"/);
+  });
+
+  it("tensor's dtype without options follows numpy: integers int32, other numbers float32", () => {
+    const cases: [Parameters<typeof tc.tensor>[0], tc.DType][] = [
+      [[0, 1, 2], 'int32'],
+      [[[3, -4]], 'int32'],
+      [[0.5, 1], 'float32'],
+      [[1, -Infinity], 'float32'],
+      [[1, 2 ** 31], 'float32'], // past int32
+      [[true, false], 'bool'],
+      [new Float64Array([1, 2]), 'float32'],
+      [new Int32Array([1, 2]), 'int32'],
+    ];
+    for (const [data, dtype] of cases) expect(tc.tensor(data).dtype, JSON.stringify(Array.from(data as ArrayLike<number>))).toBe(dtype);
+    expect(tc.take(tc.tensor([[1.5, 2.5], [3.5, 4.5]]), tc.tensor([1, 0])).toList()).toEqual([[3.5, 4.5], [1.5, 2.5]]);
   });
 });
 

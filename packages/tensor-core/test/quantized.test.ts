@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { cpu } from '../src/backend/cpu.ts';
 import type { DType, StorageArray } from '../src/dtype.ts';
+import * as tc from '../src/index.ts';
 import { dequantize, quantize, QuantizedWeight } from '../src/io/quantized.ts';
 import { astype } from '../src/ops/elementwise.ts';
 import { readSafetensors } from '../src/io/safetensors.ts';
@@ -48,6 +49,17 @@ function packRow(values: number[], bits: number): number[] {
   });
   return words;
 }
+
+describe('a QuantizedWeight passed where a Tensor belongs', () => {
+  it('the error names the op called, the quantized weight, and tc.dequantize', () => {
+    const file = readSafetensors(fixture);
+    const qw = new QuantizedWeight(file.get('f32_0.w'), file.get('f32_0.scales'), file.get('f32_0.biases'), 64, 4);
+    const asTensor = qw as unknown as tc.Tensor;
+    expect(() => tc.astype(asTensor, 'float32')).toThrow(/^astype: expected a Tensor, got QuantizedWeight\(\[16, 64\], 4-bit, group 64\), a quantized weight: tc\.dequantize\(w\) gives its float32 tensor$/);
+    expect(() => tc.contiguous(asTensor)).toThrow(/^contiguous: expected a Tensor, got QuantizedWeight/);
+    expect(() => tc.matmul(tc.zeros([1, 64]), asTensor)).toThrow(/matmul: .*QuantizedWeight.*tc\.dequantize/);
+  });
+});
 
 describe('dequantize against the quantized_matmul fixture', () => {
   const file = readSafetensors(fixture);

@@ -51,11 +51,13 @@ describe('native.mmapFile', () => {
   it('names the path and the reason when it cannot map', () => {
     expect(() => native.mmapFile(join(tmp, 'nope.bin'))).toThrow(/nope\.bin: No such file or directory/);
     expect(() => native.mmapFile(tmp)).toThrow(new RegExp(`${tmp}: Is a directory`));
+    let error: unknown;
     try {
       native.mmapFile(join(tmp, 'nope.bin'));
     } catch (err) {
-      expect(err).toMatchObject({ code: 'ENOENT', path: join(tmp, 'nope.bin') });
+      error = err;
     }
+    expect(error).toMatchObject({ code: 'ENOENT', path: join(tmp, 'nope.bin') });
   });
 
   it('reports a path through a regular file (an error even root gets)', () => {

@@ -59,7 +59,7 @@ describe('the example kernel (examples/scale_shift.wgsl)', () => {
     expect(() => gpu().run(example, { tensors: { x, out }, params: { n: 2, alpha: 1 }, workgroups: 1 })).toThrow(/scale_shift: missing params.beta/);
     expect(() => gpu().run(example, { tensors: { x, out }, params: { ...params, n: -1 }, workgroups: 1 })).toThrow(/params.n must be a u32, got -1/);
     expect(() => gpu().run(example, { tensors: { x, out: x }, params, workgroups: 1 })).toThrow(/out and x share storage/);
-    expect(() => gpu().run(example, { tensors: { x: tc.tensor([1, 2]), out }, params, workgroups: 1 })).toThrow(/scale_shift: the tensor float32\[2\] lives on the cpu backend/);
+    expect(() => gpu().run(example, { tensors: { x: tc.tensor([1, 2], { dtype: 'float32' }), out }, params, workgroups: 1 })).toThrow(/scale_shift: the tensor float32\[2\] lives on the cpu backend/);
     expect(() => gpu().run(example, { tensors: { x, out }, params, workgroups: 70000 })).toThrow(/maxComputeWorkgroupsPerDimension/);
     // WGSL errors come from the compiler at the next read, with the kernel's name and its own line numbers.
     const broken = new tc.WgslKernel('broken', '@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n@compute @workgroup_size(1)\nfn main() { out[0] = undefined_name; }\n');

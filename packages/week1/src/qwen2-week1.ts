@@ -179,7 +179,10 @@ export class Qwen2ModelWeek1 {
   /**
    * ids int32 [B, L] -> logits float32 [B, L, V]: embedding, every layer with the 'causal' mask (none
    * needed when L = 1), the final norm, then the output head (embedding.asLinear when tied, else lm_head).
-   * Wrap the body in `tc.tidy(() => ...)`: the intermediate tensors are freed when it returns.
+   * Wrap the body in `tc.tidy(() => ...)`: the intermediate tensors are freed when it returns. Give each
+   * layer a scope of its own too, `const next = tc.tidy(() => layer.forward(h, mask)); h.dispose(); h = next;`,
+   * so that a layer's temporaries are freed before the next one runs (one scope around the whole pass holds
+   * every layer's until the end: several times the memory on a long prompt).
    */
   forward(ids: Tensor): Tensor {
     throw new NotImplemented('1.5', 'Qwen2ModelWeek1.forward');

@@ -23,15 +23,16 @@ export type Sampler = (logits: Tensor) => Tensor;
 
 /**
  * The distribution a sampler draws from, float32 [B, V]. In this order:
- *   1. probs = softmax(logits / temperature) along the last axis (temperature 0: put all the mass on the
- *      argmax of each row, the limit of a shrinking temperature);
+ *   1. probs = softmax(logits / temperature) along the last axis (temperature 0, or no temperature given:
+ *      put all the mass on the argmax of each row, the limit of a shrinking temperature);
  *   2. top-k: zero every probability below the k-th largest of its row (ties with it stay);
  *   3. top-p: renormalise what is left, sort each row in descending order, and keep a token while the mass
  *      of the tokens *before* it is still < p (so the first token is always kept: never an empty set);
  *   4. min-p: zero every token with probs < minP * max(probs) (the max of the step-1 distribution);
  *   5. divide by the row sums so that each row adds up to 1 again.
- * A filter whose option is undefined is skipped. Reject bad options with a RangeError that names them:
- * temperature < 0, topK not an integer >= 1, topP outside (0, 1], minP outside [0, 1].
+ * A filter (top-k, top-p, min-p) whose option is undefined is skipped; an undefined temperature is 0, as in
+ * SamplerOptions. Reject bad options with a RangeError that names them: a temperature that is not >= 0 (NaN
+ * included), topK not an integer >= 1, topP outside (0, 1], minP outside [0, 1].
  * Useful ops: tc.softmax, tc.topk, tc.argsort, tc.takeAlongAxis, tc.cumsum, tc.where, tc.less, tc.sum, tc.max.
  */
 export function filteredProbabilities(logits: Tensor, options: SamplerOptions): Tensor {

@@ -4,7 +4,8 @@
 // the final norm; then the logits of whole prompts and 16 greedy tokens (no KV cache: a full forward pass
 // per token).
 import * as tc from '@tiny-llm/tensor-core';
-import { expectClose, FIXTURES_DIR } from '@tiny-llm/tensor-core/testing';
+import { FIXTURES_DIR } from '@tiny-llm/tensor-core/testing';
+import { expectGolden, expectPromptLogits, goldenModel, LOGITS_ATOL } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@solution/week1';
 import { describeGoldenModel } from './support.ts';
@@ -24,18 +25,17 @@ describe('1.5 load the model: the shape of the output', () => {
     expect(logits.dtype, 'week 1 computes in float32').toBe('float32');
   });
 
-  it('runs a batch of two sequences at once: [2, L] -> [2, L, vocab], each row as if alone', () => {
-    const model = Qwen2ModelWeek1.load(`${FIXTURES_DIR}models/qwen2-tiny`);
-    const rows = [
-      [3, 1, 4, 1, 5],
-      [9, 2, 6, 5, 3],
-    ];
-    const both = model.forward(tc.tensor(rows, { dtype: 'int32' }));
-    expect([...both.shape]).toEqual([2, 5, 512]);
-    const [first, second] = tc.split(both, 2, 0);
-    const alone = (row: number[]): tc.Tensor => model.forward(tc.tensor([row], { dtype: 'int32' }));
-    expectClose(first.toArray(), alone(rows[0]).toArray(), 1e-5);
-    expectClose(second.toArray(), alone(rows[1]).toArray(), 1e-5);
+  it('runs a batch of two prompts at once: [2, L] -> [2, L, vocab], each row its own golden logits', () => {
+    const golden = goldenModel('qwen2-tiny');
+    // Two prompts of one length: prompt 0, and prompt 0 reversed, whose golden is the float64 model's.
+    const first = golden.prompts[0];
+    const reversed = [...first.ids].reverse();
+    const both = Qwen2ModelWeek1.load(golden.dir).forward(tc.tensor([first.ids, reversed], { dtype: 'int32' }));
+    expect([...both.shape], 'logits [B, L, vocab]').toEqual([2, first.ids.length, 512]);
+    const [row0, row1] = tc.split(both, 2, 0);
+    expectPromptLogits(row0, golden, first, 'batch row 0 (prompt 0)');
+    const expected = golden.float64().logits(reversed);
+    expectGolden(row1, { shape: [1, ...expected.shape], data: expected.data }, { atol: LOGITS_ATOL, what: 'batch row 1 (prompt 0 reversed)', axes: ['b', 'l', 'v'] });
   });
 });
 

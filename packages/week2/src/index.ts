@@ -1,3 +1,5 @@
-// Week 2: a tiny vLLM.
-// Chapters land here as the course is written; see docs/ for the plan.
-export {};
+// Week 2: a tiny vLLM. The graded tests import everything from here (as `@solution/week2`).
+export * from './kv-cache.ts';
+export * from './quantized-matmul.ts';
+export * from './flash-attention.ts';
+export * from './qwen2-week2.ts';

@@ -299,7 +299,13 @@ export class Qwen2ModelWeek1 {
       // Each position sees itself and the positions before it; a single token needs no mask.
       const mask = l > 1 ? 'causal' : undefined;
       let h = this.embedding.forward(ids); // [B, L, hidden]
-      for (const layer of this.layers) h = layer.forward(h, mask);
+      for (const layer of this.layers) {
+        // A scope per layer frees its temporaries (projections, the [B, H, L, L] scores) before the next layer
+        // runs, instead of holding every layer's until the pass ends.
+        const next = tc.tidy(() => layer.forward(h, mask));
+        h.dispose();
+        h = next;
+      }
       h = this.norm.forward(h);
       return this.lmHead ? linear(h, this.lmHead) : this.embedding.asLinear(h);
     });

@@ -1,5 +1,5 @@
-// Week 2 reference solutions: a tiny vLLM.
+// Week 2 reference solutions: a tiny vLLM. Each file mirrors the learner's file of the same name.
 export * from './kv-cache.ts';
-export * from './linear.ts';
-export * from './qwen2-week2.ts';
 export * from './quantized-matmul.ts';
+export * from './flash-attention.ts';
+export * from './qwen2-week2.ts';

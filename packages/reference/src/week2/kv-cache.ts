@@ -9,22 +9,39 @@
 // `chunkSize` positions. New rows are written in place (a strided copy into a slice view of the buffer), and
 // what updateAndFetch returns is a view of the filled part [B, Hkv, offset, D]: a decode step copies one
 // position per layer, never the whole cache. Only growing past the capacity copies the filled part once.
-// The fused decode attention (native/attention_decode.cc) writes its row itself: reserve() hands it the whole
-// buffers and the position, commit() counts the row.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
+
+/** What a layer's attention reads from its cache: every key and value so far, and the mask to attend with. */
+export interface CachedKeysValues {
+  /** [B, Hkv, S, D]: the cached positions and the new ones. */
+  keys: Tensor;
+  values: Tensor;
+  /**
+   * 'causal' when every row holds one sequence whose L new tokens are its last L (query i sees the keys up to
+   * i + S - L); an additive mask [B, 1, L, S] when rows differ (the batch cache of chapter 2.6).
+   */
+  mask: Tensor | 'causal';
+}
+
+/** A layer's cache as the week 2 model uses it: this chapter's KvCache, or chapter 2.6's BatchingKvCache. */
+export interface AttentionCache {
+  /** Appends k and v [B, Hkv, L, D] and returns everything cached, with the mask to attend with. */
+  updateAndFetch(k: Tensor, v: Tensor): CachedKeysValues;
+}
 
 export interface KvCacheOptions {
   /** Positions the buffers grow by (default 256). */
   chunkSize?: number;
 }
 
-export class KvCache {
+export class KvCache implements AttentionCache {
   /** Positions added per growth of the buffers. */
   readonly chunkSize: number;
   private keys: Tensor | null = null;
   private values: Tensor | null = null;
-  private filled = 0;
+  /** Positions stored (protected: a kernel that writes rows itself counts them, see the engine's cache). */
+  protected filled = 0;
 
   constructor(options: KvCacheOptions = {}) {
     const chunk = options.chunkSize ?? 256;
@@ -47,13 +64,11 @@ export class KvCache {
    * cached and returns the keys and values of all of them, [B, Hkv, offset + L, D]: views of the cache that
    * stay valid until the next update (they share its buffers; dispose them, or let a tidy scope do it).
    */
-  updateAndFetch(k: Tensor, v: Tensor): { keys: Tensor; values: Tensor } {
+  updateAndFetch(k: Tensor, v: Tensor): CachedKeysValues {
     this.check(k, v);
     const [b, hkv, l, d] = k.shape;
     const end = this.filled + l;
-    if (!this.keys || !this.values || end > this.keys.shape[2]) this.grow(k.backend, b, hkv, d, end);
-    const keys = this.keys!;
-    const values = this.values!;
+    const { keys, values } = this.buffersFor(b, hkv, d, end, k.backend);
     const rows: tc.SliceSpec[] = [null, null, [this.filled, end]];
     const kDst = tc.slice(keys, rows);
     const vDst = tc.slice(values, rows);
@@ -64,33 +79,7 @@ export class KvCache {
     vDst.dispose();
     this.filled = end;
     const filled: tc.SliceSpec[] = [null, null, [0, end]];
-    return { keys: tc.slice(keys, filled), values: tc.slice(values, filled) };
-  }
-
-  /**
-   * For a kernel that writes the new positions itself (the fused decode attention, native/attention_decode.cc):
-   * makes room for `l` more positions of [B, Hkv, *, D] and returns the whole buffers [B, Hkv, capacity, D]
-   * (float32, contiguous) with the position the first new row goes to. The rows count as stored once
-   * commit(l) is called.
-   */
-  reserve(b: number, hkv: number, d: number, l: number, backend: tc.Backend): { keys: Tensor; values: Tensor; offset: number } {
-    if (this.keys) {
-      const [cb, ch, , cd] = this.keys.shape;
-      if (b !== cb || hkv !== ch || d !== cd) {
-        throw new RangeError(`KvCache.reserve: the cache holds [B=${cb}, Hkv=${ch}, S, D=${cd}], got [B=${b}, Hkv=${hkv}, D=${d}]`);
-      }
-    }
-    const end = this.filled + l;
-    if (!this.keys || !this.values || end > this.keys.shape[2]) this.grow(backend, b, hkv, d, end);
-    return { keys: this.keys!, values: this.values!, offset: this.filled };
-  }
-
-  /** Counts `l` rows written after the stored ones (see reserve) as stored. */
-  commit(l: number): void {
-    if (!Number.isInteger(l) || l < 0 || this.filled + l > this.capacity) {
-      throw new RangeError(`KvCache.commit: cannot add ${l} positions to ${this.filled} in a capacity of ${this.capacity}`);
-    }
-    this.filled += l;
+    return { keys: tc.slice(keys, filled), values: tc.slice(values, filled), mask: 'causal' };
   }
 
   /** Drops the last n positions (tokens a draft model proposed and the target rejected). */
@@ -126,12 +115,21 @@ export class KvCache {
     if (!tc.isFloating(k.dtype) || !tc.isFloating(v.dtype)) {
       throw new TypeError(`KvCache.updateAndFetch: k and v must be floating point (got ${shapes()})`);
     }
+  }
+
+  /**
+   * The buffers [B, Hkv, capacity, D], grown to hold `end` positions; the cache's B, Hkv and D are fixed by its
+   * first update.
+   */
+  protected buffersFor(b: number, hkv: number, d: number, end: number, backend: tc.Backend): { keys: Tensor; values: Tensor } {
     if (this.keys) {
-      const [b, hkv, , d] = this.keys.shape;
-      if (ks[0] !== b || ks[1] !== hkv || ks[3] !== d) {
-        throw new RangeError(`KvCache.updateAndFetch: the cache holds [B=${b}, Hkv=${hkv}, S, D=${d}], got ${shapes()}`);
+      const [cb, ch, , cd] = this.keys.shape;
+      if (b !== cb || hkv !== ch || d !== cd) {
+        throw new RangeError(`KvCache: the cache holds [B=${cb}, Hkv=${ch}, S, D=${cd}], got [B=${b}, Hkv=${hkv}, L, D=${d}]`);
       }
     }
+    if (!this.keys || !this.values || end > this.keys.shape[2]) this.grow(backend, b, hkv, d, end);
+    return { keys: this.keys!, values: this.values! };
   }
 
   /** Reallocates the buffers with room for `needed` positions (rounded up to whole chunks), keeping the contents. */

@@ -1,121 +1,43 @@
-// Chapter 2.2: quantized matmul on the CPU. The week 2 model keeps its weights in the MLX quantized layout
-// (DESIGN 4) and multiplies with them directly: the C++ kernel (native/quantized_matmul.cc) decodes the packed
-// weights as it streams them, so the float32 weight is never materialised and decode reads 4-8x fewer bytes.
+// Chapter 2.2: quantized matmul on the CPU. The week 2 model keeps its weights in the MLX quantized layout and
+// multiplies with them directly: the C++ kernel (native/week2/quantized_matmul.cc) decodes the packed weight
+// as it streams it, so the float32 weight is never built and decode reads 4-8x fewer bytes.
 import * as tc from '@tiny-llm/tensor-core';
-import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';
-import { referenceKernels } from '../native.ts';
-
-const INPUT_DTYPES = ['float32', 'bfloat16', 'float16'];
-
-function shapeError(x: Tensor, w: QuantizedWeight, why: string): TypeError {
-  return new TypeError(`quantizedMatmul: ${why} (x ${x.describe()}, w ${w.toString()})`);
-}
+import type { Tensor } from '@tiny-llm/tensor-core';
+import { week2Kernels } from './native.ts';
 
 /**
- * Work fused into one quantizedMatmul call (the engine's decode path, see Linear): the vectors around a decode
- * matmul are a few KB, and each separate op costs more in dispatch than in arithmetic.
+ * x [..., K] (float32, bfloat16 or float16) @ dequantize(w).T -> float32 [..., N], for a 2-D quantized weight
+ * of logical shape [N, K], through the C++ kernel.
  */
-export interface QuantizedMatmulFusion {
-  /** Added to every output row: float32 [N] (a layer's bias). */
-  bias?: Tensor | null;
-  /** Added to the output: float32, contiguous, of the output's shape (the residual stream). */
-  residual?: Tensor | null;
-  /** x is normalised first: rmsNorm(x, weight, eps), as tc.fast.rmsNorm (weight [K]). */
-  norm?: { weight: Tensor; eps: number } | null;
-  /** x is [..., 2K], a gate half then an up half: the matmul reads silu(gate) * up (the gated MLP's down_proj). */
-  swiglu?: boolean;
+export function quantizedMatmul(x: Tensor, w: tc.QuantizedWeight): Tensor {
+  const k = x.shape[x.ndim - 1];
+  if (!(w instanceof tc.QuantizedWeight) || w.shape.length !== 2 || x.ndim === 0 || k !== w.inFeatures) {
+    throw new RangeError(`quantizedMatmul: expected x [..., K] and a 2-D QuantizedWeight [N, K], got x ${x.describe()} and w ${String(w)}`);
+  }
+  if (!tc.isFloating(x.dtype)) throw new TypeError(`quantizedMatmul: x must be float32, bfloat16 or float16, got ${x.describe()}`);
+  const lead = x.shape.slice(0, -1);
+  return tc.tidy(() => {
+    const rows = tc.contiguous(tc.reshape(x, [lead.reduce((a, b) => a * b, 1), k]));
+    const out = tc.empty([rows.shape[0], w.outFeatures], 'float32');
+    week2Kernels().quantizedMatmul(rows.native(), w.weight.native(), w.scales.native(), w.biases.native(), out.native(), w.groupSize, w.bits);
+    return tc.reshape(out, [...lead, w.outFeatures]);
+  });
 }
 
-const PROLOGUE_NONE = 0;
-const PROLOGUE_RMS_NORM = 1;
-const PROLOGUE_SWIGLU = 2;
-
-/**
- * x [..., K] (float32 or bfloat16) @ dequantize(w).T -> float32 [..., N], for a 2-D quantized weight w of
- * logical shape [N, K]. Decode-sized inputs (up to 16 rows) stream the packed weight once; longer inputs
- * dequantize blocks of weight rows and run tensor-core's GEMM on them. `fusion` adds a prologue on x (rmsNorm,
- * or swiglu of a [..., 2K] x) and an epilogue on the output (bias, residual), in the same native call.
- */
-export function quantizedMatmul(x: Tensor, w: QuantizedWeight, fusion?: QuantizedMatmulFusion): Tensor {
-  if (w.shape.length !== 2) throw shapeError(x, w, 'the weight must be 2-D');
-  if (x.ndim === 0) throw shapeError(x, w, 'x must have at least one dimension');
-  if (!INPUT_DTYPES.includes(x.dtype)) throw shapeError(x, w, 'x must be float32, bfloat16 or float16');
-  const swiglu = fusion?.swiglu === true;
-  const xk = x.shape[x.ndim - 1];
-  const k = swiglu ? xk / 2 : xk;
-  const n = w.outFeatures;
-  if (k !== w.inFeatures) {
-    throw shapeError(x, w, swiglu
-      ? `x's last dimension ${xk} is not twice the weight's ${w.inFeatures} input features (swiglu)`
-      : `x's last dimension ${xk} is not the weight's ${w.inFeatures} input features`);
-  }
-  const outShape = [...x.shape.slice(0, -1), n];
-  const bias = fusion?.bias ?? null;
-  const residual = fusion?.residual ?? null;
-  const norm = fusion?.norm ?? null;
-  if (bias && (bias.dtype !== 'float32' || bias.size !== n || !bias.isContiguous)) {
-    throw shapeError(x, w, `the fused bias must be float32 [${n}], contiguous, got ${bias.describe()}`);
-  }
-  if (residual && (residual.dtype !== 'float32' || !residual.isContiguous || residual.size !== outShape.reduce((a, b) => a * b, 1))) {
-    throw shapeError(x, w, `the fused residual must be float32 of the output's shape [${outShape.join(', ')}], contiguous, got ${residual.describe()}`);
-  }
-  if (norm && (norm.weight.ndim !== 1 || norm.weight.shape[0] !== k)) {
-    throw shapeError(x, w, `the fused rmsNorm weight must be [${k}], got ${norm.weight.describe()}`);
-  }
-  // The kernel takes x and out as contiguous rows of any rank (a copy of x only when it is strided).
-  const xc = tc.contiguous(x);
-  const out = tc.empty(outShape, 'float32');
-  const prologue = swiglu ? PROLOGUE_SWIGLU : norm ? PROLOGUE_RMS_NORM : PROLOGUE_NONE;
-  try {
-    referenceKernels().quantizedMatmul(
-      xc.native(),
-      w.weight.native(),
-      w.scales.native(),
-      w.biases.native(),
-      out.native(),
-      w.groupSize,
-      w.bits,
-      bias?.native(),
-      residual?.native(),
-      prologue,
-      norm?.weight.native(),
-      norm?.eps,
-    );
-  } catch (err) {
-    out.dispose();
-    throw err;
-  } finally {
-    if (xc !== x) xc.dispose();
-  }
-  return out;
-}
-
-/** A linear layer with a quantized weight [out, in] and an optional float bias [out]: x @ W.T + bias. */
+/** A linear layer whose weight is quantized: x @ dequantize(weight).T + bias. */
 export class QuantizedLinear {
-  readonly weight: QuantizedWeight;
-  readonly bias?: Tensor;
-
-  constructor(weight: QuantizedWeight, bias?: Tensor) {
-    if (weight.shape.length !== 2) throw new TypeError(`QuantizedLinear: the weight must be 2-D, got ${weight.toString()}`);
+  constructor(
+    readonly weight: tc.QuantizedWeight,
+    readonly bias?: Tensor,
+  ) {
     if (bias && (bias.ndim !== 1 || bias.shape[0] !== weight.outFeatures)) {
-      throw new TypeError(`QuantizedLinear: expected a bias of shape [${weight.outFeatures}], got ${bias.describe()}`);
+      throw new RangeError(`QuantizedLinear: expected a bias of shape [${weight.outFeatures}], got ${bias.describe()}`);
     }
-    this.weight = weight;
-    this.bias = bias;
   }
 
-  get inFeatures(): number {
-    return this.weight.inFeatures;
-  }
-  get outFeatures(): number {
-    return this.weight.outFeatures;
-  }
-
+  /** x [..., in] -> float32 [..., out]. */
   forward(x: Tensor): Tensor {
     const y = quantizedMatmul(x, this.weight);
-    if (!this.bias) return y;
-    const withBias = tc.add(y, this.bias);
-    y.dispose();
-    return withBias;
+    return this.bias ? tc.add(y, this.bias) : y;
   }
 }

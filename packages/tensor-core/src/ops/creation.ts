@@ -17,6 +17,10 @@ type NestedNumbers = number | boolean | NestedNumbers[];
 /**
  * A tensor from numbers: a nested array, a flat array with `shape`, or a typed array. Values are given as
  * numbers in every dtype (float16/bfloat16 included; they are rounded to nearest even).
+ *
+ * Without a dtype, as in numpy and MLX: an array of integers is int32, an array with any fractional or
+ * non-finite number is float32, booleans are bool, and a typed array keeps its type (Float64Array becomes
+ * float32). `tc.tensor([0, 1, 2])` is int32; write `tc.tensor([0, 1, 2], { dtype: 'float32' })` for floats.
  */
 export function tensor(data: NestedNumbers | ArrayLike<number>, options: CreateOptions = {}): Tensor {
   const inferred: number[] = [];
@@ -31,16 +35,18 @@ export function tensor(data: NestedNumbers | ArrayLike<number>, options: CreateO
   if (sizeOf(shape) !== flat.length) {
     throw new RangeError(`tensor: ${flat.length} values do not fill the shape ${formatShape(shape)}`);
   }
-  const dtype = assertDType(options.dtype ?? defaultDType(data), 'tensor');
+  const dtype = assertDType(options.dtype ?? defaultDType(data, flat), 'tensor');
   return fromNumbers(flat, dtype, shape, options.device ?? getDefaultBackend());
 }
 
-function defaultDType(data: unknown): DType {
+function defaultDType(data: unknown, flat: ArrayLike<number>): DType {
   if (data instanceof Int32Array) return 'int32';
   if (data instanceof Uint32Array) return 'uint32';
   if (data instanceof Uint8Array) return 'uint8';
-  const first = firstLeaf(data);
-  return typeof first === 'boolean' ? 'bool' : 'float32';
+  if (ArrayBuffer.isView(data)) return 'float32';
+  if (typeof firstLeaf(data) === 'boolean') return 'bool';
+  const integers = flat.length > 0 && Array.prototype.every.call(flat, (v: number) => Number.isSafeInteger(v) && Math.abs(v) < 2 ** 31);
+  return integers ? 'int32' : 'float32';
 }
 
 function firstLeaf(data: unknown): unknown {

@@ -6,9 +6,11 @@ import { Tensor } from '../tensor.ts';
 import { broadcastTo } from './shape.ts';
 import { backendOf, describeValue, empty, scalarTensor, type TensorLike } from './util.ts';
 
-function unary(op: UnaryOp, x: Tensor, dtype: DType = floatResultType(x.dtype)): Tensor {
-  if (!(x instanceof Tensor)) throw new TypeError(`${op}: expected a Tensor, got ${describeValue(x)}`);
-  const backend = backendOf(op, x);
+/** `name` is the op the caller called, for errors (astype and contiguous run the 'copy' kernel). */
+function unary(op: UnaryOp, x: Tensor, dtype?: DType, name: string = op): Tensor {
+  if (!(x instanceof Tensor)) throw new TypeError(`${name}: expected a Tensor, got ${describeValue(x)}`);
+  dtype ??= floatResultType(x.dtype);
+  const backend = backendOf(name, x);
   const out = empty(x.shape, dtype, backend);
   backend.unary(op, x, out);
   return out;
@@ -30,13 +32,14 @@ export const abs = (x: Tensor) => unary('abs', x, x.dtype);
 /** A converted copy (float -> int truncates toward zero and saturates; floats round to nearest even). */
 export function astype(x: Tensor, dtype: DType): Tensor {
   assertDType(dtype, 'astype');
-  return unary('copy', x, dtype);
+  return unary('copy', x, dtype, 'astype');
 }
 
 /** A contiguous copy of x (or x itself when it is already contiguous). */
 export function contiguous(x: Tensor): Tensor {
+  if (!(x instanceof Tensor)) throw new TypeError(`contiguous: expected a Tensor, got ${describeValue(x)}`);
   if (x.isContiguous) return x;
-  return unary('copy', x, x.dtype);
+  return unary('copy', x, x.dtype, 'contiguous');
 }
 
 /** Resolves the operands of a binary op: numbers become tensors of the other side's dtype. */
@@ -80,8 +83,13 @@ export const equal = (a: TensorLike, b: TensorLike) => binary('equal', a, b, toB
 export const less = (a: TensorLike, b: TensorLike) => binary('less', a, b, toBool);
 export const greater = (a: TensorLike, b: TensorLike) => binary('greater', a, b, toBool);
 
-/** cond ? a : b, elementwise with broadcasting; the result has a and b's promoted dtype. */
+/**
+ * cond ? a : b, elementwise with broadcasting; the result has a and b's promoted dtype (float32 when both
+ * are numbers: `tc.where(hidden, -Infinity, 0)` is an additive mask).
+ */
 export function where(cond: Tensor, a: TensorLike, b: TensorLike): Tensor {
+  if (!(cond instanceof Tensor)) throw new TypeError(`where: expected a Tensor as the condition, got ${describeValue(cond)}`);
+  if (typeof a === 'number' && typeof b === 'number') a = scalarTensor(a, 'float32', cond.backend);
   const [ta, tb] = operands('where', a, b);
   const backend = backendOf('where', cond, ta, tb);
   const shape = broadcastShapes('where', cond.shape, ta.shape, tb.shape);

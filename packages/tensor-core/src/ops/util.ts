@@ -55,6 +55,11 @@ export function scalarTensor(value: number, dtype: DType, backend: Backend): Ten
 export function describeValue(v: unknown): string {
   if (v instanceof Tensor) return v.describe();
   if (Array.isArray(v)) return `an array of length ${v.length}`;
+  if (v === null) return 'null';
+  // Objects of a class say what they are (their toString), e.g. QuantizedWeight([896, 896], 4-bit, group 64).
+  const name = typeof v === 'object' ? v.constructor?.name : undefined;
+  if (name === 'QuantizedWeight') return `${String(v)}, a quantized weight: tc.dequantize(w) gives its float32 tensor`;
+  if (name && name !== 'Object') return `a ${name}`;
   return typeof v;
 }
 

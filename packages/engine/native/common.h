@@ -1,0 +1,103 @@
+// What the engine's kernels (native/*.cc) share: the run-time SIMD choice, scratch buffers, the pool's task
+// hand-out, and a few AVX2 helpers (hsum and transpose8 come from the SDK, tiny_llm/simd.h).
+#pragma once
+
+#include <tiny_llm/extension.h>
+#include <tiny_llm/simd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <new>
+
+namespace engine {
+
+// The run-time SIMD choice and scratch buffers come from the SDK (tiny_llm/extension.h).
+using tl::has_avx2_fma;
+using tl::has_f16c;
+using Buffer = tl::ScratchBuffer;
+
+// Runs task(i) for i in [0, n) on the shared pool, handing tasks out one at a time from a counter: the machine is
+// shared, and a thread the OS delays then takes fewer tasks instead of holding the others up. (parallel_for
+// splits statically into one chunk per thread.) Exceptions must not escape a pool thread: rethrown here.
+template <class Task> void run_tasks(int64_t n, const Task& task) {
+  if (n <= 0) return;
+  const int threads = tl::num_threads();
+  if (threads <= 1 || n == 1) {
+    for (int64_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  tl::parallel_for(std::min<int64_t>(threads, n), 1, [&](int64_t, int64_t) {
+    try {
+      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(i);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+      next.store(n);
+    }
+  });
+  if (error) std::rethrow_exception(error);
+}
+
+#ifdef TL_X86_SIMD
+using tl::simd::hsum;
+using tl::simd::transpose8;
+
+// exp(x) for 8 lanes (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial; about 1 ulp), clamped
+// to the float range: silu needs it for a few thousand values per call.
+TL_AVX2 inline __m256 exp_avx2(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+#endif
+
+// ---- The work fused around a projection (native/fusion.cc) -----------------------------------------------------
+
+enum Prologue { kNoPrologue = 0, kRmsNorm = 1, kSwiglu = 2 };
+
+struct Fusion {
+  int prologue = kNoPrologue;  // on x: none, rmsNorm(x) * norm_weight, or silu(x[:, :K]) * x[:, K:]
+  tl::TensorRef norm_weight;   // kRmsNorm: [K], any float dtype
+  double eps = 1e-6;
+  tl::TensorRef bias;          // epilogue: float32 [N], or no data
+  tl::TensorRef residual;      // epilogue: float32 [M, N], or no data
+};
+
+bool is_float_dtype(tl::DType d);
+
+// Reads the optional trailing arguments (bias, residual, prologue, normWeight, eps) from info[first] on; returns
+// nullptr, or what is wrong ("" when a JavaScript exception is already pending).
+const char* parse_fusion(const Napi::CallbackInfo& info, size_t first, Fusion& f);
+
+// Checks the fusion's tensors against the problem [M, K] x [K, N]; returns nullptr or what is wrong.
+const char* check_fusion(const Fusion& f, int64_t M, int64_t K, int64_t N);
+
+// The x a kernel reads, as float32 [M, K]: x itself when it is float32 and there is no prologue, else a scratch
+// of the calling thread (valid until its next call) holding x widened and transformed. With kSwiglu, x is [M, 2K].
+const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusion& f);
+
+// ---- The other bindings, registered by the module's Init (native/quantized_matmul.cc) ----------------------------
+
+Napi::Value AttentionDecode(const Napi::CallbackInfo& info);  // native/attention_decode.cc
+Napi::Value DenseLinear(const Napi::CallbackInfo& info);      // native/dense_linear.cc
+
+}  // namespace engine

@@ -1,0 +1,438 @@
+// The engine's command line: `pnpm tiny-llm <command> [flags]` (tsx packages/engine/src/cli.ts).
+//
+//   generate   raw completion of a prompt, streamed to stdout (stats on stderr)
+//   chat       the chat template, one turn (--message) or an interactive session, with tools
+//   logits     every position's logits of a list of token ids, for parity checks
+//   bench      prefill and decode tokens/s next to this machine's ceilings, on a model or a config's shape
+//
+// The argument parser is small and explicit: each command lists its flags and their types, unknown flags and
+// missing values are usage errors (exit 2), bad input is a one-line error (exit 1), and a stack trace is only
+// printed for bugs (with TINY_LLM_DEBUG=1).
+import { existsSync } from 'node:fs';
+import { isAbsolute, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Tensor } from '@tiny-llm/tensor-core';
+import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
+import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
+import { checkPromptFits, formatStats, generate, type GenerateOptions } from './generate.ts';
+import { checkModelDir, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
+import type { EngineModel } from './session.ts';
+import { progressBar } from './progress.ts';
+
+// ---- paths ------------------------------------------------------------------------------------------------------
+
+/** The repository root (this file is packages/engine/src/cli.ts). */
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+export const DEFAULT_MODEL = 'models/tiny-qwen2-py';
+
+/**
+ * The directory the user typed the command in. pnpm runs a script from the package's folder and passes the
+ * user's directory as INIT_CWD; run directly (node, tsx), the process's own cwd is the user's.
+ */
+export function userCwd(): string {
+  const viaPnpm = ['tiny-llm', 'demo'].includes(process.env.npm_lifecycle_event ?? '');
+  return viaPnpm && process.env.INIT_CWD ? process.env.INIT_CWD : process.cwd();
+}
+
+/** An input path: absolute, else relative to the user's directory, else (the embedded models) to the repo root. */
+export function resolveInput(path: string): string {
+  if (isAbsolute(path)) return path;
+  const mine = resolve(userCwd(), path);
+  if (existsSync(mine)) return mine;
+  const repo = resolve(REPO_ROOT, path);
+  return existsSync(repo) ? repo : mine;
+}
+
+/** An output path: relative to the user's directory. */
+export function resolveOutput(path: string): string {
+  return resolve(userCwd(), path);
+}
+
+/** A path as short as it can be said (relative to the user's directory when inside it). */
+export function displayPath(path: string): string {
+  const rel = relative(userCwd(), path);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
+}
+
+// ---- flags ------------------------------------------------------------------------------------------------------
+
+type FlagKind = 'string' | 'int' | 'number' | 'bool';
+
+export interface FlagSpec {
+  kind: FlagKind;
+  /** The value's name in the help ("DIR", "N"). */
+  value?: string;
+  help: string;
+  /** Shown in the help; the command applies it. */
+  default?: string;
+  /** Checks a parsed value; returns an error text or undefined. */
+  check?: (v: number | string) => string | undefined;
+}
+
+export type FlagValues = Record<string, string | number | boolean | undefined>;
+
+interface CommandSpec {
+  summary: string;
+  usage: string;
+  flags: Record<string, FlagSpec>;
+  /** Extra help text after the flags. */
+  notes?: string;
+  run: (flags: FlagValues) => Promise<void>;
+}
+
+const atLeast = (min: number) => (v: number | string) => ((v as number) >= min ? undefined : `must be >= ${min}`);
+const inRange = (lo: number, hi: number, loOpen = false) => (v: number | string) => {
+  const x = v as number;
+  return (loOpen ? x > lo : x >= lo) && x <= hi ? undefined : `must be in ${loOpen ? '(' : '['}${lo}, ${hi}]`;
+};
+
+export const MODEL_FLAGS: Record<string, FlagSpec> = {
+  model: { kind: 'string', value: 'DIR', help: 'a model directory (Hugging Face or MLX layout)', default: DEFAULT_MODEL },
+  solution: {
+    kind: 'string',
+    value: 'learner|reference',
+    help: "whose code runs: the reference solution (by default the engine, its fast form) or the learner's (packages/week1, week2)",
+    default: 'reference',
+    check: (v) => (SOLUTIONS.includes(v as Solution) ? undefined : 'must be learner or reference'),
+  },
+  week: {
+    kind: 'int',
+    value: 'N',
+    help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
+    check: (v) => (WEEKS.includes(v as Week) ? undefined : `must be one of ${WEEKS.join(', ')}`),
+  },
+};
+
+/** The --solution and --week flags. */
+export const choiceOf = (flags: FlagValues): ModelChoice => ({ solution: flags.solution as Solution | undefined, week: flags.week as Week | undefined });
+
+const SAMPLING_FLAGS: Record<string, FlagSpec> = {
+  'max-tokens': { kind: 'int', value: 'N', help: 'the most tokens to generate', default: '256', check: atLeast(0) },
+  temperature: { kind: 'number', value: 'T', help: '0 is greedy; higher samples more freely', default: '0', check: atLeast(0) },
+  'top-k': { kind: 'int', value: 'K', help: 'sample among the K most likely tokens only', check: atLeast(1) },
+  'top-p': { kind: 'number', value: 'P', help: 'sample among the most likely tokens whose mass reaches P', check: inRange(0, 1, true) },
+  'min-p': { kind: 'number', value: 'M', help: 'drop tokens less likely than M times the most likely one', check: inRange(0, 1) },
+  seed: { kind: 'int', value: 'S', help: 'makes sampling reproducible' },
+};
+
+/** Parses `--flag value`, `--flag=value` and boolean `--flag`; everything is checked against the spec. */
+export function parseFlags(command: string, args: readonly string[], spec: Record<string, FlagSpec>): FlagValues {
+  const values: FlagValues = {};
+  const hint = `(see tiny-llm ${command} --help)`;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (!arg.startsWith('--') || arg === '--') {
+      throw new UsageError(`${command}: unexpected argument ${JSON.stringify(arg)}; flags start with -- ${hint}`);
+    }
+    const eq = arg.indexOf('=');
+    const name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
+    const flag = spec[name];
+    if (!flag) throw new UsageError(`${command}: unknown flag --${name} ${hint}`);
+    if (name in values) throw new UsageError(`${command}: --${name} is given twice`);
+    if (flag.kind === 'bool') {
+      if (eq >= 0) throw new UsageError(`${command}: --${name} takes no value`);
+      values[name] = true;
+      continue;
+    }
+    let raw: string;
+    if (eq >= 0) {
+      raw = arg.slice(eq + 1);
+    } else {
+      const next = args[i + 1];
+      // A flag of this command where the value should be means the value was left out.
+      if (next === undefined || (next.startsWith('--') && next.slice(2).split('=')[0] in spec)) {
+        throw new UsageError(`${command}: --${name} needs a value (${flag.value ?? 'VALUE'})`);
+      }
+      raw = next;
+      i++;
+    }
+    let value: string | number = raw;
+    if (flag.kind === 'int' || flag.kind === 'number') {
+      value = Number(raw);
+      const ok = raw.trim() !== '' && Number.isFinite(value) && (flag.kind === 'number' || Number.isSafeInteger(value));
+      if (!ok) throw new UsageError(`${command}: --${name} expects ${flag.kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(raw)}`);
+    }
+    const problem = flag.check?.(value);
+    if (problem) throw new UsageError(`${command}: --${name} ${problem}, got ${raw}`);
+    values[name] = value;
+  }
+  return values;
+}
+
+function helpText(name: string, cmd: CommandSpec): string {
+  const rows = Object.entries(cmd.flags).map(([flag, f]) => {
+    const left = `  --${flag}${f.value ? ` ${f.value}` : ''}`;
+    const def = f.default !== undefined ? ` (default ${f.default})` : '';
+    return `${left.padEnd(30)} ${f.help}${def}`;
+  });
+  rows.push(`${'  --help'.padEnd(30)} this help`);
+  return [`tiny-llm ${name}: ${cmd.summary}`, '', `usage: ${cmd.usage}`, '', 'flags:', ...rows, ...(cmd.notes ? ['', cmd.notes] : [])].join('\n');
+}
+
+// ---- shared steps -----------------------------------------------------------------------------------------------
+
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+/** The --model directory, checked to be a model directory (a clear message if it is not). */
+export function modelDirOf(flags: FlagValues): string {
+  const dir = resolveInput((flags.model as string | undefined) ?? DEFAULT_MODEL);
+  try {
+    checkModelDir(dir);
+  } catch (err) {
+    throw new UserError((err as Error).message.replace(dir, displayPath(dir)));
+  }
+  return dir;
+}
+
+/** Loads a model with a progress bar (on a terminal) and a line saying what was loaded. */
+export async function loadWithProgress(dir: string, choice: ModelChoice): Promise<EngineModel> {
+  const bar = progressBar(`loading ${displayPath(dir)}`);
+  const t0 = performance.now();
+  let model: EngineModel;
+  try {
+    model = await loadModel(dir, { ...choice, onProgress: (done, total) => bar.update(done, total) });
+  } finally {
+    bar.done();
+  }
+  const c = model.config;
+  const cache = model.cached ? '' : ', no KV cache';
+  log(
+    `loaded ${displayPath(dir)} (${c.modelType}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}; ` +
+      `${model.description}${cache}) in ${((performance.now() - t0) / 1e3).toFixed(2)} s`,
+  );
+  return model;
+}
+
+export function loadTokenizerOf(dir: string): TinyTokenizer {
+  try {
+    return loadTokenizer(dir);
+  } catch (err) {
+    throw new UserError(`cannot load the tokenizer of ${displayPath(dir)}: ${oneLine(err).replace(/^loadTokenizer: /, '')}`);
+  }
+}
+
+/** The generation options of the sampling flags (the learner's own sampler when it samples). */
+export async function generationOptions(flags: FlagValues, defaultMaxTokens: number): Promise<GenerateOptions> {
+  const options: GenerateOptions = {
+    maxTokens: (flags['max-tokens'] as number | undefined) ?? defaultMaxTokens,
+    temperature: (flags.temperature as number | undefined) ?? 0,
+    topK: flags['top-k'] as number | undefined,
+    topP: flags['top-p'] as number | undefined,
+    minP: flags['min-p'] as number | undefined,
+    seed: flags.seed as number | undefined,
+    ignoreEos: Boolean(flags['ignore-eos']),
+  };
+  if (flags.solution === 'learner' && options.temperature! > 0) {
+    const make = await learnerMakeSampler();
+    options.sampler = make({ temperature: options.temperature, topK: options.topK, topP: options.topP, minP: options.minP, seed: options.seed });
+  }
+  return options;
+}
+
+// ---- commands ---------------------------------------------------------------------------------------------------
+
+async function runGenerate(flags: FlagValues): Promise<void> {
+  if (flags.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required (see tiny-llm generate --help)');
+  const dir = modelDirOf(flags);
+  const tokenizer = loadTokenizerOf(dir);
+  const model = await loadWithProgress(dir, choiceOf(flags));
+  const options = await generationOptions(flags, 256);
+  const ids = tokenizer.encode(flags.prompt as string);
+  checkPromptFits(model, ids);
+  const session = model.newSession();
+  const result = generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
+  session.dispose();
+  if (process.stdout.isTTY) process.stdout.write('\n');
+  log(`[${formatStats(result.stats)}]`);
+}
+
+async function runChat(flags: FlagValues): Promise<void> {
+  const { Conversation, chatInteractive, chatOnce, readToolsFile } = await import('./chat.ts');
+  const dir = modelDirOf(flags);
+  const tools = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools as string)) : undefined;
+  const tokenizer = loadTokenizerOf(dir);
+  const chatOptions = { system: flags.system as string | undefined, tools };
+  if (flags['print-prompt']) {
+    if (flags.message === undefined) throw new UsageError('chat: --print-prompt needs --message TEXT');
+    const { renderChatPrompt } = await import('./chat.ts');
+    const messages = [
+      ...(chatOptions.system !== undefined ? [{ role: 'system' as const, content: chatOptions.system }] : []),
+      { role: 'user' as const, content: flags.message as string },
+    ];
+    process.stdout.write(renderChatPrompt(tokenizer, messages, tools));
+    return;
+  }
+  const model = await loadWithProgress(dir, choiceOf(flags));
+  const options = await generationOptions(flags, 512);
+  const conversation = new Conversation(model, tokenizer, chatOptions);
+  const io = { out: process.stdout, err: process.stderr };
+  try {
+    if (flags.message !== undefined) await chatOnce(conversation, flags.message as string, options, io);
+    else await chatInteractive(conversation, options, { ...io, input: process.stdin });
+  } finally {
+    conversation.dispose();
+  }
+}
+
+async function runLogits(flags: FlagValues): Promise<void> {
+  const { computeLogits, formatLogits, parseIds, writeLogits } = await import('./logits.ts');
+  if ((flags.ids === undefined) === (flags.prompt === undefined)) {
+    throw new UsageError('logits: give the tokens as --ids 1,2,3 or as --prompt TEXT (one of them; see tiny-llm logits --help)');
+  }
+  const dir = modelDirOf(flags);
+  let ids: number[];
+  let tokenizer: TinyTokenizer | undefined;
+  if (flags.ids !== undefined) {
+    ids = parseIds(flags.ids as string);
+  } else {
+    tokenizer = loadTokenizerOf(dir);
+    ids = tokenizer.encode(flags.prompt as string);
+  }
+  const model = await loadWithProgress(dir, choiceOf(flags));
+  const t0 = performance.now();
+  const logits: Tensor = computeLogits(model, ids);
+  const seconds = (performance.now() - t0) / 1e3;
+  if (flags.out !== undefined) {
+    const out = resolveOutput(flags.out as string);
+    writeLogits(out, logits, ids);
+    log(`wrote logits float32 [${logits.shape.join(', ')}] to ${displayPath(out)} (${seconds.toFixed(3)} s)`);
+  } else {
+    const label = tokenizer ? (id: number) => tokenizer!.decode([id]) : undefined;
+    process.stdout.write(`${formatLogits(logits, ids, (flags.top as number | undefined) ?? 5, label)}\n`);
+  }
+  logits.dispose();
+}
+
+async function runBenchCommand(flags: FlagValues): Promise<void> {
+  const { runBench } = await import('./bench.ts');
+  await runBench(flags, { resolveInput, resolveOutput, displayPath, loadWithProgress });
+}
+
+export const COMMANDS: Record<string, CommandSpec> = {
+  generate: {
+    summary: 'complete a prompt as it is (no chat template), streaming the text to stdout',
+    usage: 'tiny-llm generate --prompt TEXT [--model DIR] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--seed S] [--ignore-eos]',
+    flags: {
+      ...MODEL_FLAGS,
+      prompt: { kind: 'string', value: 'TEXT', help: 'the text to continue (required)' },
+      ...SAMPLING_FLAGS,
+      'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
+    },
+    notes:
+      'stdout carries exactly the generated text; the stats (prompt and generated tokens, prefill and decode\n' +
+      'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64',
+    run: runGenerate,
+  },
+  chat: {
+    summary: "talk to the model through its chat template: one turn with --message, else an interactive session",
+    usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--max-tokens N] [sampling flags]',
+    flags: {
+      ...MODEL_FLAGS,
+      message: { kind: 'string', value: 'TEXT', help: 'one user turn: print the reply and exit' },
+      system: { kind: 'string', value: 'TEXT', help: "a system message (else the template's default)" },
+      tools: { kind: 'string', value: 'FILE.json', help: 'a JSON list of OpenAI-style function schemas the model may call' },
+      ...SAMPLING_FLAGS,
+      'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], default: '512' },
+      'print-prompt': { kind: 'bool', help: 'print the rendered prompt of --message and exit (no model run)' },
+    },
+    notes:
+      'The reply stops at <|im_end|> (or another end-of-sequence token). A tool call is printed as the model\n' +
+      'wrote it. The demo models were trained with the tools of models/tiny-qwen2-py/tools.json:\n' +
+      '  pnpm tiny-llm chat --tools models/tiny-qwen2-py/tools.json --message "What is 37 times 12?"\n' +
+      'Interactive: /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops a reply.',
+    run: runChat,
+  },
+  logits: {
+    summary: 'the logits of every position of a prompt, float32 [L, vocab] (parity checks)',
+    usage: 'tiny-llm logits [--model DIR] (--ids 1,2,3 | --prompt TEXT) [--out FILE.safetensors]',
+    flags: {
+      ...MODEL_FLAGS,
+      ids: { kind: 'string', value: '1,2,3', help: 'the token ids, comma-separated' },
+      prompt: { kind: 'string', value: 'TEXT', help: 'or a text, tokenized with the model tokenizer' },
+      out: { kind: 'string', value: 'FILE', help: 'write a safetensors file with the tensor `logits` [L, vocab] (else print the top tokens)' },
+      top: { kind: 'int', value: 'N', help: 'tokens per position in the printed summary', default: '5', check: atLeast(1) },
+    },
+    run: runLogits,
+  },
+  bench: {
+    summary: 'prefill and decode tokens/s next to the memory-bandwidth and GEMM ceilings measured in the same run',
+    usage: 'tiny-llm bench [--model DIR | --config CONFIG.json [--dtype f32|bf16|q4|q8]] [--prompt-len N] [--gen N] [--json FILE]',
+    flags: {
+      ...MODEL_FLAGS,
+      config: { kind: 'string', value: 'CONFIG.json', help: 'random weights of this config.json shape instead of a model (e.g. fixtures/configs/Qwen2-0.5B-Instruct.json)' },
+      dtype: {
+        kind: 'string',
+        value: 'f32|bf16|q4|q8',
+        help: 'the random weights dtype (q4/q8: MLX layout, group 64)',
+        default: 'bf16',
+        check: (v) => (['f32', 'bf16', 'q4', 'q8'].includes(v as string) ? undefined : 'must be f32, bf16, q4 or q8'),
+      },
+      'prompt-len': { kind: 'int', value: 'N', help: 'prompt tokens to prefill', default: '256', check: atLeast(1) },
+      gen: { kind: 'int', value: 'N', help: 'tokens to decode', default: '128', check: atLeast(1) },
+      reps: { kind: 'int', value: 'N', help: 'measure N times and keep the best', default: '2', check: atLeast(1) },
+      seed: { kind: 'int', value: 'S', help: 'the random weights and prompt', default: '0' },
+      json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+    },
+    notes:
+      'decode ratio = decode tok/s x bytes of weights read per token / read bandwidth (decode is memory-bound);\n' +
+      'prefill ratio = prefill tok/s x FLOPs per token / GEMM rate (prefill is compute-bound). See docs/engine.md.',
+    run: runBenchCommand,
+  },
+};
+
+const GENERAL_HELP = [
+  'tiny-llm: the reference engine of the tiny-llm TypeScript course',
+  '',
+  'usage: pnpm tiny-llm <command> [flags]',
+  '',
+  'commands:',
+  ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`),
+  '',
+  `Every command takes --model DIR (default ${DEFAULT_MODEL}), --solution learner|reference (default reference: the`,
+  "engine) and --week N (a week's plain chapter model of that solution).",
+  "`tiny-llm <command> --help` lists a command's flags. Docs: docs/engine.md.",
+].join('\n');
+
+// ---- main -------------------------------------------------------------------------------------------------------
+
+/** Runs one command line; returns the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const debug = process.env.TINY_LLM_DEBUG === '1';
+  try {
+    const [command, ...rest] = argv;
+    if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+      (command === undefined ? process.stderr : process.stdout).write(`${GENERAL_HELP}\n`);
+      return command === undefined ? 2 : 0;
+    }
+    const spec = COMMANDS[command];
+    if (!spec) throw new UsageError(`unknown command ${JSON.stringify(command)} (commands: ${Object.keys(COMMANDS).join(', ')})`);
+    if (rest.includes('--help') || rest.includes('-h')) {
+      process.stdout.write(`${helpText(command, spec)}\n`);
+      return 0;
+    }
+    await spec.run(parseFlags(command, rest, spec.flags));
+    return 0;
+  } catch (caught) {
+    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : caught;
+    if (err instanceof UserError) {
+      process.stderr.write(`tiny-llm: ${err.message}\n`);
+      if (debug && err.cause instanceof Error) process.stderr.write(`${err.cause.stack}\n`);
+      return err.exitCode;
+    }
+    const message = oneLine(err);
+    process.stderr.write(`tiny-llm: internal error: ${message}\n`);
+    if (debug) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    else process.stderr.write('(a bug: run with TINY_LLM_DEBUG=1 for the stack trace)\n');
+    return 1;
+  }
+}
+
+const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
+if (invokedDirectly) {
+  // `tiny-llm generate ... | head` closes stdout early: that is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+  process.exitCode = await main(process.argv.slice(2));
+}

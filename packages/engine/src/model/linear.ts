@@ -1,0 +1,295 @@
+// The layers of the week 2 engine that hold weights: a linear layer over a weight kept in its file dtype
+// (float32, bf16, f16, or MLX-quantized), and the gated MLP built from three of them.
+//
+// Unlike week 1, nothing is converted at load time. A half-precision weight W (out, in) is handed to matmul as
+// the transposed view W.T, built once here: the kernel reads W's rows in place and widens them to float32 in
+// registers, so decode streams the 2-byte weights from memory exactly once and no float32 copy ever exists. An
+// MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its kernel.
+//
+// forward() can also take the work around the projection (LinearFusion: an RMSNorm or SwiGLU on its input, the
+// residual added to its output, and always its bias), done in the same native call: quantizedMatmul's prologue
+// and epilogue, or for dense weights native/dense_linear.cc around tensor-core's matmul. Each of those was a
+// separate op of its own per layer and token.
+import * as tc from '@tiny-llm/tensor-core';
+import type { Tensor } from '@tiny-llm/tensor-core';
+import { engineKernels } from './native.ts';
+import { quantizedMatmul } from './quantized-matmul.ts';
+
+/** An RMSNorm applied to a layer's input: rmsNorm(x, weight, eps), as tc.fast.rmsNorm. */
+export interface InputNorm {
+  weight: Tensor;
+  eps: number;
+}
+
+/**
+ * The work around a projection that Linear.forward can fuse into it. A quantized weight does it in the same
+ * native call as the matmul (quantizedMatmul's prologue and epilogue); a dense one composes the same ops.
+ */
+export interface LinearFusion {
+  /** The input is normalised first (the RMSNorm in front of q/k/v and of the MLP). */
+  norm?: InputNorm | null;
+  /** The input is [..., 2 * in]: a gate half and an up half, and the layer reads silu(gate) * up. */
+  swiglu?: boolean;
+  /** Added to the output (the residual stream): the block's `x + layer(...)`. */
+  residual?: Tensor | null;
+}
+
+/** A weight as a checkpoint holds it: a plain tensor in its file dtype, or an MLX-quantized one. */
+export type Weight = Tensor | tc.QuantizedWeight;
+
+/** Throws unless `w` is a weight of logical shape `shape`; `name` says which. */
+export function expectWeightShape(name: string, w: Weight, shape: readonly number[]): void {
+  const got = w.shape;
+  if (got.length !== shape.length || got.some((d, i) => d !== shape[i])) {
+    const what = w instanceof tc.QuantizedWeight ? w.toString() : w.describe();
+    throw new RangeError(`${name}: expected a weight of shape ${tc.formatShape(shape)}, got ${what}`);
+  }
+}
+
+/**
+ * Fusing weights that read the same input into one matrix (q/k/v; an MLP's gate and up) turns several decode
+ * matmuls, bias adds and RoPE calls into one each: per-token op overhead matters as much as bandwidth on small
+ * models. Where the checkpoint stores the parts back to back (gate_proj then up_proj, in Hugging Face files)
+ * the fused matrix is a view of the mapped file; otherwise the parts are copied together, in their file dtype,
+ * when the fused matrix is at most this large (a one-time copy at load; bigger ones stay separate).
+ */
+export const FUSE_COPY_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The row-wise concatenation of weights [out_i, in] -> [sum out_i, in] (same dtype, or same quantization), or
+ * null when they cannot be fused (mixed kinds, or too large to copy).
+ */
+export function fuseWeights(parts: readonly Weight[], maxCopyBytes = FUSE_COPY_MAX_BYTES): Weight | null {
+  if (parts.length === 0) return null;
+  if (parts.length === 1) return parts[0];
+  const first = parts[0];
+  if (first.shape.length !== 2 || parts.some((w) => w.shape.length !== 2 || w.shape[1] !== first.shape[1])) return null;
+  if (first instanceof tc.QuantizedWeight) {
+    const qs = parts as tc.QuantizedWeight[];
+    const same = qs.every(
+      (q) => q instanceof tc.QuantizedWeight && q.bits === first.bits && q.groupSize === first.groupSize && q.scales.dtype === first.scales.dtype,
+    );
+    if (!same) return null;
+    const bytes = qs.reduce((n, q) => n + q.weight.size * 4 + q.scales.size * 4, 0);
+    if (bytes > maxCopyBytes) return null;
+    return new tc.QuantizedWeight(
+      tc.keep(tc.concat(qs.map((q) => q.weight), 0)),
+      tc.keep(tc.concat(qs.map((q) => q.scales), 0)),
+      tc.keep(tc.concat(qs.map((q) => q.biases), 0)),
+      first.groupSize,
+      first.bits,
+    );
+  }
+  const ts = parts as Tensor[];
+  if (!ts.every((t) => t instanceof tc.Tensor && t.dtype === first.dtype && tc.isFloating(t.dtype))) return null;
+  const adjacent = adjacentView(ts);
+  if (adjacent) return adjacent;
+  const bytes = ts.reduce((n, t) => n + t.size * tc.itemSize(t.dtype), 0);
+  if (bytes > maxCopyBytes) return null;
+  return tc.keep(tc.concat(ts, 0));
+}
+
+/**
+ * One tensor over the parts when they lie back to back in one mapped file (or other wrapped CPU memory), else
+ * null. Pooled buffers are left alone: the pool may hand them out again once their tensors are disposed.
+ */
+function adjacentView(ts: readonly Tensor[]): Tensor | null {
+  type Cpu = { buffer?: ArrayBuffer; byteOffset?: number; pooled?: boolean };
+  const size = tc.itemSize(ts[0].dtype);
+  const buffer = (ts[0].storage as Cpu).buffer;
+  if (!buffer || ts[0].backend !== tc.cpu) return null;
+  const start = (t: Tensor) => ((t.storage as Cpu).byteOffset ?? 0) + t.offset * size;
+  let end = start(ts[0]);
+  for (const t of ts) {
+    const storage = t.storage as Cpu;
+    if (storage.buffer !== buffer || storage.pooled !== false || !t.isContiguous || start(t) !== end) return null;
+    end += t.size * size;
+  }
+  const rows = ts.reduce((n, t) => n + t.shape[0], 0);
+  return new tc.Tensor(tc.cpu.wrap(buffer, start(ts[0]), end - start(ts[0])), ts[0].dtype, [rows, ts[0].shape[1]]);
+}
+
+/** x @ W.T + b, for any weight a checkpoint may hold. Output float32. */
+export class Linear {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** The dense weight's transposed view [in, out] (null when quantized). */
+  private readonly wT: Tensor | null;
+  private readonly quantized: tc.QuantizedWeight | null;
+  /** The bias as float32 (a vector of `out` values: widened once, it costs nothing). */
+  readonly bias: Tensor | null;
+
+  constructor(weight: Weight, bias: Tensor | null = null, readonly name = 'Linear') {
+    if (weight.shape.length !== 2) {
+      const what = weight instanceof tc.QuantizedWeight ? weight.toString() : weight.describe();
+      throw new RangeError(`${name}: expected a 2-D weight [out, in], got ${what}`);
+    }
+    [this.outFeatures, this.inFeatures] = weight.shape;
+    if (weight instanceof tc.QuantizedWeight) {
+      this.quantized = weight;
+      this.wT = null;
+    } else {
+      if (!tc.isFloating(weight.dtype)) throw new TypeError(`${name}: the weight must be floating point, got ${weight.describe()}`);
+      this.quantized = null;
+      this.wT = tc.keep(tc.transpose(weight));
+    }
+    if (bias) {
+      if (bias.ndim !== 1 || bias.shape[0] !== this.outFeatures) {
+        throw new RangeError(`${name}: expected a bias of shape [${this.outFeatures}], got ${bias.describe()}`);
+      }
+      this.bias = tc.keep(bias.dtype === 'float32' ? bias : tc.astype(bias, 'float32'));
+    } else {
+      this.bias = null;
+    }
+  }
+
+  get isQuantized(): boolean {
+    return this.quantized !== null;
+  }
+
+  /**
+   * x [..., in] (float32) -> [..., out] float32; with fusion.swiglu x is [..., 2 * in]. With fusion: norm first,
+   * then the matmul (and bias), then the residual added.
+   */
+  forward(x: Tensor, fusion?: LinearFusion): Tensor {
+    const swiglu = fusion?.swiglu === true;
+    const inF = swiglu ? 2 * this.inFeatures : this.inFeatures;
+    if (x.shape[x.ndim - 1] !== inF) {
+      throw new RangeError(`${this.name}: expected x of shape [..., ${inF}]${swiglu ? ' (gate and up halves)' : ''}, got ${x.describe()}`);
+    }
+    const norm = fusion?.norm ?? null;
+    const residual = fusion?.residual ?? null;
+    if (this.quantized) {
+      // One native call: the residual is fused when it is a float32 tensor the kernel can read as [rows, out].
+      const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous &&
+        residual.size === (x.size / inF) * this.outFeatures;
+      const y = quantizedMatmul(x, this.quantized, { bias: this.bias, norm, swiglu, residual: fuseResidual ? residual : null });
+      if (!residual || fuseResidual) return y;
+      const out = tc.add(residual, y);
+      y.dispose();
+      return out;
+    }
+    return denseLinear(x, this.wT!, this.name, { bias: this.bias, norm, swiglu, residual });
+  }
+}
+
+/**
+ * x @ wT (+ bias) with a dense weight given as its transposed view wT [in, out], and the fusion of LinearFusion:
+ * on the CPU one native call (native/dense_linear.cc: the prologue, tensor-core's matmul, the epilogue), elsewhere
+ * the same ops composed. With fusion.swiglu x is [..., 2 * in].
+ */
+export function denseLinear(x: Tensor, wT: Tensor, name: string, fusion: LinearFusion & { bias?: Tensor | null } = {}): Tensor {
+  const [inF, outF] = wT.shape;
+  const { norm = null, swiglu = false, residual = null, bias = null } = fusion;
+  const outShape = [...x.shape.slice(0, -1), outF];
+  const rows = x.size / x.shape[x.ndim - 1];
+  if (x.backend === tc.cpu && wT.backend === tc.cpu && (!bias || bias.isContiguous)) {
+    const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous && residual.size === rows * outF;
+    const xc = tc.contiguous(x);
+    const out = tc.empty(outShape, 'float32');
+    try {
+      engineKernels().denseLinear(
+        xc.native(),
+        wT.native(),
+        out.native(),
+        bias?.native(),
+        fuseResidual ? residual.native() : null,
+        swiglu ? 2 : norm ? 1 : 0,
+        norm?.weight.native(),
+        norm?.eps,
+      );
+    } catch (err) {
+      out.dispose();
+      throw new Error(`${name}: ${(err as Error).message}`);
+    } finally {
+      if (xc !== x) xc.dispose();
+    }
+    if (!residual || fuseResidual) return out;
+    const sum = tc.add(residual, out);
+    out.dispose();
+    return sum;
+  }
+  // Other backends: the same ops, composed.
+  let input = x;
+  if (swiglu) {
+    const lead = x.shape.slice(0, -1).map(() => null);
+    const g = tc.slice(x, [...lead, [0, inF]]);
+    const u = tc.slice(x, [...lead, [inF, 2 * inF]]);
+    const a = tc.silu(g);
+    input = tc.mul(a, u);
+    for (const t of [g, u, a]) t.dispose();
+  }
+  if (norm) {
+    const normed = tc.fast.rmsNorm(input, norm.weight, norm.eps);
+    if (input !== x) input.dispose();
+    input = normed;
+  }
+  let y = tc.matmul(input, wT);
+  if (input !== x) input.dispose();
+  if (bias) {
+    const biased = tc.add(y, bias);
+    y.dispose();
+    y = biased;
+  }
+  if (!residual) return y;
+  const out = tc.add(residual, y);
+  y.dispose();
+  return out;
+}
+
+/** The gated MLP of Qwen2: down(silu(gate(x)) * up(x)). */
+export class GatedMlp {
+  readonly hiddenDim: number;
+  /** gate and up fused into one [2 * hidden, dim] projection when possible (see fuseWeights), else null. */
+  readonly gateUp: Linear | null;
+  readonly gate: Linear | null;
+  readonly up: Linear | null;
+  readonly down: Linear;
+
+  /**
+   * options.fuse: false keeps gate and up apart; options.maxCopyBytes: the largest fused matrix worth a copy
+   * (0: fuse only where the checkpoint already stores gate and up back to back).
+   */
+  constructor(gate: Weight, up: Weight, down: Weight, name = 'mlp', options: { fuse?: boolean; maxCopyBytes?: number } = {}) {
+    const [hidden, dim] = gate.shape;
+    expectWeightShape(`${name}.gate_proj`, gate, [hidden, dim]);
+    expectWeightShape(`${name}.up_proj`, up, [hidden, dim]);
+    expectWeightShape(`${name}.down_proj`, down, [dim, hidden]);
+    this.hiddenDim = hidden;
+    const fused = options.fuse === false ? null : fuseWeights([gate, up], options.maxCopyBytes);
+    this.gateUp = fused ? new Linear(fused, null, `${name}.gate_up_proj`) : null;
+    this.gate = fused ? null : new Linear(gate, null, `${name}.gate_proj`);
+    this.up = fused ? null : new Linear(up, null, `${name}.up_proj`);
+    this.down = new Linear(down, null, `${name}.down_proj`);
+  }
+
+  get inFeatures(): number {
+    return this.down.outFeatures;
+  }
+
+  /**
+   * x [..., dim] -> [..., dim]. fusion.norm normalises x first, fusion.residual is added to the output: the
+   * decoder block's `h + mlp(norm(h))` as two projections (quantized weights: two native calls, the norm fused
+   * into gate/up and silu(gate) * up and the residual into down).
+   */
+  forward(x: Tensor, fusion?: { norm?: InputNorm | null; residual?: Tensor | null }): Tensor {
+    const norm = fusion?.norm ?? null;
+    const residual = fusion?.residual ?? null;
+    if (this.gateUp) {
+      const gu = this.gateUp.forward(x, { norm }); // [..., 2 * hidden]: the gate's outputs, then up's
+      const out = this.down.forward(gu, { swiglu: true, residual });
+      gu.dispose();
+      return out;
+    }
+    const input = norm ? tc.fast.rmsNorm(x, norm.weight, norm.eps) : x;
+    const g = this.gate!.forward(input);
+    const u = this.up!.forward(input);
+    if (input !== x) input.dispose();
+    const a = tc.silu(g);
+    const h = tc.mul(a, u);
+    for (const t of [g, u, a]) t.dispose();
+    const out = this.down.forward(h, { residual });
+    h.dispose();
+    return out;
+  }
+}

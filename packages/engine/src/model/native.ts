@@ -1,0 +1,5 @@
+// The engine's native addon (native/*.cc, built by `pnpm build` into build/Release).
+import * as tc from '@tiny-llm/tensor-core';
+
+/** The engine's kernels (untyped, as tensor-core's `native`): quantizedMatmul, denseLinear, attentionDecode, ... */
+export const engineKernels = (): any => tc.loadExtension(new URL('../../build/Release/engine_kernels.node', import.meta.url), '@tiny-llm/engine');

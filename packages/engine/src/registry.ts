@@ -1,0 +1,105 @@
+// Which model runs: one registry keyed by solution and week, as the original course's main.py runs either
+// solution. The solutions are the workspace packages @tiny-llm/reference (every chapter solved) and
+// @tiny-llm/week1, @tiny-llm/week2 (the learner's), imported only when asked for.
+//
+//   --solution reference (the default), no --week   the engine: the reference model with the speed-only kernels
+//   --solution reference --week N                   the plain week N model of the reference solution
+//   --solution learner --week N                     the learner's week N model (week 2 runs on the learner's week 1)
+//   --solution learner, no --week                   the learner's highest week whose model is written
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Sampler, SamplerOptions } from '@tiny-llm/reference/week1';
+import type { KvCache as ReferenceKvCache } from '@tiny-llm/reference/week2';
+import type { KvCache as LearnerKvCache } from '@tiny-llm/week2';
+import { isNotImplemented, learnerNotImplemented, oneLine, UserError, withLearnerErrors } from './errors.ts';
+import { Qwen2Model } from './model/qwen2.ts';
+import { EngineQwen2, Week1Session, Week2Session, type EngineModel, type Week1Model, type Week2Model } from './session.ts';
+
+export type Solution = 'learner' | 'reference';
+export const SOLUTIONS: readonly Solution[] = ['learner', 'reference'];
+/** The weeks whose model the engine can run. */
+export const WEEKS = [1, 2] as const;
+export type Week = (typeof WEEKS)[number];
+
+export interface ModelChoice {
+  solution?: Solution;
+  /** A week's plain chapter model; none: the engine (reference), or the learner's highest written week. */
+  week?: Week;
+}
+
+export interface LoadOptions extends ModelChoice {
+  /** Loading progress (the engine reports it; the chapter models do not). */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Checks that `dir` looks like a model directory before loading it, with a message that says what is wrong. */
+export function checkModelDir(dir: string): void {
+  if (!existsSync(dir)) throw new UserError(`--model ${dir}: no such directory`);
+  if (!statSync(dir).isDirectory()) throw new UserError(`--model ${dir}: a file, not a model directory`);
+  if (!existsSync(join(dir, 'config.json'))) {
+    const found = readdirSync(dir).sort();
+    const listing = found.length === 0 ? 'it is empty' : `it holds ${found.slice(0, 8).join(', ')}${found.length > 8 ? ', ...' : ''}`;
+    throw new UserError(`--model ${dir}: not a model directory (no config.json; ${listing})`);
+  }
+}
+
+/** Each solution's week modules, imported through the workspace packages only when asked for. */
+const MODULES = {
+  reference: { week1: () => import('@tiny-llm/reference/week1'), week2: () => import('@tiny-llm/reference/week2') },
+  learner: { week1: () => import('@tiny-llm/week1'), week2: () => import('@tiny-llm/week2') },
+};
+
+/** Loads week `week`'s model of a solution, wrapped for the engine. */
+async function loadChapterModel(dir: string, solution: Solution, week: Week): Promise<EngineModel> {
+  const description = `the ${solution === 'learner' ? "learner's" : 'reference'} week ${week} model`;
+  try {
+    const modules = MODULES[solution];
+    if (week === 1) return new Week1Session((await modules.week1()).Qwen2ModelWeek1.load(dir), description);
+    // One branch per solution: their week 2 models have caches of different classes.
+    if (solution === 'reference') return new Week2Session<ReferenceKvCache>((await MODULES.reference.week2()).Qwen2ModelWeek2.load(dir), description);
+    return new Week2Session<LearnerKvCache>((await MODULES.learner.week2()).Qwen2ModelWeek2.load(dir), description);
+  } catch (err) {
+    if (isNotImplemented(err)) throw learnerNotImplemented(err);
+    throw new UserError(`cannot load the model in ${dir} (${description}): ${oneLine(err)}`, { cause: err });
+  }
+}
+
+/**
+ * Loads a model directory with the chosen solution and week. A broken directory (bad config, missing or
+ * truncated shard, missing weight) is the user's to fix: its error becomes a UserError naming the file.
+ */
+export async function loadModel(dir: string, options: LoadOptions = {}): Promise<EngineModel> {
+  checkModelDir(dir);
+  const solution = options.solution ?? 'reference';
+  if (options.week !== undefined) return loadChapterModel(dir, solution, options.week);
+  if (solution === 'learner') return loadLearnerHighestWeek(dir);
+  try {
+    return new EngineQwen2(Qwen2Model.load(dir, { onProgress: options.onProgress }));
+  } catch (err) {
+    throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
+  }
+}
+
+/** The learner's model of the highest week that loads (a week whose model is still a stub is skipped). */
+async function loadLearnerHighestWeek(dir: string): Promise<EngineModel> {
+  let stub: UserError | undefined;
+  for (const week of [...WEEKS].reverse()) {
+    try {
+      return await loadChapterModel(dir, 'learner', week);
+    } catch (err) {
+      // A week whose model is not written yet: try the one before, and report the earliest if none loads.
+      if (!(err instanceof UserError && isNotImplemented(err.cause))) throw err;
+      stub = err;
+    }
+  }
+  throw stub!;
+}
+
+/** The learner's sampler (chapter 1.7), for sampling with --solution learner. */
+export async function learnerMakeSampler(): Promise<(options: SamplerOptions) => Sampler> {
+  const { makeSampler } = await MODULES.learner.week1();
+  return (options) => {
+    const sampler = withLearnerErrors(() => makeSampler(options));
+    return (logits) => withLearnerErrors(() => sampler(logits));
+  };
+}

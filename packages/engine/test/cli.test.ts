@@ -1,0 +1,316 @@
+// The engine's command line (packages/engine/src): the generation loop against the demo models'
+// golden.json (every prompt, in-process), the chat template against the golden chat prompts, and real CLI
+// runs (spawned from the repository root, as `pnpm tiny-llm` runs it) for the output formats, the logits
+// parity check and the errors. A spawn costs ~0.7 s, so most prompts run in-process and a few go through
+// the CLI.
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as tc from '@tiny-llm/tensor-core';
+import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
+import { loadTokenizer } from '@tiny-llm/tokenizer';
+import { afterAll, describe, expect, it } from 'vitest';
+import { weightTraffic, randomEntries, prefillFlopsPerToken } from '../src/bench.ts';
+import { readToolsFile, renderChatPrompt } from '../src/chat.ts';
+import { parseFlags, COMMANDS } from '../src/cli.ts';
+import { UsageError } from '../src/errors.ts';
+import { generate } from '../src/generate.ts';
+import { loadModel, type ModelChoice } from '../src/registry.ts';
+import { EngineQwen2, Week1Session } from '../src/session.ts';
+import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
+import { RandomWeights } from '../src/random-weights.ts';
+import { Qwen2Model } from '../src/model/qwen2.ts';
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const MODELS = DEMO_MODELS;
+const CLI = 'packages/engine/src/cli.ts';
+
+const golden = demoGolden;
+
+interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the CLI as `pnpm tiny-llm` does (tsx, from the repository root). Async, so that spawns can overlap. */
+function cli(args: string[]): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, TINY_LLM_DEBUG: '' },
+      timeout: 60_000,
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-cli-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A copy of a model directory, to break. */
+function copyModel(name: string, as: string): string {
+  const dir = join(tmp, as);
+  mkdirSync(dir, { recursive: true });
+  for (const f of readdirSync(join(ROOT, 'models', name))) copyFileSync(join(ROOT, 'models', name, f), join(dir, f));
+  return dir;
+}
+
+describe('generate: the golden greedy text of every prompt of the demo models (in-process)', () => {
+  // The engine on every demo model, and the plain chapter model of week 2 (no MoE: that is week 3's).
+  const runs: [string, ModelChoice][] = [
+    ...MODELS.map((name): [string, ModelChoice] => [name, {}]),
+    ['tiny-qwen2-py', { solution: 'reference', week: 2 }],
+  ];
+  for (const [name, choice] of runs) {
+    const what = choice.week ? ` (the reference week ${choice.week} model)` : '';
+    it(`${name}${what}: 48 greedy tokens ignoring EOS, streamed, equal golden.json`, async () => {
+      const dir = join(ROOT, 'models', name);
+      const g = golden(name);
+      const tokenizer = loadTokenizer(dir);
+      const model = await loadModel(dir, choice);
+      for (const c of g.cases) {
+        const ids = tokenizer.encode(c.prompt);
+        expect(ids, 'prompt ids').toEqual(c.ids);
+        const chunks: string[] = [];
+        const session = model.newSession();
+        const r = generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) => chunks.push(t));
+        session.dispose();
+        expect(r.tokens, `${name}: ${JSON.stringify(c.prompt.slice(-40))}`).toEqual(c.greedy);
+        expect(r.text).toBe(c.greedy_text);
+        expect(chunks.join('')).toBe(c.greedy_text);
+        expect(chunks.length).toBeGreaterThan(1);
+        expect(r.stats.generatedTokens).toBe(48);
+        expect(r.stats.stopReason).toBe('length');
+      }
+    });
+  }
+
+  it('stops at the first end-of-sequence id unless ignoreEos, and reuses a session prefix', async () => {
+    const dir = join(ROOT, 'models', 'tiny-qwen2-py');
+    const tokenizer = loadTokenizer(dir);
+    const model = await loadModel(dir);
+    const c = golden('tiny-qwen2-py').cases.find((k) => k.messages?.[0]?.content === 'Hello!')!;
+    const eos = new Set(tokenizer.eosTokenIds);
+    const stop = c.greedy.findIndex((id) => eos.has(id));
+    const session = model.newSession();
+    const r = generate(model, session, tokenizer, c.ids, {});
+    expect(r.tokens).toEqual(c.greedy.slice(0, stop));
+    expect(r.stats.stopReason).toBe('eos');
+    // The same prompt again on the same session: only the last prompt token is fed again, same output.
+    const again = generate(model, session, tokenizer, c.ids, {});
+    expect(again.stats.reusedTokens).toBe(c.ids.length - 1);
+    expect(again.tokens).toEqual(r.tokens);
+    session.dispose();
+  });
+});
+
+describe("--solution learner: the uncached path, over the week 1 reference model standing in for the learner's", () => {
+  it('gives the golden text of a prompt, and the same logits as the cached model', async () => {
+    const dir = join(ROOT, 'models', 'tiny-qwen2-py-draft');
+    const c = golden('tiny-qwen2-py-draft').cases[0];
+    const tokenizer = loadTokenizer(dir);
+    const uncached = new Week1Session(Qwen2ModelWeek1.load(dir), 'the reference week 1 model');
+    const session = uncached.newSession();
+    const r = generate(uncached, session, tokenizer, c.ids, { maxTokens: 48, ignoreEos: true });
+    expect(r.text).toBe(c.greedy_text);
+    const cached = await loadModel(dir);
+    const a = uncached.allLogits(c.ids).toArray();
+    const b = cached.allLogits(c.ids).toArray();
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    expect(worst).toBeLessThan(1e-3);
+  });
+});
+
+describe('chat: the template renders the golden chat prompts byte for byte', () => {
+  for (const name of MODELS) {
+    it(`${name}: every chat case, with the model's tools.json`, () => {
+      const dir = join(ROOT, 'models', name);
+      const tokenizer = loadTokenizer(dir);
+      const tools = readToolsFile(join(dir, 'tools.json'));
+      const cases = golden(name).cases.filter((c) => c.kind === 'chat');
+      expect(cases.length).toBeGreaterThan(0);
+      for (const c of cases) {
+        expect(renderChatPrompt(tokenizer, c.messages!, c.tools ? tools : undefined)).toBe(c.prompt);
+      }
+    });
+  }
+});
+
+describe('the CLI (spawned)', () => {
+  it('generate: stdout is exactly the golden text (a code prompt of each model, a chat prompt), stats on stderr', async () => {
+    const runs: [string, DemoGoldenCase, string[]][] = MODELS.map((m) => [m, golden(m).cases[1], []]);
+    runs.push(['tiny-qwen2-py', golden('tiny-qwen2-py').cases.find((c) => c.kind === 'chat')!, []]);
+    runs.push(['tiny-qwen2-py', golden('tiny-qwen2-py').cases[2], ['--solution', 'reference', '--week', '2']]);
+    const results = await Promise.all(
+      runs.map(([model, c, choice]) =>
+        cli(['generate', '--model', `models/${model}`, ...choice, '--prompt', c.prompt, '--temperature', '0', '--ignore-eos', '--max-tokens', '48']),
+      ),
+    );
+    for (const [i, [, c]] of runs.entries()) {
+      const r = results[i];
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toBe(c.greedy_text);
+      expect(r.stderr).toMatch(/prompt \d+ tokens, generated 48 tokens; prefill [\d.]+ tok\/s, decode [\d.]+ tok\/s/);
+    }
+  });
+
+  it('chat --print-prompt renders the golden prompt; chat --message prints the reply and stops at <|im_end|>', async () => {
+    const c = golden('tiny-qwen2-py').cases.find((k) => k.messages?.[0]?.content === 'What is 37 times 12?')!;
+    const [shown, reply] = await Promise.all([
+      cli(['chat', '--message', 'What is 37 times 12?', '--tools', 'models/tiny-qwen2-py/tools.json', '--print-prompt']),
+      cli(['chat', '--message', 'What is 37 times 12?', '--tools', 'models/tiny-qwen2-py/tools.json']),
+    ]);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(shown.stdout).toBe(c.prompt);
+    expect(reply.code, reply.stderr).toBe(0);
+    // The golden (made without stopping) goes on past <|im_end|>; the reply is the text before it.
+    expect(reply.stdout).toBe(`${c.greedy_text.split('<|im_end|>')[0]}\n`);
+    expect(reply.stdout).toContain('<tool_call>');
+  });
+
+  it('logits --ids writes [L, vocab] float32 equal to the fixture golden logits (atol 1e-4)', async () => {
+    const g = tc.loadSafetensors(join(ROOT, 'fixtures/models/qwen2-tiny/golden.safetensors'));
+    const ids = Array.from(g.get('prompt0')!.toArray());
+    const out = join(tmp, 'logits.safetensors');
+    const r = await cli(['logits', '--model', 'fixtures/models/qwen2-tiny', '--ids', ids.join(','), '--out', out]);
+    expect(r.code, r.stderr).toBe(0);
+    const logits = tc.loadSafetensors(out).get('logits')!;
+    const expected = g.get('prompt0.logits')!;
+    expect(logits.dtype).toBe('float32');
+    expect(logits.shape).toEqual([ids.length, 512]);
+    const a = logits.toArray();
+    const b = expected.toArray();
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+    expect(worst).toBeLessThan(1e-4);
+  });
+
+  it('bad input: a one-line message, a non-zero exit (2 for usage errors), no stack trace', async () => {
+    const truncated = copyModel('tiny-qwen2-py', 'truncated');
+    const shard = join(truncated, 'model-00002-of-00003.safetensors');
+    truncateSync(shard, Math.floor(statSync(shard).size / 2));
+    const shortContext = copyModel('tiny-qwen2-py-draft', 'short-context');
+    const config = JSON.parse(readFileSync(join(shortContext, 'config.json'), 'utf8'));
+    writeFileSync(join(shortContext, 'config.json'), JSON.stringify({ ...config, max_position_embeddings: 16 }));
+
+    const cases: [string, string[], number, RegExp][] = [
+      ['unknown flag', ['generate', '--prompt', 'x', '--bogus'], 2, /unknown flag --bogus/],
+      ['missing value', ['generate', '--prompt'], 2, /--prompt needs a value/],
+      ['unknown command', ['frobnicate'], 2, /unknown command "frobnicate"/],
+      ['not a number', ['generate', '--prompt', 'x', '--max-tokens', 'many'], 2, /--max-tokens expects an integer/],
+      ['missing model', ['generate', '--prompt', 'x', '--model', join(tmp, 'nowhere')], 1, /--model .*nowhere: no such directory/],
+      ['not a model', ['generate', '--prompt', 'x', '--model', 'packages'], 1, /--model packages: not a model directory \(no config.json/],
+      ['truncated shard', ['generate', '--prompt', 'x', '--model', truncated], 1, /model-00002-of-00003\.safetensors.*truncated/],
+      ['id outside the vocabulary', ['logits', '--model', 'fixtures/models/qwen2-tiny', '--ids', '1,2,512'], 1, /token id 512 is outside the vocabulary \(0\.\.511\)/],
+      ['prompt longer than the context', ['generate', '--model', shortContext, '--prompt', 'x = 1\n'.repeat(20)], 1, /the prompt has \d+ tokens, more than the model's context of 16/],
+    ];
+    const results = await Promise.all(cases.map(([, args]) => cli(args)));
+    for (const [i, [what, , code, message]] of cases.entries()) {
+      const r = results[i];
+      expect(r.code, `${what}: ${r.stderr}`).toBe(code);
+      expect(r.stderr, what).toMatch(message);
+      expect(r.stderr, what).toMatch(/^(loaded .*\n)?tiny-llm: [^\n]+\n$/); // one line (after the load line, if any)
+      expect(r.stderr, what).not.toMatch(/\n\s+at /); // no stack frames
+      expect(r.stdout, what).toBe('');
+    }
+  });
+
+  it("--solution learner: runs the learner's model, or says plainly which chapter is missing", async () => {
+    const r = await cli(['generate', '--solution', 'learner', '--prompt', 'def f(x):\n', '--max-tokens', '2']);
+    if (r.code !== 0) {
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/^tiny-llm: the learner's chapter 1\.\d is not implemented yet; run with --solution reference or finish packages\/week1\/src\/[\w-]+\.ts\n$/);
+    }
+  });
+
+  it('bench --model: the figures, the ceilings and the ratios, as text and JSON', async () => {
+    const json = join(tmp, 'bench.json');
+    const r = await cli(['bench', '--prompt-len', '16', '--gen', '4', '--reps', '1', '--json', json]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/prefill 16 tokens: [\d.]+ tok\/s/);
+    expect(r.stdout).toMatch(/of read bandwidth/);
+    const report = JSON.parse(readFileSync(json, 'utf8'));
+    for (const key of [
+      'prefill_tokens_per_s', 'decode_tokens_per_s', 'weight_bytes', 'weight_bytes_per_token', 'bandwidth_gb_s', 'gemm_gflops',
+      'fma_peak_gflops', 'decode_ratio', 'prefill_ratio', 'peak_rss_mb',
+    ]) {
+      expect(typeof report[key], key).toBe('number');
+      expect(report[key], key).toBeGreaterThan(0);
+    }
+    expect(report.weight_bytes).toBeGreaterThan(30e6); // 15.7M bf16 parameters
+    expect(report.decode_ratio).toBeCloseTo((report.decode_tokens_per_s * report.weight_bytes_per_token) / 1e9 / report.bandwidth_gb_s, 6);
+  });
+});
+
+describe('flags, random weights, the bench accounting', () => {
+  it('parseFlags: --flag value, --flag=value, booleans, types and ranges', () => {
+    const spec = COMMANDS.generate.flags;
+    expect(parseFlags('generate', ['--prompt', '--not-a-flag', '--top-p=0.9', '--ignore-eos', '--max-tokens', '5'], spec)).toEqual({
+      prompt: '--not-a-flag',
+      'top-p': 0.9,
+      'ignore-eos': true,
+      'max-tokens': 5,
+    });
+    expect(() => parseFlags('generate', ['--top-p', '1.5'], spec)).toThrow(UsageError);
+    expect(() => parseFlags('generate', ['--max-tokens', '2.5'], spec)).toThrow(/integer/);
+    expect(() => parseFlags('generate', ['--prompt', 'a', '--prompt', 'b'], spec)).toThrow(/twice/);
+    expect(() => parseFlags('generate', ['stray'], spec)).toThrow(/unexpected argument/);
+    expect(() => parseFlags('generate', ['--max-tokens', '--ignore-eos'], spec)).toThrow(/needs a value/);
+  });
+
+  it('random weights of every dtype build a model whose logits are finite; q4/q8 dequantize to ~N(0, 0.02)', () => {
+    const config = tc.parseModelConfig({
+      model_type: 'qwen2', hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4,
+      num_key_value_heads: 2, vocab_size: 320, max_position_embeddings: 64, tie_word_embeddings: true, rope_theta: 1e6,
+    });
+    for (const dtype of ['f32', 'bf16', 'q4', 'q8'] as const) {
+      const weights = new RandomWeights(config, { dtype, seed: 3 });
+      const model = new EngineQwen2(Qwen2Model.fromWeights(config, weights.get));
+      const logits = model.allLogits([1, 2, 3, 4, 5]);
+      expect(logits.shape).toEqual([5, 320]);
+      expect(Array.from(logits.toArray()).every(Number.isFinite), dtype).toBe(true);
+      const embed = weights.get('model.embed_tokens.weight')!;
+      const values = Array.from((embed instanceof tc.QuantizedWeight ? tc.dequantize(embed) : embed).toArray());
+      const mean = values.reduce((a, b) => a + b, 0) / values.length;
+      const std = Math.sqrt(values.reduce((a, b) => a + (b - mean) ** 2, 0) / values.length);
+      expect(Math.abs(mean), dtype).toBeLessThan(2e-3);
+      expect(std, dtype).toBeGreaterThan(0.018);
+      expect(std, dtype).toBeLessThan(0.022);
+      expect(embed instanceof tc.QuantizedWeight, dtype).toBe(dtype === 'q4' || dtype === 'q8');
+      // Seeded: the same seed gives the same values.
+      const again = new RandomWeights(config, { dtype, seed: 3 }).get('model.layers.1.mlp.up_proj.weight')!;
+      const first = weights.get('model.layers.1.mlp.up_proj.weight')!;
+      const raw = (w: typeof first) => (w instanceof tc.QuantizedWeight ? w.weight : w).toArray();
+      expect(raw(again)).toEqual(raw(first));
+    }
+  });
+
+  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (DESIGN 10)", () => {
+    const config = tc.readModelConfig(join(ROOT, 'fixtures/configs/Qwen2-0.5B-Instruct.json'));
+    const bf16 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'bf16' })), config);
+    const q4 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'q4' })), config);
+    expect(bf16.params / 1e6).toBeCloseTo(494, 0);
+    expect(bf16.bytesPerToken / 1e9).toBeCloseTo(0.99, 1);
+    expect(q4.bytesPerToken / 1e9).toBeCloseTo(0.28, 1);
+    // Prefill: about 2 FLOPs per parameter, the tied head counted once per prompt.
+    const flops = prefillFlopsPerToken(bf16, config, 128);
+    expect(flops / (2 * bf16.params)).toBeGreaterThan(0.7);
+    expect(flops / (2 * bf16.params)).toBeLessThan(1);
+  });
+});
+
+// Keep the fixture paths honest: the tests above rely on them.
+it('the demo models and fixtures are where the tests expect them', () => {
+  for (const m of MODELS) expect(existsSync(join(ROOT, 'models', m, 'tools.json')), m).toBe(true);
+  expect(existsSync(join(ROOT, 'fixtures/models/qwen2-tiny/golden.safetensors'))).toBe(true);
+});

@@ -1,0 +1,6 @@
+// The reference solutions of week 2's C++ kernels (packages/reference/native/week2), built with the week's own
+// bindings into build/Release/reference_week2_kernels.node.
+import * as tc from '@tiny-llm/tensor-core';
+
+export const week2Kernels = (): any =>
+  tc.loadExtension(new URL('../../build/Release/reference_week2_kernels.node', import.meta.url), '@tiny-llm/reference');

@@ -1,0 +1,30 @@
+// Loading an addon written with the extension SDK (native/include/tiny_llm/extension.h) in another package:
+// the engine's kernels, the reference solutions', a learner's. It is connected to tensor-core's thread pool
+// on first load, so that its kernels share the pool (and its thread count) with tensor-core's own.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { native } from './native.ts';
+
+const require = createRequire(import.meta.url);
+const loaded = new Map<string, unknown>();
+
+/**
+ * The addon at `url` (a .node file an SDK package builds), connected to the pool. `owner` names the package for
+ * the message when it is not built. Untyped, as `native`: each package wraps its kernels in typed functions.
+ */
+export function loadExtension(url: URL | string, owner: string): any {
+  const path = typeof url === 'string' ? url : fileURLToPath(url);
+  let addon = loaded.get(path);
+  if (addon) return addon;
+  if (!existsSync(path)) {
+    throw new Error(
+      `${owner}: the native addon ${path} is not built. Run \`pnpm build\` at the repository root (it needs cmake, ninja and a ` +
+        'C++17 compiler).',
+    );
+  }
+  addon = require(path);
+  (addon as { connect(table: unknown): void }).connect(native.sdkTable());
+  loaded.set(path, addon);
+  return addon;
+}

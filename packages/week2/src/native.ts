@@ -1,0 +1,5 @@
+// Your week 2 C++ kernels (native/*.cc), built by `pnpm build` (and by this package's `pnpm test`) into
+// build/Release/week2_kernels.node. Given: the chapters' work is in the .cc files.
+import * as tc from '@tiny-llm/tensor-core';
+
+export const week2Kernels = (): any => tc.loadExtension(new URL('../build/Release/week2_kernels.node', import.meta.url), '@tiny-llm/week2');
