@@ -307,6 +307,16 @@ describe('cumsum, argsort, sort and topk on the GPU', () => {
     }
   });
 
+  it('argsort of int32 values past 2^24 is exact: the inverse of a permutation (top-p sampling)', async () => {
+    const big = [2 ** 30 + 1, -5, 2 ** 30, 7, -(2 ** 31), 2 ** 30 + 1];
+    expect(Array.from(await tc.argsort(gpuTensor(big, [6], 'int32')).data())).toEqual(argsortRow(big, false));
+    expect(Array.from(await tc.argsort(gpuTensor(big, [6], 'int32'), -1, { descending: true }).data())).toEqual(argsortRow(big, true));
+    const order = tc.argsort(gpuTensor(seeded(40, 83), [2, 20]), -1);
+    const inverse = await tc.argsort(order, -1).data();
+    const o = await order.data();
+    for (let r = 0; r < 2; r++) for (let i = 0; i < 20; i++) expect(o[r * 20 + inverse[r * 20 + i]]).toBe(i);
+  });
+
   it('argsort along axis 0, sort and topk', async () => {
     const values = seeded(5 * 6, 13).map(f32);
     const x = gpuTensor(values, [5, 6]);
@@ -318,6 +328,31 @@ describe('cumsum, argsort, sort and topk on the GPU', () => {
     expect(Array.from(await indices.data())).toEqual(rows.flatMap((r) => argsortRow(r, true).slice(0, 2)));
     expectClose(await top.data(), rows.flatMap((r) => argsortRow(r, true).slice(0, 2).map((i) => r[i])), 0);
   });
+});
+
+describe('sampling on the GPU: the sampling fixture through softmax, topk, argsort, cumsum and takeAlongAxis', () => {
+  const f = goldenOp('sampling');
+  for (const c of f.cases) {
+    it(`${c.name} (temperature ${c.temperature}, top-k ${c.top_k}, top-p ${c.top_p}, min-p ${c.min_p})`, async () => {
+      const logits = onGpu(f.get(c, 'logits'));
+      const probs = tc.softmax(tc.div(logits, c.temperature as number), -1);
+      let kept = probs;
+      if (c.top_k !== null) {
+        const kth = tc.slice(tc.topk(kept, c.top_k as number).values, [null, [(c.top_k as number) - 1, c.top_k as number]]);
+        kept = tc.where(tc.less(kept, kth), 0, kept);
+      }
+      if (c.top_p !== null) {
+        const normalised = tc.div(kept, tc.sum(kept, -1, { keepdims: true }));
+        const order = tc.argsort(normalised, -1, { descending: true });
+        const sorted = tc.takeAlongAxis(normalised, order, -1);
+        const before = tc.takeAlongAxis(tc.sub(tc.cumsum(sorted, -1), sorted), tc.argsort(order, -1), -1);
+        kept = tc.where(tc.less(before, c.top_p as number), kept, 0);
+      }
+      if (c.min_p !== null) kept = tc.where(tc.less(probs, tc.mul(tc.max(probs, -1, { keepdims: true }), c.min_p as number)), 0, kept);
+      const out = tc.div(kept, tc.sum(kept, -1, { keepdims: true }));
+      expectClose(await out.data(), f.get(c, 'probs').toArray(), 1e-5);
+    });
+  }
 });
 
 describe('gathers on the GPU', () => {

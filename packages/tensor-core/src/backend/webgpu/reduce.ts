@@ -7,8 +7,8 @@ import { kernel } from './shader.ts';
 import { elementCount, INTEGER_DTYPES, rowsOf, type View } from './views.ts';
 
 /**
- * Values are compared and accumulated in f32 (integer sums in i32), so int32 tensors, whose values f32 does
- * not all hold, are only summed, and uint32 not at all.
+ * Values are compared and accumulated in f32 (integer sums, prefix sums and sorts in i32), so int32 tensors,
+ * whose values f32 does not all hold, are only summed and sorted, and uint32 not at all.
  */
 function checkDtype(op: string, x: View, integerOk: boolean): void {
   if (x.dtype === 'uint32' || (x.dtype === 'int32' && !integerOk)) throw unsupported('webgpu', `${op} on ${x.dtype}`);
@@ -56,7 +56,8 @@ export function cumsum(rt: GpuRuntime, x: View, out: View): void {
 
 /** int32 indices that sort each row (stable, NaN last): a bitonic network over the rows padded to 2^k. */
 export function argsort(rt: GpuRuntime, x: View, out: View, descending: boolean): void {
-  checkDtype('argsort', x, false);
+  const integer = INTEGER_DTYPES.includes(x.dtype);
+  checkDtype('argsort', x, integer);
   const { rows, ndim } = rowsOf('argsort', x);
   if (rows.count * rows.n === 0) return;
   const p = 2 ** Math.ceil(Math.log2(rows.n));
@@ -67,7 +68,7 @@ export function argsort(rt: GpuRuntime, x: View, out: View, descending: boolean)
   const stage = (name: string, threads: number, k = 0, j = 0) =>
     (target: View) =>
       rt.dispatch('argsort', module, {
-        constants: { WG: wg, NDIM: ndim, STAGE: module.constant(name), DESCENDING: Number(descending) },
+        constants: { WG: wg, NDIM: ndim, STAGE: module.constant(name), DESCENDING: Number(descending), INTEGER: Number(integer) },
         dtypes: { x: x.dtype },
         buffers: { x: x.buffer, keys, order, out: target.buffer },
         params: { rows, p, k, j },

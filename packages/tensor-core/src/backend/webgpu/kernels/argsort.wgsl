@@ -1,6 +1,7 @@
 // Argsort of each row of x along its last axis: a bitonic sort of (key, index) pairs in `keys` and `order`
 // ([rows, P], P the row length rounded up to a power of two). Comparing the index when keys tie makes the
-// order total, so the result is the stable sort's; NaN and the padding sort last.
+// order total, so the result is the stable sort's; NaN and the padding sort last. Keys are words: f32 bits,
+// or with INTEGER i32 ones (int32, uint8 and bool tensors, compared exactly).
 // Three stages, one dispatch each, by STAGE:
 //   STAGE_LOAD   keys and indices of every row; padding indices are >= n
 //   STAGE_MERGE  one compare-exchange step of the network (params k, j): each invocation orders the pair
@@ -13,6 +14,7 @@ override WG: u32 = 256u;
 override NDIM: u32 = 0u;
 override STAGE: u32 = 0u;
 override DESCENDING: bool = false;
+override INTEGER: bool = false;
 
 const STAGE_LOAD = 0u;
 const STAGE_MERGE = 1u;
@@ -27,15 +29,23 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<u32>;
-@group(0) @binding(2) var<storage, read_write> keys: array<f32>;
+@group(0) @binding(2) var<storage, read_write> keys: array<u32>;
 @group(0) @binding(3) var<storage, read_write> order: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<u32>;
 
-// Whether element (ka, ia) comes before (kb, ib) in the sorted row.
-fn before(ka: f32, ia: u32, kb: f32, ib: u32) -> bool {
+// Whether element (key bits wa, index ia) comes before (wb, ib) in the sorted row.
+fn before(wa: u32, ia: u32, wb: u32, ib: u32) -> bool {
   let pad_a = ia >= params.rows.n;
   let pad_b = ib >= params.rows.n;
   if (pad_a || pad_b) { return select(pad_b, ia < ib, pad_a && pad_b); }
+  if (INTEGER) {
+    let a = bitcast<i32>(wa);
+    let b = bitcast<i32>(wb);
+    if (a != b) { return select((a < b), (a > b), DESCENDING); }
+    return ia < ib;
+  }
+  let ka = bitcast<f32>(wa);
+  let kb = bitcast<f32>(wb);
   let nan_a = is_nan(ka);
   let nan_b = is_nan(kb);
   if (nan_a != nan_b) { return nan_b; }
@@ -52,9 +62,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (g >= params.rows.count * p) { return; }
     let row = g / p;
     let i = g % p;
-    var key = 0.0;
+    var key = 0u;
     if (i < params.rows.n) {
-      key = x_load(u32(row_start(params.rows, NDIM, row) + i32(i) * params.rows.stride));
+      let e = u32(row_start(params.rows, NDIM, row) + i32(i) * params.rows.stride);
+      key = select(bitcast<u32>(x_load(e)), bitcast<u32>(x_int(e)), INTEGER);
     }
     keys[g] = key;
     order[g] = i;
