@@ -39,4 +39,6 @@ export function fromSafetensors(path: string, name: string) {
 }
 
 // The GPU backend; `webgpu` (Dawn) is loaded only when initWebGPU is called.
-export { initWebGPU, WebGPUBackend, GpuStorage, type WebGPUOptions } from './backend/webgpu.ts';
+export {
+  initWebGPU, WebGPUBackend, GpuStorage, WgslKernel, type WebGPUOptions, type KernelArgs, type ParamValues,
+} from './backend/webgpu/index.ts';

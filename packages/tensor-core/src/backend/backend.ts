@@ -1,6 +1,7 @@
 // The backend interface: the kernels every device implements. Ops (src/ops/*) check shapes and dtypes,
 // allocate the output, and call exactly one of these; a backend never sees an invalid argument.
 import type { DType, StorageArray } from '../dtype.ts';
+import type { QuantizedWeight } from '../io/quantized.ts';
 import type { Tensor } from '../tensor.ts';
 
 /** A block of device memory. Tensors are views onto one; `refs` counts the live tensors that share it. */
@@ -54,12 +55,25 @@ export interface Backend {
   argsort(x: Tensor, out: Tensor, descending: boolean): void;
   /** a [...batch, M, K] @ b [...batch, K, N] -> out float32 [...batch, M, N]; batch dims already broadcast. */
   matmul(a: Tensor, b: Tensor, out: Tensor): void;
-  /** out[i, ...] = table[indices[i], ...]: rows of a table (embeddings). Indices are checked by the op. */
+  /**
+   * out[i, ...] = table[indices[i], ...]: rows of a table (embeddings). indices are contiguous int32/uint32;
+   * the kernel checks their range (a GPU reports a bad one at the next read).
+   */
   take(table: Tensor, indices: Tensor, out: Tensor): void;
+  /** out[..., j] = x[..., indices[..., j]] along the last axis; x and indices share their other dims. */
+  takeAlongAxis(x: Tensor, indices: Tensor, out: Tensor): void;
 
   /** Fused kernels (ops/fast.ts). */
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void;
   rope(x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, traditional: boolean, out: Tensor): void;
+  /** out float32 [M, N] = x [M, K] @ dequantize(w).T for an MLX-quantized weight w of logical shape [N, K]. */
+  quantizedMatmul(x: Tensor, w: QuantizedWeight, out: Tensor): void;
+  /**
+   * softmax(q k^T * scale + mask) v in one kernel, for q [..., Hq, L, D] and k, v [..., Hkv, S, D] with q's
+   * leading dims; mask is an additive view of shape [..., Hq, L, S], 'causal' (aligned to the bottom right)
+   * or null. Optional: without it, fast.sdpa composes matmul and softmax.
+   */
+  sdpa?(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 'causal' | null, scale: number, out: Tensor): void;
 }
 
 /** The error a backend throws for a kernel it does not have. */

@@ -1,5 +1,7 @@
 // The CPU backend: storage is an ArrayBuffer, kernels are the C++ addon's (native/src/*.cc).
 import { itemSize, storageView, type DType, type StorageArray } from '../dtype.ts';
+import type { QuantizedWeight } from '../io/quantized.ts';
+import { dequantizeInto } from '../io/quantized-layout.ts';
 import { native } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp } from './backend.ts';
@@ -145,6 +147,31 @@ class CpuBackend implements Backend {
   }
   take(table: Tensor, indices: Tensor, out: Tensor): void {
     native.take(table.native(), indices.native(), out.native());
+  }
+  takeAlongAxis(x: Tensor, indices: Tensor, out: Tensor): void {
+    // Rare and small (top-k and top-p in sampling): a loop over the values in storage form, bits copied.
+    const values = this.readSync(x);
+    const idx = this.readSync(indices);
+    const storage = out.storage as CpuStorage;
+    const dst = storageView(out.dtype, storage.buffer, storage.byteOffset + out.offset * itemSize(out.dtype), out.size);
+    const n = x.shape[x.ndim - 1];
+    const k = indices.shape[indices.ndim - 1];
+    for (let p = 0; p < idx.length; p++) {
+      const i = idx[p];
+      if (i < 0 || i >= n) throw new RangeError(`takeAlongAxis: index ${i} at position ${p} is out of range for an axis of ${n}`);
+      dst[p] = values[(p - (p % k)) / k * n + i];
+    }
+  }
+  quantizedMatmul(x: Tensor, w: QuantizedWeight, out: Tensor): void {
+    // The plain composition: the whole float32 weight, then the GEMM on its transposed view. (The kernel that
+    // dequantizes as it streams the weight is chapter 2.2's, with the course's solutions.)
+    const [n, k] = w.shape;
+    const storage = this.allocate('float32', n * k);
+    const values = storageView('float32', storage.buffer, 0, n * k) as Float32Array;
+    dequantizeInto(w.weight.toArray(), w.scales.toArray(), w.biases.toArray(), w.bits, w.groupSize, k, values);
+    const weightT = new Tensor(storage, 'float32', [k, n], [1, k]);
+    native.matmul(x.native(), weightT.native(), out.native());
+    weightT.dispose();
   }
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
     native.rmsNorm(x.native(), weight.native(), eps, out.native());

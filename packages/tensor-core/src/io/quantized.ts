@@ -9,6 +9,7 @@ import { cpu } from '../backend/cpu.ts';
 import { storageView } from '../dtype.ts';
 import { astype } from '../ops/elementwise.ts';
 import { formatShape, sizeOf } from '../shape.ts';
+import { dequantizeInto } from './quantized-layout.ts';
 import { Tensor } from '../tensor.ts';
 
 export const QUANTIZED_BITS: readonly number[] = [2, 3, 4, 5, 6, 8];
@@ -92,32 +93,10 @@ function checkShapes(weight: Tensor, scales: Tensor, biases: Tensor, groupSize: 
  * load time; the tests compare the kernels with it). Computed in double precision, rounded once to float32.
  */
 export function dequantize(qw: QuantizedWeight): Tensor {
-  const { bits, groupSize } = qw;
-  const inFeatures = qw.inFeatures;
-  const rows = sizeOf(qw.shape) / Math.max(inFeatures, 1);
-  const words = qw.weight.toArray() as Uint32Array;
-  const scales = qw.scales.toArray() as Float32Array;
-  const biases = qw.biases.toArray() as Float32Array;
-  const wordsPerRow = (inFeatures * bits) / 32;
-  const groupsPerRow = inFeatures / groupSize;
-  const mask = (1 << bits) - 1;
-
-  const storage = cpu.allocate('float32', rows * inFeatures);
-  const out = storageView('float32', storage.buffer, storage.byteOffset, rows * inFeatures) as Float32Array;
-  for (let r = 0; r < rows; r++) {
-    const w0 = r * wordsPerRow;
-    for (let j = 0; j < inFeatures; j++) {
-      const bit = j * bits;
-      const word = w0 + (bit >>> 5);
-      const shift = bit & 31;
-      let q = words[word] >>> shift;
-      // 3-, 5- and 6-bit values may continue in the next word.
-      if (shift + bits > 32) q |= words[word + 1] << (32 - shift);
-      q &= mask;
-      const g = r * groupsPerRow + Math.floor(j / groupSize);
-      out[r * inFeatures + j] = q * scales[g] + biases[g];
-    }
-  }
+  const rows = sizeOf(qw.shape) / Math.max(qw.inFeatures, 1);
+  const storage = cpu.allocate('float32', rows * qw.inFeatures);
+  const out = storageView('float32', storage.buffer, storage.byteOffset, rows * qw.inFeatures) as Float32Array;
+  dequantizeInto(qw.weight.toArray(), qw.scales.toArray(), qw.biases.toArray(), qw.bits, qw.groupSize, qw.inFeatures, out);
   return new Tensor(storage, 'float32', [...qw.shape]);
 }
 

@@ -1,11 +1,10 @@
 // Reductions, softmax, scans and sorting along one axis. Kernels work on the last axis; other axes are
 // moved there with a transposed view first.
 import type { ReduceOp } from '../backend/backend.ts';
-import { floatResultType, isFloating, type DType } from '../dtype.ts';
+import { floatResultType, type DType } from '../dtype.ts';
 import { normalizeAxis } from '../shape.ts';
 import { Tensor } from '../tensor.ts';
-import { tensor } from './creation.ts';
-import { div } from './elementwise.ts';
+import { contiguous, div } from './elementwise.ts';
 import { expandDims, moveaxis, slice } from './shape.ts';
 import { backendOf, empty } from './util.ts';
 
@@ -103,32 +102,23 @@ export function topk(x: Tensor, k: number, axis = -1): { values: Tensor; indices
 
 /** out[..., i, ...] = x[..., indices[..., i, ...], ...] along `axis`; indices have x's shape but along axis. */
 export function takeAlongAxis(x: Tensor, indices: Tensor, axis = -1): Tensor {
+  const backend = backendOf('takeAlongAxis', x, indices);
   const a = normalizeAxis(axis, x.ndim, 'takeAlongAxis');
   if (indices.ndim !== x.ndim || indices.shape.some((d, i) => i !== a && d !== x.shape[i])) {
     throw new RangeError(`takeAlongAxis: indices ${indices.describe()} do not match ${x.describe()} outside axis ${a}`);
   }
-  if (isFloating(indices.dtype)) throw new TypeError(`takeAlongAxis: indices must be integers, got ${indices.describe()}`);
-  // Rare and small (top-k in sampling), so it gathers on the host: with the axis moved last, the values
-  // read back row by row and each output row picks from one input row.
+  if (indices.dtype !== 'int32' && indices.dtype !== 'uint32') {
+    throw new TypeError(`takeAlongAxis: indices must be int32 or uint32, got ${indices.describe()}`);
+  }
+  // With the axis moved last, each output row picks from one input row.
   const xMoved = moveaxis(x, a, -1);
   const idxMoved = moveaxis(indices, a, -1);
-  const values = xMoved.toArray();
-  const idx = idxMoved.toArray();
-  const n = x.shape[a];
-  const k = indices.shape[a];
-  const result = new Float64Array(idx.length);
-  for (let r = 0; r < idx.length / Math.max(k, 1); r++) {
-    for (let j = 0; j < k; j++) {
-      const i = idx[r * k + j];
-      if (i < 0 || i >= n) throw new RangeError(`takeAlongAxis: index ${i} is out of range for axis ${a} of size ${n}`);
-      result[r * k + j] = values[r * n + i];
-    }
-  }
-  const gathered = tensor(result, { dtype: x.dtype, shape: idxMoved.shape, device: x.backend });
-  xMoved.dispose();
-  idxMoved.dispose();
-  if (a === x.ndim - 1) return gathered;
-  const back = moveaxis(gathered, -1, a);
-  gathered.dispose();
+  const idx = contiguous(idxMoved);
+  const out = empty(idx.shape, x.dtype, backend);
+  backend.takeAlongAxis(xMoved, idx, out);
+  for (const t of new Set([xMoved, idxMoved, idx])) t.dispose();
+  if (a === x.ndim - 1) return out;
+  const back = moveaxis(out, -1, a);
+  out.dispose();
   return back;
 }
