@@ -7,6 +7,7 @@ export type { Backend, Storage } from './backend/backend.ts';
 export { cpu, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
 export { loadExtension } from './extension.ts';
+export { cpuFeatures, SIMD_LEVELS, type CpuFeatures, type SimdLevel } from './cpu-features.ts';
 export { getDefaultBackend, setDefaultBackend, empty } from './ops/util.ts';
 
 export { tensor, full, zeros, ones, arange, toDevice, toCPU, type CreateOptions } from './ops/creation.ts';

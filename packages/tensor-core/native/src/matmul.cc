@@ -16,7 +16,7 @@
 //      groups of 4 W rows are converted once and multiplied in 4x2 register tiles.
 //   3. Skinny "cols" path (M <= 16, b contiguous rows, e.g. attention probabilities @ V): the axpy form, one
 //      pass over B's rows with A's values broadcast.
-// Everything has a scalar fallback (non-x86 CPUs, CPUs without AVX2/FMA, TINY_LLM_NO_SIMD=1).
+// Everything has a scalar fallback (non-x86 CPUs, CPUs without AVX2/FMA, TINY_LLM_SIMD=scalar).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -789,8 +789,7 @@ void run_matmul(const TensorRef& at, const TensorRef& bt, const TensorRef& out) 
   for (int64_t i = 0; i < batch; ++i)
     items[i] = Item{item_mat(at, ao[i]), item_mat(bt, bo[i]), out.ptr<float>() + i * M * N};
 
-  const bool has_f16 = at.dtype == DType::F16 || bt.dtype == DType::F16;
-  const bool simd = has_avx2_fma() && (!has_f16 || has_f16c());
+  const bool simd = has_avx2_fma();  // the avx2 level includes F16C, for float16 operands
   const int pool = num_threads();
   const int threads = batch * M * N * K >= kParallelMinFma ? pool : 1;
   const int64_t rs = items[0].b.rs, cs = items[0].b.cs;
@@ -835,15 +834,6 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 TL_EXPORT("matmul", Matmul);
-
-// native.cpuFeatures(): which kernels this process uses, for tests and benchmark reports.
-Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
-  Napi::Object o = Napi::Object::New(info.Env());
-  o.Set("simd", has_avx2_fma());  // AVX2/FMA kernels in use (false: scalar fallback, e.g. TINY_LLM_NO_SIMD=1)
-  o.Set("f16c", has_f16c());      // float16 operands on the SIMD path too
-  return o;
-}
-TL_EXPORT("cpuFeatures", CpuFeatures);
 
 }  // namespace
 
