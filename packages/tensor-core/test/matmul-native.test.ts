@@ -153,6 +153,8 @@ function pair(M: number, K: number, N: number, opts: { aLayout?: 'row' | 'trans'
 describe('native.matmul: packed GEMM', () => {
   const shapes: [number, number, number][] = [
     [1, 1, 1], [7, 13, 5], [6, 16, 16], [12, 32, 32], [17, 9, 33], [37, 300, 129], [64, 64, 64], [150, 260, 70],
+    // The AVX-512 tile (12 x 32): exact multiples, one row and one half-panel over, K a multiple of 8 across blocks.
+    [24, 512, 64], [13, 64, 48],
   ];
   for (const [M, K, N] of shapes) {
     it(`${M}x${K}x${N}, b contiguous and in weight layout`, () => {
