@@ -106,6 +106,7 @@ struct Vec8 {
   using T = __m256;
   using Half = __m128i;  // kLanes 16-bit values
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 16;  // for sizing register tiles
 
   TL_AVX2 static Half load_half(const uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
   TL_VEC_OPS(TL_AVX2, 256)
@@ -126,6 +127,7 @@ struct Vec16 {
   using T = __m512;
   using Half = __m256i;
   static constexpr int kLanes = 16;
+  static constexpr int kRegisters = 32;
 
   TL_AVX512 static Half load_half(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   TL_VEC_OPS(TL_AVX512, 512)
