@@ -3,7 +3,7 @@
 // ratio is what to read).
 //
 //   FMA peak               every thread issuing independent FMAs on registers (per level: 8 or 16 lanes)
-//   GEMM                   vs the FMA peak of the same level
+//   GEMM                   vs the FMA peak of the same level (and with bf16 products, cpu.setMatmulPrecision)
 //   bf16 GEMV, decode      vs the read bandwidth (a native streaming loop over 256 MB)
 //   silu, softmax, add     vs the read bandwidth (bytes read + written per second)
 //   argmax of the LM head  microseconds per row
@@ -55,6 +55,15 @@ function argmaxRowsPerSecond(logits: tc.Tensor, level: SimdLevel): number {
   return 100 / seconds;
 }
 
+function bf16Products(measure: () => number): number {
+  tc.cpu.setMatmulPrecision('bfloat16');
+  try {
+    return measure();
+  } finally {
+    tc.cpu.setMatmulPrecision('float32');
+  }
+}
+
 function microseconds(fn: () => void, calls: number): number {
   for (let i = 0; i < 1000; i++) fn();
   return (bestSeconds(() => {
@@ -98,6 +107,10 @@ function main(): void {
     gemm_f32_1024_gflops: perLevel((l) => benchGemm(1024, 1024, 1024, reps(l, 5))),
     // A prompt of 512 tokens through a Qwen2-0.5B MLP weight (bf16, weight layout): converted while packing.
     gemm_bf16_512x896x4864_gflops: perLevel((l) => benchGemmBf16(512, 896, 4864, reps(l, 5))),
+    // The same with cpu.setMatmulPrecision('bfloat16'): vdpbf16ps, where the CPU has it.
+    gemm_bf16_products_512x896x4864_gflops: perLevel((l) =>
+      l === 'avx512' && features.avx512bf16 ? bf16Products(() => benchGemmBf16(512, 896, 4864, 5)) : 0,
+    ),
   };
   sampleCeilings();
   const gemv = {
@@ -133,6 +146,7 @@ function main(): void {
     ['FMA peak GFLOP/s', cells(peak, 0, 0), 'the ceiling of the GEMMs, per level'],
     ['GEMM f32 1024^3 GFLOP/s', cells(kernels.gemm_f32_1024_gflops, peak), '(of the FMA peak)'],
     ['GEMM bf16 W 512x896x4864', cells(kernels.gemm_bf16_512x896x4864_gflops, peak), 'GFLOP/s (of the FMA peak)'],
+    ['  with bf16 products', cells(kernels.gemm_bf16_products_512x896x4864_gflops, peak), 'GFLOP/s, precision bfloat16 (opt-in)'],
     ['GEMV bf16 4864x896 GB/s', cells(kernels.gemv_bf16_4864x896_gb_s, bandwidth), '(of read bandwidth; 8.7 MB: partly in cache)'],
     ['GEMV bf16 151936x896 GB/s', cells(kernels.gemv_bf16_151936x896_gb_s, bandwidth), '(of read bandwidth)'],
     ['decode step bf16 GB/s', cells(kernels.decode_step_bf16_gb_s, bandwidth), '(of read bandwidth) Qwen2-0.5B, 988 MB'],

@@ -2,6 +2,7 @@
 // skinny rows / cols paths for M <= 16, batched), every operand dtype, odd strides. vitest.config.ts runs it at
 // every SIMD level the CPU has.
 import { describe, expect, it } from 'vitest';
+import { cpu, cpuFeatures } from '../src/index.ts';
 import { native } from '../src/native.ts';
 
 const F32 = 0;
@@ -260,6 +261,85 @@ describe('native.matmul: batches', () => {
     const a = operand([3, 70, 90], rowMajor([3, 70, 90]), F32, 5);
     const b = operand([3, 90, 200], transposedLast2([3, 90, 200]), F16, 6);
     checkMatmul(a, b);
+  });
+});
+
+describe('native.matmul: bfloat16 products (cpu.setMatmulPrecision, opt-in)', () => {
+  const features = cpuFeatures();
+  const used = features.avx512bf16 && features.level === 'avx512';
+
+  // bfloat16 of a float32, rounded to nearest even, as its value.
+  function toBf16(v: number): number {
+    f32[0] = v;
+    const bits = u32[0];
+    u32[0] = (((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) << 16) >>> 0;
+    return f32[0];
+  }
+
+  // a [M, K] float32 with values that bfloat16 cannot hold; W [N, K] bfloat16 passed as its transpose.
+  function problem(M: number, K: number, N: number) {
+    const a = Float32Array.from({ length: M * K }, (_, i) => Math.sin(i * 0.731) * 1.7);
+    const w = operand([N, K], rowMajor([N, K]), BF16, M + K + N);
+    const wT = { ...w.view, shape: [K, N], strides: [1, K] };
+    const out = outView([M, N]);
+    const run = () => native.matmul({ buffer: a.buffer, byteOffset: 0, dtype: F32, shape: [M, K], strides: [K, 1] }, wT, out.view);
+    // |out - sum x w| over sum |x w|, worst over all outputs, with x = a or a rounded to bfloat16.
+    const worst = (round: boolean) => {
+      let err = 0;
+      for (let i = 0; i < M; i++) {
+        for (let j = 0; j < N; j++) {
+          let s = 0;
+          let mag = 0;
+          for (let k = 0; k < K; k++) {
+            const p = (round ? toBf16(a[i * K + k]) : a[i * K + k]) * w.vals[j * K + k];
+            s += p;
+            mag += Math.abs(p);
+          }
+          err = Math.max(err, Math.abs(out.data[i * N + j] - s) / mag);
+        }
+      }
+      return err;
+    };
+    return { run, worst };
+  }
+
+  it(`prefill with a bf16 weight: bfloat16 products where the CPU has them (here: ${used}), float32 otherwise`, () => {
+    expect(cpu.matmulPrecision()).toBe('float32');
+    try {
+      cpu.setMatmulPrecision('bfloat16');
+      expect(cpu.matmulPrecision()).toBe('bfloat16');
+      // K odd and past one block of 256, M and N past whole tiles.
+      for (const [M, K, N] of [[37, 301, 131], [24, 512, 64], [17, 16, 40]]) {
+        const p = problem(M, K, N);
+        p.run();
+        // Float32 sums of the products: the rounding of the activations changes these sums by ~1e-4.
+        expect(p.worst(used), `${M}x${K}x${N}`).toBeLessThan(1e-5);
+      }
+    } finally {
+      cpu.setMatmulPrecision('float32');
+    }
+  });
+
+  it('float32 by default and again after switching back; other layouts and decode stay float32 either way', () => {
+    const p = problem(37, 301, 131);
+    p.run();
+    expect(p.worst(false)).toBeLessThan(1e-5);
+    try {
+      cpu.setMatmulPrecision('bfloat16');
+      const decode = problem(5, 301, 131);
+      decode.run();
+      expect(decode.worst(false)).toBeLessThan(1e-5);
+      checkMatmul(...pair(37, 300, 129, { bDtype: BF16 })); // b contiguous [K, N], not the weight layout
+      checkMatmul(...pair(37, 300, 129, { bLayout: 'trans' })); // a float32 weight
+    } finally {
+      cpu.setMatmulPrecision('float32');
+    }
+    p.run();
+    expect(p.worst(false)).toBeLessThan(1e-5);
+  });
+
+  it('rejects an unknown precision', () => {
+    expect(() => cpu.setMatmulPrecision('float16' as never)).toThrow('setMatmulPrecision: "float16" is not a precision (float32 or bfloat16)');
   });
 });
 

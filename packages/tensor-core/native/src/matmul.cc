@@ -247,8 +247,10 @@ TL_AVX2 void pack_b_panel_wt_avx2(const Mat& b, int64_t k0, int64_t kc, int64_t 
 // tile is the largest the register file holds (accumulators + NV B vectors + one broadcast), which gives the
 // most FMAs per load, so the FMA pipes, not the load ports, set the pace: AVX2 6x16 (15 of 16 ymm), AVX-512
 // 12x32 (27 of 32 zmm).
-template <class V, int MR, int NV>
-void kernel_tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool accumulate) {
+// With kPairs (the bfloat16 products, see pack_b_pairs), each step is a pair of k: the packed values are pairs
+// of bfloat16, and vdpbf16ps does both products of a pair, so `steps` is kc / 2 (rounded up).
+template <class V, int MR, int NV, bool kPairs = false>
+void kernel_tile(int64_t steps, const float* ap, const float* bp, float* c, int64_t ldc, bool accumulate) {
   constexpr int L = V::kLanes, NR = NV * L;
   typename V::T acc[MR][NV];
 #pragma GCC unroll 16
@@ -260,7 +262,7 @@ void kernel_tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(c + i * ldc + NR - 1), _MM_HINT_T0);
   }
-  for (int64_t k = 0; k < kc; ++k, ap += MR, bp += NR) {
+  for (int64_t k = 0; k < steps; ++k, ap += MR, bp += NR) {
     typename V::T b[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = V::load(bp + v * L);
@@ -268,7 +270,10 @@ void kernel_tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t
     for (int i = 0; i < MR; ++i) {
       const typename V::T a = V::set1(ap[i]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(a, b[v], acc[i][v]);
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (kPairs) acc[i][v] = simd::dot_bf16_pairs(acc[i][v], a, b[v]);
+        else acc[i][v] = V::fmadd(a, b[v], acc[i][v]);
+      }
     }
   }
 #pragma GCC unroll 16
@@ -287,6 +292,63 @@ TL_AVX512 TL_FLATTEN void kernel_12x32_avx512(int64_t kc, const float* ap, const
                                               bool acc) {
   kernel_tile<Vec16, kBlocking16.mr, kBlocking16.nr / 16>(kc, ap, bp, c, ldc, acc);
 }
+TL_AVX512_BF16 TL_FLATTEN void kernel_bf16_12x32_avx512(int64_t steps, const float* ap, const float* bp, float* c,
+                                                        int64_t ldc, bool acc) {
+  kernel_tile<Vec16, kBlocking16.mr, kBlocking16.nr / 16, true>(steps, ap, bp, c, ldc, acc);
+}
+
+// ---- The bfloat16 products (matmul precision "bfloat16", opt-in) ----------------------------------------------
+//
+// vdpbf16ps multiplies pairs of bfloat16 and adds both products to a float32 lane: twice the products of an FMA
+// per instruction, so a GEMM whose weights are bfloat16 anyway can run on it if the activations are rounded to
+// bfloat16 too. That rounding (a relative error of up to 2^-9 per activation) is why it is opt-in: the sums
+// stay float32, but results no longer match float32 products to 1e-4.
+//
+// The packed panels hold, per step, one 32-bit word per row (A) or column (B): the bfloat16 of k (low half) and
+// of k + 1 (high half), zero past the end of the block when kc is odd.
+
+// Packed A as bfloat16 pairs, rounded to nearest even (scalar: A is small next to the weights it multiplies).
+template <DType D, int MR>
+void pack_a_pairs(const Mat& a, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
+  const int64_t steps = (kc + 1) / 2;
+  const Stor<D>* src = base<D>(a);
+  for (int64_t p = 0; p < mc; p += MR, dst += steps * MR) {
+    for (int64_t r = 0; r < MR; ++r) {
+      if (p + r >= mc) {
+        for (int64_t s = 0; s < steps; ++s) dst[s * MR + r] = 0.0f;
+        continue;
+      }
+      const Stor<D>* row = src + (i0 + p + r) * a.rs + k0 * a.cs;
+      for (int64_t s = 0; s < steps; ++s) {
+        const uint32_t lo = f32_to_bf16(to_f32<D>(row[2 * s * a.cs]));
+        const uint32_t hi = 2 * s + 1 < kc ? f32_to_bf16(to_f32<D>(row[(2 * s + 1) * a.cs])) : 0;
+        dst[s * MR + r] = bits_to_f32(lo | hi << 16);
+      }
+    }
+  }
+}
+
+// Packed B from a bfloat16 weight in weight layout (b.rs == 1): W row n holds the pairs of column n already, as
+// 32-bit words, so packing is a transpose of words (8 rows x 8 words at a time) and no value changes.
+template <int NR>
+TL_AVX2 void pack_b_pairs_wt(const Mat& b, int64_t k0, int64_t kc, int64_t n0, int64_t nr, float* dst) {
+  const uint16_t* src = base<DType::BF16>(b) + n0 * b.cs + k0;
+  const int64_t steps = (kc + 1) / 2, full = nr == NR ? kc / 16 * 8 : 0;  // steps done 8 at a time
+  for (int64_t s = 0; s < full; s += 8) {
+    for (int j0 = 0; j0 < NR; j0 += 8) {
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(reinterpret_cast<const float*>(src + (j0 + j) * b.cs + 2 * s));
+      transpose8(r);
+      for (int j = 0; j < 8; ++j) Vec8::store(dst + (s + j) * NR + j0, r[j]);
+    }
+  }
+  for (int64_t s = full; s < steps; ++s)
+    for (int64_t j = 0; j < NR; ++j) {
+      const uint16_t* w = src + j * b.cs + 2 * s;
+      const uint32_t lo = j < nr ? w[0] : 0, hi = j < nr && 2 * s + 1 < kc ? w[1] : 0;
+      dst[s * NR + j] = bits_to_f32(lo | hi << 16);
+    }
+}
 #endif  // TL_X86_SIMD
 
 using PackAFn = void (*)(const Mat&, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst);
@@ -295,10 +357,15 @@ using KernelFn = void (*)(int64_t kc, const float* ap, const float* bp, float* c
 
 struct GemmKernels {
   Blocking shape;
+  int64_t k_per_step;  // 1, or 2 for the bfloat16 pairs
   PackAFn pack_a;
   PackBFn pack_b;
   KernelFn kernel;
 };
+
+// Matmul precision: false, float32 products (the default, exact); true, bfloat16 products where the CPU has them
+// and the weight is bfloat16 (native.setMatmulPrecision).
+std::atomic<bool> g_bf16_products{false};
 
 // The packing routines for a tile of MR x NR, given the operands' layouts.
 template <int MR, int NR> void pick_packing(const Mat& a, const Mat& b, bool simd, GemmKernels& g) {
@@ -321,7 +388,17 @@ template <int MR, int NR> void pick_packing(const Mat& a, const Mat& b, bool sim
 
 GemmKernels gemm_kernels(const Mat& a, const Mat& b, SimdLevel level) {
   GemmKernels g{};
+  g.k_per_step = 1;
 #ifdef TL_X86_SIMD
+  if (level == SimdLevel::Avx512 && g_bf16_products.load(std::memory_order_relaxed) && cpu_features().avx512bf16 &&
+      b.dtype == DType::BF16 && b.rs == 1) {
+    g.shape = kBlocking16;
+    g.k_per_step = 2;
+    g.kernel = &kernel_bf16_12x32_avx512;
+    g.pack_b = &pack_b_pairs_wt<kBlocking16.nr>;
+    with_dtype(a.dtype, [&](auto d) { g.pack_a = &pack_a_pairs<decltype(d)::value, kBlocking16.mr>; });
+    return g;
+  }
   if (level == SimdLevel::Avx512) {
     g.shape = kBlocking16;
     g.kernel = &kernel_12x32_avx512;
@@ -340,22 +417,22 @@ GemmKernels gemm_kernels(const Mat& a, const Mat& b, SimdLevel level) {
 
 // Runs the micro-kernel over an mc x (panels q0..q1) part of C. Loop order (BLIS): columns outer, so one B
 // micro-panel stays in L1 while the A micro-panels stream from L2.
-void macro_kernel(const GemmKernels& g, int64_t kc, int64_t mc, int64_t q0, int64_t q1, int64_t nc, const float* ap,
+void macro_kernel(const GemmKernels& g, int64_t steps, int64_t mc, int64_t q0, int64_t q1, int64_t nc, const float* ap,
                   const float* bp, float* c, int64_t ldc, bool accumulate) {
   const int64_t MR = g.shape.mr, NR = g.shape.nr;
   alignas(64) float edge[kMaxMR * kMaxNR];
   for (int64_t q = q0; q < q1; ++q) {
     int64_t j = q * NR, nr = std::min(NR, nc - j);
-    const float* bq = bp + j * kc;
+    const float* bq = bp + j * steps;
     for (int64_t i = 0; i < mc; i += MR) {
       int64_t mr = std::min(MR, mc - i);
       float* cij = c + i * ldc + j;
       if (mr == MR && nr == NR) {
-        g.kernel(kc, ap + i * kc, bq, cij, ldc, accumulate);
+        g.kernel(steps, ap + i * steps, bq, cij, ldc, accumulate);
         continue;
       }
       // Edge tile: compute the full tile (packing zero-padded it) into a scratch tile, then copy.
-      g.kernel(kc, ap + i * kc, bq, edge, NR, false);
+      g.kernel(steps, ap + i * steps, bq, edge, NR, false);
       for (int64_t r = 0; r < mr; ++r)
         for (int64_t s = 0; s < nr; ++s)
           cij[r * ldc + s] = accumulate ? cij[r * ldc + s] + edge[r * NR + s] : edge[r * NR + s];
@@ -385,7 +462,7 @@ void gemm_packed(const Mat& a, const Mat& b, float* c, int64_t ldc, int threads,
   bufs[1] = bufs[0] + buf_floats;
 
   struct Block {
-    int64_t jc, nc, n_panels, pc, kc;
+    int64_t jc, nc, n_panels, pc, kc, steps;  // steps: packed rows per panel, kc / k_per_step rounded up
   };
   auto block = [&](int64_t i) {
     Block blk;
@@ -394,13 +471,14 @@ void gemm_packed(const Mat& a, const Mat& b, float* c, int64_t ldc, int threads,
     blk.n_panels = (blk.nc + NR - 1) / NR;
     blk.pc = i % k_blocks * KC;
     blk.kc = std::min(KC, K - blk.pc);
+    blk.steps = (blk.kc + g.k_per_step - 1) / g.k_per_step;
     return blk;
   };
   // Packing tasks: 4 panels each.
   auto pack_tasks = [](const Block& blk) { return (blk.n_panels + 3) / 4; };
   auto pack = [&](const Block& blk, float* bp, int64_t t) {
     for (int64_t q = 4 * t; q < std::min(blk.n_panels, 4 * t + 4); ++q)
-      g.pack_b(b, blk.pc, blk.kc, blk.jc + q * NR, std::min(NR, blk.nc - q * NR), bp + q * NR * blk.kc);
+      g.pack_b(b, blk.pc, blk.kc, blk.jc + q * NR, std::min(NR, blk.nc - q * NR), bp + q * NR * blk.steps);
   };
   // Compute tasks cut along M when there are enough rows (each task then packs only its own rows of A), along
   // N otherwise (short prompts: few rows, many columns; each task packs all of A, which is small then). About
@@ -422,11 +500,11 @@ void gemm_packed(const Mat& a, const Mat& b, float* c, int64_t ldc, int threads,
       q1 = part_begin(blk.n_panels, tasks, t + 1);
     }
     if (m0 >= m1 || q0 >= q1) return;
-    float* ap = tls_pack_a.get(((std::min(MC, m1 - m0) + MR - 1) / MR) * MR * blk.kc + 8);
+    float* ap = tls_pack_a.get(((std::min(MC, m1 - m0) + MR - 1) / MR) * MR * blk.steps + 8);
     for (int64_t ic = m0; ic < m1; ic += MC) {
       const int64_t mc = std::min(MC, m1 - ic);
       g.pack_a(a, ic, mc, blk.pc, blk.kc, ap);
-      macro_kernel(g, blk.kc, mc, q0, q1, blk.nc, ap, bp, c + ic * ldc + blk.jc, ldc, blk.pc > 0);
+      macro_kernel(g, blk.steps, mc, q0, q1, blk.nc, ap, bp, c + ic * ldc + blk.jc, ldc, blk.pc > 0);
     }
   };
 
@@ -894,6 +972,27 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 TL_EXPORT("matmul", Matmul);
+
+// setMatmulPrecision("float32" | "bfloat16"): the products of the packed GEMM (M > 16) with a bfloat16 weight in
+// weight layout, on CPUs with AVX-512 BF16 at the avx512 level (elsewhere nothing changes). matmulPrecision()
+// returns the setting.
+Napi::Value SetMatmulPrecision(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string name = info.Length() > 0 && info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  if (name != "float32" && name != "bfloat16") {
+    Napi::RangeError::New(env, "setMatmulPrecision: \"" + name + "\" is not a precision (float32 or bfloat16)")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  g_bf16_products.store(name == "bfloat16");
+  return env.Undefined();
+}
+TL_EXPORT("setMatmulPrecision", SetMatmulPrecision);
+
+Napi::Value MatmulPrecision(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), g_bf16_products.load() ? "bfloat16" : "float32");
+}
+TL_EXPORT("matmulPrecision", MatmulPrecision);
 
 }  // namespace
 
