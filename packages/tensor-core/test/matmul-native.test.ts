@@ -169,7 +169,7 @@ describe('native.matmul: packed GEMM', () => {
     checkMatmul(...pair(37, 300, 129, { aLayout: 'trans', bLayout: 'trans' }));
   });
 
-  it('crosses the K, M and N blocking boundaries (K > 256, M > 144, N > 4080)', () => {
+  it('crosses the K, M and N blocking boundaries of both SIMD levels (K > 256, 512; M > 144; N > 2016, 4080)', () => {
     checkMatmul(...pair(150, 600, 20, { bLayout: 'trans' }));
     checkMatmul(...pair(20, 40, 4100));
     checkMatmul(...pair(18, 30, 4100, { bLayout: 'trans', bDtype: BF16 }));
@@ -308,8 +308,8 @@ describe('native.matmul: bfloat16 products (cpu.setMatmulPrecision, opt-in)', ()
     try {
       cpu.setMatmulPrecision('bfloat16');
       expect(cpu.matmulPrecision()).toBe('bfloat16');
-      // K odd and past one block of 256, M and N past whole tiles.
-      for (const [M, K, N] of [[37, 301, 131], [24, 512, 64], [17, 16, 40]]) {
+      // K odd, within one block and past it (512 k), M and N past whole tiles.
+      for (const [M, K, N] of [[37, 301, 131], [24, 512, 64], [17, 16, 40], [30, 601, 70]]) {
         const p = problem(M, K, N);
         p.run();
         // Float32 sums of the products: the rounding of the activations changes these sums by ~1e-4.
