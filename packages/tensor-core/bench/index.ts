@@ -25,10 +25,14 @@ const ROUNDS = 3;
 
 type PerLevel = Partial<Record<SimdLevel, number>>;
 
-/** The best of `measure` (higher is better) at each level over alternating rounds. */
-function perLevel(measure: (level: SimdLevel) => number, rounds = ROUNDS): PerLevel {
+/**
+ * The best of `measure` (higher is better) at each level over alternating rounds; `beforeRound` (sampling the
+ * ceilings) runs at the start of each, so that kernels and ceilings see the same moments of a busy machine.
+ */
+function perLevel(measure: (level: SimdLevel) => number, beforeRound = () => {}, rounds = ROUNDS): PerLevel {
   const best: PerLevel = {};
   for (let r = 0; r < rounds; r++) {
+    beforeRound();
     for (const level of LEVELS) {
       tc.native.setSimdLevel(level);
       best[level] = Math.max(best[level] ?? 0, measure(level));
@@ -94,46 +98,47 @@ function main(): void {
   const scores = tc.reshape(a, [4096, 4096]);
   const logits = tc.random.normal([1, 151936], { seed: 3 });
 
-  // The ceilings are sampled before, between and after the kernels, the best kept: on a shared machine they move.
+  // The ceilings are sampled in every round of the kernels they judge, the best kept: on a shared machine they
+  // move with the neighbours' work as the kernels do.
   let bandwidth = 0;
   const peak: PerLevel = {};
-  const sampleCeilings = () => {
-    bandwidth = Math.max(bandwidth, readBandwidthGBs());
-    for (const [level, gflops] of Object.entries(perLevel(() => tc.native.peakGflops(), 1)))
+  const sampleBandwidth = () => {
+    bandwidth = Math.max(bandwidth, readBandwidthGBs(256, 2));
+  };
+  const samplePeak = () => {
+    for (const [level, gflops] of Object.entries(perLevel(() => tc.native.peakGflops(), undefined, 1)))
       peak[level as SimdLevel] = Math.max(peak[level as SimdLevel] ?? 0, gflops);
   };
-  sampleCeilings();
   const gemm = {
-    gemm_f32_1024_gflops: perLevel((l) => benchGemm(1024, 1024, 1024, reps(l, 5))),
+    gemm_f32_1024_gflops: perLevel((l) => benchGemm(1024, 1024, 1024, reps(l, 5)), samplePeak),
     // A prompt of 512 tokens through a Qwen2-0.5B MLP weight (bf16, weight layout): converted while packing.
-    gemm_bf16_512x896x4864_gflops: perLevel((l) => benchGemmBf16(512, 896, 4864, reps(l, 5))),
+    gemm_bf16_512x896x4864_gflops: perLevel((l) => benchGemmBf16(512, 896, 4864, reps(l, 5)), samplePeak),
     // The same with cpu.setMatmulPrecision('bfloat16'): vdpbf16ps, where the CPU has it.
-    gemm_bf16_products_512x896x4864_gflops: perLevel((l) =>
-      l === 'avx512' && features.avx512bf16 ? bf16Products(() => benchGemmBf16(512, 896, 4864, 5)) : 0,
+    gemm_bf16_products_512x896x4864_gflops: perLevel(
+      (l) => (l === 'avx512' && features.avx512bf16 ? bf16Products(() => benchGemmBf16(512, 896, 4864, 5)) : 0),
+      samplePeak,
     ),
   };
-  sampleCeilings();
   const gemv = {
-    gemv_bf16_4864x896_gb_s: perLevel((l) => benchGemv(4864, 896, reps(l, 20))),
-    gemv_bf16_151936x896_gb_s: perLevel((l) => benchGemv(151936, 896, reps(l, 8))),
-    decode_step_bf16_gb_s: perLevel((l) => benchDecodeStep(reps(l, 3))),
+    gemv_bf16_4864x896_gb_s: perLevel((l) => benchGemv(4864, 896, reps(l, 20)), sampleBandwidth),
+    gemv_bf16_151936x896_gb_s: perLevel((l) => benchGemv(151936, 896, reps(l, 8)), sampleBandwidth),
+    decode_step_bf16_gb_s: perLevel((l) => benchDecodeStep(reps(l, 3)), sampleBandwidth),
     // Batched decode (8 rows): 16 FLOPs per weight, so this one is compute-bound.
-    gemv_bf16_8x4864x896_gflops: perLevel((l) => (benchGemv(4864, 896, reps(l, 20), 8) / 2) * 16),
+    gemv_bf16_8x4864x896_gflops: perLevel((l) => (benchGemv(4864, 896, reps(l, 20), 8) / 2) * 16, samplePeak),
   };
-  sampleCeilings();
   const ops = {
-    silu_f32_16m_gb_s: perLevel((l) => opGBs(() => tc.silu(a), 2 * n * 4, l)),
+    silu_f32_16m_gb_s: perLevel((l) => opGBs(() => tc.silu(a), 2 * n * 4, l), sampleBandwidth),
     // Attention scores over a context of 4096 tokens.
-    softmax_f32_4096x4096_gb_s: perLevel((l) => opGBs(() => tc.softmax(scores, -1), 2 * n * 4, l)),
+    softmax_f32_4096x4096_gb_s: perLevel((l) => opGBs(() => tc.softmax(scores, -1), 2 * n * 4, l), sampleBandwidth),
     argmax_151936_rows_per_s: perLevel((l) => argmaxRowsPerSecond(logits, l)),
   };
   const kernels = { ...gemm, ...gemv, ...ops };
   // The same code at every level (the compiler's vectorisation of a plain loop).
+  sampleBandwidth();
   const addGBs = opGBs(() => tc.add(a, b), 3 * n * 4, features.level);
   const small = tc.ones([4]);
   const napiCallUs = microseconds(() => tc.native.noop(), 100_000);
   const smallOpUs = microseconds(() => tc.add(small, small).dispose(), 20_000);
-  sampleCeilings();
 
   const f = (x: number | undefined, d = 1) => (x === undefined ? '-' : x.toFixed(d));
   const cells = (values: PerLevel, ceiling: PerLevel | number, d = 1) =>
