@@ -383,8 +383,12 @@ TL_AVX2 void pack_b_pairs_wt(const Mat& b, int64_t k0, int64_t kc, int64_t n0, i
   }
   for (int64_t s = full; s < steps; ++s)
     for (int64_t j = 0; j < NR; ++j) {
-      const uint16_t* w = src + j * b.cs + 2 * s;
-      const uint32_t lo = j < nr ? w[0] : 0, hi = j < nr && 2 * s + 1 < kc ? w[1] : 0;
+      uint32_t lo = 0, hi = 0;  // columns past N are zero
+      if (j < nr) {
+        const uint16_t* w = src + j * b.cs + 2 * s;
+        lo = w[0];
+        if (2 * s + 1 < kc) hi = w[1];
+      }
       dst[s * NR + j] = bits_to_f32(lo | hi << 16);
     }
 }
