@@ -30,7 +30,7 @@ export const DEFAULT_MODEL = 'models/tiny-qwen2-py';
  * user's directory as INIT_CWD; run directly (node, tsx), the process's own cwd is the user's.
  */
 export function userCwd(): string {
-  const viaPnpm = ['tiny-llm', 'demo'].includes(process.env.npm_lifecycle_event ?? '');
+  const viaPnpm = ['tiny-llm', 'demo', 'serve'].includes(process.env.npm_lifecycle_event ?? '');
   return viaPnpm && process.env.INIT_CWD ? process.env.INIT_CWD : process.cwd();
 }
 
@@ -332,6 +332,42 @@ async function runBatchCommand(flags: FlagValues): Promise<void> {
   log(`[${prompts.length} prompts, ${generated} tokens generated in ${seconds.toFixed(2)} s: ${(generated / seconds).toFixed(1)} tok/s]`);
 }
 
+async function runServeCommand(flags: FlagValues): Promise<void> {
+  const { runServer } = await import('./server/serve.ts');
+  const dir = modelDirOf(flags);
+  await runServer({
+    modelDir: dir,
+    modelName: displayPath(dir),
+    choice: choiceOf(flags),
+    host: (flags.host as string | undefined) ?? '127.0.0.1',
+    port: (flags.port as number | undefined) ?? 8000,
+    apiKey: flags['api-key'] as string | undefined,
+    maxBatch: (flags['max-batch'] as number | undefined) ?? 16,
+    prefillChunk: (flags['prefill-chunk'] as number | undefined) ?? 256,
+    maxModelLen: flags['max-model-len'] as number | undefined,
+    log,
+  });
+}
+
+async function runBenchServeCommand(flags: FlagValues): Promise<void> {
+  const { runBenchServe } = await import('./bench-serve.ts');
+  const clients = (flags.clients as number | undefined) ?? 64;
+  const passOn = ['model', 'solution', 'week', 'max-batch', 'prefill-chunk'].flatMap((f) => (flags[f] === undefined ? [] : [`--${f}`, String(flags[f])]));
+  // Every client in the batch unless told otherwise: waiting for a slot would count in the time to first token.
+  if (flags['max-batch'] === undefined) passOn.push('--max-batch', String(clients));
+  if (flags.model !== undefined) passOn.splice(passOn.indexOf('--model') + 1, 1, modelDirOf(flags));
+  await runBenchServe({
+    url: flags.url as string | undefined,
+    serveArgs: passOn,
+    clients,
+    requests: (flags.requests as number | undefined) ?? 4 * clients,
+    maxTokens: (flags['max-tokens'] as number | undefined) ?? 64,
+    json: flags.json === undefined ? undefined : resolveOutput(flags.json as string),
+    promptsFrom: resolveInput('models/tiny-qwen2-py/golden.json'),
+    log: (line) => process.stdout.write(`${line}\n`),
+  });
+}
+
 async function runBenchCommand(flags: FlagValues): Promise<void> {
   const { runBench } = await import('./bench.ts');
   await runBench(flags, { resolveInput, resolveOutput, displayPath, loadWithProgress });
@@ -399,6 +435,41 @@ export const COMMANDS: Record<string, CommandSpec> = {
       'tokens/s goes to stderr. Example:\n  printf \'{"prompt": "def add(a, b):"}\\n{"prompt": "class Stack:"}\\n\' > p.jsonl\n' +
       '  pnpm tiny-llm batch --prompts p.jsonl --max-tokens 32',
     run: runBatchCommand,
+  },
+  serve: {
+    summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
+    usage: 'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--max-model-len N]',
+    flags: {
+      ...MODEL_FLAGS,
+      host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
+      port: { kind: 'int', value: 'PORT', help: 'the port (0: any free one, printed when listening)', default: '8000', check: inRange(0, 65535) },
+      'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
+      'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
+      'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+      'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
+    },
+    notes:
+      'Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n' +
+      'GET /metrics (Prometheus). One log line per request on stderr. See docs/serving.md. Example:\n' +
+      '  pnpm serve\n  curl http://127.0.0.1:8000/v1/chat/completions -H "content-type: application/json" \\\n' +
+      '    -d \'{"messages": [{"role": "user", "content": "Hello!"}]}\'',
+    run: runServeCommand,
+  },
+  'bench-serve': {
+    summary: 'the server under load: throughput, time to first token and per output token (p50, p99), /health latency',
+    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ...] [--json FILE]',
+    flags: {
+      ...MODEL_FLAGS,
+      url: { kind: 'string', value: 'URL', help: 'a running server (default: start one for the run, with the model flags)' },
+      clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64', check: atLeast(1) },
+      requests: { kind: 'int', value: 'N', help: 'requests in all', default: '4 x clients', check: atLeast(1) },
+      'max-tokens': { kind: 'int', value: 'N', help: 'tokens per request', default: '64', check: atLeast(1) },
+      'max-batch': { kind: 'int', value: 'N', help: "the started server's batch", default: 'the clients' },
+      'prefill-chunk': { kind: 'int', value: 'T', help: "the started server's prefill chunk", check: atLeast(1) },
+      json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+    },
+    notes: 'The clients send the demo model\'s golden prompts (code and chat), greedy. The same load with one client is measured first.',
+    run: runBenchServeCommand,
   },
   bench: {
     summary: 'prefill and decode tokens/s next to the memory-bandwidth and GEMM ceilings measured in the same run',
