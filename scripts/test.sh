@@ -5,5 +5,5 @@
 status=0
 TINY_LLM_SOLUTION=reference turbo run test --concurrency=1 --continue || status=1
 tsx scripts/grade.ts --check-stubs || status=1
-tsx scripts/build-docs.ts || status=1
+pnpm docs:build || status=1
 exit $status
