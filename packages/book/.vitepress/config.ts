@@ -2,6 +2,7 @@
 import { fileURLToPath } from 'node:url';
 import type { Plugin } from 'vite';
 import { defineConfig } from 'vitepress';
+import { progressPlugin } from '../src/progress.ts';
 import { repoLinks } from '../src/repo-files.ts';
 import { DOCS, sidebar } from '../src/sidebar.ts';
 
@@ -38,7 +39,7 @@ export default defineConfig({
     math: true,
     config: repoLinks,
   },
-  vite: { plugins: [vueFromThisPackage()] },
+  vite: { plugins: [vueFromThisPackage(), progressPlugin()] },
   themeConfig: {
     sidebar: sidebar(),
     search: { provider: 'local' },
