@@ -8,7 +8,7 @@ import { existsSync, openSync, readdirSync, readFileSync, readSync, closeSync, s
 import { dirname, extname, join, relative, resolve } from 'node:path';
 import type { MarkdownRenderer } from 'vitepress';
 import { allChapters, type Chapter, learnerFile, ROOT, solutionFile } from '../../../scripts/chapters.ts';
-import { DOCS } from './sidebar.ts';
+import { chapterLink, DOCS } from './sidebar.ts';
 
 /**
  * The site page of a repository path. A folder's index page, so that the address ends in "/" whatever the
@@ -185,7 +185,7 @@ function fileBody(repoPath: string): string {
 /** What the chapter registry says a file is: the stub, solution or test of which chapters. */
 function rolesOf(repoPath: string): string[] {
   return allChapters().flatMap((c) => {
-    const chapter = `[${c.id} ${c.title}](/${c.docs.replace(/^docs\//, '')})`;
+    const chapter = `[${c.id} ${c.title}](${chapterLink(c)})`;
     const roles: string[] = [];
     if (c.files.some((f) => learnerFile(c, f) === repoPath)) roles.push(`Your code for chapter ${chapter}.`);
     if (c.files.some((f) => solutionFile(c, f) === repoPath)) roles.push(`The reference solution of chapter ${chapter}.`);

@@ -4,7 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DefaultTheme } from 'vitepress';
-import { chaptersOf, ROOT, WEEKS } from '../../../scripts/chapters.ts';
+import { type Chapter, chaptersOf, ROOT, WEEKS } from '../../../scripts/chapters.ts';
 
 export const DOCS = join(ROOT, 'docs');
 
@@ -24,6 +24,9 @@ export function linkOf(page: string): string {
   return `/${page.replace(/(^|\/)README\.md$/, '$1').replace(/\.md$/, '.html')}`;
 }
 
+/** The site's address of a chapter's page (the registry names it by its path in the repository). */
+export const chapterLink = (chapter: Chapter) => linkOf(chapter.docs.replace(/^docs\//, ''));
+
 function weekGroup(week: string): DefaultTheme.SidebarItem | undefined {
   const chapters = chaptersOf(week);
   if (chapters.length === 0) return undefined;
@@ -35,7 +38,7 @@ function weekGroup(week: string): DefaultTheme.SidebarItem | undefined {
   for (const chapter of chapters) {
     if (seen.has(chapter.docs)) continue;
     seen.add(chapter.docs);
-    items.push({ text: `${chapter.id} ${chapter.title}`, link: linkOf(chapter.docs.replace(/^docs\//, '')) });
+    items.push({ text: `${chapter.id} ${chapter.title}`, link: chapterLink(chapter) });
   }
   const text = existsSync(join(DOCS, overview)) ? titleOf(overview) : `Week ${week.replace('week', '')}`;
   return { text, collapsed: false, items };
