@@ -11,7 +11,7 @@ import { native } from '../src/native.ts';
 const F32 = 0;
 const BF16 = 2;
 
-/** Rough compute ceiling of this 2-core Zen3 (DESIGN.md section 10): float32 GEMM, both cores. */
+/** Rough compute ceiling of this 2-core Zen3 (docs/architecture.md, "Performance"): float32 GEMM, both cores. */
 export const GEMM_CEILING_GFLOPS = 150;
 
 function view(data: Float32Array | Uint16Array | Uint8Array, dtype: number, shape: number[], strides: number[]) {
