@@ -342,7 +342,7 @@ describe('flags, random weights, the bench accounting', () => {
     }
   });
 
-  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (docs/architecture.md, "Performance")", () => {
+  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (docs/architecture.md, Performance)", () => {
     const config = tc.readModelConfig(join(ROOT, 'fixtures/configs/Qwen2-0.5B-Instruct.json'));
     const bf16 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'bf16' })), config);
     const q4 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'q4' })), config);
