@@ -15,7 +15,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import * as tc from '../src/index.ts';
 import type { SimdLevel } from '../src/index.ts';
-import { benchDecodeStep, benchGemm, benchGemmBf16, benchGemv, bestSeconds, readBandwidthGBs } from './native-kernels.ts';
+import {
+  benchDecodeStep, benchGemm, benchGemmBf16, benchGemv, bestSeconds, flagsOf, readBandwidthGBs,
+} from './native-kernels.ts';
 
 const features = tc.cpuFeatures();
 const LEVELS: SimdLevel[] = process.env.TINY_LLM_SIMD
@@ -84,14 +86,9 @@ function cpuModel(): string {
 }
 
 function main(): void {
-  const args = process.argv.slice(2);
-  const jsonAt = args.indexOf('--json');
+  const { json } = flagsOf('bench [--json FILE]', { json: { type: 'string' } });
   // pnpm runs this in packages/tensor-core; a relative path means one relative to where pnpm was started.
-  const jsonPath = jsonAt >= 0 && args[jsonAt + 1] ? resolve(process.env.INIT_CWD ?? process.cwd(), args[jsonAt + 1]) : undefined;
-  if (jsonAt >= 0 && !jsonPath) {
-    console.error('bench: --json needs a file name');
-    process.exit(2);
-  }
+  const jsonPath = json === undefined ? undefined : resolve(process.env.INIT_CWD ?? process.cwd(), json);
 
   const n = 1 << 24;
   const [a, b] = [1, 2].map((seed) => tc.random.uniform([n], { seed, low: -4, high: 4 }));

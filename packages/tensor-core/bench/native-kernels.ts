@@ -1,5 +1,6 @@
 // Timing of the native kernels, for bench/index.ts (and the engine's benchmarks, which import the ceilings).
 // Each function measures one kernel at the SIMD level in use and returns a plain number.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { native } from '../src/native.ts';
 
 const F32 = 0;
@@ -17,6 +18,16 @@ function filled(n: number, seed: number): Float32Array {
     a[i] = s / 2147483648 - 0.5;
   }
   return a;
+}
+
+/** A bench script's flags, parsed strictly: an unknown flag or a missing value prints the usage and exits with 2. */
+export function flagsOf<const O extends ParseArgsConfig['options'] & {}>(usage: string, options: O) {
+  try {
+    return parseArgs({ args: process.argv.slice(2), options }).values;
+  } catch (err) {
+    console.error(`${(err as Error).message}\nusage: ${usage}`);
+    process.exit(2);
+  }
 }
 
 /**
