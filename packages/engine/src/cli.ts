@@ -386,6 +386,41 @@ async function runBenchCommand(flags: BenchFlags): Promise<void> {
   await runBench(flags, { resolveInput, resolveOutput, displayPath, loadWithProgress });
 }
 
+const CONVERT_FLAGS = defineFlags({
+  model: { kind: 'string', value: 'DIR', help: 'the float checkpoint to convert (Hugging Face layout)', default: DEFAULT_MODEL },
+  quantize: { kind: 'string', choices: ['q4', 'q8'], help: 'bits per weight: 4 or 8 (required)' },
+  'group-size': { kind: 'int', choices: [32, 64, 128], help: 'input columns that share a scale and a bias', default: '64' },
+  out: { kind: 'string', value: 'DIR', help: 'the new model directory (must not exist, or be empty; required)' },
+});
+
+async function runConvertCommand(flags: FlagValues<typeof CONVERT_FLAGS>): Promise<void> {
+  const { convertModel } = await import('./convert.ts');
+  if (flags.quantize === undefined || flags.out === undefined) {
+    throw new UsageError('convert: --quantize q4|q8 and --out DIR are required (see tiny-llm convert --help)');
+  }
+  const dir = modelDirOf(flags);
+  const out = resolveOutput(flags.out);
+  const bits = flags.quantize === 'q4' ? 4 : 8;
+  const groupSize = flags['group-size'] ?? 64;
+  const bar = progressBar(`quantizing ${displayPath(dir)} to ${bits} bits, groups of ${groupSize}`);
+  const t0 = performance.now();
+  let report;
+  try {
+    report = convertModel(dir, out, { bits, groupSize, onProgress: (done, total) => bar.update(done, total) });
+  } finally {
+    bar.done();
+  }
+  if (report.ungrouped.length > 0) {
+    const names = report.ungrouped.slice(0, 4).join(', ') + (report.ungrouped.length > 4 ? ', ...' : '');
+    log(`${report.ungrouped.length} matrices stay in float: their columns do not split into groups of ${groupSize} (${names}); a smaller --group-size quantizes them`);
+  }
+  const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+  log(
+    `wrote ${displayPath(out)} (${report.files.join(', ')}): ${report.quantized} matrices quantized, ${report.kept} tensors kept; ` +
+      `${mb(report.sourceBytes)} -> ${mb(report.bytes)} in ${((performance.now() - t0) / 1e3).toFixed(1)} s`,
+  );
+}
+
 export const COMMANDS: Record<string, Command> = {
   generate: command({
     summary: 'complete a prompt as it is (no chat template), streaming the text to stdout',
@@ -440,6 +475,16 @@ export const COMMANDS: Record<string, Command> = {
     flags: BENCH_SERVE_FLAGS,
     notes: 'The clients send the demo model\'s golden prompts (code and chat), greedy. The same load with one client is measured first.',
     run: runBenchServeCommand,
+  }),
+  convert: command({
+    summary: "quantize a float checkpoint to MLX's 4- or 8-bit layout (as mlx_lm.convert -q), loadable like any MLX model",
+    usage: 'tiny-llm convert [--model DIR] --quantize q4|q8 [--group-size 32|64|128] --out DIR',
+    flags: CONVERT_FLAGS,
+    notes:
+      'Every matrix whose columns split into groups (projections, MLP, embedding) is stored as packed integers with a\n' +
+      'scale and a bias per group; norms, biases and MoE routers are kept. The tokenizer files come along. Example:\n' +
+      '  pnpm tiny-llm convert --quantize q4 --out /tmp/tiny-q4 && pnpm tiny-llm generate --model /tmp/tiny-q4 --prompt "def f("',
+    run: runConvertCommand,
   }),
   bench: command({
     summary: 'prefill and decode tokens/s next to the memory-bandwidth and GEMM ceilings measured in the same run',

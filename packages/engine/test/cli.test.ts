@@ -232,6 +232,9 @@ describe('the CLI (spawned)', () => {
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
       ['--week 3', ['generate', '--prompt', 'x', '--week', '3'], 2, /--week must be one of 1, 2/],
+      ['convert without --out', ['convert', '--quantize', 'q4'], 2, /--quantize q4\|q8 and --out DIR are required/],
+      ['convert to 3 bits', ['convert', '--quantize', 'q3', '--out', join(tmp, 'q3')], 2, /--quantize must be one of q4, q8, got q3/],
+      ['convert of a quantized model', ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')], 1, /already quantized \(4 bits, group 64\)/],
     ];
     const results = await Promise.all(cases.map(([, args]) => cli(args)));
     for (const [i, [what, , code, message]] of cases.entries()) {
