@@ -1,6 +1,6 @@
 // The engine's quantized matmul on the CPU (chapter 2.2's kernel, taken on for speed), with the SDK.
 //
-//   quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps])
+//   quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps, int8])
 //     x       [..., K]       float32 / bfloat16 / float16, contiguous: M rows of K
 //     w       [N, K*bits/32] uint32, MLX layout: value j of a row is stream bits [j*bits, (j+1)*bits), stream bit i
 //                            is bit i%32 of word i/32 (for 2, 4 and 8 bits: value j of a word sits at j*bits)
@@ -11,6 +11,8 @@
 //   The optional arguments fuse the work around a decode projection (step 9, native/fusion.cc): bias [N] and
 //   residual [M, N] (float32, or null) are added to out; prologue 1 replaces x by rmsNorm(x) * normWeight, and
 //   prologue 2 reads x as [..., 2K] and multiplies by silu(x[:, :K]) * x[:, K:].
+//   int8 true rounds x to 8-bit integers per block of 32 for 4- and 8-bit weights: native/quantized_matmul_int8.cc,
+//   the engine's default; this file is the float path (the engine's --exact).
 //
 //   dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids of the dequantized w, into out
 //   [..., K] (the quantized embedding's lookup).
@@ -74,57 +76,17 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
+#include "quantized.h"
 
 namespace {
 
 using namespace engine;
-using tl::DType;
 
 thread_local Buffer tls_xsum;     // per-group sums of x, calling thread
 thread_local Buffer tls_xp;       // x rearranged for the chunked kernels (step 6), calling thread
 thread_local Buffer tls_scales;   // a tile's scales and biases as float32, each pool thread its own
 thread_local Buffer tls_wblock;   // prefill: a block of dequantized weight rows, calling thread (shared by the pool)
 thread_local Buffer tls_oblock;   // prefill: the GEMM's output for that block, calling thread
-
-// ---- The problem, once parsed -------------------------------------------------------------------------------------
-
-struct Problem {
-  const float* x;      // [M, K] float32 (decode path only; prefill hands the original x to the GEMM)
-  const float* xp;     // [M, K] x rearranged for the chunked kernels (step 6), or null
-  const float* xsum;   // [M, groups]: sum of x over each group of G columns
-  int64_t M, K, N, groups;
-  int G, bits;
-  const uint8_t* w;    // packed rows, row_bytes apart
-  int64_t row_bytes;   // K * bits / 8
-  const void* scales;  // [N, groups]
-  const void* biases;  // [N, groups]
-  DType sdtype;        // of scales and biases
-  float* out;          // [M, N]
-  // The fused epilogue (step 9): each output also gets bias[n] and residual[m, n] added, where given.
-  const float* bias;      // [N] float32, or null
-  const float* residual;  // [M, N] float32, or null (may be out itself)
-};
-
-// Writes output (m, n) with the epilogue applied: every kernel's last word on an output goes through here.
-inline void store_out(const Problem& p, int64_t m, int64_t n, float v) {
-  const int64_t i = m * p.N + n;
-  if (p.bias) v += p.bias[n];
-  if (p.residual) v += p.residual[i];
-  p.out[i] = v;
-}
-
-inline float load_param(const void* p, DType d, int64_t i) { return tl::load_f32(p, d, i); }
-
-// Value j of a packed row, for any bits (the dequantize() formula: a 3-, 5- or 6-bit value may straddle words).
-inline uint32_t extract(const uint8_t* row, int bits, int64_t j) {
-  const int64_t bit = j * bits;
-  uint64_t window = 0;  // the bytes that hold the value: at most 2 bytes past the first for bits <= 8
-  const int64_t byte = bit >> 3;
-  const int nbytes = static_cast<int>(((bit & 7) + bits + 7) >> 3);
-  std::memcpy(&window, row + byte, nbytes);  // little endian: byte order = stream order
-  return static_cast<uint32_t>(window >> (bit & 7)) & ((1u << bits) - 1);
-}
 
 // =====================================================================================================================
 // Decode, scalar: steps 0-2 without SIMD. The fallback for every bits / group size / dtype.
@@ -159,13 +121,6 @@ void rows_scalar(const Problem& p, int64_t n0, int64_t n1) {
 
 #ifdef TL_X86_SIMD
 
-// Step 8, software prefetch. From DRAM, a tile's R rows are R interleaved streams advancing a few bytes per step,
-// and the hardware prefetchers ran so little ahead of them that one core read 4 GB/s of an 8-bit weight (its
-// plain read bandwidth: 11.8 GB/s). Each step now prefetches as many bytes as it consumes, kPrefetchBytes
-// ahead in the (contiguous) rows: one steady sequential stream. 8-bit, one core: 4 -> 11.4 GB/s; 4-bit, two
-// cores: 9 -> 15 GB/s (2048 and 8192 bytes did slightly worse).
-constexpr int64_t kPrefetchBytes = 4096;
-
 // The 8 values that start at `src` (8 values of BITS bits are exactly BITS bytes), as 8 float lanes in order.
 template <int BITS> TL_AVX2 inline __m256 unpack8(const uint8_t* src) {
   if constexpr (BITS == 8) {
@@ -195,60 +150,6 @@ template <int BITS> TL_AVX2 inline __m256 unpack8(const uint8_t* src) {
     const __m256i shifts = _mm256_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 0, BITS, 2 * BITS, 3 * BITS);
     v = _mm256_srlv_epi32(v, shifts);
     return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32((1 << BITS) - 1)));
-  }
-}
-
-// sum_i a[i] * b[i], 8 lanes at a time.
-TL_AVX2 inline float dot_avx2(const float* a, const float* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-  float s = hsum(acc);
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// n scales or biases to float32, 8 at a time: bf16 is the high half of a float32, f16 takes vcvtph2ps. Per-
-// element conversion (a switch on the dtype per group) cost as much as the whole row's multiply-adds at G = 32.
-template <DType D> TL_AVX2 void convert_avx2(const void* src, int64_t n, float* dst) {
-  int64_t i = 0;
-  if constexpr (D == DType::F32) {
-    std::memcpy(dst, src, n * sizeof(float));
-    return;
-  } else {
-    const uint16_t* h = static_cast<const uint16_t*>(src);
-    for (; i + 8 <= n; i += 8) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i));
-      if constexpr (D == DType::BF16)
-        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16)));
-      else
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(v));
-    }
-    for (; i < n; ++i) dst[i] = D == DType::BF16 ? tl::bf16_to_f32(h[i]) : tl::f16_to_f32(h[i]);
-  }
-}
-
-void convert_scalar(DType d, const void* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = load_param(src, d, i);
-}
-
-// The scales and biases of weight rows n .. n + r - 1 (contiguous in both arrays) as float32.
-TL_AVX2 void params_f32(const Problem& p, int64_t n, int r, float* sc, float* bi) {
-  const int64_t off = n * p.groups, count = r * p.groups, es = tl::dtype_size(p.sdtype);
-  const void* s = static_cast<const char*>(p.scales) + off * es;
-  const void* b = static_cast<const char*>(p.biases) + off * es;
-  if (p.sdtype == DType::BF16) {
-    convert_avx2<DType::BF16>(s, count, sc);
-    convert_avx2<DType::BF16>(b, count, bi);
-  } else if (p.sdtype == DType::F32) {
-    convert_avx2<DType::F32>(s, count, sc);
-    convert_avx2<DType::F32>(b, count, bi);
-  } else if (has_f16c()) {
-    convert_avx2<DType::F16>(s, count, sc);
-    convert_avx2<DType::F16>(b, count, bi);
-  } else {
-    convert_scalar(p.sdtype, s, count, sc);
-    convert_scalar(p.sdtype, b, count, bi);
   }
 }
 
@@ -469,8 +370,6 @@ template <int BITS, bool CHUNKED> TL_AVX2 void rows_avx2(const Problem& p, int64
 
 #endif  // TL_X86_SIMD
 
-using RowsFn = void (*)(const Problem&, int64_t n0, int64_t n1);
-
 // The chunked kernels need K to be a whole number of chunks (64 values for 4 bits): true of every real model
 // (K is a multiple of 128 there); other K take step 3's kernels.
 bool use_chunks(int bits, int64_t K) {
@@ -503,24 +402,6 @@ RowsFn rows_kernel(int bits, int64_t K) {
   }
 #endif
   return &rows_scalar;
-}
-
-void decode(const Problem& p) {
-  const RowsFn rows = rows_kernel(p.bits, p.K);
-  // Few multiply-adds in all: waking the pool costs more than it saves.
-  if (p.M * p.N * p.K < (1 << 16)) return rows(p, 0, p.N);
-  // Large weights: about 8 tasks per thread, so that a thread streams long contiguous runs (the hardware
-  // prefetchers restart at every jump) and dynamic hand-out still balances a thread that the OS delays. Small
-  // ones (a decode step is mostly matrices of 0.5-5 MB): tasks of at least 512 KB, a whole number per thread.
-  // Each task start is a jump that the prefetch of step 8 has not covered, and 64-row tasks made the 896 x 896
-  // and 1152 x 896 projections of Qwen2-0.5B 15-20% slower than two halves.
-  const int64_t threads = tl::num_threads();
-  const int64_t row_cost = p.row_bytes + 2 * p.groups * tl::dtype_size(p.sdtype);  // bytes streamed per row
-  const int64_t by_size = std::max<int64_t>(1, p.N * row_cost / (threads * (int64_t{512} << 10)));
-  const int64_t tasks_per_thread = std::min<int64_t>(8, by_size);
-  const int64_t rows_per_task = std::max<int64_t>(4, (p.N / (tasks_per_thread * threads) + 3) / 4 * 4);
-  const int64_t tasks = (p.N + rows_per_task - 1) / rows_per_task;
-  run_tasks(tasks, [&](int64_t t) { rows(p, t * rows_per_task, std::min(p.N, (t + 1) * rows_per_task)); });
 }
 
 // =====================================================================================================================
@@ -663,11 +544,12 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps])
+// quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps, int8])
 //   x         [..., K] (or [..., 2K] with the swiglu prologue), contiguous; out [..., N] float32, contiguous, as
 //             many rows as x
 //   bias      [N] float32 or null; residual: float32, out's shape, contiguous, or null (may be out itself)
 //   prologue  0 none, 1 rmsNorm with normWeight [K] and eps, 2 swiglu (step 9)
+//   int8      true: x rounded to 8-bit integers per block of 32 (native/quantized_matmul_int8.cc)
 Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "quantizedMatmul";
@@ -712,6 +594,9 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
     return fail("every operand must be contiguous");
   if (const char* err = check_fusion(fusion, M, K, N)) return fail(err);
   if (M == 0 || N == 0) return env.Undefined();
+  // The last argument asks for integer activations (native/quantized_matmul_int8.cc), which 4- and 8-bit weights
+  // have; other widths keep float activations.
+  const bool int8 = info.Length() > 12 && info[12].ToBoolean().Value() && int8_activations_supported(bits);
 
   Problem p{};
   p.M = M;
@@ -729,7 +614,7 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   p.bias = fusion.bias.data ? fusion.bias.ptr<float>() : nullptr;
   p.residual = fusion.residual.data ? fusion.residual.ptr<float>() : nullptr;
   try {
-    if (M > kDecodeMaxM) {
+    if (M > kDecodeMaxM && !int8) {
       // The GEMM takes x in its own dtype; a prologue hands it the prepared float32 rows instead.
       tl::TensorRef x2d;
       x2d.dtype = x.dtype;
@@ -764,6 +649,10 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
     p.x = xf;
     p.xsum = xsum;
     p.xp = nullptr;
+    if (int8) {
+      matmul_int8(p);
+      return env.Undefined();
+    }
 #ifdef TL_X86_SIMD
     if (use_chunks(bits, K)) {
       float* xp = tls_xp.get(M * K);
@@ -775,7 +664,7 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
       p.xp = xp;
     }
 #endif
-    decode(p);
+    decode(p, rows_kernel(p.bits, p.K));
   } catch (const std::bad_alloc&) {
     Napi::Error::New(env, std::string(op) + ": out of memory for scratch buffers").ThrowAsJavaScriptException();
   }
@@ -842,6 +731,7 @@ Napi::Value DequantizeRows(const Napi::CallbackInfo& info) {
 Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("simd", has_avx2_fma());
+  o.Set("int8Kernel", engine::int8_kernel_name());
   return o;
 }
 

@@ -230,6 +230,8 @@ export interface BenchReport {
   group_size: number | null;
   /** What ran: "the engine", "the learner's week 1 model", ... */
   runs: string;
+  /** What the quantized matmuls multiply: "int8" activations (the engine's default), or "float32" (--exact, the chapter models, float weights). */
+  activations: 'int8' | 'float32';
   params: number;
   weight_bytes: number;
   /** Bytes of tensors the loaded model allocated (weights widened to float32 at load count here; mapped ones do not). */
@@ -280,7 +282,7 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
 }
 
 export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution, week: flags.week };
+  const choice: ModelChoice = { solution: flags.solution, week: flags.week, exact: flags.exact };
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
   // of the ceiling for the demo model, in consecutive runs).
@@ -319,7 +321,7 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     weights.onProgress = (done, total) => bar.update(done, total);
     const t0 = performance.now();
     try {
-      model = new EngineQwen2(Qwen2Model.fromWeights(config, weights.get));
+      model = new EngineQwen2(Qwen2Model.fromWeights(config, weights.get, { exact: choice.exact }));
     } catch (err) {
       throw new UserError(`--config ${h.displayPath(path)}: cannot build the model: ${oneLine(err)}`, { cause: err });
     } finally {
@@ -370,6 +372,7 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     model_type: config.modelType,
     dtype,
     group_size: groupSize,
+    activations: model instanceof EngineQwen2 && groupSize !== null && !choice.exact ? 'int8' : 'float32',
     runs: model.description,
     params: traffic.params,
     weight_bytes: traffic.weightBytes,
@@ -416,7 +419,7 @@ export function formatReport(r: BenchReport): string {
   const f = (x: number, d = 1) => x.toFixed(d);
   const mb = (bytes: number) => `${f(bytes / 1e6, 1)} MB`;
   return [
-    `bench ${r.model} (${r.model_type}, ${r.dtype}${r.group_size ? ` group ${r.group_size}` : ''}; ${r.runs}): ${f(r.params / 1e6, 1)}M params, ` +
+    `bench ${r.model} (${r.model_type}, ${r.dtype}${r.group_size ? ` group ${r.group_size}, ${r.activations} activations` : ''}; ${r.runs}): ${f(r.params / 1e6, 1)}M params, ` +
       `${mb(r.weight_bytes)} of weights, ${mb(r.weight_bytes_per_token)} read per decoded token`,
     `  ceilings (measured now, ${r.threads} threads): read bandwidth ${f(r.bandwidth_gb_s)} GB/s, ` +
       `GEMM f32 1024^3 ${f(r.gemm_gflops)} GFLOP/s, FMA peak ${f(r.fma_peak_gflops)} GFLOP/s`,

@@ -87,11 +87,15 @@ export const MODEL_FLAGS = defineFlags({
     choices: WEEKS,
     help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
   },
+  exact: {
+    kind: 'bool',
+    help: "quantized weights multiply float32 activations, the chapters' arithmetic (default: the engine rounds activations to int8 for 4- and 8-bit weights, as llama.cpp; the chapter models are always exact)",
+  },
 });
 type ModelFlags = FlagValues<typeof MODEL_FLAGS>;
 
-/** The --solution and --week flags. */
-export const choiceOf = (flags: ModelFlags): ModelChoice => ({ solution: flags.solution, week: flags.week });
+/** The --solution, --week and --exact flags. */
+export const choiceOf = (flags: ModelFlags): ModelChoice => ({ solution: flags.solution, week: flags.week, exact: flags.exact });
 
 const SAMPLING_FLAGS = defineFlags({
   'max-tokens': { kind: 'int', value: 'N', help: 'the most tokens to generate', default: '256', check: atLeast(0) },
@@ -353,12 +357,16 @@ async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>)
     model: flags.model === undefined ? undefined : modelDirOf(flags),
     solution: flags.solution,
     week: flags.week,
+    exact: flags.exact,
     'max-batch': flags['max-batch'] ?? clients,
     'prefill-chunk': flags['prefill-chunk'],
   };
+  // A flag without a value (--exact) is passed when true.
+  const serveArg = ([name, value]: [string, string | number | boolean | undefined]) =>
+    value === undefined || value === false ? [] : value === true ? [`--${name}`] : [`--${name}`, String(value)];
   await runBenchServe({
     url: flags.url,
-    serveArgs: Object.entries(serverFlags).flatMap(([name, value]) => (value === undefined ? [] : [`--${name}`, String(value)])),
+    serveArgs: Object.entries(serverFlags).flatMap(serveArg),
     clients,
     requests: flags.requests ?? 4 * clients,
     maxTokens: flags['max-tokens'] ?? 64,

@@ -29,6 +29,11 @@ export interface ModelChoice {
   solution?: Solution;
   /** A week's plain chapter model; none: the engine (reference), or the learner's highest written week. */
   week?: Week;
+  /**
+   * The engine multiplies quantized weights by float32 activations, as the chapters' models always do (their
+   * goldens hold to 1e-4), instead of int8 ones (Qwen2LoadOptions.exact).
+   */
+  exact?: boolean;
 }
 
 export interface LoadOptions extends ModelChoice {
@@ -78,7 +83,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   if (options.week !== undefined) return loadChapterModel(dir, solution, options.week);
   if (solution === 'learner') return loadLearnerHighestWeek(dir);
   try {
-    return new EngineQwen2(Qwen2Model.load(dir, { onProgress: options.onProgress }));
+    return new EngineQwen2(Qwen2Model.load(dir, { onProgress: options.onProgress, exact: options.exact }));
   } catch (err) {
     throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
   }
@@ -128,7 +133,7 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
     const { Scheduler } = await MODULES.reference.week2();
     let model: Qwen2Model;
     try {
-      model = Qwen2Model.load(dir);
+      model = Qwen2Model.load(dir, { exact: choice.exact });
     } catch (err) {
       throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
     }

@@ -77,7 +77,7 @@ describe('convert --quantize', () => {
     const ids = [1, 17, 300, 5, 42, 9, 11];
     const reference = new Float64Qwen2(single).logits(ids);
     for (const dir of [single, sharded]) {
-      const model = await loadModel(dir);
+      const model = await loadModel(dir, { exact: true });
       const logits = computeLogits(model, ids);
       expectGolden(logits, reference, { atol: 1e-4, rtol: 0, what: `logits of ${dir.slice(tmp.length + 1)}` });
       logits.dispose();

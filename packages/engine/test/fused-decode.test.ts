@@ -9,7 +9,7 @@ import { Linear } from '../src/model/linear.ts';
 import { DecodeKvCache } from '../src/model/kv-cache.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
 import { quantizedMatmul } from '../src/model/quantized-matmul.ts';
-import { fusedCase, scaledError } from './support/quantized-matmul-cases.ts';
+import { EXACT, fusedCase, scaledError } from './support/quantized-matmul-cases.ts';
 
 const KINDS: string[][] = [['bias'], ['residual'], ['norm'], ['swiglu'], ['norm', 'bias', 'residual'], ['swiglu', 'residual']];
 
@@ -21,7 +21,7 @@ describe('quantizedMatmul with fused work', () => {
       it(`${bits}-bit, group ${group}, K = ${k}: ${kinds.join(' + ')} (M = 1, 3, 37)`, () => {
         for (const m of [1, 3, 37]) {
           const c = fusedCase(m, 45, k, bits, group, kinds, m + k + bits);
-          const y = quantizedMatmul(c.x, c.w, { bias: c.bias, residual: c.residual, norm: c.norm, swiglu: c.swiglu });
+          const y = quantizedMatmul(c.x, c.w, { bias: c.bias, residual: c.residual, norm: c.norm, swiglu: c.swiglu, ...EXACT });
           expect(y.shape).toEqual([m, 45]);
           expect(scaledError(y.toArray(), c.expected), `M = ${m}`).toBeLessThan(1e-4);
         }
@@ -33,7 +33,7 @@ describe('quantizedMatmul with fused work', () => {
     const c = fusedCase(6, 24, 128, 4, 32, ['residual', 'bias']);
     const x = tc.reshape(c.x, [2, 3, 128]);
     const residual = tc.reshape(c.residual!, [2, 3, 24]);
-    const y = quantizedMatmul(x, c.w, { bias: c.bias, residual });
+    const y = quantizedMatmul(x, c.w, { bias: c.bias, residual, ...EXACT });
     expect(y.shape).toEqual([2, 3, 24]);
     expect(scaledError(y.toArray(), c.expected)).toBeLessThan(1e-4);
     expect(() => quantizedMatmul(c.x, c.w, { bias: tc.zeros([23]) })).toThrow(/fused bias must be float32 \[24\]/);
@@ -97,8 +97,8 @@ describe('fused decode kernels against the composed ops, on the fixture models',
   for (const name of ['qwen2-tiny', 'qwen2-tiny-bf16', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny', 'qwen2-tiny-untied']) {
     it(`${name}: prefill of 5 tokens, then 6 decode steps`, () => {
       const dir = `${FIXTURES_DIR}models/${name}`;
-      const fused = Qwen2Model.load(dir);
-      const composed = Qwen2Model.load(dir, { fusedKernels: false });
+      const fused = Qwen2Model.load(dir, EXACT);
+      const composed = Qwen2Model.load(dir, { fusedKernels: false, ...EXACT });
       const ids = [3, 17, 5, 42, 8, 11, 2, 29, 7, 13, 4];
       const cf = fused.newCache();
       const cc = composed.newCache();

@@ -19,6 +19,8 @@ import { Qwen2Model } from '../src/model/qwen2.ts';
 const MODELS_DIR = fileURLToPath(new URL('../../../models/', import.meta.url));
 const FIXTURE_MODELS = ['qwen2-tiny', 'qwen2-tiny-untied', 'qwen2-tiny-bf16', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny'];
 const ATOL = 1e-4;
+/** The goldens' 1e-4 holds for the exact path: quantized weights times float32 activations. */
+const EXACT = { exact: true } as const;
 
 const ids2d = (ids: number[][]) => tc.tensor(ids, { dtype: 'int32' });
 
@@ -41,7 +43,7 @@ for (const name of FIXTURE_MODELS) {
     const prompts = Number(golden.metadata.prompts);
     const newTokens = Number(golden.metadata.n_new);
     let loaded: Qwen2Model | undefined;
-    const model = () => (loaded ??= Qwen2Model.load(dir));
+    const model = () => (loaded ??= Qwen2Model.load(dir, EXACT));
     const promptIds = (i: number) => Array.from(golden.get(`prompt${i}`).toArray());
 
     for (let i = 0; i < prompts; i++) {
@@ -104,7 +106,7 @@ for (const name of FIXTURE_MODELS) {
 
     it('unfused projections (load option fuse: false) give the same logits', () => {
       const ids = promptIds(3);
-      const m = Qwen2Model.load(dir, { fuse: false });
+      const m = Qwen2Model.load(dir, { fuse: false, ...EXACT });
       const cache = m.newCache();
       const want = golden.get('prompt3.logits');
       expectLogits('prefill', m.forward(ids2d([ids.slice(0, 5)]), cache), goldenRows(want, 0, 5), [1, 5, want.shape[1]]);
@@ -136,7 +138,7 @@ describe('Qwen2Model.decodeRows: requests of different lengths, each with its ow
   for (const name of ['qwen2-tiny', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny']) {
     it(`${name}: every prompt's last position, decoded together after its own prefill`, () => {
       const golden = goldenModel(name);
-      const m = Qwen2Model.load(golden.dir);
+      const m = Qwen2Model.load(golden.dir, EXACT);
       const prompts = golden.prompts.filter((p) => p.ids.length >= 2);
       const caches = prompts.map((p) => {
         const cache = m.newCache();
@@ -292,7 +294,7 @@ describe('DecodeKvCache (chapter 2.1\'s KvCache): buffers', () => {
 describe('Qwen2Model: errors', () => {
   const dir = `${FIXTURES_DIR}models/qwen2-tiny`;
   let loaded: Qwen2Model | undefined;
-  const model = () => (loaded ??= Qwen2Model.load(dir));
+  const model = () => (loaded ??= Qwen2Model.load(dir, EXACT));
 
   it('a token id outside the vocabulary says which id and where; the cache is unchanged', () => {
     const m = model();

@@ -1,12 +1,13 @@
-// Chapter 2.2: the CPU quantized matmul (native/quantized_matmul.cc) against the golden fixture, against a
-// float64 reference computed from tensor-core's dequantize, on the scalar fallback, and on bad arguments.
+// Chapter 2.2: the CPU quantized matmul with float activations (native/quantized_matmul.cc, `exact: true`)
+// against the golden fixture, against a float64 reference computed from tensor-core's dequantize, on the scalar
+// fallback, and on bad arguments. Integer activations: test/quantized-matmul-int8.test.ts.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import * as tc from '@tiny-llm/tensor-core';
 import { goldenOp, relativeError } from '@tiny-llm/tensor-core/testing';
 import { quantizedMatmul } from '../src/model/quantized-matmul.ts';
-import { makeProblem, reference, scaledError } from './support/quantized-matmul-cases.ts';
+import { EXACT, makeProblem, reference, scaledError } from './support/quantized-matmul-cases.ts';
 
 describe('quantizedMatmul: golden fixture ops/quantized_matmul', () => {
   const golden = goldenOp('quantized_matmul');
@@ -17,7 +18,7 @@ describe('quantizedMatmul: golden fixture ops/quantized_matmul', () => {
       const w = new tc.QuantizedWeight(golden.get(c, 'w'), golden.get(c, 'scales'), golden.get(c, 'biases'), groupSize, bits, c.name);
       const x = golden.get(c, 'x');
       const expected = golden.get(c, 'out').toArray();
-      const y = quantizedMatmul(x, w);
+      const y = quantizedMatmul(x, w, EXACT);
       expect(y.dtype).toBe('float32');
       expect(y.shape).toEqual([x.shape[0], w.outFeatures]);
       const got = y.toArray();
@@ -38,7 +39,7 @@ describe('quantizedMatmul against dequantize in float64', () => {
       it(`${bits}-bit, group ${group}: M = 1, 2, 3, 5, 16, 17, 37, 64`, () => {
         for (const m of [1, 2, 3, 5, 16, 17, 37, 64]) {
           const p = makeProblem(m, 45, 384, bits, group);
-          const y = quantizedMatmul(p.x, p.w);
+          const y = quantizedMatmul(p.x, p.w, EXACT);
           expect(scaledError(y.toArray(), reference(p)), `M = ${m}`).toBeLessThan(1e-4);
           tc.tidy(() => [p.x.dispose(), p.w.dispose(), y.dispose()]);
         }
@@ -52,7 +53,7 @@ describe('quantizedMatmul against dequantize in float64', () => {
     it(`${bits}-bit, group ${group}, K = ${k} (not whole chunks): M = 1, 3, 5, 37`, () => {
       for (const m of [1, 3, 5, 37]) {
         const p = makeProblem(m, 29, k, bits, group);
-        expect(scaledError(quantizedMatmul(p.x, p.w).toArray(), reference(p)), `M = ${m}`).toBeLessThan(1e-4);
+        expect(scaledError(quantizedMatmul(p.x, p.w, EXACT).toArray(), reference(p)), `M = ${m}`).toBeLessThan(1e-4);
       }
     });
   }
@@ -60,7 +61,7 @@ describe('quantizedMatmul against dequantize in float64', () => {
   it('sizes that split across the pool and, for prefill, over several weight blocks (N = 1100, K = 2048)', () => {
     for (const [m, bits] of [[1, 4], [7, 8], [37, 4], [64, 2]]) {
       const p = makeProblem(m, 1100, 2048, bits, 64);
-      const y = quantizedMatmul(p.x, p.w);
+      const y = quantizedMatmul(p.x, p.w, EXACT);
       expect(scaledError(y.toArray(), reference(p)), `M = ${m}, ${bits}-bit`).toBeLessThan(1e-4);
     }
   });
@@ -69,7 +70,7 @@ describe('quantizedMatmul against dequantize in float64', () => {
     for (const m of [1, 4, 9, 37]) {
       for (const scaleDtype of ['float16', 'float32'] as const) {
         const p = makeProblem(m, 64, 256, 4, 64, { xDtype: 'bfloat16', scaleDtype });
-        const got = quantizedMatmul(p.x, p.w).toArray();
+        const got = quantizedMatmul(p.x, p.w, EXACT).toArray();
         const want = reference(p);
         expect(scaledError(got, want), `M = ${m}, ${scaleDtype}`).toBeLessThan(1e-4);
         expect(relativeError(got, want)).toBeLessThan(1e-2);
@@ -79,13 +80,13 @@ describe('quantizedMatmul against dequantize in float64', () => {
 
   it('leading dimensions of x and a strided x', () => {
     const p = makeProblem(6, 40, 128, 4, 32, { lead: [2, 3] });
-    const y = quantizedMatmul(p.x, p.w);
+    const y = quantizedMatmul(p.x, p.w, EXACT);
     expect(y.shape).toEqual([2, 3, 40]);
     expect(scaledError(y.toArray(), reference(p))).toBeLessThan(1e-4);
     // x^T of a [K, M] tensor: a transposed view, which quantizedMatmul copies to contiguous rows first.
     const xt = tc.transpose(tc.contiguous(tc.transpose(tc.reshape(p.x, [6, 128]))));
     expect(xt.isContiguous).toBe(false);
-    expect(scaledError(quantizedMatmul(xt, p.w).toArray(), reference(p))).toBeLessThan(1e-4);
+    expect(scaledError(quantizedMatmul(xt, p.w, EXACT).toArray(), reference(p))).toBeLessThan(1e-4);
   });
 });
 

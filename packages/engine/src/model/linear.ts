@@ -4,7 +4,8 @@
 // Unlike week 1, nothing is converted at load time. A half-precision weight W (out, in) is handed to matmul as
 // the transposed view W.T, built once here: the kernel reads W's rows in place and widens them to float32 in
 // registers, so decode streams the 2-byte weights from memory exactly once and no float32 copy ever exists. An
-// MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its kernel.
+// MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its kernel, with integer
+// activations unless the layer is built with `exact` (QuantizedMatmulOptions.exact).
 //
 // forward() can also take the work around the projection (LinearFusion: an RMSNorm or SwiGLU on its input, the
 // residual added to its output, and always its bias), done in the same native call: quantizedMatmul's prologue
@@ -36,6 +37,11 @@ export interface LinearFusion {
 
 /** A weight as a checkpoint holds it: a plain tensor in its file dtype, or an MLX-quantized one. */
 export type Weight = Tensor | tc.QuantizedWeight;
+
+/** How layers multiply by quantized weights: `exact` keeps activations in float32 (QuantizedMatmulOptions.exact). */
+export interface QuantizedPrecision {
+  exact?: boolean;
+}
 
 /** Throws unless `w` is a weight of logical shape `shape`; `name` says which. */
 export function expectWeightShape(name: string, w: Weight, shape: readonly number[]): void {
@@ -118,8 +124,11 @@ export class Linear {
   private readonly quantized: tc.QuantizedWeight | null;
   /** The bias as float32 (a vector of `out` values: widened once, it costs nothing). */
   readonly bias: Tensor | null;
+  /** A quantized weight multiplies float32 activations (else int8 ones, for 4 and 8 bits). */
+  readonly exact: boolean;
 
-  constructor(weight: Weight, bias: Tensor | null = null, readonly name = 'Linear') {
+  constructor(weight: Weight, bias: Tensor | null = null, readonly name = 'Linear', precision: QuantizedPrecision = {}) {
+    this.exact = precision.exact === true;
     if (weight.shape.length !== 2) {
       const what = weight instanceof tc.QuantizedWeight ? weight.toString() : weight.describe();
       throw new RangeError(`${name}: expected a 2-D weight [out, in], got ${what}`);
@@ -163,7 +172,7 @@ export class Linear {
       // One native call: the residual is fused when it is a float32 tensor the kernel can read as [rows, out].
       const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous &&
         residual.size === (x.size / inF) * this.outFeatures;
-      const y = quantizedMatmul(x, this.quantized, { bias: this.bias, norm, swiglu, residual: fuseResidual ? residual : null });
+      const y = quantizedMatmul(x, this.quantized, { bias: this.bias, norm, swiglu, residual: fuseResidual ? residual : null, exact: this.exact });
       if (!residual || fuseResidual) return y;
       const out = tc.add(residual, y);
       y.dispose();
@@ -248,19 +257,20 @@ export class GatedMlp {
 
   /**
    * options.fuse: false keeps gate and up apart; options.maxCopyBytes: the largest fused matrix worth a copy
-   * (0: fuse only where the checkpoint already stores gate and up back to back).
+   * (0: fuse only where the checkpoint already stores gate and up back to back); options.exact: see Linear.
    */
-  constructor(gate: Weight, up: Weight, down: Weight, name = 'mlp', options: { fuse?: boolean; maxCopyBytes?: number } = {}) {
+  constructor(gate: Weight, up: Weight, down: Weight, name = 'mlp', options: { fuse?: boolean; maxCopyBytes?: number } & QuantizedPrecision = {}) {
     const [hidden, dim] = gate.shape;
     expectWeightShape(`${name}.gate_proj`, gate, [hidden, dim]);
     expectWeightShape(`${name}.up_proj`, up, [hidden, dim]);
     expectWeightShape(`${name}.down_proj`, down, [dim, hidden]);
     this.hiddenDim = hidden;
     const fused = options.fuse === false ? null : fuseWeights([gate, up], options.maxCopyBytes);
-    this.gateUp = fused ? new Linear(fused, null, `${name}.gate_up_proj`) : null;
-    this.gate = fused ? null : new Linear(gate, null, `${name}.gate_proj`);
-    this.up = fused ? null : new Linear(up, null, `${name}.up_proj`);
-    this.down = new Linear(down, null, `${name}.down_proj`);
+    const precision = { exact: options.exact };
+    this.gateUp = fused ? new Linear(fused, null, `${name}.gate_up_proj`, precision) : null;
+    this.gate = fused ? null : new Linear(gate, null, `${name}.gate_proj`, precision);
+    this.up = fused ? null : new Linear(up, null, `${name}.up_proj`, precision);
+    this.down = new Linear(down, null, `${name}.down_proj`, precision);
   }
 
   get inFeatures(): number {

@@ -12,7 +12,7 @@
 // calls, not T * k. The weighted outputs are then gathered back into token order and summed over the k choices.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
-import { expectWeightShape, GatedMlp, Linear, type Weight } from './linear.ts';
+import { expectWeightShape, GatedMlp, Linear, type QuantizedPrecision, type Weight } from './linear.ts';
 
 export interface ExpertWeights {
   /** [intermediate, hidden] */
@@ -41,6 +41,8 @@ export interface Qwen2MoeBlockOptions {
   name?: string;
   /** Fuse each expert's gate and up projections where possible (default true; see fuseWeights). */
   fuse?: boolean;
+  /** Quantized weights multiply float32 activations (see Linear). */
+  exact?: boolean;
 }
 
 /** The routing of T tokens: for token t, choice j < k, expert indices[t * k + j] with weight weights[t * k + j]. */
@@ -111,11 +113,12 @@ export class Qwen2MoeBlock {
     this.numExperts = e;
     this.numExpertsPerTok = numExpertsPerTok;
     this.normTopkProb = options.normTopkProb;
-    this.router = new Linear(options.router, null, `${name}.gate`);
+    const precision = { exact: options.exact };
+    this.router = new Linear(options.router, null, `${name}.gate`, precision);
     this.experts = options.experts.map((w, i) => {
       // Experts fuse gate and up only where that costs no copy: each runs on few tokens, and copying them
       // all would copy most of an MoE checkpoint at load.
-      const mlp = new GatedMlp(w.gate, w.up, w.down, `${name}.experts.${i}`, { fuse: options.fuse, maxCopyBytes: 0 });
+      const mlp = new GatedMlp(w.gate, w.up, w.down, `${name}.experts.${i}`, { fuse: options.fuse, maxCopyBytes: 0, ...precision });
       if (mlp.inFeatures !== hiddenSize) {
         throw new RangeError(`${name}.experts.${i}: expects inputs of ${mlp.inFeatures} features, the model has ${hiddenSize}`);
       }
@@ -126,12 +129,12 @@ export class Qwen2MoeBlock {
     }
     if (options.sharedExpert && options.sharedExpertGate) {
       const s = options.sharedExpert;
-      this.sharedExpert = new GatedMlp(s.gate, s.up, s.down, `${name}.shared_expert`, { fuse: options.fuse });
+      this.sharedExpert = new GatedMlp(s.gate, s.up, s.down, `${name}.shared_expert`, { fuse: options.fuse, ...precision });
       if (this.sharedExpert.inFeatures !== hiddenSize) {
         throw new RangeError(`${name}.shared_expert: expects inputs of ${this.sharedExpert.inFeatures} features, the model has ${hiddenSize}`);
       }
       expectWeightShape(`${name}.shared_expert_gate`, options.sharedExpertGate, [1, hiddenSize]);
-      this.sharedExpertGate = new Linear(options.sharedExpertGate, null, `${name}.shared_expert_gate`);
+      this.sharedExpertGate = new Linear(options.sharedExpertGate, null, `${name}.shared_expert_gate`, precision);
     } else {
       this.sharedExpert = null;
       this.sharedExpertGate = null;
@@ -147,7 +150,7 @@ export class Qwen2MoeBlock {
     config: ModelConfig,
     prefix: string,
     weight: (name: string) => Weight | undefined,
-    options: { fuse?: boolean } = {},
+    options: { fuse?: boolean } & QuantizedPrecision = {},
   ): Qwen2MoeBlock {
     const moe = config.moe;
     if (!moe) throw new Error(`Qwen2MoeBlock: ${prefix}: the config has no mixture-of-experts settings (model_type ${config.modelType})`);
@@ -181,6 +184,7 @@ export class Qwen2MoeBlock {
       sharedExpertGate: hasShared ? need(`${prefix}.shared_expert_gate.weight`) : undefined,
       name: prefix,
       fuse: options.fuse,
+      exact: options.exact,
     });
   }
 

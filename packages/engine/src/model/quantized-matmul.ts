@@ -1,6 +1,8 @@
 // Chapter 2.2: quantized matmul on the CPU. The week 2 model keeps its weights in the MLX quantized layout
 // (docs/architecture.md, "Model files") and multiplies with them directly: the C++ kernel (native/quantized_matmul.cc) decodes the packed
 // weights as it streams them, so the float32 weight is never materialised and decode reads 4-8x fewer bytes.
+// 4- and 8-bit weights take integer activations by default (native/quantized_matmul_int8.cc: x rounded to int8
+// per block of 32 values, integer dot products, as llama.cpp); `exact: true` keeps x in float32.
 import * as tc from '@tiny-llm/tensor-core';
 import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';
 import { engineKernels } from './native.ts';
@@ -26,21 +28,32 @@ export interface QuantizedMatmulFusion {
   swiglu?: boolean;
 }
 
+export interface QuantizedMatmulOptions extends QuantizedMatmulFusion {
+  /**
+   * Keep x in float32 (native/quantized_matmul.cc). Default false: for 4- and 8-bit weights x is rounded to int8
+   * in blocks of 32 values, one scale each, and multiplied with integer dot products (native/quantized_matmul_int8.cc);
+   * an output then moves by at most sum_k |scale * q_k| * dx / 2, dx the scale of x's block. Other widths are always exact.
+   */
+  exact?: boolean;
+}
+
 const PROLOGUE_NONE = 0;
 const PROLOGUE_RMS_NORM = 1;
 const PROLOGUE_SWIGLU = 2;
 
 /**
  * x [..., K] (float32 or bfloat16) @ dequantize(w).T -> float32 [..., N], for a 2-D quantized weight w of
- * logical shape [N, K]. Decode-sized inputs (up to 16 rows) stream the packed weight once; longer inputs
- * dequantize blocks of weight rows and run tensor-core's GEMM on them. `fusion` adds a prologue on x (rmsNorm,
- * or swiglu of a [..., 2K] x) and an epilogue on the output (bias, residual), in the same native call.
+ * logical shape [N, K]. With integer activations (the default for 4 and 8 bits, see QuantizedMatmulOptions.exact)
+ * every input streams the packed weight once. With float activations, decode-sized inputs (up to 16 rows) do,
+ * and longer inputs dequantize blocks of weight rows and run tensor-core's GEMM on them. The fusion options add
+ * a prologue on x (rmsNorm, or swiglu of a [..., 2K] x) and an epilogue on the output (bias, residual), in the
+ * same native call.
  */
-export function quantizedMatmul(x: Tensor, w: QuantizedWeight, fusion?: QuantizedMatmulFusion): Tensor {
+export function quantizedMatmul(x: Tensor, w: QuantizedWeight, options?: QuantizedMatmulOptions): Tensor {
   if (w.shape.length !== 2) throw shapeError(x, w, 'the weight must be 2-D');
   if (x.ndim === 0) throw shapeError(x, w, 'x must have at least one dimension');
   if (!INPUT_DTYPES.includes(x.dtype)) throw shapeError(x, w, 'x must be float32, bfloat16 or float16');
-  const swiglu = fusion?.swiglu === true;
+  const swiglu = options?.swiglu === true;
   const xk = x.shape[x.ndim - 1];
   const k = swiglu ? xk / 2 : xk;
   const n = w.outFeatures;
@@ -50,9 +63,9 @@ export function quantizedMatmul(x: Tensor, w: QuantizedWeight, fusion?: Quantize
       : `x's last dimension ${xk} is not the weight's ${w.inFeatures} input features`);
   }
   const outShape = [...x.shape.slice(0, -1), n];
-  const bias = fusion?.bias ?? null;
-  const residual = fusion?.residual ?? null;
-  const norm = fusion?.norm ?? null;
+  const bias = options?.bias ?? null;
+  const residual = options?.residual ?? null;
+  const norm = options?.norm ?? null;
   if (bias && (bias.dtype !== 'float32' || bias.size !== n || !bias.isContiguous)) {
     throw shapeError(x, w, `the fused bias must be float32 [${n}], contiguous, got ${bias.describe()}`);
   }
@@ -80,6 +93,7 @@ export function quantizedMatmul(x: Tensor, w: QuantizedWeight, fusion?: Quantize
       prologue,
       norm?.weight.native(),
       norm?.eps,
+      options?.exact !== true,
     );
   } catch (err) {
     out.dispose();

@@ -23,7 +23,7 @@ import { flashAttention } from '@tiny-llm/reference/week2';
 import { Qwen2MoeBlock } from './moe.ts';
 import { DecodeKvCache } from './kv-cache.ts';
 import { engineKernels } from './native.ts';
-import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type Weight } from './linear.ts';
+import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type QuantizedPrecision, type Weight } from './linear.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
 
 /** Where weights come from: a tensor (or quantized weight) by its Hugging Face name, undefined if absent. */
@@ -43,6 +43,14 @@ export interface Qwen2LoadOptions {
    * attention as one kernel (native/attention_decode.cc). false composes the separate ops (for comparisons).
    */
   fusedKernels?: boolean;
+  /**
+   * Quantized weights multiply float32 activations (native/quantized_matmul.cc), as the chapters' models do, so
+   * that the logits match the float64 goldens. Default false: 4- and 8-bit weights take activations rounded to
+   * int8 per block of 32 values and integer dot products (native/quantized_matmul_int8.cc), as llama.cpp does:
+   * faster, and on the demo model a mean KL divergence from the exact path of about 1e-4 nats
+   * (test/int8-activations.test.ts).
+   */
+  exact?: boolean;
 }
 
 const SUPPORTED_MODEL_TYPES = ['qwen2', 'qwen3', 'qwen2_moe'];
@@ -56,7 +64,7 @@ export class TokenEmbedding {
   /** The table's transposed view [hidden, vocab], for the tied head (dense tables). */
   private readonly tableT: Tensor | null;
 
-  constructor(weight: Weight, vocabSize: number, hiddenSize: number) {
+  constructor(weight: Weight, vocabSize: number, hiddenSize: number, private readonly precision: QuantizedPrecision = {}) {
     expectWeightShape('model.embed_tokens', weight, [vocabSize, hiddenSize]);
     this.vocabSize = vocabSize;
     this.hiddenSize = hiddenSize;
@@ -97,7 +105,9 @@ export class TokenEmbedding {
 
   /** x [..., hidden] -> logits [..., vocab] = x @ table.T (tied output head); `norm` normalises x first. */
   asLinear(x: Tensor, norm: InputNorm | null = null): Tensor {
-    return this.quantized ? quantizedMatmul(x, this.quantized, { norm }) : denseLinear(x, this.tableT!, 'lm_head', { norm });
+    return this.quantized
+      ? quantizedMatmul(x, this.quantized, { norm, exact: this.precision.exact })
+      : denseLinear(x, this.tableT!, 'lm_head', { norm });
   }
 }
 
@@ -134,6 +144,7 @@ export class Qwen2Attention {
     need: (name: string) => Weight,
     fuse = true,
     fusedKernels = true,
+    precision: QuantizedPrecision = {},
   ) {
     const { hiddenSize, numHeads, numKvHeads, headDim } = shape;
     this.shape = shape;
@@ -156,14 +167,14 @@ export class Qwen2Attention {
       const bias = this.hasBias
         ? tc.concat([q, k, v].map((x) => (x.b ? tc.astype(x.b, 'float32') : tc.zeros([x.w.shape[0]]))), 0)
         : null;
-      this.qkvProj = new Linear(fused, bias, `${prefix}.qkv_proj`);
+      this.qkvProj = new Linear(fused, bias, `${prefix}.qkv_proj`, precision);
       this.qProj = this.kProj = this.vProj = null;
     } else {
       this.qkvProj = null;
-      [this.qProj, this.kProj, this.vProj] = [q, k, v].map((x) => new Linear(x.w, x.b, x.p));
+      [this.qProj, this.kProj, this.vProj] = [q, k, v].map((x) => new Linear(x.w, x.b, x.p, precision));
     }
     const o = part('o_proj', hiddenSize, numHeads * headDim);
-    this.oProj = new Linear(o.w, o.b, o.p);
+    this.oProj = new Linear(o.w, o.b, o.p, precision);
     const norm = (name: string): Tensor | null => {
       const w = weight(`${prefix}.${name}.weight`);
       if (!w) return null;
@@ -393,7 +404,8 @@ export class Qwen2Model {
     const total = numHiddenLayers + 2;
     const progress = (done: number) => options.onProgress?.(done, total);
 
-    this.embedding = new TokenEmbedding(need('model.embed_tokens.weight'), config.vocabSize, hiddenSize);
+    const precision: QuantizedPrecision = { exact: options.exact };
+    this.embedding = new TokenEmbedding(need('model.embed_tokens.weight'), config.vocabSize, hiddenSize, precision);
     progress(1);
     const shape: AttentionShape = {
       hiddenSize,
@@ -406,7 +418,7 @@ export class Qwen2Model {
     for (let i = 0; i < numHiddenLayers; i++) {
       const p = `model.layers.${i}`;
       const fusedKernels = options.fusedKernels !== false;
-      const attn = new Qwen2Attention(shape, `${p}.self_attn`, weight, need, options.fuse !== false, fusedKernels);
+      const attn = new Qwen2Attention(shape, `${p}.self_attn`, weight, need, options.fuse !== false, fusedKernels, precision);
       if (config.qkNorm && !attn.qNorm) throw new Error(`${where}: ${config.modelType} needs ${p}.self_attn.q_norm.weight and k_norm.weight`);
       if (config.attentionBias && !attn.hasBias) throw new Error(`${where}: the checkpoint has no ${p}.self_attn.q_proj.bias (config says the attention has biases)`);
       this.layers.push(
@@ -415,8 +427,8 @@ export class Qwen2Model {
           attn,
           vector(`${p}.post_attention_layernorm.weight`, hiddenSize),
           isSparseLayer(config, i)
-            ? Qwen2MoeBlock.fromWeights(config, `${p}.mlp`, weight, { fuse: options.fuse })
-            : denseMlp(config, `${p}.mlp`, need, options.fuse !== false),
+            ? Qwen2MoeBlock.fromWeights(config, `${p}.mlp`, weight, { fuse: options.fuse, ...precision })
+            : denseMlp(config, `${p}.mlp`, need, { fuse: options.fuse !== false, ...precision }),
           rmsNormEps,
           fusedKernels,
         ),
@@ -429,7 +441,7 @@ export class Qwen2Model {
     } else {
       const w = need('lm_head.weight');
       expectWeightShape('lm_head', w, [config.vocabSize, hiddenSize]);
-      this.lmHead = new Linear(w, null, 'lm_head');
+      this.lmHead = new Linear(w, null, 'lm_head', precision);
     }
     progress(total);
   }
@@ -632,9 +644,9 @@ export function isSparseLayer(config: ModelConfig, i: number): boolean {
   return !moe.mlpOnlyLayers.includes(i) && (i + 1) % moe.decoderSparseStep === 0;
 }
 
-function denseMlp(config: ModelConfig, prefix: string, need: (name: string) => Weight, fuse: boolean): GatedMlp {
+function denseMlp(config: ModelConfig, prefix: string, need: (name: string) => Weight, options: { fuse: boolean } & QuantizedPrecision): GatedMlp {
   const { hiddenSize, intermediateSize } = config;
   const gate = need(`${prefix}.gate_proj.weight`);
   expectWeightShape(`${prefix}.gate_proj`, gate, [intermediateSize, hiddenSize]);
-  return new GatedMlp(gate, need(`${prefix}.up_proj.weight`), need(`${prefix}.down_proj.weight`), prefix, { fuse });
+  return new GatedMlp(gate, need(`${prefix}.up_proj.weight`), need(`${prefix}.down_proj.weight`), prefix, options);
 }

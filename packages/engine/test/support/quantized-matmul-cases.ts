@@ -3,6 +3,9 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';
 
+/** quantizedMatmul's float path, which the float64 references here match to 1e-4 (integer activations do not). */
+export const EXACT = { exact: true } as const;
+
 export interface Problem {
   x: Tensor;
   w: QuantizedWeight;

@@ -42,6 +42,8 @@
 #define TL_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 // The avx512 level with AVX-512 BF16 (vdpbf16ps): call when tl::has_avx512() and tl::cpu_features().avx512bf16.
 #define TL_AVX512_BF16 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+// The avx512 level with AVX-512 VNNI (vpdpbusd): call when tl::has_avx512() and tl::cpu_features().avx512vnni.
+#define TL_AVX512_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define TL_FLATTEN __attribute__((flatten))
 
 namespace tl::simd {

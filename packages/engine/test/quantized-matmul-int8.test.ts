@@ -1,0 +1,186 @@
+// The quantized matmul with integer activations (native/quantized_matmul_int8.cc), against two computations of
+// its own, in float64, from the weight's packed words, scales and biases and from x:
+// - the same arithmetic: x rounded to int8 per block of 32 values (dx = max |x| / 127, round to nearest even),
+//   the weight part as sum_g scale * sum_blocks dx * sum q * xq, the bias part from the float sums of x. The
+//   kernel may differ only by float32 rounding;
+// - x @ dequantize(w).T, the exact product: the kernel may differ by the activations' rounding, at most
+//   sum_k |scale * q_k| * dx / 2 per output.
+// vitest.config.ts runs this file once more at each SIMD level below the CPU's best (TINY_LLM_SIMD), so the
+// scalar, AVX2 and, where the CPU has it, AVX-512 VNNI kernels are each held to both.
+import { describe, expect, it } from 'vitest';
+import * as tc from '@tiny-llm/tensor-core';
+import { quantizedMatmul } from '../src/model/quantized-matmul.ts';
+import { engineKernels } from '../src/model/native.ts';
+import { makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
+
+const BLOCK = 32;
+
+/** The int8 kernel this process runs for K a multiple of 64 (native cpuFeatures), checked against the level asked for. */
+function expectedInt8Kernel(): string {
+  const features = tc.cpuFeatures();
+  if (features.level === 'avx512' && features.avx512vnni) return 'vnni';
+  return features.level === 'scalar' ? 'scalar' : 'avx2';
+}
+
+/** Round half to even, as the kernels' nearbyint and vcvtps2dq. */
+function roundHalfEven(v: number): number {
+  const r = Math.round(v);
+  return Math.abs(v - Math.trunc(v)) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+interface Expected {
+  /** The int8 arithmetic in float64, [M, N]. */
+  int8: Float64Array;
+  /** x @ dequantize(w).T in float64, [M, N]. */
+  exact: Float64Array;
+  /** Per output: the most the activations' rounding may move it. */
+  bound: Float64Array;
+  /** Per output: sum of the magnitudes of the terms, the scale of float32 rounding. */
+  magnitude: Float64Array;
+}
+
+function expected(p: Problem): Expected {
+  const { m: M, n: N, k: K } = p;
+  const { bits, groupSize: G } = p.w;
+  const x = Float64Array.from(tc.astype(p.x, 'float32').toArray() as Float32Array);
+  const words = p.w.weight.toArray() as Uint32Array;
+  const scales = tc.astype(p.w.scales, 'float32').toArray() as Float32Array;
+  const biases = tc.astype(p.w.biases, 'float32').toArray() as Float32Array;
+  const groups = K / G;
+  const wordsPerRow = (K * bits) / 32;
+  const q = (n: number, k: number) => (words[n * wordsPerRow + Math.floor((k * bits) / 32)] >>> ((k * bits) % 32)) & ((1 << bits) - 1);
+  // x to int8 blocks, in float32 steps as the kernels take them.
+  const xq = new Float64Array(M * K);
+  const dx = new Float64Array((M * K) / BLOCK);
+  for (let b = 0; b < (M * K) / BLOCK; b++) {
+    let amax = 0;
+    for (let j = 0; j < BLOCK; j++) amax = Math.max(amax, Math.abs(x[b * BLOCK + j]));
+    const d = Math.fround(amax / 127);
+    const inv = d !== 0 ? Math.fround(1 / d) : 0;
+    dx[b] = d;
+    for (let j = 0; j < BLOCK; j++) xq[b * BLOCK + j] = roundHalfEven(Math.fround(x[b * BLOCK + j] * inv));
+  }
+  const out = { int8: new Float64Array(M * N), exact: new Float64Array(M * N), bound: new Float64Array(M * N), magnitude: new Float64Array(M * N) };
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let int8 = 0, exact = 0, bound = 0, magnitude = 0;
+      for (let g = 0; g < groups; g++) {
+        const s = scales[n * groups + g], bias = biases[n * groups + g];
+        let xsum = 0;
+        for (let b = (g * G) / BLOCK; b < ((g + 1) * G) / BLOCK; b++) {
+          const d = dx[m * (K / BLOCK) + b];
+          let dot = 0;
+          for (let j = 0; j < BLOCK; j++) {
+            const k = b * BLOCK + j;
+            const qk = q(n, k), xk = x[m * K + k];
+            dot += qk * xq[m * K + k];
+            exact += (s * qk + bias) * xk;
+            xsum += xk;
+            bound += (Math.abs(s) * qk * d) / 2;
+            magnitude += Math.abs(s * qk * xk) + Math.abs(bias * xk);
+          }
+          int8 += s * d * dot;
+        }
+        int8 += bias * xsum;
+      }
+      const i = m * N + n;
+      out.int8[i] = int8;
+      out.exact[i] = exact;
+      out.bound[i] = bound;
+      out.magnitude[i] = magnitude;
+    }
+  }
+  return out;
+}
+
+/** The kernel's output against both computations; returns the largest error against the int8 arithmetic, relative to magnitude. */
+function check(p: Problem, what: string): number {
+  const got = quantizedMatmul(p.x, p.w).toArray() as Float32Array;
+  const want = expected(p);
+  let worst = 0;
+  for (let i = 0; i < got.length; i++) {
+    const rounding = Math.abs(got[i] - want.int8[i]) / want.magnitude[i];
+    worst = Math.max(worst, rounding);
+    // float32 accumulation over K terms: far below 1e-5 of the terms' magnitudes at these sizes.
+    if (!(rounding <= 1e-5)) expect.fail(`${what}: output ${i} is ${got[i]}, the int8 arithmetic gives ${want.int8[i]} (terms of magnitude ${want.magnitude[i]})`);
+    const slack = 1e-5 * want.magnitude[i];
+    if (!(Math.abs(got[i] - want.exact[i]) <= want.bound[i] + slack)) {
+      expect.fail(`${what}: output ${i} is ${got[i]}, exact ${want.exact[i]}: off by more than the activations' rounding allows (${want.bound[i]})`);
+    }
+  }
+  return worst;
+}
+
+describe(`quantizedMatmul with integer activations (${expectedInt8Kernel()} kernel)`, () => {
+  it('this process runs the int8 kernel of the SIMD level asked for', () => {
+    expect(engineKernels().cpuFeatures().int8Kernel).toBe(expectedInt8Kernel());
+  });
+
+  // M = 1 (weight tiles of 4 rows), 2, 3, 5 (x tiles of 4 and a tail), 17 and 37 (beyond the float path's
+  // decode sizes: prefill); N = 45 leaves a tail of weight rows; K = 96 is not a multiple of 64 (the VNNI kernel's
+  // step: the AVX2 kernel takes it).
+  for (const bits of [4, 8]) {
+    for (const group of [32, 64, 128]) {
+      for (const k of [96, 384].filter((k) => k % group === 0)) {
+        it(`${bits}-bit, group ${group}, K = ${k}: M = 1, 2, 3, 5, 17, 37`, () => {
+          for (const m of [1, 2, 3, 5, 17, 37]) {
+            const p = makeProblem(m, 45, k, bits, group);
+            check(p, `M = ${m}`);
+            tc.tidy(() => [p.x.dispose(), p.w.dispose()]);
+          }
+        });
+      }
+    }
+  }
+
+  it('float16 and float32 scales, bfloat16 x, blocks of zeros and of one large value', () => {
+    for (const scaleDtype of ['float16', 'float32'] as const) {
+      check(makeProblem(3, 20, 256, 4, 64, { scaleDtype, xDtype: 'bfloat16' }), scaleDtype);
+    }
+    const p = makeProblem(2, 24, 128, 8, 32);
+    const xv = p.x.toArray() as Float32Array;
+    xv.fill(0, 0, 32); // a block of zeros: scale 0
+    xv.fill(0, 128 + 32, 128 + 64);
+    xv[128 + 40] = 1000; // one value dominating its block
+    check({ ...p, x: tc.tensor(xv, { shape: [2, 128] }) }, 'zeros and a spike');
+  });
+
+  it('sizes that split across the pool (N = 1100, K = 2048; M = 1, 7, 37)', () => {
+    for (const [m, bits] of [[1, 4], [7, 8], [37, 4]]) check(makeProblem(m, 1100, 2048, bits, 64), `M = ${m}, ${bits}-bit`);
+  });
+
+  it('the fused prologue (rmsNorm, swiglu) rounds the prepared x; the epilogue (bias, residual) adds in float', () => {
+    const p = makeProblem(3, 40, 256, 4, 64);
+    const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
+    const residual = tc.tensor(Float32Array.from({ length: 120 }, (_, i) => Math.sin(i)), { shape: [3, 40] });
+    const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
+    const gateUp = tc.tensor(Float32Array.from({ length: 3 * 512 }, (_, i) => Math.cos(i * 0.37) * 2), { shape: [3, 512] });
+    const cases = [
+      { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
+      { fusion: { residual, swiglu: true }, prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])) },
+    ];
+    for (const { fusion, prepared } of cases) {
+      const what = Object.keys(fusion).join(' + ');
+      const fused = quantizedMatmul(fusion.swiglu ? gateUp : p.x, p.w, fusion).toArray() as Float32Array;
+      check({ ...p, x: prepared }, `${what}: the prepared x`);
+      const unfused = quantizedMatmul(prepared, p.w).toArray() as Float32Array;
+      for (let i = 0; i < fused.length; i++) {
+        const epilogue = ('bias' in fusion ? bias.toArray()[i % 40] : 0) + ('residual' in fusion ? residual.toArray()[i] : 0);
+        expect(Math.abs(fused[i] - (unfused[i] + epilogue)), `${what}, output ${i}`).toBeLessThan(1e-5 * (1 + Math.abs(fused[i])));
+      }
+    }
+  });
+
+  it('other widths keep float activations; K must be a whole number of groups (so of 32-value blocks)', () => {
+    const p = makeProblem(2, 16, 128, 3, 32);
+    const exact = quantizedMatmul(p.x, p.w, { exact: true }).toArray();
+    expect(quantizedMatmul(p.x, p.w).toArray()).toEqual(exact);
+    // K = 80, packed as 10 words a row: no whole number of groups of 32, refused with or without integer activations.
+    const [w, scales] = [tc.zeros([16, 10], { dtype: 'uint32' }), tc.zeros([16, 2], { dtype: 'bfloat16' })];
+    for (const int8 of [true, false]) {
+      expect(() =>
+        engineKernels().quantizedMatmul(tc.zeros([1, 80]).native(), w.native(), scales.native(), scales.native(), tc.zeros([1, 16]).native(), 32, 4, null, null, 0, undefined, undefined, int8),
+      ).toThrow(/K is not a multiple of the group size/);
+    }
+  });
+});
