@@ -141,7 +141,7 @@ inline void decode(const Problem& p, RowsFn rows) {
 bool int8_activations_supported(int bits);
 
 // out = x @ dequantize(w).T with x rounded to int8 per block of 32 values: p as for the float decode path (x
-// float32 [M, K] after any prologue, xsum its group sums), any M.
+// float32 [M, K] after any prologue, xsum its group sums). Correct for any M; the binding uses it up to M = 16.
 void matmul_int8(Problem& p);
 
 // The kernel matmul_int8 runs at this SIMD level for K a multiple of 64: "vnni", "avx2" or "scalar".

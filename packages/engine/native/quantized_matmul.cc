@@ -11,8 +11,8 @@
 //   The optional arguments fuse the work around a decode projection (step 9, native/fusion.cc): bias [N] and
 //   residual [M, N] (float32, or null) are added to out; prologue 1 replaces x by rmsNorm(x) * normWeight, and
 //   prologue 2 reads x as [..., 2K] and multiplies by silu(x[:, :K]) * x[:, K:].
-//   int8 true rounds x to 8-bit integers per block of 32 for 4- and 8-bit weights: native/quantized_matmul_int8.cc,
-//   the engine's default; this file is the float path (the engine's --exact).
+//   int8 true rounds x to 8-bit integers per block of 32 for 4- and 8-bit weights and decode-sized x (M <= 16):
+//   native/quantized_matmul_int8.cc, the engine's default; this file is the float path (the engine's --exact).
 //
 //   dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids of the dequantized w, into out
 //   [..., K] (the quantized embedding's lookup).
@@ -595,7 +595,8 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   if (const char* err = check_fusion(fusion, M, K, N)) return fail(err);
   if (M == 0 || N == 0) return env.Undefined();
   // The last argument asks for integer activations (native/quantized_matmul_int8.cc), which 4- and 8-bit weights
-  // have; other widths keep float activations.
+  // have; other widths keep float activations, and so does prefill (M > 16): the GEMM on dequantized blocks beat
+  // the integer tiles there (see quantized_matmul_int8.cc, step 4).
   const bool int8 = info.Length() > 12 && info[12].ToBoolean().Value() && int8_activations_supported(bits);
 
   Problem p{};
@@ -614,7 +615,7 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   p.bias = fusion.bias.data ? fusion.bias.ptr<float>() : nullptr;
   p.residual = fusion.residual.data ? fusion.residual.ptr<float>() : nullptr;
   try {
-    if (M > kDecodeMaxM && !int8) {
+    if (M > kDecodeMaxM) {
       // The GEMM takes x in its own dtype; a prologue hands it the prepared float32 rows instead.
       tl::TensorRef x2d;
       x2d.dtype = x.dtype;

@@ -45,10 +45,10 @@ export interface Qwen2LoadOptions {
   fusedKernels?: boolean;
   /**
    * Quantized weights multiply float32 activations (native/quantized_matmul.cc), as the chapters' models do, so
-   * that the logits match the float64 goldens. Default false: 4- and 8-bit weights take activations rounded to
-   * int8 per block of 32 values and integer dot products (native/quantized_matmul_int8.cc), as llama.cpp does:
-   * faster, and on the demo model a mean KL divergence from the exact path of about 1e-4 nats
-   * (test/int8-activations.test.ts).
+   * that the logits match the float64 goldens. Default false: in decode steps (up to 16 tokens a call), 4- and
+   * 8-bit weights take activations rounded to int8 per block of 32 values and integer dot products
+   * (native/quantized_matmul_int8.cc), as llama.cpp does: faster, within a small KL divergence of the exact path
+   * (test/int8-activations.test.ts, docs/engine.md).
    */
   exact?: boolean;
 }
