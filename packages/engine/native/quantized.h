@@ -16,9 +16,9 @@ struct Problem {
   const float* xp;     // [M, K] x rearranged for the chunked kernels (step 6), or null
   const float* xsum;   // [M, groups]: sum of x over each group of G columns
   // x rounded to 8-bit integers, for the integer kernels (quantized_matmul_int8.cc), or null:
-  const int8_t* xq;          // [M, K] int8, in the order the kernel reads (see there)
-  const float* xq_lane_scale; // [M, K / 32 * 8]: each 32-value block's scale, repeated for the 8 lanes of its dot
-  const float* xq_offset;    // [M, groups], or null: a per-group term the 8-bit AVX2 kernel needs (see there)
+  const int8_t* xq;            // [M, K] int8, in the order the kernel reads (see there)
+  const float* xq_lane_scale;  // [M, K / 32 * 8]: each block's scale, repeated over the 8 lanes of its dot
+  const float* xq_offset;      // [M, groups], or null: a per-group term of the 8-bit AVX2 kernel (see there)
   int64_t M, K, N, groups;
   int G, bits;
   const uint8_t* w;    // packed rows, row_bytes apart
@@ -27,7 +27,8 @@ struct Problem {
   const void* biases;  // [N, groups]
   DType sdtype;        // of scales and biases
   float* out;          // [M, N]
-  // The fused epilogue (step 9 of quantized_matmul.cc): each output also gets bias[n] and residual[m, n] added, where given.
+  // The fused epilogue (step 9 of quantized_matmul.cc): each output also gets bias[n] and residual[m, n] added,
+  // where given.
   const float* bias;      // [N] float32, or null
   const float* residual;  // [M, N] float32, or null (may be out itself)
 };
@@ -52,10 +53,10 @@ inline uint32_t extract(const uint8_t* row, int bits, int64_t j) {
   return static_cast<uint32_t>(window >> (bit & 7)) & ((1u << bits) - 1);
 }
 
-// Software prefetch (step 8 of quantized_matmul.cc). From DRAM, a tile's R rows are R interleaved streams advancing a few bytes per step,
-// and the hardware prefetchers ran so little ahead of them that one core read 4 GB/s of an 8-bit weight (its
-// plain read bandwidth: 11.8 GB/s). Each step now prefetches as many bytes as it consumes, kPrefetchBytes
-// ahead in the (contiguous) rows: one steady sequential stream. 8-bit, one core: 4 -> 11.4 GB/s; 4-bit, two
+// Software prefetch (step 8 of quantized_matmul.cc). From DRAM, a tile's R rows are R interleaved streams
+// advancing a few bytes per step, and the hardware prefetchers ran so little ahead of them that one core read
+// 4 GB/s of an 8-bit weight (its plain read bandwidth: 11.8 GB/s). Each step now prefetches as many bytes as it
+// consumes, kPrefetchBytes ahead in the (contiguous) rows: one steady sequential stream. 8-bit, one core: 4 -> 11.4 GB/s; 4-bit, two
 // cores: 9 -> 15 GB/s (2048 and 8192 bytes did slightly worse).
 inline constexpr int64_t kPrefetchBytes = 4096;
 

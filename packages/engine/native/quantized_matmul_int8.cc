@@ -55,13 +55,13 @@
 namespace engine {
 namespace {
 
-constexpr int kBlock = 32;        // x values per int8 block (one scale each)
+constexpr int kBlock = 32;         // x values per int8 block (one scale each)
 constexpr int kLanesPerBlock = 8;  // int32 lanes a block's dot product lands in, at either vector width
 
-thread_local Buffer tls_xq;        // x as int8 (bytes of a float buffer), calling thread
+thread_local Buffer tls_xq;          // x as int8 (bytes of a float buffer), calling thread
 thread_local Buffer tls_lane_scale;  // each block's scale, repeated over its 8 lanes, calling thread
-thread_local Buffer tls_offset;    // the 8-bit AVX2 kernel's per-group offsets, calling thread
-thread_local Buffer tls_params;    // a tile's scales and biases as float32, each pool thread its own
+thread_local Buffer tls_offset;      // the 8-bit AVX2 kernel's per-group offsets, calling thread
+thread_local Buffer tls_params;      // a tile's scales and biases as float32, each pool thread its own
 
 // Which kernel runs, and so how x must be laid out for it.
 enum class Kernel { Scalar, Avx2, Vnni };
@@ -135,7 +135,10 @@ void rows_scalar(const Problem& p, int64_t n0, int64_t n1) {
         float acc = 0.0f;  // sum over the group's blocks of dx * (integer dot product)
         for (int64_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
           int32_t dot = 0;
-          for (int j = 0; j < kBlock; ++j) dot += static_cast<int32_t>(extract(row, p.bits, b * kBlock + j)) * xq[b * kBlock + j];
+          for (int j = 0; j < kBlock; ++j) {
+            const int64_t k = b * kBlock + j;
+            dot += static_cast<int32_t>(extract(row, p.bits, k)) * xq[k];
+          }
           acc += p.xq_lane_scale[(m * blocks + b) * kLanesPerBlock] * static_cast<float>(dot);
         }
         const float s = load_param(p.scales, p.sdtype, n * p.groups + g);
@@ -297,8 +300,10 @@ TL_AVX512_VNNI void tile_vnni(const Problem& p, int64_t n0, int64_t m0, const fl
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < MT; ++t)
-      store_out(p, m0 + t, n0 + r, finish(p, m0 + t, sc + r * p.groups, bi + r * p.groups, _mm512_reduce_add_ps(total[r][t])));
+    for (int t = 0; t < MT; ++t) {
+      const float weight_part = _mm512_reduce_add_ps(total[r][t]);
+      store_out(p, m0 + t, n0 + r, finish(p, m0 + t, sc + r * p.groups, bi + r * p.groups, weight_part));
+    }
 }
 
 struct VnniTiles {
