@@ -12,39 +12,44 @@
 // value: an output moves by at most sum_k |s q[k]| dx / 2 (test/quantized-matmul-int8.test.ts holds every
 // kernel to that, and to a float64 evaluation of the formula above).
 //
-// Measured, one call, best of 40 alternating with the float kernels, 2 threads of a Zen 5 (shapes of Qwen2-0.5B's
-// MLP, in L3): M = 1, 4 bits 1.2-1.65x, 8 bits 1.75-2.15x faster (VNNI); 1.3-1.5x (AVX2 kernel on the same cores).
-//
 // Why: the float kernels turn each weight into a float32 and multiply-add it (an AND, a convert and an FMA per 8
-// weights) and are bound by the cores' floating-point pipes rather than by memory (see the end of the notes in
-// quantized_matmul.cc). One integer instruction multiplies and pairwise adds 32 bytes (vpmaddubsw, AVX2) or 64
+// weights), and with both cores streaming they were bound by the floating-point pipes as much as by memory (see
+// the end of the notes in quantized_matmul.cc). One integer instruction multiplies and pairwise adds 32 bytes (vpmaddubsw, AVX2) or 64
 // (vpdpbusd, AVX-512 VNNI), and a 4-bit weight needs only an AND, and for half of them a shift, to become a byte.
 //
-// How it is built up (llm.c style: the plain loop first, then each change and why):
+// How it is built up (llm.c style: the plain loop first, then each change, why, and what it measured: one call,
+// best of 30-40, on a shared 2-core Zen 5 whose figures move by up to 2x between runs, so ranges over rounds):
 //   0. quantize_rows: each x row to int8 blocks and their scales, once per call (M * K values: nothing next to
 //      the N * K weights).
 //   1. rows_scalar: the definition, block by block, with an int32 dot product per block. The fallback at the
-//      scalar level, and the reference the SIMD kernels were checked against.
+//      scalar level, and the reference the SIMD kernels were checked against. 4864 x 896, M = 1: 14-16 ms
+//      (the float path's scalar loop: 18 ms).
 //   2. AVX2 (tile_avx2), one block of 32 values per step. vpmaddubsw multiplies unsigned bytes by signed bytes
 //      and adds pairs into int16, vpmaddwd with ones adds pairs into the 8 int32 lanes; the lanes are converted
 //      and multiplied by the block's scale into a float accumulator, and the group's scale is applied once per
 //      group. 4 bits: the block's 16 packed bytes and the same bytes shifted right by 4, masked, give its 32
 //      values as bytes, even values first (MLX puts value 2i in the low nibble of byte i): x's blocks are stored
-//      in that order (kNibbleOrder), so no shuffle is needed per weight. 8 bits: the pairs of vpmaddubsw would
+//      in that order (quantize_block's nibble_order), so no shuffle is needed per weight. 8 bits: the pairs of vpmaddubsw would
 //      overflow int16 (2 * 255 * 127 > 32767), so the weight is read as q - 128 and multiplied by sign:
 //      |q - 128| <= 128 and |xq| <= 127 keep every pair within int16, and the 128 * sum(xq) it leaves out comes
-//      back once per group through xq_offset.
+//      back once per group through xq_offset. 4864 x 896, M = 1: 0.09-0.13 ms, 1.3-1.5x faster than the float
+//      AVX2 kernels on the same cores.
 //   3. AVX-512 VNNI (tile_vnni), two blocks per step: vpdpbusd is vpmaddubsw, vpmaddwd and the add in one
 //      instruction, on 64 bytes, with int32 sums (no overflow, so 8 bits need no offset). 4 bits: the 32 packed
 //      bytes of two blocks are spread to [bytes 0-15, bytes 0-15, bytes 16-31, bytes 16-31] (vshufi64x2), the
-//      second and fourth quarter shifted right by 4 (one vpsrlvq), and masked.
+//      second and fourth quarter shifted right by 4 (one vpsrlvq), and masked. 0.07-0.11 ms, 1.1-1.25x step 2;
+//      1.2-1.65x (4 bits) and 1.7-2.15x (8 bits) faster than the float kernels.
 //   4. Tiles of R weight rows x MT x rows (rows_simd): a weight's bytes unpacked once serve the MT x rows, an x
 //      block loaded once serves the R weight rows; the x tiles run inside the weight tiles, so each weight row is
-//      read from memory once. Decode only (M <= 16, as the float kernels): for a prefill, M = 256 x rows through
-//      these tiles took 1.2-2x the time of quantized_matmul.cc's dequantize + GEMM (4 and 8 bits, 896 x 4864 and
-//      4864 x 896, AVX-512 VNNI on Zen 5), whose register blocking reuses each x value far more; prefill stays
-//      on the float path.
-//   5. Software prefetch of the weight rows, kPrefetchBytes ahead, as the float kernels (their step 8).
+//      read from memory once. M = 1 in tiles of 4 weight rows against 1: 1.4-1.5x (AVX2), 1.1-1.6x (VNNI).
+//      Decode only (M <= 16, as the float kernels): for a prefill, M = 256 x rows through these tiles took
+//      1.2-2x the time of quantized_matmul.cc's dequantize + GEMM (4 and 8 bits, 896 x 4864 and 4864 x 896,
+//      VNNI), whose register blocking reuses each x value far more; prefill stays on the float path.
+//   5. Software prefetch of the weight rows, kPrefetchBytes ahead, as the float kernels (their step 8). With the
+//      weights in DRAM (24 matrices of Qwen2-0.5B's MLP shapes, 88 MB at 4 bits, 167 MB at 8, called in turn):
+//      4 bits 7.1-17.8 -> 10.0-23.1 GB/s, 8 bits 8.8-14.1 -> 13.3-26.0 GB/s, in pairs of runs.
+// From DRAM, the two paths end up close to the memory: integer activations 1.14-1.29x faster at 4 bits and
+// 0.93-1.11x at 8 bits over those 24 matrices, both reading 7-13 GB/s of the machine's 18-30.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
