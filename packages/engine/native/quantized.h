@@ -53,11 +53,11 @@ inline uint32_t extract(const uint8_t* row, int bits, int64_t j) {
   return static_cast<uint32_t>(window >> (bit & 7)) & ((1u << bits) - 1);
 }
 
-// Software prefetch (step 8 of quantized_matmul.cc). From DRAM, a tile's R rows are R interleaved streams
-// advancing a few bytes per step, and the hardware prefetchers ran so little ahead of them that one core read
-// 4 GB/s of an 8-bit weight (its plain read bandwidth: 11.8 GB/s). Each step now prefetches as many bytes as it
-// consumes, kPrefetchBytes ahead in the (contiguous) rows: one steady sequential stream. 8-bit, one core: 4 -> 11.4 GB/s; 4-bit, two
-// cores: 9 -> 15 GB/s (2048 and 8192 bytes did slightly worse).
+// Software prefetch (step 8 of quantized_matmul.cc). From DRAM, a tile's R rows are R interleaved streams advancing a
+// few bytes per step, and the hardware prefetchers ran so little ahead of them that one core read 4 GB/s of an 8-bit
+// weight (its plain read bandwidth: 11.8 GB/s). Each step now prefetches as many bytes as it consumes, kPrefetchBytes
+// ahead in the (contiguous) rows: one steady sequential stream. 8-bit, one core: 4 -> 11.4 GB/s; 4-bit, two cores:
+// 9 -> 15 GB/s (2048 and 8192 bytes did slightly worse).
 inline constexpr int64_t kPrefetchBytes = 4096;
 
 #ifdef TL_X86_SIMD

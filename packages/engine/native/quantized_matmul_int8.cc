@@ -13,9 +13,10 @@
 // kernel to that, and to a float64 evaluation of the formula above).
 //
 // Why: the float kernels turn each weight into a float32 and multiply-add it (an AND, a convert and an FMA per 8
-// weights), and with both cores streaming they were bound by the floating-point pipes as much as by memory (see
-// the end of the notes in quantized_matmul.cc). One integer instruction multiplies and pairwise adds 32 bytes (vpmaddubsw, AVX2) or 64
-// (vpdpbusd, AVX-512 VNNI), and a 4-bit weight needs only an AND, and for half of them a shift, to become a byte.
+// weights), and with both cores streaming they were bound by the floating-point pipes as much as by memory (see the
+// end of the notes in quantized_matmul.cc). One integer instruction multiplies and pairwise adds 32 bytes (vpmaddubsw,
+// AVX2) or 64 (vpdpbusd, AVX-512 VNNI), and a 4-bit weight needs only an AND, and for half of them a shift, to become
+// a byte.
 //
 // How it is built up (llm.c style: the plain loop first, then each change, why, and what it measured: one call,
 // best of 30-40, on a shared 2-core Zen 5 whose figures move by up to 2x between runs, so ranges over rounds):
@@ -29,10 +30,10 @@
 //      and multiplied by the block's scale into a float accumulator, and the group's scale is applied once per
 //      group. 4 bits: the block's 16 packed bytes and the same bytes shifted right by 4, masked, give its 32
 //      values as bytes, even values first (MLX puts value 2i in the low nibble of byte i): x's blocks are stored
-//      in that order (quantize_block's nibble_order), so no shuffle is needed per weight. 8 bits: the pairs of vpmaddubsw would
-//      overflow int16 (2 * 255 * 127 > 32767), so the weight is read as q - 128 and multiplied by sign:
-//      |q - 128| <= 128 and |xq| <= 127 keep every pair within int16, and the 128 * sum(xq) it leaves out comes
-//      back once per group through xq_offset. 4864 x 896, M = 1: 0.09-0.13 ms, 1.3-1.5x faster than the float
+//      in that order (quantize_block's nibble_order), so no shuffle is needed per weight. 8 bits: the pairs of
+//      vpmaddubsw would overflow int16 (2 * 255 * 127 > 32767), so the weight is read as q - 128 and multiplied
+//      by sign: |q - 128| <= 128 and |xq| <= 127 keep every pair within int16, and the 128 * sum(xq) it leaves
+//      out comes back once per group through xq_offset. 4864 x 896, M = 1: 0.09-0.13 ms, 1.3-1.5x faster than the float
 //      AVX2 kernels on the same cores.
 //   3. AVX-512 VNNI (tile_vnni), two blocks per step: vpdpbusd is vpmaddubsw, vpmaddwd and the add in one
 //      instruction, on 64 bytes, with int32 sums (no overflow, so 8 bits need no offset). 4 bits: the 32 packed
@@ -84,7 +85,7 @@ Kernel kernel_for(int64_t K) {
 
 // One block of 32 x values -> 32 int8 and the block's scale dx (0 for a block of zeros): xq = round(x / dx), to
 // nearest even, with dx = max |x| / 127, so that |xq| <= 127 and |x - dx * xq| <= dx / 2.
-// kNibbleOrder stores the even positions first, then the odd ones: the order in which the SIMD kernels unpack a
+// nibble_order stores the even positions first, then the odd ones: the order in which the SIMD kernels unpack a
 // block of 4-bit weights (step 2).
 float quantize_block(const float* x, bool nibble_order, int8_t* xq) {
   float amax = 0.0f;
