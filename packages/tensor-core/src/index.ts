@@ -27,7 +27,7 @@ export {
   readSafetensors, loadSafetensors, saveSafetensors, openCheckpoint, SafetensorsFile, Checkpoint, type TensorInfo,
 } from './io/safetensors.ts';
 export {
-  openModelDir, parseModelConfig, readModelConfig, ModelDir, SUPPORTED_MODEL_TYPES, type ModelConfig, type ModelType,
+  openModelDir, parseModelConfig, readModelConfig, ModelDir, SUPPORTED_MODEL_TYPES, type ModelDirOptions, type ModelConfig, type ModelType,
   type MoeConfig, type QuantizationConfig, type LinearWeights,
 } from './io/model-dir.ts';
 export { QuantizedWeight, dequantize, quantize, type QuantizeOptions } from './io/quantized.ts';

@@ -353,6 +353,27 @@ describe('sampling on the GPU: the sampling fixture through softmax, topk, argso
       expectClose(await out.data(), f.get(c, 'probs').toArray(), 1e-5);
     });
   }
+
+  it('random.categorical draws what a plain inverse-CDF loop draws with the same uniforms; -inf is never drawn', async () => {
+    const [rows, n] = [64, 300];
+    const logits = seeded(rows * n, 41, 4).map((v, i) => (i % 7 === 3 ? -Infinity : v));
+    const out = tc.random.categorical(gpuTensor(logits, [2, rows / 2, n]), { seed: 5 });
+    expect([out.backend.name, out.dtype, ...out.shape]).toEqual(['webgpu', 'int32', 2, rows / 2]);
+    // The same uniforms: a generator of the same seed, one number per row.
+    const uniforms = new tc.random.Generator(5);
+    const expected = Array.from({ length: rows }, (_, r) => {
+      const row = logits.slice(r * n, (r + 1) * n);
+      const top = Math.max(...row);
+      const weights = row.map((v) => Math.exp(v - top));
+      const target = uniforms.next() * weights.reduce((a, b) => a + b, 0);
+      let acc = 0;
+      return weights.findIndex((w) => (acc += w) > target);
+    });
+    expect(Array.from(await out.data())).toEqual(expected);
+    // A row with one visible logit always draws it.
+    const one = tc.random.categorical(gpuTensor([-Infinity, -Infinity, 2, -Infinity], [1, 4]));
+    expect(Array.from(await one.data())).toEqual([2]);
+  });
 });
 
 describe('gathers on the GPU', () => {
@@ -546,6 +567,19 @@ describe('fast.quantizedMatmul on the GPU for every bit width', () => {
     // The CPU backend's composition (dequantize, then matmul) of the same op.
     const cpuWeight = tc.quantize(tc.tensor(seeded(n * k, bits * 7 + group), { shape: [n, k] }), bits, group);
     expectClose(tc.fast.quantizedMatmul(tc.tensor(x, { shape: [m, k] }), cpuWeight).toArray(), expected, 1e-4, 1e-5);
+  });
+
+  it('dequantize on the GPU gives the plain unpacking for every bit width: bit for bit with half-precision scales', async () => {
+    const [n, k] = [5, 128];
+    for (const [bits, group, dtype] of [[2, 32, 'bfloat16'], [3, 64, 'float16'], [4, 128, 'bfloat16'], [5, 32, 'bfloat16'], [6, 64, 'float16'], [8, 32, 'float32']] as const) {
+      const q = tc.quantize(tc.tensor(seeded(n * k, bits * 3 + group), { shape: [n, k] }), bits, group, { dtype });
+      const expected = dequantizePlain(q.weight.toArray() as Uint32Array, q.scales.toArray(), q.biases.toArray(), n, k, bits, group).map(f32);
+      const out = tc.dequantize(new tc.QuantizedWeight(onGpu(q.weight), onGpu(q.scales), onGpu(q.biases), group, bits));
+      expect([out.backend.name, ...out.shape], `${bits} bits, group ${group}, ${dtype} scales`).toEqual(['webgpu', n, k]);
+      // q * scale is exact in f32 for bf16 and f16 scales, so both sides round once; f32 scales round twice.
+      if (dtype === 'float32') expectClose(await out.data(), expected, 1e-6, 1e-6);
+      else expect(Array.from(await out.data()), `${bits} bits, group ${group}, ${dtype} scales`).toEqual(expected);
+    }
   });
 
   it('x with leading dims and bf16 values; scales read at an offset', async () => {

@@ -69,6 +69,11 @@ export interface Backend {
   /** out float32 [M, N] = x [M, K] @ dequantize(w).T for an MLX-quantized weight w of logical shape [N, K]. */
   quantizedMatmul(x: Tensor, w: QuantizedWeight, out: Tensor): void;
   /**
+   * out float32 [...w.shape] = the values w stands for. Optional: the CPU's tc.dequantize computes them in
+   * io/quantized.ts; a backend that holds quantized weights provides it so that they need not come back.
+   */
+  dequantize?(w: QuantizedWeight, out: Tensor): void;
+  /**
    * softmax(q k^T * scale + mask) v in one kernel, for q [..., Hq, L, D] and k, v [..., Hkv, S, D] with q's
    * leading dims; mask is an additive view of shape [..., Hq, L, S], 'causal' (aligned to the bottom right)
    * or null. Optional: without it, fast.sdpa composes matmul and softmax.
