@@ -227,3 +227,31 @@ export function quantizedMatmulMistakes(x: NDArray, w: f64.QuantizedArrays): Mis
     },
   ];
 }
+
+/**
+ * Quantized matmul on the GPU (chapter 2.3): chapter 2.2's mistakes, the invocations' partial sums never added
+ * (each row is then its first chunk of 32 values), and, with more columns than one dimension of workgroups
+ * holds, the column taken from the workgroup's x alone (the columns past it stay 0: GPU buffers start zeroed).
+ */
+export function quantizedMatmulGpuMistakes(x: NDArray, w: f64.QuantizedArrays): Mistake[] {
+  const firstChunk = { shape: x.shape, data: x.data.map((v, i) => (i % w.k < 32 ? v : 0)) };
+  const mistakes: Mistake[] = [
+    ...quantizedMatmulMistakes(x, w),
+    {
+      explanation:
+        "only the first 32 values of each row summed: every invocation's partial sum must be added in (a tree in workgroup memory), and one invocation writes the total.",
+      values: lazy(() => f64.quantizedMatmul(firstChunk, w)),
+    },
+  ];
+  const maxColumns = 65535;
+  if (w.n > maxColumns) {
+    mistakes.push({
+      explanation: `the columns past the first ${maxColumns} left unwritten: column n of workgroup (x, y) is y * (workgroups along x) + x, since one dimension holds at most ${maxColumns} workgroups.`,
+      values: lazy(() => {
+        const out = f64.quantizedMatmul(x, w);
+        return { shape: out.shape, data: out.data.map((v, i) => (i % w.n < maxColumns ? v : 0)) };
+      }),
+    });
+  }
+  return mistakes;
+}

@@ -6,8 +6,7 @@
 // decode steps over a KV cache (strided copies into preallocated buffers), the way an engine serves it.
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { FIXTURES_DIR } from '../src/testing.ts';
-import { useGpu } from './gpu.ts';
+import { FIXTURES_DIR, useGpu } from '../src/testing.ts';
 
 const gpu = useGpu();
 

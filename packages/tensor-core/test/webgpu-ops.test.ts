@@ -3,8 +3,7 @@
 // not multiples of any workgroup or tile, and empty shapes.
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { expectClose, goldenOp, ravel, relativeError, seeded, unravel } from '../src/testing.ts';
-import { useGpu } from './gpu.ts';
+import { expectClose, goldenOp, ravel, relativeError, seeded, unravel, useGpu } from '../src/testing.ts';
 
 const gpu = useGpu();
 
