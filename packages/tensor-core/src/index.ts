@@ -3,7 +3,7 @@ export { Tensor, type NativeView } from './tensor.ts';
 export { DTYPES, isFloating, itemSize, promoteTypes, type DType } from './dtype.ts';
 export { broadcastShapes, formatShape, sizeOf } from './shape.ts';
 export { tidy, keep } from './scope.ts';
-export type { Backend, Storage } from './backend/backend.ts';
+export { DeviceLimitError, UnsupportedOpError, type Backend, type Storage } from './backend/backend.ts';
 export { cpu, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
 export { loadExtension } from './extension.ts';

@@ -701,6 +701,7 @@ describe('errors on the GPU', () => {
   it('a tensor past maxBufferSize, or a binding past maxStorageBufferBindingSize, names the limit', () => {
     const { maxBufferSize, maxStorageBufferBindingSize } = gpu().limits;
     expect(() => tc.empty([Math.ceil(maxBufferSize / 4) + 1], 'float32', gpu())).toThrow(/exceed this device's maxBufferSize/);
+    expect(() => tc.empty([Math.ceil(maxBufferSize / 4) + 1], 'float32', gpu())).toThrow(tc.DeviceLimitError);
     if (maxStorageBufferBindingSize < maxBufferSize) {
       const big = tc.empty([maxStorageBufferBindingSize / 4 + 1], 'float32', gpu());
       expect(() => tc.exp(big)).toThrow(/exp: binding x0 of \d+ bytes exceeds this device's maxStorageBufferBindingSize/);

@@ -81,7 +81,29 @@ export interface Backend {
   sdpa?(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 'causal' | null, scale: number, out: Tensor): void;
 }
 
+/** A kernel a backend does not have, naming the op; a program may catch it to say what to run instead. */
+export class UnsupportedOpError extends Error {
+  constructor(
+    readonly backend: string,
+    readonly op: string,
+  ) {
+    super(`${op}: not implemented on the ${backend} backend (move the tensor to the CPU with toCPU())`);
+    this.name = 'UnsupportedOpError';
+  }
+}
+
 /** The error a backend throws for a kernel it does not have. */
 export function unsupported(backend: string, op: string): Error {
-  return new Error(`${op}: not implemented on the ${backend} backend (move the tensor to the CPU with toCPU())`);
+  return new UnsupportedOpError(backend, op);
+}
+
+/** A buffer, binding or grid beyond what the device allows, naming the limit (e.g. maxBufferSize). */
+export class DeviceLimitError extends RangeError {
+  constructor(
+    message: string,
+    readonly limit: string,
+  ) {
+    super(message);
+    this.name = 'DeviceLimitError';
+  }
 }
