@@ -8,16 +8,19 @@
 //
 // Ceilings: the read bandwidth (readBandwidthGBs: a 256 MB buffer, far beyond the caches), the float32 GEMM
 // rate of the native kernel at 1024^3 (benchGemm), and the FMA peak of the cores (native.peakGflops). They are
-// measured after the model runs, so that the peak resident memory reported is the engine's alone.
+// measured after the model runs, so that the peak resident memory reported is the engine's alone. With
+// --device webgpu, the GPU's own: a plain WGSL read kernel's bandwidth and the tiled f32 matmul rate at 512^3
+// (tensor-core's bench/webgpu-kernels.ts); a GPU has no FMA peak measured here.
 import { writeFileSync } from 'node:fs';
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
+import { matmulGflops, readBandwidthGBs as gpuReadBandwidthGBs } from '@tiny-llm/tensor-core/bench-webgpu';
 import { Scheduler } from '@tiny-llm/reference/week2';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
-import { checkModelDir, type ModelChoice, type Solution, type Week } from './registry.ts';
+import { checkModelDir, deviceBackend, type Device, type ModelChoice, type Solution, type Week } from './registry.ts';
 import { EngineQwen2, type EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 import { RandomWeights, type RandomDType } from './random-weights.ts';
@@ -118,6 +121,8 @@ export function randomEntries(weights: RandomWeights): WeightEntry[] {
 export interface Ceilings {
   bandwidthGBs: number;
   gemmGflops: number;
+  /** The GEMM's n (n x n times n x n). */
+  gemmSize: number;
   fmaPeakGflops: number;
 }
 
@@ -134,7 +139,17 @@ export function measureCeilings(): Ceilings {
     gemmGflops = Math.max(gemmGflops, benchGemm(1024, 1024, 1024, 5));
   }
   const fmaPeakGflops = Number(tc.native.peakGflops());
-  return { bandwidthGBs, gemmGflops, fmaPeakGflops };
+  return { bandwidthGBs, gemmGflops, gemmSize: 1024, fmaPeakGflops };
+}
+
+/**
+ * The same ceilings on a GPU: the read bandwidth over up to 256 MB (one binding's limit) and the f32 matmul
+ * rate at 512^3 (a software GPU takes seconds per 1024^3 product).
+ */
+export async function measureGpuCeilings(gpu: tc.WebGPUBackend): Promise<Ceilings> {
+  const megabytes = Math.min(256, gpu.limits.maxStorageBufferBindingSize / 2 ** 20);
+  const bandwidthGBs = await gpuReadBandwidthGBs(gpu, megabytes);
+  return { bandwidthGBs, gemmGflops: await matmulGflops(gpu, 512), gemmSize: 512, fmaPeakGflops: 0 };
 }
 
 export interface SpeedResult {
@@ -161,34 +176,35 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
  * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
  * products, so its ceiling is the prefill rate.
  */
-export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
+export async function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): Promise<{ tokensPerS: number; seconds: number }> {
   const scheduler = new Scheduler(new EngineBatchModel(model), { maxBatch: batch });
   const ids = Array.from({ length: batch }, (_, i) =>
     scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
   );
   // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
-  for (let i = 0; i <= batch; i++) scheduler.step();
+  for (let i = 0; i <= batch; i++) await scheduler.step();
   const t0 = performance.now();
   let tokens = 0;
-  for (let i = 0; i < steps; i++) tokens += scheduler.step().filter((o) => o.token !== null).length;
+  for (let i = 0; i < steps; i++) tokens += (await scheduler.step()).filter((o) => o.token !== null).length;
   const seconds = (performance.now() - t0) / 1e3;
   for (const id of ids) scheduler.cancel(id);
   return { tokensPerS: tokens / seconds, seconds };
 }
 
-export function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): SpeedResult {
+export async function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): Promise<SpeedResult> {
   const ids = promptIds(promptLen, model.config.vocabSize, seed);
-  const argmax = (logits: tc.Tensor): number => {
+  // Greedy, with the token read back as generation reads it (on a GPU, each read waits for the step's kernels).
+  const argmax = async (logits: tc.Tensor): Promise<number> => {
     const t = tc.argmax(logits, -1);
-    const id = t.item();
+    const id = (await t.data())[0];
     t.dispose();
     logits.dispose();
     return id;
   };
   {
     const warm = model.newSession();
-    let next = argmax(warm.feed(ids.slice(0, Math.min(8, ids.length))));
-    for (let i = 0; i < 2; i++) next = argmax(warm.feed([next]));
+    let next = await argmax(warm.feed(ids.slice(0, Math.min(8, ids.length))));
+    for (let i = 0; i < 2; i++) next = await argmax(warm.feed([next]));
     warm.dispose();
   }
   let prefillSeconds = Infinity;
@@ -196,9 +212,9 @@ export function measureSpeed(model: EngineModel, promptLen: number, gen: number,
   for (let r = 0; r < reps; r++) {
     const session = model.newSession();
     const t0 = performance.now();
-    let next = argmax(session.feed(ids));
+    let next = await argmax(session.feed(ids));
     const t1 = performance.now();
-    for (let i = 0; i < gen; i++) next = argmax(session.feed([next]));
+    for (let i = 0; i < gen; i++) next = await argmax(session.feed([next]));
     const t2 = performance.now();
     session.dispose();
     prefillSeconds = Math.min(prefillSeconds, (t1 - t0) / 1e3);
@@ -229,6 +245,8 @@ export interface BenchReport {
   group_size: number | null;
   /** What ran: "the engine", "the learner's week 1 model", ... */
   runs: string;
+  /** Where it ran: "cpu", or "webgpu (the adapter)"; the ceilings are that device's. */
+  device: string;
   params: number;
   weight_bytes: number;
   /** Bytes of tensors the loaded model allocated (weights widened to float32 at load count here; mapped ones do not). */
@@ -247,6 +265,8 @@ export interface BenchReport {
   decode_ceiling_tokens_per_s: number;
   bandwidth_gb_s: number;
   gemm_gflops: number;
+  /** n of the n^3 GEMM that measured gemm_gflops. */
+  gemm_size: number;
   fma_peak_gflops: number;
   decode_ratio: number;
   prefill_ratio: number;
@@ -279,7 +299,7 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
 }
 
 export async function runBench(flags: Record<string, unknown>, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution as Solution | undefined, week: flags.week as Week | undefined };
+  const choice: ModelChoice = { solution: flags.solution as Solution | undefined, week: flags.week as Week | undefined, device: flags.device as Device | undefined };
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
   // of the ceiling for the demo model, in consecutive runs).
@@ -301,8 +321,8 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
   let config: ModelConfig;
   const bytesBefore = tc.cpu.memory().liveBytes;
   if (flags.config !== undefined) {
-    if (choice.solution !== undefined || choice.week !== undefined) {
-      throw new UsageError('bench: --config builds random weights for the engine; a chapter model (--solution, --week) runs with --model DIR');
+    if (choice.solution !== undefined || choice.week !== undefined || (choice.device ?? 'cpu') !== 'cpu') {
+      throw new UsageError('bench: --config builds random weights for the engine on the CPU; a chapter model (--solution, --week, --device webgpu) runs with --model DIR');
     }
     const path = h.resolveInput(flags.config as string);
     try {
@@ -345,18 +365,21 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
     throw new UserError(`--prompt-len ${promptLen} + --gen ${gen} exceed the model's context of ${config.maxPositionEmbeddings} tokens`);
   }
 
-  process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
-  const speed = measureSpeed(model, promptLen, gen, reps, seed);
   const batch = flags.batch as number | undefined;
+  if (batch !== undefined && !(model instanceof EngineQwen2)) {
+    throw new UsageError('bench: --batch measures the engine on the CPU (leave out --solution, --week and --device)');
+  }
+  process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
+  const speed = await measureSpeed(model, promptLen, gen, reps, seed);
   let batched: { tokensPerS: number } | null = null;
-  if (batch !== undefined) {
-    if (!(model instanceof EngineQwen2)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+  if (batch !== undefined && model instanceof EngineQwen2) {
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
-    batched = measureBatchDecode(model.model, batch, promptLen, gen, seed);
+    batched = await measureBatchDecode(model.model, batch, promptLen, gen, seed);
   }
   const rss = peakRssMB();
-  process.stderr.write('measuring the ceilings (read bandwidth, GEMM, FMA peak)...\n');
-  const ceilings = measureCeilings();
+  const backend = await deviceBackend(choice.device);
+  process.stderr.write(`measuring the ceilings of ${model.device} (read bandwidth, ${backend === tc.cpu ? 'GEMM, FMA peak' : 'matmul'})...\n`);
+  const ceilings = backend instanceof tc.WebGPUBackend ? await measureGpuCeilings(backend) : measureCeilings();
 
   const modelTensorBytes = tc.cpu.memory().liveBytes - bytesBefore;
   const flopsPerToken = prefillFlopsPerToken(traffic, config, promptLen);
@@ -369,6 +392,7 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
     dtype,
     group_size: groupSize,
     runs: model.description,
+    device: model.device,
     params: traffic.params,
     weight_bytes: traffic.weightBytes,
     model_tensor_bytes: modelTensorBytes,
@@ -386,6 +410,7 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
     decode_ceiling_tokens_per_s: (ceilings.bandwidthGBs * 1e9) / traffic.bytesPerToken,
     bandwidth_gb_s: ceilings.bandwidthGBs,
     gemm_gflops: ceilings.gemmGflops,
+    gemm_size: ceilings.gemmSize,
     fma_peak_gflops: ceilings.fmaPeakGflops,
     decode_ratio: decodeGBs / ceilings.bandwidthGBs,
     prefill_ratio: prefillGflops / ceilings.gemmGflops,
@@ -414,13 +439,13 @@ export function formatReport(r: BenchReport): string {
   const f = (x: number, d = 1) => x.toFixed(d);
   const mb = (bytes: number) => `${f(bytes / 1e6, 1)} MB`;
   return [
-    `bench ${r.model} (${r.model_type}, ${r.dtype}${r.group_size ? ` group ${r.group_size}` : ''}; ${r.runs}): ${f(r.params / 1e6, 1)}M params, ` +
-      `${mb(r.weight_bytes)} of weights, ${mb(r.weight_bytes_per_token)} read per decoded token`,
-    `  ceilings (measured now, ${r.threads} threads): read bandwidth ${f(r.bandwidth_gb_s)} GB/s, ` +
-      `GEMM f32 1024^3 ${f(r.gemm_gflops)} GFLOP/s, FMA peak ${f(r.fma_peak_gflops)} GFLOP/s`,
+    `bench ${r.model} (${r.model_type}, ${r.dtype}${r.group_size ? ` group ${r.group_size}` : ''}; ${r.runs}, on ${r.device}): ` +
+      `${f(r.params / 1e6, 1)}M params, ${mb(r.weight_bytes)} of weights, ${mb(r.weight_bytes_per_token)} read per decoded token`,
+    `  ceilings (measured now, ${r.device === 'cpu' ? `${r.threads} threads` : 'on the GPU'}): read bandwidth ${f(r.bandwidth_gb_s)} GB/s, ` +
+      `GEMM f32 ${r.gemm_size}^3 ${f(r.gemm_gflops)} GFLOP/s${r.fma_peak_gflops > 0 ? `, FMA peak ${f(r.fma_peak_gflops)} GFLOP/s` : ''}`,
     `  prefill ${r.prompt_len} tokens: ${f(r.prefill_tokens_per_s)} tok/s (${f(r.prefill_seconds, 3)} s) = ` +
       `${f(r.prefill_gflops)} GFLOP/s at ${f(r.prefill_flops_per_token / 1e6)} MFLOP/token: ` +
-      `${f(r.prefill_ratio, 2)} of GEMM, ${f(r.prefill_ratio_fma_peak, 2)} of FMA peak`,
+      `${f(r.prefill_ratio, 2)} of GEMM${r.fma_peak_gflops > 0 ? `, ${f(r.prefill_ratio_fma_peak, 2)} of FMA peak` : ''}`,
     `  decode ${r.gen} tokens:  ${f(r.decode_tokens_per_s)} tok/s (${f(r.decode_seconds, 3)} s) = ` +
       `${f(r.decode_gb_s, 2)} GB/s of weights: ${f(r.decode_ratio, 2)} of read bandwidth ` +
       `(ceiling ${f(r.decode_ceiling_tokens_per_s)} tok/s)`,

@@ -13,9 +13,11 @@ import { isAbsolute, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
-import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
+import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
 import { checkPromptFits, formatStats, generate, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
+import {
+  checkModelDir, closeDevice, DEVICES, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type Device, type ModelChoice, type Solution, type Week,
+} from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 
@@ -101,10 +103,21 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
     help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
     check: (v) => (WEEKS.includes(v as Week) ? undefined : `must be one of ${WEEKS.join(', ')}`),
   },
+  device: {
+    kind: 'string',
+    value: 'cpu|webgpu',
+    help: "where the model runs; webgpu runs a chapter model (the reference's week 2 unless --week) on the GPU WebGPU finds (docs/gpu.md)",
+    default: 'cpu',
+    check: (v) => (DEVICES.includes(v as Device) ? undefined : `must be ${DEVICES.join(' or ')}`),
+  },
 };
 
-/** The --solution and --week flags. */
-export const choiceOf = (flags: FlagValues): ModelChoice => ({ solution: flags.solution as Solution | undefined, week: flags.week as Week | undefined });
+/** The --solution, --week and --device flags. */
+export const choiceOf = (flags: FlagValues): ModelChoice => ({
+  solution: flags.solution as Solution | undefined,
+  week: flags.week as Week | undefined,
+  device: flags.device as Device | undefined,
+});
 
 const SAMPLING_FLAGS: Record<string, FlagSpec> = {
   'max-tokens': { kind: 'int', value: 'N', help: 'the most tokens to generate', default: '256', check: atLeast(0) },
@@ -198,7 +211,7 @@ export async function loadWithProgress(dir: string, choice: ModelChoice): Promis
   const cache = model.cached ? '' : ', no KV cache';
   log(
     `loaded ${displayPath(dir)} (${c.modelType}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}; ` +
-      `${model.description}${cache}) in ${((performance.now() - t0) / 1e3).toFixed(2)} s`,
+      `${model.description}${cache}, on ${model.device}) in ${((performance.now() - t0) / 1e3).toFixed(2)} s`,
   );
   return model;
 }
@@ -240,7 +253,7 @@ async function runGenerate(flags: FlagValues): Promise<void> {
   const ids = tokenizer.encode(flags.prompt as string);
   checkPromptFits(model, ids);
   const session = model.newSession();
-  const result = generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
+  const result = await generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
   session.dispose();
   if (process.stdout.isTTY) process.stdout.write('\n');
   log(`[${formatStats(result.stats)}]`);
@@ -290,7 +303,7 @@ async function runLogits(flags: FlagValues): Promise<void> {
   }
   const model = await loadWithProgress(dir, choiceOf(flags));
   const t0 = performance.now();
-  const logits: Tensor = computeLogits(model, ids);
+  const logits: Tensor = await computeLogits(model, ids);
   const seconds = (performance.now() - t0) / 1e3;
   if (flags.out !== undefined) {
     const out = resolveOutput(flags.out as string);
@@ -317,7 +330,7 @@ async function runBatchCommand(flags: FlagValues): Promise<void> {
   const make = flags.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
   const samplerOf = (p: { temperature: number; topK?: number; topP?: number; minP?: number; seed?: number }) =>
     p.temperature > 0 ? make({ temperature: p.temperature, topK: p.topK, topP: p.topP, minP: p.minP, seed: p.seed }) : undefined;
-  const { results, seconds, generated } = runBatch(scheduler, tokenizer, prompts, samplerOf);
+  const { results, seconds, generated } = await runBatch(scheduler, tokenizer, prompts, samplerOf);
   const lines = results.map((r) => JSON.stringify(r)).join('\n') + '\n';
   if (flags.out !== undefined) {
     const out = resolveOutput(flags.out as string);
@@ -436,7 +449,7 @@ const GENERAL_HELP = [
   ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`),
   '',
   `Every command takes --model DIR (default ${DEFAULT_MODEL}), --solution learner|reference (default reference: the`,
-  "engine) and --week N (a week's plain chapter model of that solution).",
+  "engine), --week N (a week's plain chapter model of that solution) and --device cpu|webgpu (where it runs).",
   "`tiny-llm <command> --help` lists a command's flags. Docs: docs/engine.md.",
 ].join('\n');
 
@@ -460,7 +473,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     await spec.run(parseFlags(command, rest, spec.flags));
     return 0;
   } catch (caught) {
-    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : caught;
+    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : deviceErrorOf(caught);
     if (err instanceof UserError) {
       process.stderr.write(`tiny-llm: ${err.message}\n`);
       if (debug && err.cause instanceof Error) process.stderr.write(`${err.cause.stack}\n`);
@@ -471,6 +484,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (debug) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
     else process.stderr.write('(a bug: run with TINY_LLM_DEBUG=1 for the stack trace)\n');
     return 1;
+  } finally {
+    closeDevice();
   }
 }
 

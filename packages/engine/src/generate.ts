@@ -2,9 +2,10 @@
 // already holds), then sample one token at a time, stream the text through the incremental detokenizer, and
 // stop at an end-of-sequence id, the token budget, or the model's context. Timing stats come with the result.
 //
-// generateTokens is a synchronous generator (one event per token), so callers choose how to drive it: the CLI
-// writes each piece of text as it comes (streamGenerate yields to the event loop between tokens, so Ctrl-C
-// and other I/O are served), and a server can run it in a worker.
+// generateTokens is an async generator (one event per token): the sampled token is read back from the model's
+// device, which on a GPU means waiting for it (on the CPU the value is there at once). Callers choose how to
+// drive it: the CLI writes each piece of text as it comes (streamGenerate also yields to the event loop between
+// tokens, so that Ctrl-C and other I/O are served), and a server can run it in a worker.
 import type { Tensor } from '@tiny-llm/tensor-core';
 import type { TinyTokenizer } from '@tiny-llm/tokenizer';
 import { makeSampler, type Sampler, type SamplerOptions } from '@tiny-llm/reference/week1';
@@ -84,13 +85,13 @@ export function checkPromptFits(model: EngineModel, promptIds: readonly number[]
  * Generates after promptIds, one event per token. The session keeps the prompt and the generated tokens (all
  * but the last, which is never fed back), so the next call on it reuses them.
  */
-export function* generateTokens(
+export async function* generateTokens(
   model: EngineModel,
   session: Session,
   tokenizer: Pick<TinyTokenizer, 'eosTokenIds' | 'detokenizer'>,
   promptIds: readonly number[],
   options: GenerateOptions = {},
-): Generator<GenerateEvent, GenerateResult> {
+): AsyncGenerator<GenerateEvent, GenerateResult> {
   const maxTokens = options.maxTokens ?? 256;
   if (!Number.isInteger(maxTokens) || maxTokens < 0) throw new UserError(`max tokens must be an integer >= 0, got ${maxTokens}`);
   checkPromptFits(model, promptIds);
@@ -102,13 +103,14 @@ export function* generateTokens(
   const start = performance.now();
   const reused = reusablePrefix(session.tokens, promptIds);
   session.truncate(reused);
-  const pick = (logits: Tensor): number => {
+  // The one value read back per token (the logits stay on the model's device).
+  const pick = async (logits: Tensor): Promise<number> => {
+    let chosen: Tensor | undefined;
     try {
-      const chosen = sampler(logits);
-      const id = chosen.item();
-      chosen.dispose();
-      return id;
+      chosen = sampler(logits);
+      return (await chosen.data())[0];
     } finally {
+      chosen?.dispose();
       logits.dispose();
     }
   };
@@ -117,7 +119,7 @@ export function* generateTokens(
   let stopReason: StopReason = 'length';
   let firstTokenAt = start;
   let lastTokenAt = start;
-  let next = maxTokens > 0 ? pick(session.feed(promptIds.slice(reused))) : -1;
+  let next = maxTokens > 0 ? await pick(session.feed(promptIds.slice(reused))) : -1;
   firstTokenAt = lastTokenAt = performance.now();
   while (tokens.length < maxTokens) {
     if (stop.has(next)) {
@@ -137,7 +139,7 @@ export function* generateTokens(
       stopReason = 'context';
       break;
     }
-    next = pick(session.feed([next]));
+    next = await pick(session.feed([next]));
   }
   const tail = detokenizer.flush();
   if (tail) yield { token: null, text: tail };
@@ -161,18 +163,18 @@ export function* generateTokens(
   };
 }
 
-/** Runs generateTokens to the end, synchronously, passing each piece of text to onText. */
-export function generate(
+/** Runs generateTokens to the end, passing each piece of text to onText. */
+export async function generate(
   model: EngineModel,
   session: Session,
   tokenizer: Pick<TinyTokenizer, 'eosTokenIds' | 'detokenizer'>,
   promptIds: readonly number[],
   options: GenerateOptions = {},
   onText?: (text: string) => void,
-): GenerateResult {
+): Promise<GenerateResult> {
   const it = generateTokens(model, session, tokenizer, promptIds, options);
   for (;;) {
-    const step = it.next();
+    const step = await it.next();
     if (step.done) return step.value;
     if (step.value.text && onText) onText(step.value.text);
   }
@@ -188,7 +190,7 @@ export async function* streamGenerate(
 ): AsyncGenerator<GenerateEvent, GenerateResult> {
   const it = generateTokens(model, session, tokenizer, promptIds, options);
   for (;;) {
-    const step = it.next();
+    const step = await it.next();
     if (step.done) return step.value;
     yield step.value;
     await new Promise<void>((resolve) => setImmediate(resolve));

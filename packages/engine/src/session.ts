@@ -25,6 +25,8 @@ export interface EngineModel {
   readonly config: ModelConfig;
   /** What runs, for messages: "the engine", "the reference week 2 model", "the learner's week 1 model". */
   readonly description: string;
+  /** Where it runs, for messages: "cpu", or "webgpu (the adapter)". */
+  readonly device: string;
   /** Whether sessions keep a KV cache (false: every step reruns the whole sequence). */
   readonly cached: boolean;
   newSession(): Session;
@@ -32,7 +34,9 @@ export interface EngineModel {
   allLogits(ids: readonly number[]): Tensor;
 }
 
-const idsTensor = (ids: readonly number[]): Tensor => tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length] });
+/** Token ids [1, L] on a backend (by default the default backend, where the chapter models run). */
+const idsTensor = (ids: readonly number[], device = tc.getDefaultBackend()): Tensor =>
+  tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length], device });
 
 /** logits [1, L, V] -> [L, V], the view kept and the original freed. */
 function positionsOf(logits: Tensor, length: number): Tensor {
@@ -44,6 +48,7 @@ function positionsOf(logits: Tensor, length: number): Tensor {
 /** The engine: the reference model with the kernels that exist only for speed (model/qwen2.ts). */
 export class EngineQwen2 implements EngineModel {
   readonly description = 'the engine';
+  readonly device = 'cpu';
   readonly cached = true;
   constructor(readonly model: Qwen2Model) {}
 
@@ -59,7 +64,7 @@ export class EngineQwen2 implements EngineModel {
       tokens,
       feed(ids) {
         if (!cache) throw new Error('Session: used after dispose');
-        const x = idsTensor(ids);
+        const x = idsTensor(ids, tc.cpu);
         try {
           const logits = model.forwardLastLogits(x, cache, tokens.length);
           tokens.push(...ids);
@@ -82,7 +87,7 @@ export class EngineQwen2 implements EngineModel {
 
   allLogits(ids: readonly number[]): Tensor {
     const cache = this.model.newCache();
-    const x = idsTensor(ids);
+    const x = idsTensor(ids, tc.cpu);
     try {
       return positionsOf(this.model.forward(x, cache, 0), ids.length);
     } finally {
@@ -98,12 +103,16 @@ export interface Week1Model {
   forward(ids: Tensor): Tensor;
 }
 
-/** A week 1 model: no cache, each feed runs every token so far. */
+/**
+ * A week 1 model: no cache, each feed runs every token so far. Its tensors, the token ids included, live on
+ * the default backend (a model on the GPU runs with the GPU as the default: registry.ts).
+ */
 export class Week1Session implements EngineModel {
   readonly cached = false;
   constructor(
     readonly model: Week1Model,
     readonly description: string,
+    readonly device = 'cpu',
   ) {}
 
   get config(): ModelConfig {
@@ -155,12 +164,13 @@ export interface Week2Model<Cache extends Week2Cache> {
   forward(ids: Tensor, offset: number, cache: Cache[]): Tensor;
 }
 
-/** A week 2 model: a KV cache per layer, each feed runs only the new tokens. */
+/** A week 2 model: a KV cache per layer, each feed runs only the new tokens (on the default backend, as week 1's). */
 export class Week2Session<Cache extends Week2Cache> implements EngineModel {
   readonly cached = true;
   constructor(
     readonly model: Week2Model<Cache>,
     readonly description: string,
+    readonly device = 'cpu',
   ) {}
 
   get config(): ModelConfig {

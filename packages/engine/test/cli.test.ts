@@ -82,7 +82,7 @@ describe('generate: the golden greedy text of every prompt of the demo models (i
         expect(ids, 'prompt ids').toEqual(c.ids);
         const chunks: string[] = [];
         const session = model.newSession();
-        const r = generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) => chunks.push(t));
+        const r = await generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) => chunks.push(t));
         session.dispose();
         expect(r.tokens, `${name}: ${JSON.stringify(c.prompt.slice(-40))}`).toEqual(c.greedy);
         expect(r.text).toBe(c.greedy_text);
@@ -102,11 +102,11 @@ describe('generate: the golden greedy text of every prompt of the demo models (i
     const eos = new Set(tokenizer.eosTokenIds);
     const stop = c.greedy.findIndex((id) => eos.has(id));
     const session = model.newSession();
-    const r = generate(model, session, tokenizer, c.ids, {});
+    const r = await generate(model, session, tokenizer, c.ids, {});
     expect(r.tokens).toEqual(c.greedy.slice(0, stop));
     expect(r.stats.stopReason).toBe('eos');
     // The same prompt again on the same session: only the last prompt token is fed again, same output.
-    const again = generate(model, session, tokenizer, c.ids, {});
+    const again = await generate(model, session, tokenizer, c.ids, {});
     expect(again.stats.reusedTokens).toBe(c.ids.length - 1);
     expect(again.tokens).toEqual(r.tokens);
     session.dispose();
@@ -119,7 +119,7 @@ describe('the sessions of every model the registry runs', () => {
     const c = golden('tiny-qwen2-py-draft').cases[0];
     const tokenizer = loadTokenizer(dir);
     const uncached = new Week1Session(Qwen2ModelWeek1.load(dir), 'the reference week 1 model');
-    const r = generate(uncached, uncached.newSession(), tokenizer, c.ids, { maxTokens: 48, ignoreEos: true });
+    const r = await generate(uncached, uncached.newSession(), tokenizer, c.ids, { maxTokens: 48, ignoreEos: true });
     expect(r.text).toBe(c.greedy_text);
   });
 

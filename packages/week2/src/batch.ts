@@ -188,11 +188,13 @@ export class Scheduler<Cache> {
    *    the prompt is done, the last position's logits give the request's first token.
    * 3. Decode: every request that was decoding before this step gets one token, all in one this.model.decode
    *    call (its `next` token at its `position`).
-   * A token is picked with the request's sampler (default greedy, tc.argmax(logits, -1)). A request ends at
-   * one of its stopIds (emit { token: null, finishReason: 'stop' }), at maxTokens, or when its next position
-   * would reach the model's maxPositions ('length'); then retire it: its slot is free at the next step.
+   * A token is picked with the request's sampler (default greedy, tc.argmax(logits, -1)) and read with
+   * `(await chosen.data())[0]`, which works on every backend (on a GPU, reading waits for the device: that is
+   * why step is async). A request ends at one of its stopIds (emit { token: null, finishReason: 'stop' }), at
+   * maxTokens, or when its next position would reach the model's maxPositions ('length'); then retire it: its
+   * slot is free at the next step.
    */
-  step(): StepOutput[] {
+  async step(): Promise<StepOutput[]> {
     throw new NotImplemented('2.6', 'Scheduler.step');
   }
 

@@ -54,9 +54,19 @@ export interface Qwen2Shape {
   headDim: number;
 }
 
+/** What a decoder layer needs of its MLP. */
+export interface LayerMlp {
+  forward(x: Tensor): Tensor;
+}
+
 export interface Qwen2Week2Options {
   /** Attention through chapter 2.4's flash attention kernel instead of week 1's grouped attention. */
   enableFlashAttention?: boolean;
+  /**
+   * Builds layer i's MLP where it is not the dense one (undefined: the dense one). The model types week 2 does
+   * not know run with it: the engine passes a mixture of experts for qwen2_moe (week 3's block).
+   */
+  mlp?: (modelDir: ModelDir, layer: number) => LayerMlp | undefined;
 }
 
 /** Qwen2's attention with a KV cache. */
@@ -111,7 +121,7 @@ export class Qwen2MLP {
 export class Qwen2TransformerBlock {
   constructor(
     readonly selfAttn: Qwen2MultiHeadAttention,
-    readonly mlp: Qwen2MLP,
+    readonly mlp: LayerMlp,
     readonly inputLayerNorm: RMSNorm,
     readonly postAttentionLayerNorm: RMSNorm,
   ) {}
@@ -140,7 +150,7 @@ export class Qwen2ModelWeek2 {
 
   constructor(modelDir: ModelDir, options: Qwen2Week2Options = {}) {
     const config = modelDir.config;
-    if (!WEEK2_MODEL_TYPES.includes(config.modelType)) {
+    if (!WEEK2_MODEL_TYPES.includes(config.modelType) && !options.mlp) {
       throw new Error(`Qwen2ModelWeek2: ${modelDir.dir} is a ${config.modelType} model; week 2 runs ${WEEK2_MODEL_TYPES.join(' and ')}`);
     }
     this.config = config;
@@ -165,9 +175,10 @@ export class Qwen2ModelWeek2 {
         qNorm: config.qkNorm ? norm(`${p}.self_attn.q_norm.weight`, headDim) : undefined,
         kNorm: config.qkNorm ? norm(`${p}.self_attn.k_norm.weight`, headDim) : undefined,
       };
+      const dense = () => new Qwen2MLP(projection(`${p}.mlp.gate_proj`), projection(`${p}.mlp.up_proj`), projection(`${p}.mlp.down_proj`));
       return new Qwen2TransformerBlock(
         new Qwen2MultiHeadAttention(shape, weights, rope, options),
-        new Qwen2MLP(projection(`${p}.mlp.gate_proj`), projection(`${p}.mlp.up_proj`), projection(`${p}.mlp.down_proj`)),
+        options.mlp?.(modelDir, i) ?? dense(),
         norm(`${p}.input_layernorm.weight`, hiddenSize),
         norm(`${p}.post_attention_layernorm.weight`, hiddenSize),
       );
