@@ -3,11 +3,9 @@
 // runs (spawned from the repository root, as `pnpm tiny-llm` runs it) for the output formats, the logits
 // parity check and the errors. A spawn costs ~0.7 s, so most prompts run in-process and a few go through
 // the CLI.
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
@@ -23,35 +21,11 @@ import { EngineQwen2, Week1Session } from '../src/session.ts';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
 import { RandomWeights } from '../src/random-weights.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
+import { cli, ROOT } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const MODELS = DEMO_MODELS;
-const CLI = 'packages/engine/src/cli.ts';
 
 const golden = demoGolden;
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI as `pnpm tiny-llm` does (tsx, from the repository root). Async, so that spawns can overlap. */
-function cli(args: string[]): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, TINY_LLM_DEBUG: '' },
-      timeout: 60_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));

@@ -4,11 +4,9 @@
 // through the generation loop, each command through the CLI, and the errors a GPU adds (no adapter, a model
 // past the device's limits, an op the backend lacks). A software GPU runs a decode step of the demo model in a
 // few hundred milliseconds, so the CLI runs use the 3-layer draft model.
-import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { DEMO_MODELS, demoGolden, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
@@ -19,8 +17,8 @@ import { generate } from '../src/generate.ts';
 import { computeLogits } from '../src/logits.ts';
 import { closeDevice, deviceBackend, loadModel, type ModelChoice } from '../src/registry.ts';
 import type { EngineModel } from '../src/session.ts';
+import { cli, ROOT, runScript } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const DRAFT = 'tiny-qwen2-py-draft';
 
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-webgpu-'));
@@ -28,31 +26,6 @@ afterAll(() => {
   closeDevice();
   rmSync(tmp, { recursive: true, force: true });
 });
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs an engine script as pnpm does (tsx, from the repository root). */
-function run(script: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, TINY_LLM_DEBUG: '', ...env },
-      timeout: 300_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const cli = (args: string[], env: Record<string, string> = {}) => run('packages/engine/src/cli.ts', args, env);
 
 /** stderr without what Dawn prints while it looks for an adapter (a warning when Vulkan cannot be loaded). */
 const ownLines = (stderr: string) =>
@@ -154,7 +127,7 @@ describe('every command with --device webgpu (spawned)', () => {
     const prompts = join(tmp, 'prompts.jsonl');
     writeFileSync(prompts, golden.cases.slice(0, 2).map((c) => JSON.stringify({ prompt: c.prompt, max_tokens: 12, ignore_eos: true })).join('\n') + '\n');
     const tokenizer = loadTokenizer(join(ROOT, 'models', DRAFT));
-    const [batch, demo] = await Promise.all([cli(['batch', ...model, '--prompts', prompts]), run('packages/engine/src/demo.ts', model)]);
+    const [batch, demo] = await Promise.all([cli(['batch', ...model, '--prompts', prompts]), runScript('packages/engine/src/demo.ts', model)]);
     expect(batch.code, batch.stderr).toBe(0);
     expect(batch.stderr).toMatch(/batch: 2 prompts on the reference week 2 model and scheduler, on webgpu/);
     const lines = batch.stdout.trim().split('\n').map((l) => JSON.parse(l));
@@ -162,6 +135,24 @@ describe('every command with --device webgpu (spawned)', () => {
     expect(demo.code, demo.stderr).toBe(0);
     expect(demo.stdout).toMatch(/on the reference week 2 model \(with a KV cache\) on webgpu/);
     expect(demo.stdout).toMatch(/1\. Code completion[\s\S]*2\. Chat[\s\S]*assistant: Hello/);
+  });
+
+  it('sampling draws on the GPU what it draws on the CPU for a seed (top-p, temperature 0.8)', async () => {
+    const sampled = ['generate', '--model', `models/${DRAFT}`, '--week', '2', '--prompt', code.prompt, '--temperature', '0.8', '--top-p', '0.9', '--seed', '7', '--max-tokens', '24', '--ignore-eos'];
+    const [onCpu, onGpu] = await Promise.all([cli(sampled), cli([...sampled, '--device', 'webgpu'])]);
+    expect(onCpu.code, onCpu.stderr).toBe(0);
+    expect(onGpu.code, onGpu.stderr).toBe(0);
+    expect(onGpu.stdout, 'the same 24 tokens').toBe(onCpu.stdout);
+  });
+
+  it("--solution learner: the learner's model on the GPU, or the chapter that is missing", async () => {
+    const r = await cli(['generate', '--solution', 'learner', ...model, '--prompt', 'def f(x):\n', '--max-tokens', '2']);
+    if (r.code === 0) {
+      expect(r.stderr).toMatch(/the learner's week \d model.*, on webgpu/);
+    } else {
+      expect(r.code, r.stderr).toBe(1);
+      expect(ownLines(r.stderr)).toMatch(/^tiny-llm: the learner's chapter \d\.\d is not implemented yet; run with --solution reference or finish packages\/week\d\//);
+    }
   });
 
   it('bench: prefill and decode tok/s next to the GPU ceilings measured in the same run', async () => {
