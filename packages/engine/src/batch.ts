@@ -78,7 +78,9 @@ export function readPrompts(path: string, defaultMaxTokens: number): BatchPrompt
 export interface BatchScheduler {
   submit(request: GenerationRequest): number;
   step(): Promise<StepOutput[]>;
+  cancel(id: number): boolean;
   readonly idle: boolean;
+  readonly counts: { running: number; waiting: number };
 }
 
 export interface BatchResult {

@@ -16,6 +16,7 @@ import { UserError, deviceErrorOf } from '../src/errors.ts';
 import { generate } from '../src/generate.ts';
 import { computeLogits } from '../src/logits.ts';
 import { closeDevice, deviceBackend, loadModel, type ModelChoice } from '../src/registry.ts';
+import { spawnServer } from '../src/server/spawn.ts';
 import type { EngineModel } from '../src/session.ts';
 import { cli, ROOT, runScript } from './support/cli.ts';
 
@@ -155,6 +156,23 @@ describe('every command with --device webgpu (spawned)', () => {
     }
   });
 
+  it('serve: the model and its scheduler on the GPU in the server\'s worker; a completion is the golden text', async () => {
+    const server = await spawnServer(model);
+    try {
+      const response = await fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: code.prompt, max_tokens: 16, temperature: 0 }),
+      });
+      expect(response.status).toBe(200);
+      const body = (await response.json()) as { choices: { text: string }[] };
+      expect(body.choices[0].text).toBe(loadTokenizer(join(ROOT, 'models', DRAFT)).decode(code.greedy.slice(0, 16)));
+      expect(server.log.join('\n')).toMatch(/the reference week 2 model and scheduler, on webgpu/);
+    } finally {
+      await server.stop();
+    }
+  });
+
   it('bench: prefill and decode tok/s next to the GPU ceilings measured in the same run', async () => {
     const json = join(tmp, 'bench.json');
     const r = await cli(['bench', ...model, '--prompt-len', '8', '--gen', '4', '--reps', '1', '--json', json]);
@@ -203,7 +221,7 @@ describe('errors with --device webgpu: one line, no stack trace, never a hang', 
     const cases: [string, string[], Record<string, string>, number, RegExp][] = [
       ['no adapter', ['logits', '--device', 'webgpu', '--ids', '1,2'], { TINY_LLM_WEBGPU_BACKEND: 'd3d12' }, 1, /--device webgpu: no WebGPU adapter found \(tried d3d12: .*docs\/gpu\.md/],
       ['past the largest binding', ['logits', '--model', tooBig, '--device', 'webgpu', '--ids', '1,2'], {}, 1, /the model does not fit this GPU's maxStorageBufferBindingSize: dequantize: binding out of \d+ bytes exceeds .*; run it with --device cpu/],
-      ['a bad --device', ['generate', '--prompt', 'x', '--device', 'cuda'], {}, 2, /--device must be cpu or webgpu, got cuda/],
+      ['a bad --device', ['generate', '--prompt', 'x', '--device', 'cuda'], {}, 2, /--device must be one of cpu, webgpu, got cuda/],
       ['--config on the GPU', ['bench', '--config', 'fixtures/configs/Qwen2-0.5B-Instruct.json', '--device', 'webgpu'], {}, 2, /--config builds random weights for the engine on the CPU/],
       ['--batch on the GPU', ['bench', '--model', `models/${DRAFT}`, '--device', 'webgpu', '--batch', '2'], {}, 2, /--batch measures the engine on the CPU/],
     ];

@@ -1,0 +1,33 @@
+// The messages between the server's main thread (HTTP, tokenizer, streaming) and the worker thread that owns the
+// model and the scheduler, so that a forward pass never blocks accepting, streaming or /health.
+import type { FinishReason } from '@tiny-llm/reference/week2';
+import type { ModelChoice } from '../registry.ts';
+
+export interface WorkerOptions {
+  modelDir: string;
+  choice: ModelChoice;
+  maxBatch: number;
+  prefillChunk: number;
+}
+
+export interface SamplingOptions {
+  temperature: number;
+  topP?: number;
+  seed?: number;
+}
+
+export type ToWorker =
+  | { type: 'submit'; id: number; promptIds: number[]; maxTokens: number; stopIds: number[]; sampling: SamplingOptions }
+  | { type: 'cancel'; id: number };
+
+export interface TokenOutput {
+  id: number;
+  token: number | null;
+  finishReason?: FinishReason;
+}
+
+export type FromWorker =
+  | { type: 'ready'; description: string; maxPositions: number; vocabSize: number }
+  | { type: 'step'; outputs: TokenOutput[]; running: number; waiting: number }
+  | { type: 'rejected'; id: number; message: string }
+  | { type: 'failed'; message: string };

@@ -1,0 +1,69 @@
+// The server's worker thread: it owns the model and the scheduler (chapter 2.6's continuous batching with
+// chapter 2.7's chunked prefill) and runs steps while there is work, posting each step's tokens to the main
+// thread. Messages are read between steps, so a submit or a cancel takes effect at the next step.
+import { parentPort, workerData } from 'node:worker_threads';
+import type { Tensor } from '@tiny-llm/tensor-core';
+import { makeSampler } from '@tiny-llm/reference/week1';
+import { oneLine } from '../errors.ts';
+import { learnerMakeSampler, loadScheduler } from '../registry.ts';
+import type { FromWorker, SamplingOptions, ToWorker, WorkerOptions } from './protocol.ts';
+
+const port = parentPort!;
+const post = (message: FromWorker) => port.postMessage(message);
+const options = workerData as WorkerOptions;
+
+async function main(): Promise<void> {
+  const { scheduler, config, description } = await loadScheduler(options.modelDir, options.choice, {
+    maxBatch: options.maxBatch,
+    prefillChunk: options.prefillChunk,
+  });
+  const make = options.choice.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
+  const samplerOf = (s: SamplingOptions): ((logits: Tensor) => Tensor) | undefined =>
+    s.temperature > 0 ? make({ temperature: s.temperature, topP: s.topP, seed: s.seed }) : undefined;
+  // The main thread's request ids, and the scheduler's: both ways.
+  const mainIdOf = new Map<number, number>();
+  const schedulerIdOf = new Map<number, number>();
+  let wake: (() => void) | null = null;
+
+  port.on('message', (message: ToWorker) => {
+    if (message.type === 'submit') {
+      try {
+        const id = scheduler.submit({ promptIds: message.promptIds, maxTokens: message.maxTokens, stopIds: message.stopIds, sampler: samplerOf(message.sampling) });
+        mainIdOf.set(id, message.id);
+        schedulerIdOf.set(message.id, id);
+      } catch (err) {
+        post({ type: 'rejected', id: message.id, message: oneLine(err).replace(/^Scheduler\.submit: /, '') });
+      }
+    } else {
+      const id = schedulerIdOf.get(message.id);
+      if (id !== undefined) {
+        scheduler.cancel(id);
+        schedulerIdOf.delete(message.id);
+        mainIdOf.delete(id);
+      }
+    }
+    wake?.();
+  });
+  post({ type: 'ready', description, maxPositions: config.maxPositionEmbeddings, vocabSize: config.vocabSize });
+
+  for (;;) {
+    if (scheduler.idle) {
+      await new Promise<void>((resolve) => (wake = resolve));
+      wake = null;
+      continue;
+    }
+    const outputs = (await scheduler.step()).map((o) => {
+      const id = mainIdOf.get(o.id)!;
+      if (o.finishReason) {
+        mainIdOf.delete(o.id);
+        schedulerIdOf.delete(id);
+      }
+      return { ...o, id };
+    });
+    post({ type: 'step', outputs, ...scheduler.counts });
+    // Let the messages that arrived during the step in before the next one.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+}
+
+main().catch((err) => post({ type: 'failed', message: oneLine(err) }));
