@@ -114,6 +114,27 @@ export class Float64Qwen2 {
     cache: Float64LayerCache = { keys: null, values: null },
     position = cache.keys ? cache.keys.shape[2] : 0,
   ): NDArray {
+    const w = this.layers[index];
+    const eps = this.config.rmsNormEps;
+    const o = this.attentionOf(index, x, variant, cache, position);
+    const hidden = { shape: x.shape, data: x.data.map((xi, i) => xi + o.data[i]) };
+    const m = mlp(rmsNorm(hidden, w.postNorm, eps), w.gate, w.up, w.down);
+    return { shape: x.shape, data: hidden.data.map((hi, i) => hi + m.data[i]) };
+  }
+
+  /**
+   * The two halves of layer `index` on x [1, L, E] at positions 0..L-1, each as the layer adds it to its
+   * residual stream: attention = attn(norm1(x)) through o_proj, mlp = mlp(norm2(x + attention)). Tensor
+   * parallelism (chapter 3.6) sums these over its ranks.
+   */
+  layerHalves(index: number, x: NDArray): { attention: NDArray; mlp: NDArray } {
+    const attention = this.attentionOf(index, x, {}, { keys: null, values: null }, 0);
+    const out = this.layer(index, x);
+    return { attention, mlp: { shape: x.shape, data: out.data.map((o, i) => o - x.data[i] - attention.data[i]) } };
+  }
+
+  /** Layer `index`'s attention half (arguments as layer's). */
+  private attentionOf(index: number, x: NDArray, variant: Float64Variant, cache: Float64LayerCache, position: number): NDArray {
     const c = this.config;
     const w = this.layers[index];
     const [, l] = x.shape;
@@ -131,10 +152,7 @@ export class Float64Qwen2 {
     cache.values = concatPositions(cache.values, swapMiddle(heads(w.v, hkv)));
     const mask = causalMask(l, cached + l, variant.topLeftMask ? 'top-left' : 'bottom-right');
     const attended = attention(q, cache.keys, cache.values, { mask, kvHeadOf: (hq, nq, nkv) => Math.floor(hq / (nq / nkv)) });
-    const o = linear(reshapeND(swapMiddle(attended), [1, l, h * d]), w.o);
-    const hidden = { shape: x.shape, data: x.data.map((xi, i) => xi + o.data[i]) };
-    const m = mlp(rmsNorm(hidden, w.postNorm, eps), w.gate, w.up, w.down);
-    return { shape: x.shape, data: hidden.data.map((hi, i) => hi + m.data[i]) };
+    return linear(reshapeND(swapMiddle(attended), [1, l, h * d]), w.o);
   }
 
   /** The logits of every position, [L, V]. */

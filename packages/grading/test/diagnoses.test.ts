@@ -11,6 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
 import { KvCache, quantizedMatmul, Qwen2ModelWeek2, type AttentionCache } from '@tiny-llm/reference/week2';
 import {
+  AllReduceOracle, allReduceSteps, explainRoundError,
   attentionMistakes, cacheMistakes, causalMaskMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
   expectRelativeError, expectValues, float64 as f64, formatAt, goldenModel, gqaMistakes, linearMistakes, mlpMistakes, multiHeadAttentionMistakes, rmsNormMistakes, ropeMistakes,
   softmaxMistakes,
@@ -384,5 +385,40 @@ describe('2.2: quantized matmul', () => {
     });
     const wrong = new tc.QuantizedWeight(tc.tensor(reversed, { shape: w.weight.shape }), w.scales, w.biases, 64, 4);
     expect(check(quantizedMatmul(x, wrong))).toMatch(/values read from the top of their 32-bit words/);
+  });
+});
+
+describe('tensor parallelism (chapter 3.6)', () => {
+  it("the all-reduce steps of a pass add up, half by half, to the golden layers' outputs", () => {
+    const model = goldenModel('qwen2-tiny');
+    const steps = allReduceSteps(model.float64(), model.prompts[0].ids);
+    expect(steps.map((s) => `${s.layer} ${s.half}`)).toEqual(['0 attention', '0 MLP', '1 attention', '1 MLP']);
+    for (let l = 0; l < model.numLayers; l++) {
+      const [attention, mlp] = [steps[2 * l], steps[2 * l + 1]];
+      const out = attention.residual.data.map((x, i) => x + attention.sum.data[i] + mlp.sum.data[i]);
+      expectValues(out, model.layerOut(l).toArray(), model.layerOut(l).shape, { atol: 1e-5, what: `layer ${l}` });
+    }
+  });
+
+  it('the oracle names a residual added before the all-reduce on every rank', () => {
+    const model = goldenModel('qwen2-tiny');
+    const ids = model.prompts[0].ids;
+    const steps = allReduceSteps(model.float64(), ids);
+    const oracle = new AllReduceOracle(steps, 2);
+    oracle.begin(0, ids.length);
+    // Each rank passes half of the true sum plus the whole residual, as a rank that adds x before reducing.
+    for (const rank of [0, 1]) {
+      const reduce = oracle.allReduceOf(rank);
+      for (const step of steps) reduce(tc.tensor(Float32Array.from(step.sum.data, (v, i) => v / 2 + step.residual.data[i]), { shape: step.sum.shape }));
+    }
+    expect(failureOf(() => oracle.check('a pass', 1e-4))).toMatch(/all-reduce 1 of 4 \(layer 0, attention\)[\s\S]*added the residual before the all-reduce/);
+  });
+
+  it("explains a race's wrong sum by the ranks whose slots were read a round early, late, or never written", () => {
+    // Rank r's element i at round k is k * 2^(r + 4) + i; 3 ranks, round 7, element 5: the sum is 7 * 112 + 15.
+    const expected = 7 * 112 + 15;
+    expect(explainRoundError(3, 7, 5, expected - 32, expected)).toMatch(/rank 1 came from the round before/);
+    expect(explainRoundError(3, 7, 5, expected + 16 + 64, expected)).toMatch(/ranks 0, 2 came from the round after/);
+    expect(explainRoundError(3, 1, 5, 16 + 5, 112 + 15)).toMatch(/slots of ranks 1, 2 read as zeros/);
   });
 });
