@@ -13,7 +13,7 @@ import { writeFileSync } from 'node:fs';
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
-import { Scheduler } from '@tiny-llm/reference/week2';
+import { Scheduler, type BatchModel } from '@tiny-llm/reference/week2';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
@@ -22,6 +22,7 @@ import { checkModelDir, type ModelChoice } from './registry.ts';
 import { EngineQwen2, type EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 import { RandomWeights } from './random-weights.ts';
+import { TensorParallelBatchModel, TensorParallelModel } from './tensor-parallel/parallel-model.ts';
 
 /** One weight as the accounting sees it (a quantized one with its scales and biases). */
 export interface WeightEntry {
@@ -162,10 +163,10 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
  * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
  * products, so its ceiling is the prefill rate.
  */
-export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
-  const scheduler = new Scheduler(new EngineBatchModel(model), { maxBatch: batch });
+export function measureBatchDecode(model: BatchModel<unknown>, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
+  const scheduler = new Scheduler(model, { maxBatch: batch });
   const ids = Array.from({ length: batch }, (_, i) =>
-    scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
+    scheduler.submit({ promptIds: promptIds(promptLen, model.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
   );
   // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
   for (let i = 0; i <= batch; i++) scheduler.step();
@@ -175,6 +176,25 @@ export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: 
   const seconds = (performance.now() - t0) / 1e3;
   for (const id of ids) scheduler.cancel(id);
   return { tokensPerS: tokens / seconds, seconds };
+}
+
+/** What one all-reduce of a group costs, for a float32 partial [rows, width]. */
+export interface AllReduceTiming {
+  rows: number;
+  width: number;
+  microseconds: number;
+}
+
+/**
+ * The time of one all-reduce over a tensor-parallel group, for partials of each row count: the mean of many in a
+ * row (the group does nothing else meanwhile), the best of three such runs.
+ */
+export function measureAllReduce(model: TensorParallelModel, rowCounts: readonly number[]): AllReduceTiming[] {
+  return rowCounts.map((rows) => {
+    const rounds = Math.max(20, Math.round(2000 / rows));
+    const seconds = Math.min(...[0, 1, 2].map(() => model.group.timeAllReduce(rows, rounds)));
+    return { rows, width: model.config.hiddenSize, microseconds: seconds * 1e6 };
+  });
 }
 
 export function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): SpeedResult {
@@ -257,6 +277,11 @@ export interface BenchReport {
   batch: number | null;
   batch_decode_tokens_per_s: number | null;
   batch_decode_ratio_to_prefill: number | null;
+  /** Ranks the model is split over (chapter 3.6); with more than one, what an all-reduce costs... */
+  tensor_parallel: number;
+  all_reduce: AllReduceTiming[] | null;
+  /** ...and the milliseconds of a decoded token that its 2 x layers all-reduces take. */
+  all_reduce_ms_per_token: number | null;
   threads: number;
   date: string;
 }
@@ -280,7 +305,8 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
 }
 
 export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution, week: flags.week };
+  const choice: ModelChoice = { solution: flags.solution, week: flags.week, tensorParallel: flags['tensor-parallel'] };
+  const ranks = choice.tensorParallel ?? 1;
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
   // of the ceiling for the demo model, in consecutive runs).
@@ -319,7 +345,10 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     weights.onProgress = (done, total) => bar.update(done, total);
     const t0 = performance.now();
     try {
-      model = new EngineQwen2(Qwen2Model.fromWeights(config, weights.get));
+      model =
+        ranks > 1
+          ? await TensorParallelModel.start({ weights: { config, dtype: randomDtype, seed }, code: 'engine', worldSize: ranks }, `the engine on ${ranks} tensor-parallel ranks`)
+          : new EngineQwen2(Qwen2Model.fromWeights(config, weights.get));
     } catch (err) {
       throw new UserError(`--config ${h.displayPath(path)}: cannot build the model: ${oneLine(err)}`, { cause: err });
     } finally {
@@ -352,9 +381,15 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   const batch = flags.batch;
   let batched: { tokensPerS: number } | null = null;
   if (batch !== undefined) {
-    if (!(model instanceof EngineQwen2)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+    const batchModel = model instanceof EngineQwen2 ? new EngineBatchModel(model.model) : model instanceof TensorParallelModel ? new TensorParallelBatchModel(model.group) : null;
+    if (!batchModel) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
-    batched = measureBatchDecode(model.model, batch, promptLen, gen, seed);
+    batched = measureBatchDecode(batchModel, batch, promptLen, gen, seed);
+  }
+  let allReduce: AllReduceTiming[] | null = null;
+  if (model instanceof TensorParallelModel) {
+    process.stderr.write(`measuring: one all-reduce over ${ranks} ranks, of [1, ${config.hiddenSize}] and [${promptLen}, ${config.hiddenSize}] float32...\n`);
+    allReduce = measureAllReduce(model, [1, promptLen]);
   }
   const rss = peakRssMB();
   process.stderr.write('measuring the ceilings (read bandwidth, GEMM, FMA peak)...\n');
@@ -396,6 +431,9 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     batch: batch ?? null,
     batch_decode_tokens_per_s: batched?.tokensPerS ?? null,
     batch_decode_ratio_to_prefill: batched ? batched.tokensPerS / speed.prefillTokensPerS : null,
+    tensor_parallel: ranks,
+    all_reduce: allReduce,
+    all_reduce_ms_per_token: allReduce ? (2 * config.numHiddenLayers * allReduce[0].microseconds) / 1e3 : null,
     threads: Number(tc.native.numThreads()),
     date: new Date().toISOString(),
   };
@@ -428,6 +466,12 @@ export function formatReport(r: BenchReport): string {
       `(ceiling ${f(r.decode_ceiling_tokens_per_s)} tok/s)`,
     ...(r.batch !== null
       ? [`  decode at batch ${r.batch}: ${f(r.batch_decode_tokens_per_s!)} tok/s aggregate = ${f(r.batch_decode_ratio_to_prefill!, 2)} of the prefill rate`]
+      : []),
+    ...(r.all_reduce
+      ? [
+          `  all-reduce over ${r.tensor_parallel} ranks (shared memory): ${r.all_reduce.map((t) => `[${t.rows}, ${t.width}] ${f(t.microseconds)} us`).join(', ')}; ` +
+            `a decoded token's take ${f(r.all_reduce_ms_per_token!, 2)} ms of its ${f(1e3 / r.decode_tokens_per_s, 2)} ms`,
+        ]
       : []),
     `  peak resident memory: ${f(r.peak_rss_mb, 0)} MB; tensors the model allocated: ${mb(r.model_tensor_bytes)}; load ${f(r.load_seconds, 2)} s`,
   ].join('\n');

@@ -87,11 +87,18 @@ export const MODEL_FLAGS = defineFlags({
     choices: WEEKS,
     help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
   },
+  'tensor-parallel': {
+    kind: 'int',
+    value: 'N',
+    help: 'split the model over N ranks, threads of this process (chapter 3.6): heads and MLP columns, an all-reduce after o_proj and down_proj',
+    default: '1',
+    check: atLeast(1),
+  },
 });
 type ModelFlags = FlagValues<typeof MODEL_FLAGS>;
 
 /** The --solution and --week flags. */
-export const choiceOf = (flags: ModelFlags): ModelChoice => ({ solution: flags.solution, week: flags.week });
+export const choiceOf = (flags: ModelFlags): ModelChoice => ({ solution: flags.solution, week: flags.week, tensorParallel: flags['tensor-parallel'] });
 
 const SAMPLING_FLAGS = defineFlags({
   'max-tokens': { kind: 'int', value: 'N', help: 'the most tokens to generate', default: '256', check: atLeast(0) },
@@ -353,6 +360,7 @@ async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>)
     model: flags.model === undefined ? undefined : modelDirOf(flags),
     solution: flags.solution,
     week: flags.week,
+    'tensor-parallel': flags['tensor-parallel'],
     'max-batch': flags['max-batch'] ?? clients,
     'prefill-chunk': flags['prefill-chunk'],
   };
@@ -461,7 +469,8 @@ const GENERAL_HELP = [
   ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`),
   '',
   `Every command takes --model DIR (default ${DEFAULT_MODEL}), --solution learner|reference (default reference: the`,
-  "engine) and --week N (a week's plain chapter model of that solution).",
+  "engine), --week N (a week's plain chapter model of that solution) and --tensor-parallel N (the model split over",
+  'N threads).',
   "`tiny-llm <command> --help` lists a command's flags. Docs: docs/engine.md.",
 ].join('\n');
 

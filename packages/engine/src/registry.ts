@@ -6,6 +6,8 @@
 //   --solution reference --week N                   the plain week N model of the reference solution
 //   --solution learner --week N                     the learner's week N model (week 2 runs on the learner's week 1)
 //   --solution learner, no --week                   the learner's highest week whose model is written
+//   --tensor-parallel N (N > 1)                     the engine, or with --solution learner the learner's chapter 3.6
+//                                                   model, split over N ranks (tensor-parallel/)
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Sampler, SamplerOptions } from '@tiny-llm/reference/week1';
@@ -18,6 +20,7 @@ import type { BatchScheduler } from './batch.ts';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { EngineQwen2, Week1Session, Week2Session, type EngineModel, type Week1Model, type Week2Model } from './session.ts';
+import { TensorParallelBatchModel, TensorParallelModel } from './tensor-parallel/parallel-model.ts';
 
 export type Solution = 'learner' | 'reference';
 export const SOLUTIONS: readonly Solution[] = ['learner', 'reference'];
@@ -29,6 +32,8 @@ export interface ModelChoice {
   solution?: Solution;
   /** A week's plain chapter model; none: the engine (reference), or the learner's highest written week. */
   week?: Week;
+  /** Ranks to split the model over (chapter 3.6); 1 (the default) runs it whole. */
+  tensorParallel?: number;
 }
 
 export interface LoadOptions extends ModelChoice {
@@ -74,6 +79,7 @@ async function loadChapterModel(dir: string, solution: Solution, week: Week): Pr
  */
 export async function loadModel(dir: string, options: LoadOptions = {}): Promise<EngineModel> {
   checkModelDir(dir);
+  if ((options.tensorParallel ?? 1) > 1) return loadTensorParallel(dir, options);
   const solution = options.solution ?? 'reference';
   if (options.week !== undefined) return loadChapterModel(dir, solution, options.week);
   if (solution === 'learner') return loadLearnerHighestWeek(dir);
@@ -81,6 +87,25 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     return new EngineQwen2(Qwen2Model.load(dir, { onProgress: options.onProgress }));
   } catch (err) {
     throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
+  }
+}
+
+/**
+ * The model split over N ranks (chapter 3.6), rank 0 on this thread and the others on threads of their own: the
+ * engine's model, or with --solution learner the learner's chapter 3.6 code (on their own week 2 model).
+ */
+async function loadTensorParallel(dir: string, choice: ModelChoice): Promise<TensorParallelModel> {
+  const n = choice.tensorParallel!;
+  if (choice.week !== undefined) {
+    throw new UserError(`--tensor-parallel ${n} splits the engine's model, or with --solution learner your chapter 3.6 model: leave out --week`);
+  }
+  const learner = choice.solution === 'learner';
+  const description = learner ? `the learner's chapter 3.6 model on ${n} tensor-parallel ranks` : `the engine on ${n} tensor-parallel ranks`;
+  try {
+    return await TensorParallelModel.start({ weights: { modelDir: dir }, code: learner ? 'learner' : 'engine', worldSize: n }, description);
+  } catch (err) {
+    if (err instanceof UserError) throw err;
+    throw new UserError(`cannot load the model in ${dir} on ${n} tensor-parallel ranks: ${oneLine(err)}`, { cause: err });
   }
 }
 
@@ -124,6 +149,12 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
   const solution = choice.solution ?? 'reference';
   if (choice.week === 1) throw new UserError("batching needs a model with a KV cache: the engine, or --week 2 (week 1's model has none)");
   const schedulerError = (err: unknown) => new UserError(`the scheduler: ${oneLine(err)}`, { cause: err });
+  if ((choice.tensorParallel ?? 1) > 1) {
+    // The course's scheduler over the group, whichever code the ranks run (the chapter under test is 3.6).
+    const { Scheduler } = await MODULES.reference.week2();
+    const { group, config, description } = await loadTensorParallel(dir, choice);
+    return { scheduler: new Scheduler(new TensorParallelBatchModel(group), options), config, description };
+  }
   if (choice.week === undefined && solution === 'reference') {
     const { Scheduler } = await MODULES.reference.week2();
     let model: Qwen2Model;

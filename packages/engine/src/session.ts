@@ -32,10 +32,11 @@ export interface EngineModel {
   allLogits(ids: readonly number[]): Tensor;
 }
 
-const idsTensor = (ids: readonly number[]): Tensor => tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length] });
+/** Token ids as the int32 [1, L] a model takes. */
+export const idsTensor = (ids: readonly number[]): Tensor => tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length] });
 
 /** logits [1, L, V] -> [L, V], the view kept and the original freed. */
-function positionsOf(logits: Tensor, length: number): Tensor {
+export function positionsOf(logits: Tensor, length: number): Tensor {
   const out = tc.reshape(logits, [length, logits.shape[2]]);
   if (out !== logits) logits.dispose();
   return out;

@@ -17,6 +17,10 @@
 //   attention are one kernel (native/attention_decode.cc). A dense layer is then five native calls instead of
 //   seventeen ops, which on Qwen2-0.5B was a third of a 4-bit decode step.
 // - Qwen2-MoE layers use the mixture-of-experts block (moe.ts).
+// - Tensor parallelism (chapter 3.6, Qwen2LoadOptions.tensorParallel): built from one rank's shard of the weights
+//   (tensor-parallel/shard.ts), each layer's two halves end in an all-reduce of their partial sums. Rank 0 adds
+//   the residual to its partial before the sum, the other ranks do not: the sum is then x + half(x), and the
+//   residual stays fused into o_proj and down_proj. Only rank 0 runs the output head.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import { flashAttention } from '@tiny-llm/reference/week2';
@@ -43,6 +47,16 @@ export interface Qwen2LoadOptions {
    * attention as one kernel (native/attention_decode.cc). false composes the separate ops (for comparisons).
    */
   fusedKernels?: boolean;
+  /** Build a rank of a tensor-parallel model from its shard of the weights (see the top of this file). */
+  tensorParallel?: TensorParallelRank;
+}
+
+/** A rank of a tensor-parallel model (chapter 3.6). */
+export interface TensorParallelRank {
+  /** Rank 0 adds the residual before the all-reduce and runs the output head; the others do neither. */
+  rank: number;
+  /** Sums a partial result over the ranks: every rank passes its partial and gets the same sum back. */
+  allReduce: (partial: Tensor) => Tensor;
 }
 
 const SUPPORTED_MODEL_TYPES = ['qwen2', 'qwen3', 'qwen2_moe'];
@@ -316,7 +330,27 @@ export class Qwen2Block {
     readonly rmsNormEps: number,
     /** Norms and residual adds fused into the projections (see Qwen2LoadOptions.fusedKernels). */
     readonly fusedKernels = true,
+    readonly tensorParallel: TensorParallelRank | null = null,
   ) {}
+
+  /** The residual a half adds to its output here: none on the tensor-parallel ranks other than 0. */
+  private residualOf(x: Tensor): Tensor | null {
+    return this.tensorParallel && this.tensorParallel.rank !== 0 ? null : x;
+  }
+
+  /** A half's output, or on a tensor-parallel rank its partial sum, all-reduced (the partial is freed). */
+  private reduced(t: Tensor): Tensor {
+    if (!this.tensorParallel) return t;
+    const sum = this.tensorParallel.allReduce(t);
+    t.dispose();
+    return sum;
+  }
+
+  /** residual + out, for a half whose residual is not fused into its last projection. */
+  private withResidual(residual: Tensor, out: Tensor): Tensor {
+    const r = this.residualOf(residual);
+    return r ? tc.add(r, out) : out;
+  }
 
   /** cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only). */
   forward(x: Tensor, cache: DecodeKvCache | readonly DecodeKvCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
@@ -329,14 +363,14 @@ export class Qwen2Block {
       // The norms go into the projections that read them and the residual adds into the ones that end each
       // half (o_proj, down_proj): with quantized weights a dense layer is four native matmul calls and one
       // attention kernel.
-      const h = attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: x });
+      const h = this.reduced(attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: this.residualOf(x) ?? undefined }));
       let out: Tensor;
       if (this.mlp instanceof GatedMlp) {
-        out = this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: h });
+        out = this.reduced(this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: this.residualOf(h) }));
       } else {
         const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
         const m = this.mlp.forward(n2);
-        out = tc.add(h, m);
+        out = this.reduced(this.withResidual(h, m));
         n2.dispose();
         m.dispose();
       }
@@ -345,10 +379,10 @@ export class Qwen2Block {
     }
     const n1 = tc.fast.rmsNorm(x, this.inputLayerNorm, eps);
     const a = attend(n1);
-    const h = tc.add(x, a);
+    const h = this.reduced(this.withResidual(x, a));
     const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
     const m = this.mlp.forward(n2);
-    const out = tc.add(h, m);
+    const out = this.reduced(this.withResidual(h, m));
     // Free the temporaries now rather than at the end of the pass: their buffers serve the next layer.
     for (const t of [n1, a, h, n2, m]) t.dispose();
     return out;
@@ -419,6 +453,7 @@ export class Qwen2Model {
             : denseMlp(config, `${p}.mlp`, need, options.fuse !== false),
           rmsNormEps,
           fusedKernels,
+          options.tensorParallel,
         ),
       );
       progress(i + 2);
@@ -440,14 +475,7 @@ export class Qwen2Model {
    */
   static load(dir: string, options: Qwen2LoadOptions = {}): Qwen2Model {
     const md = tc.openModelDir(dir);
-    const weight: WeightSource = (name) => {
-      if (name.endsWith('.weight')) {
-        const prefix = name.slice(0, -'.weight'.length);
-        if (md.isQuantized(prefix)) return md.quantizedWeight(prefix);
-      }
-      return md.has(name) ? md.weight(name) : undefined;
-    };
-    return new Qwen2Model(md.config, weight, { ...options, source: dir });
+    return new Qwen2Model(md.config, modelDirWeights(md), { ...options, source: dir });
   }
 
   /** Builds the model from any weight source (a checkpoint, random weights of a real config for benchmarks). */
@@ -465,20 +493,25 @@ export class Qwen2Model {
    * cache holds) -> float32 logits [B, L, vocab]. Appends the L tokens to the cache.
    */
   forward(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): Tensor {
-    return this.run(ids, cache, offset, false);
+    return this.run(ids, cache, offset, 'all')!;
   }
 
   /** As forward, but only the last position's logits [B, vocab]: the output head runs on one hidden state. */
   forwardLastLogits(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): Tensor {
-    return this.run(ids, cache, offset, true);
+    return this.run(ids, cache, offset, 'last')!;
   }
 
-  private run(ids: Tensor, cache: DecodeKvCache[], offsetArg: number | readonly number[] | undefined, lastOnly: boolean): Tensor {
+  /** As forward, without the output head: the tokens only fill the caches (tensor-parallel ranks other than 0). */
+  advance(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): void {
+    this.run(ids, cache, offset, 'none');
+  }
+
+  private run(ids: Tensor, cache: DecodeKvCache[], offsetArg: number | readonly number[] | undefined, output: HeadOutput): Tensor | null {
     const [b, l] = this.checkIds(ids);
     const offset = this.resolveOffset(cache, offsetArg, b, l);
     const rope = this.ropeTables(offset + l);
     try {
-      return this.pass(ids, (i) => cache[i], offset, rope, l, lastOnly);
+      return this.pass(ids, (i) => cache[i], offset, rope, l, output);
     } catch (err) {
       // A pass that failed part-way has appended to some caches only: take those tokens back out.
       for (const c of cache) if (c.offset > offset) c.rewind(c.offset - offset);
@@ -491,6 +524,15 @@ export class Qwen2Model {
    * tokens[b] after the tokens in caches[b] (a cache per layer) -> the logits float32 [B, vocab].
    */
   decodeRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[]): Tensor {
+    return this.runRows(tokens, caches, 'last')!;
+  }
+
+  /** As decodeRows, without the output head (tensor-parallel ranks other than 0). */
+  advanceRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[]): void {
+    this.runRows(tokens, caches, 'none');
+  }
+
+  private runRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[], output: HeadOutput): Tensor | null {
     if (tokens.length === 0 || caches.length !== tokens.length) {
       throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${tokens.length} tokens and ${caches.length} caches`);
     }
@@ -500,7 +542,7 @@ export class Qwen2Model {
       const positions = caches.map((c) => this.resolveOffset(c, undefined, 1, 1));
       const rope = this.ropeTables(Math.max(...positions) + 1);
       try {
-        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, true);
+        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, output);
       } catch (err) {
         caches.forEach((c, row) => {
           for (const layer of c) if (layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
@@ -518,8 +560,8 @@ export class Qwen2Model {
     offset: number | readonly number[],
     rope: tc.fast.RopeTables,
     l: number,
-    lastOnly: boolean,
-  ): Tensor {
+    output: HeadOutput,
+  ): Tensor | null {
     return tc.tidy(() => {
       let h = this.embedding.forward(ids); // [B, L, hidden]
       for (let i = 0; i < this.layers.length; i++) {
@@ -530,8 +572,9 @@ export class Qwen2Model {
         h.dispose();
         h = next;
       }
+      if (output === 'none') return null;
       // Only the last position's logits are needed to pick the next token: slice before the final norm.
-      if (lastOnly) h = tc.slice(h, [null, l - 1]); // [B, hidden]
+      if (output === 'last') h = tc.slice(h, [null, l - 1]); // [B, hidden]
       if (this.fusedKernels) {
         // The final norm goes into the output head (quantized: the same native call).
         const norm = { weight: this.norm, eps: this.config.rmsNormEps };
@@ -624,6 +667,20 @@ export class Qwen2Model {
     return tables;
   }
 }
+
+/** The weights of an opened model directory by name, quantized ones as QuantizedWeight. */
+export function modelDirWeights(md: tc.ModelDir): WeightSource {
+  return (name) => {
+    if (name.endsWith('.weight')) {
+      const prefix = name.slice(0, -'.weight'.length);
+      if (md.isQuantized(prefix)) return md.quantizedWeight(prefix);
+    }
+    return md.has(name) ? md.weight(name) : undefined;
+  };
+}
+
+/** Which logits a pass returns: every position's, the last position's, or none (no output head). */
+type HeadOutput = 'all' | 'last' | 'none';
 
 /** Layer i of a Qwen2-MoE config is sparse unless listed in mlp_only_layers or off the decoder_sparse_step grid. */
 export function isSparseLayer(config: ModelConfig, i: number): boolean {

@@ -46,13 +46,33 @@ async function main(): Promise<void> {
   });
   post({ type: 'ready', description, maxPositions: config.maxPositionEmbeddings, vocabSize: config.vocabSize });
 
+  /**
+   * A step that fails (a rank of a tensor-parallel model that died, say) may have left the caches of the
+   * requests in flight half-written: they end with its error, and the engine goes on with the next ones.
+   */
+  const failInFlight = (err: unknown) => {
+    for (const [schedulerId, id] of mainIdOf) {
+      scheduler.cancel(schedulerId);
+      post({ type: 'rejected', id, message: `the engine failed: ${oneLine(err)}` });
+    }
+    mainIdOf.clear();
+    schedulerIdOf.clear();
+  };
+
   for (;;) {
     if (scheduler.idle) {
       await new Promise<void>((resolve) => (wake = resolve));
       wake = null;
       continue;
     }
-    const outputs = scheduler.step().map((o) => {
+    let step: ReturnType<typeof scheduler.step>;
+    try {
+      step = scheduler.step();
+    } catch (err) {
+      failInFlight(err);
+      continue;
+    }
+    const outputs = step.map((o) => {
       const id = mainIdOf.get(o.id)!;
       if (o.finishReason) {
         mainIdOf.delete(o.id);
