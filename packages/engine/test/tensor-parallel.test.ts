@@ -12,6 +12,7 @@ import { expectValues } from '@tiny-llm/grading';
 import { Scheduler } from '@tiny-llm/reference/week2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generate } from '../src/generate.ts';
+import { spawnServer } from '../src/server/spawn.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
 import { loadModel } from '../src/registry.ts';
 import { EngineQwen2, type EngineModel } from '../src/session.ts';
@@ -173,5 +174,21 @@ describe('tensor parallelism from the command line', () => {
     expect(ok.code).toBe(0);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toMatch(/num_key_value_heads 2 does not divide by 3/);
+  });
+
+  it('serve --tensor-parallel 2: the completion of every golden code prompt is its golden text', async () => {
+    const server = await spawnServer(['--tensor-parallel', '2']);
+    try {
+      expect(server.log.join('\n')).toMatch(/on the engine on 2 tensor-parallel ranks/);
+      const tokenizer = loadTokenizer(`${MODELS_DIR}tiny-qwen2-py`);
+      for (const c of demoGolden('tiny-qwen2-py').cases.filter((k) => k.kind === 'text')) {
+        const body = { prompt: c.prompt, max_tokens: 48, temperature: 0 };
+        const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        const eos = c.greedy.findIndex((t) => tokenizer.eosTokenIds.includes(t));
+        expect((await r.json()).choices[0].text).toBe(tokenizer.decode(eos < 0 ? c.greedy : c.greedy.slice(0, eos)));
+      }
+    } finally {
+      await server.stop();
+    }
   });
 });
