@@ -51,7 +51,7 @@ async function complete(url: string, c: DemoGoldenCase, stream: boolean): Promis
     body: JSON.stringify({ prompt: c.prompt, max_tokens: golden.max_new_tokens, temperature: 0, stream }),
   });
   if (r.status !== 200) throw new Error(`${stream ? 'streamed ' : ''}completion: HTTP ${r.status}: ${await r.text()}`);
-  if (!stream) return { text: (await r.json()).choices[0].text, pieces: 1 };
+  if (!stream) return { text: ((await r.json()) as { choices: { text: string }[] }).choices[0].text, pieces: 1 };
   let body = '';
   let pieces = 0;
   const decoder = new TextDecoder();

@@ -185,7 +185,7 @@ describe('tensor parallelism from the command line', () => {
         const body = { prompt: c.prompt, max_tokens: 48, temperature: 0 };
         const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
         const eos = c.greedy.findIndex((t) => tokenizer.eosTokenIds.includes(t));
-        expect((await r.json()).choices[0].text).toBe(tokenizer.decode(eos < 0 ? c.greedy : c.greedy.slice(0, eos)));
+        expect(((await r.json()) as { choices: { text: string }[] }).choices[0].text).toBe(tokenizer.decode(eos < 0 ? c.greedy : c.greedy.slice(0, eos)));
       }
     } finally {
       await server.stop();

@@ -355,7 +355,7 @@ export class Qwen2Block {
   /** cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only). */
   forward(x: Tensor, cache: DecodeKvCache | readonly DecodeKvCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
     const eps = this.rmsNormEps;
-    const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor }) =>
+    const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor | null }) =>
       Array.isArray(cache)
         ? this.selfAttn.forwardRows(input, cache, offset as readonly number[], rope, fusion)
         : this.selfAttn.forward(input, cache as DecodeKvCache, offset as number, rope, fusion);
@@ -363,7 +363,7 @@ export class Qwen2Block {
       // The norms go into the projections that read them and the residual adds into the ones that end each
       // half (o_proj, down_proj): with quantized weights a dense layer is four native matmul calls and one
       // attention kernel.
-      const h = this.reduced(attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: this.residualOf(x) ?? undefined }));
+      const h = this.reduced(attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: this.residualOf(x) }));
       let out: Tensor;
       if (this.mlp instanceof GatedMlp) {
         out = this.reduced(this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: this.residualOf(h) }));

@@ -1,7 +1,7 @@
 // The model one rank of a tensor-parallel group runs, whoever's code it is: the engine's model built from the
 // rank's shard (model/qwen2.ts with its all-reduce hook), or a solution's chapter 3.6 model
 // (TensorParallelQwen2 of packages/week3 or of the reference). Both take the same commands: a forward pass or a
-// decode step on caches the rank keeps, and rank 0 alone returns logits.
+// decode step on caches the rank keeps, and the group returns rank 0's logits.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import type { RankOf } from '@tiny-llm/reference/week3';
@@ -19,9 +19,9 @@ export interface RankModel<Cache> {
   /** The whole model's config. */
   readonly config: ModelConfig;
   newCache(): Cache;
-  /** ids after `offset` cached tokens: rank 0 returns the logits, [1, vocab] if lastOnly else [L, vocab]; the others null. */
+  /** ids after `offset` cached tokens -> the logits, [1, vocab] if lastOnly else [L, vocab], on rank 0 (the others may return null). */
   forward(ids: readonly number[], offset: number, cache: Cache, lastOnly: boolean): Tensor | null;
-  /** tokens[b] after the tokens in caches[b]: rank 0 returns the logits [B, vocab], the others null. */
+  /** tokens[b] after the tokens in caches[b] -> the logits [B, vocab], on rank 0 (the others may return null). */
   decode(tokens: readonly number[], caches: readonly Cache[]): Tensor | null;
   /** Keeps the first `length` tokens of a cache. */
   truncate(cache: Cache, length: number): void;
@@ -80,10 +80,13 @@ class EngineRank implements RankModel<DecodeKvCache[]> {
 interface ChapterModel<Cache extends Week2Cache> {
   readonly config: ModelConfig;
   newCache(): Cache[];
-  forward(ids: Tensor, offset: number, cache: Cache[]): Tensor | null;
+  forward(ids: Tensor, offset: number, cache: Cache[]): Tensor;
 }
 
-/** A solution's chapter 3.6 model on a rank: a decode step runs its rows one after the other. */
+/**
+ * A solution's chapter 3.6 model on a rank: week 2's model split, so every rank computes the logits (the
+ * group returns rank 0's). A decode step runs its rows one after the other.
+ */
 class ChapterRank<Cache extends Week2Cache> implements RankModel<Cache[]> {
   constructor(readonly model: ChapterModel<Cache>) {}
 
@@ -95,12 +98,11 @@ class ChapterRank<Cache extends Week2Cache> implements RankModel<Cache[]> {
     return withLearnerErrors(() => this.model.newCache());
   }
 
-  forward(ids: readonly number[], offset: number, cache: Cache[], lastOnly: boolean): Tensor | null {
+  forward(ids: readonly number[], offset: number, cache: Cache[], lastOnly: boolean): Tensor {
     try {
       return withLearnerErrors(() =>
         tc.tidy(() => {
-          const logits = this.model.forward(idsTensor(ids), offset, cache); // [1, L, V] on rank 0
-          if (!logits) return null;
+          const logits = this.model.forward(idsTensor(ids), offset, cache); // [1, L, V]
           return lastOnly ? tc.contiguous(tc.slice(logits, [null, -1])) : positionsOf(tc.contiguous(logits), ids.length);
         }),
       );
@@ -111,9 +113,9 @@ class ChapterRank<Cache extends Week2Cache> implements RankModel<Cache[]> {
     }
   }
 
-  decode(tokens: readonly number[], caches: readonly Cache[][]): Tensor | null {
+  decode(tokens: readonly number[], caches: readonly Cache[][]): Tensor {
     const rows = tokens.map((token, b) => this.forward([token], caches[b][0].offset, caches[b], true));
-    return rows[0] ? tc.concat(rows as Tensor[], 0) : null;
+    return tc.concat(rows, 0);
   }
 
   truncate(cache: Cache[], length: number): void {
@@ -159,11 +161,11 @@ export async function loadRankModel(spec: GroupSpec, at: RankOf, allReduce: (par
   // One branch per solution: their models' caches are of different classes.
   if (spec.code === 'learner' && 'modelDir' in weights) {
     const { TensorParallelQwen2 } = await import('@tiny-llm/week3');
-    return new ChapterRank<LearnerKvCache>(withLearnerErrors(() => TensorParallelQwen2.load(weights.modelDir, { ...at, allReduce }))) as RankModel<unknown>;
+    return new ChapterRank<LearnerKvCache>(withLearnerErrors(() => TensorParallelQwen2.loadShard(weights.modelDir, { ...at, allReduce }))) as RankModel<unknown>;
   }
   if (spec.code === 'reference' && 'modelDir' in weights) {
     const { TensorParallelQwen2 } = await import('@tiny-llm/reference/week3');
-    return new ChapterRank<ReferenceKvCache>(TensorParallelQwen2.load(weights.modelDir, { ...at, allReduce })) as RankModel<unknown>;
+    return new ChapterRank<ReferenceKvCache>(TensorParallelQwen2.loadShard(weights.modelDir, { ...at, allReduce })) as RankModel<unknown>;
   }
   const { config, weight } = openWeights(weights);
   const model = Qwen2Model.fromWeights(rankConfig(config, at.worldSize), shardWeights(weight, at), { tensorParallel: { rank: at.rank, allReduce } });

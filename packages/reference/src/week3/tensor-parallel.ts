@@ -15,12 +15,13 @@
 // alike: query head j reads kv head floor(j / (H / Hkv)) (grouped-query attention), so rank r's query heads
 // [r H/N, (r+1) H/N) read exactly its kv heads [r Hkv/N, (r+1) Hkv/N).
 //
-// The embedding is replicated (every rank looks up the token ids itself, so no hidden state has to be sent
-// to start a pass); the final norm and the output head run on rank 0, which returns the logits.
+// The embedding, the final norm and the output head are every rank's whole: each rank looks up the token ids
+// itself (no hidden state is sent to start a pass), and after the last all-reduce every rank holds the same
+// hidden state, so every rank computes the same logits (the engine's own split keeps the head on rank 0 only).
 import * as tc from '@tiny-llm/tensor-core';
 import type { LinearWeights, ModelConfig, ModelDir, Tensor } from '@tiny-llm/tensor-core';
-import { Embedding, RMSNorm, RoPE } from '../week1/index.ts';
-import { KvCache, Projection, Qwen2MLP, Qwen2MultiHeadAttention, type AttentionCache, type Qwen2Shape, type Weight } from '../week2/index.ts';
+import type { RMSNorm } from '../week1/index.ts';
+import { Projection, Qwen2MLP, Qwen2ModelWeek2, Qwen2MultiHeadAttention, Qwen2TransformerBlock, type AttentionCache, type Qwen2Shape, type Weight } from '../week2/index.ts';
 
 /** A rank's place in its group. */
 export interface RankOf {
@@ -133,20 +134,22 @@ export function shardMlp(full: MlpWeights, at: RankOf): MlpWeights {
 }
 
 /**
- * A decoder layer on one rank: attention over the rank's heads and the MLP over its columns, each giving a
- * partial result that the all-reduce sums over the ranks before the residual add. Every rank then holds the
- * same hidden state for the next layer.
+ * A decoder layer on one rank: week 2's, with attention over the rank's heads and the MLP over its columns,
+ * each giving a partial result that the all-reduce sums over the ranks before the residual add. Every rank then
+ * holds the same hidden state for the next layer.
  */
-export class TensorParallelBlock {
+export class TensorParallelBlock extends Qwen2TransformerBlock {
   constructor(
-    readonly selfAttn: Qwen2MultiHeadAttention,
-    readonly mlp: Qwen2MLP,
-    readonly inputLayerNorm: RMSNorm,
-    readonly postAttentionLayerNorm: RMSNorm,
+    selfAttn: Qwen2MultiHeadAttention,
+    mlp: Qwen2MLP,
+    inputLayerNorm: RMSNorm,
+    postAttentionLayerNorm: RMSNorm,
     readonly allReduce: AllReduce,
-  ) {}
+  ) {
+    super(selfAttn, mlp, inputLayerNorm, postAttentionLayerNorm);
+  }
 
-  forward(x: Tensor, offsets: readonly number[], cache: AttentionCache): Tensor {
+  override forward(x: Tensor, offsets: readonly number[], cache: AttentionCache): Tensor {
     const h = tc.add(x, this.allReduce(this.selfAttn.forward(this.inputLayerNorm.forward(x), offsets, cache)));
     return tc.add(h, this.allReduce(this.mlp.forward(this.postAttentionLayerNorm.forward(h))));
   }
@@ -156,82 +159,46 @@ export interface TensorParallelOptions extends RankOf {
   allReduce: AllReduce;
 }
 
-/** The model types the chapter's model splits (the engine also splits Qwen2-MoE). */
-const TENSOR_PARALLEL_MODEL_TYPES = ['qwen2', 'qwen3'];
+/** A week 2 projection as the weights it holds, and back. */
+const weightsOf = (p: Projection): LinearWeights => ({ weight: p.weight, bias: p.bias ?? null });
+const projectionOf = ({ weight, bias }: LinearWeights) => new Projection(weight, bias ?? undefined);
 
-/** One rank's share of Qwen2 (or Qwen3) with a KV cache of its own heads: week 2's model, split. */
-export class TensorParallelQwen2 {
-  readonly config: ModelConfig;
+/** Rank r's part of a whole week 2 decoder layer, with your shardAttention and shardMlp. */
+function shardBlock(block: Qwen2TransformerBlock, at: RankOf, allReduce: AllReduce): TensorParallelBlock {
+  const { selfAttn, mlp } = block;
+  const { q, k, v, o, qNorm, kNorm } = selfAttn.weights;
+  const attention = shardAttention({ q: weightsOf(q), k: weightsOf(k), v: weightsOf(v), o: weightsOf(o) }, selfAttn.shape, at);
+  const w = attention.weights;
+  const weights = { q: projectionOf(w.q), k: projectionOf(w.k), v: projectionOf(w.v), o: projectionOf(w.o), qNorm, kNorm };
+  const mlpShard = shardMlp({ gate: weightsOf(mlp.gate), up: weightsOf(mlp.up), down: weightsOf(mlp.down) }, at);
+  return new TensorParallelBlock(
+    new Qwen2MultiHeadAttention(attention.shape, weights, selfAttn.rope, selfAttn.options),
+    new Qwen2MLP(projectionOf(mlpShard.gate), projectionOf(mlpShard.up), projectionOf(mlpShard.down)),
+    block.inputLayerNorm,
+    block.postAttentionLayerNorm,
+    allReduce,
+  );
+}
+
+/**
+ * One rank's share of Qwen2 (or Qwen3): week 2's model, each layer replaced by the rank's part of it. Its
+ * forward pass (week 2's) is run by every rank with the same ids; each appends to its own caches (of its kv
+ * heads) and returns the same logits.
+ */
+export class TensorParallelQwen2 extends Qwen2ModelWeek2 {
   readonly at: RankOf;
-  readonly embedding: Embedding;
-  readonly layers: TensorParallelBlock[];
-  /** The final norm and the output head: on rank 0 only (null elsewhere; lmHead also null when tied). */
-  readonly norm: RMSNorm | null;
-  readonly lmHead: Projection | null;
-
-  static load(dir: string, options: TensorParallelOptions): TensorParallelQwen2 {
-    return new TensorParallelQwen2(tc.openModelDir(dir), options);
-  }
 
   constructor(modelDir: ModelDir, { allReduce, ...at }: TensorParallelOptions) {
-    const config = modelDir.config;
-    if (!TENSOR_PARALLEL_MODEL_TYPES.includes(config.modelType)) {
-      throw new Error(`TensorParallelQwen2: ${modelDir.dir} is a ${config.modelType} model; the chapter's model splits ${TENSOR_PARALLEL_MODEL_TYPES.join(' and ')}`);
-    }
-    checkTensorParallel(config, at.worldSize);
+    checkTensorParallel(modelDir.config, at.worldSize);
     if (!Number.isInteger(at.rank) || at.rank < 0 || at.rank >= at.worldSize) throw new RangeError(`TensorParallelQwen2: rank ${at.rank} is not in [0, ${at.worldSize})`);
-    this.config = config;
+    // Week 2's model over the whole checkpoint (its weights are views of the mapped files), then each layer split.
+    super(modelDir);
     this.at = at;
-    const { hiddenSize, headDim, rmsNormEps } = config;
-    const projection = ({ weight, bias }: LinearWeights) => new Projection(weight, bias ?? undefined);
-    const norm = (name: string, size: number) => new RMSNorm(size, modelDir.weight(name), rmsNormEps);
-    const table = modelDir.linear('model.embed_tokens').weight;
-    this.embedding = new Embedding(config.vocabSize, hiddenSize, table instanceof tc.QuantizedWeight ? tc.dequantize(table) : table);
-    const rope = new RoPE(headDim, config.maxPositionEmbeddings, config.ropeTheta, false);
-    const shape = { hiddenSize, numHeads: config.numAttentionHeads, numKvHeads: config.numKeyValueHeads, headDim };
-    this.layers = Array.from({ length: config.numHiddenLayers }, (_, i) => {
-      const p = `model.layers.${i}`;
-      const [q, k, v, o] = ['q_proj', 'k_proj', 'v_proj', 'o_proj'].map((name) => modelDir.linear(`${p}.self_attn.${name}`));
-      const attention = shardAttention({ q, k, v, o }, shape, at);
-      const [qNorm, kNorm] = config.qkNorm ? ['q_norm', 'k_norm'].map((name) => norm(`${p}.self_attn.${name}.weight`, headDim)) : [];
-      const { q: wq, k: wk, v: wv, o: wo } = attention.weights;
-      const weights = { q: projection(wq), k: projection(wk), v: projection(wv), o: projection(wo), qNorm, kNorm };
-      const [gate, up, down] = ['gate_proj', 'up_proj', 'down_proj'].map((name) => modelDir.linear(`${p}.mlp.${name}`));
-      const mlp = shardMlp({ gate, up, down }, at);
-      const [inputNorm, postAttentionNorm] = ['input_layernorm', 'post_attention_layernorm'].map((name) => norm(`${p}.${name}.weight`, hiddenSize));
-      const selfAttn = new Qwen2MultiHeadAttention(attention.shape, weights, rope);
-      return new TensorParallelBlock(selfAttn, new Qwen2MLP(projection(mlp.gate), projection(mlp.up), projection(mlp.down)), inputNorm, postAttentionNorm, allReduce);
-    });
-    const hasHead = at.rank === 0;
-    this.norm = hasHead ? norm('model.norm.weight', hiddenSize) : null;
-    this.lmHead = hasHead && !config.tieWordEmbeddings ? projection(modelDir.linear('lm_head')) : null;
+    this.layers.forEach((block, i) => (this.layers[i] = shardBlock(block, at, allReduce)));
   }
 
-  /** An empty cache for each layer (of this rank's kv heads). */
-  newCache(): KvCache[] {
-    return this.layers.map(() => new KvCache());
-  }
-
-  /**
-   * ids int32 [B, L] after `offset` cached tokens (one offset per row, or one for all), on every rank with the
-   * same ids: appends the tokens to this rank's caches. Rank 0 returns the logits float32 [B, L, vocab]; the
-   * other ranks return null.
-   */
-  forward(ids: Tensor, offset: number | readonly number[], cache: readonly AttentionCache[]): Tensor | null {
-    if (cache.length !== this.layers.length) {
-      throw new RangeError(`TensorParallelQwen2.forward: expected one cache per layer (${this.layers.length}), got ${cache.length}`);
-    }
-    const offsets = typeof offset === 'number' ? new Array<number>(ids.shape[0]).fill(offset) : offset;
-    return tc.tidy(() => {
-      const h = this.layers.reduce((x, layer, i) => {
-        // A scope per layer, as week 2's model: its temporaries are freed before the next layer runs.
-        const next = tc.tidy(() => layer.forward(x, offsets, cache[i]));
-        x.dispose();
-        return next;
-      }, this.embedding.forward(ids));
-      if (!this.norm) return null;
-      const normed = this.norm.forward(h);
-      return this.lmHead ? this.lmHead.forward(normed) : this.embedding.asLinear(normed);
-    });
+  /** Rank `options.rank`'s share of the model in `dir`, all-reducing through `options.allReduce`. */
+  static loadShard(dir: string, options: TensorParallelOptions): TensorParallelQwen2 {
+    return new TensorParallelQwen2(tc.openModelDir(dir), options);
   }
 }
