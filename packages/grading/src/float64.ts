@@ -277,3 +277,66 @@ export function quantizedMatmul(x: NDArray, w: QuantizedArrays, { withBias = tru
   }
   return out;
 }
+
+/** A gated MLP's three weights, [inter, E], [inter, E], [E, inter]. */
+export interface MlpArrays {
+  gate: NDArray;
+  up: NDArray;
+  down: NDArray;
+}
+
+/** A Qwen2-MoE block's weights and settings (chapter 3.3). */
+export interface MoeArrays {
+  /** The router, [numExperts, E]. */
+  router: NDArray;
+  experts: MlpArrays[];
+  /** The shared expert and its gate [1, E], or none. */
+  shared?: MlpArrays;
+  sharedGate?: NDArray;
+  /** Experts per token. */
+  k: number;
+  /** Renormalise the k chosen probabilities to sum to 1. */
+  normTopkProb: boolean;
+}
+
+/** What a MoE pass may do differently: the known mistakes of chapter 3.3. */
+export interface MoeVariant {
+  /** Overrides normTopkProb. */
+  renormalize?: boolean;
+  /** false adds the shared expert without its sigmoid gate. */
+  sharedGate?: boolean;
+  /** false leaves the shared expert out. */
+  sharedExpert?: boolean;
+}
+
+/**
+ * The mixture-of-experts block on x [..., E], token by token: the router's softmax over every expert, the k
+ * most likely (lower index first on ties), each chosen expert's MLP weighted by its probability (renormalised
+ * over the k when normTopkProb), plus the shared expert scaled by sigmoid(x @ sharedGate.T).
+ */
+export function moe(x: NDArray, w: MoeArrays, variant: MoeVariant = {}): NDArray {
+  const e = w.router.shape[1];
+  const renormalize = variant.renormalize ?? w.normTopkProb;
+  const out = zerosND([...x.shape]);
+  for (let t = 0; t < x.data.length / e; t++) {
+    const token: NDArray = { shape: [1, e], data: x.data.subarray(t * e, (t + 1) * e) };
+    const probs = softmax(linear(token, w.router), -1).data;
+    const chosen = Array.from(probs.keys())
+      .sort((a, b) => probs[b] - probs[a] || a - b)
+      .slice(0, w.k);
+    const total = chosen.reduce((s, i) => s + probs[i], 0);
+    const row = out.data.subarray(t * e, (t + 1) * e);
+    for (const i of chosen) {
+      const y = mlp(token, w.experts[i].gate, w.experts[i].up, w.experts[i].down).data;
+      const weight = renormalize ? probs[i] / total : probs[i];
+      for (let j = 0; j < e; j++) row[j] += weight * y[j];
+    }
+    if (w.shared && w.sharedGate && variant.sharedExpert !== false) {
+      const y = mlp(token, w.shared.gate, w.shared.up, w.shared.down).data;
+      const logit = linear(token, w.sharedGate).data[0];
+      const gate = variant.sharedGate === false ? 1 : 1 / (1 + Math.exp(-logit));
+      for (let j = 0; j < e; j++) row[j] += gate * y[j];
+    }
+  }
+  return out;
+}

@@ -174,9 +174,15 @@ export function rmsNormMistakes(x: NDArray, weight: NDArray, eps: number): Mista
   ];
 }
 
-/** A decoder layer (or the whole model) of chapter 1.5: the model's RoPE base, the q/k/v biases. */
+/**
+ * A decoder layer (or the whole model) of chapter 1.5: the model's RoPE base, the q/k/v biases; and of a
+ * Qwen2-MoE model, chapter 3.3's routing weights and shared expert.
+ */
 export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Variant) => NDArray): Mistake[] {
-  const mistakes: Mistake[] = [];
+  const moe = model.config.moe;
+  const mistakes: Mistake[] = moe
+    ? moeMistakes({ normTopkProb: moe.normTopkProb, sharedExpert: moe.sharedExpertIntermediateSize > 0 }, (variant) => compute({ moe: variant }))
+    : [];
   if (model.config.ropeTheta !== 10000) {
     mistakes.push({
       explanation: `RoPE with its default base 10000; this model's base is config.ropeTheta = ${model.config.ropeTheta}.`,
@@ -188,6 +194,38 @@ export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Var
       explanation: 'the q/k/v projections without their biases (self_attn.{q,k,v}_proj.bias): Qwen2 adds them.',
       values: lazy(() => compute({ biases: false })),
     });
+  }
+  return mistakes;
+}
+
+/**
+ * The mixture-of-experts block of chapter 3.3: the k weights normalised the other way than normTopkProb says,
+ * and (when the block has one) the shared expert's gate or the shared expert itself left out.
+ */
+export function moeMistakes(block: { normTopkProb: boolean; sharedExpert: boolean }, compute: (variant: f64.MoeVariant) => NDArray): Mistake[] {
+  const mistakes: Mistake[] = [
+    block.normTopkProb
+      ? {
+          explanation: "the k routing weights not renormalised: with norm_topk_prob true, divide the chosen experts' probabilities by their sum.",
+          values: lazy(() => compute({ renormalize: false })),
+        }
+      : {
+          explanation:
+            "the k routing weights sum to 1 (renormalised, or a softmax over the k chosen logits only): with norm_topk_prob false, each chosen expert weighs its probability under the softmax over all the experts.",
+          values: lazy(() => compute({ renormalize: true })),
+        },
+  ];
+  if (block.sharedExpert) {
+    mistakes.push(
+      {
+        explanation: 'the shared expert added as it is: its output is scaled by sigmoid(x @ shared_expert_gate.T), one gate per token.',
+        values: lazy(() => compute({ sharedGate: false })),
+      },
+      {
+        explanation: 'the shared expert left out: every token also goes through mlp.shared_expert (scaled by its sigmoid gate), added to the routed experts.',
+        values: lazy(() => compute({ sharedExpert: false })),
+      },
+    );
   }
   return mistakes;
 }

@@ -1,2 +1,3 @@
-// Week 3 reference solutions: serving at scale. The chapters land here as the course is written.
-export {};
+// Week 3 reference solutions: serving at scale. Each file mirrors the learner's file of the same name.
+export * from './moe.ts';
+export * from './qwen2-week3.ts';
