@@ -98,7 +98,7 @@ export const MODEL_FLAGS: Record<string, FlagSpec> = {
   week: {
     kind: 'int',
     value: 'N',
-    help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
+    help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights; 3: week 2's with mixture-of-experts layers)",
     check: (v) => (WEEKS.includes(v as Week) ? undefined : `must be one of ${WEEKS.join(', ')}`),
   },
 };

@@ -1,10 +1,10 @@
 // Which model runs: one registry keyed by solution and week, as the original course's main.py runs either
 // solution. The solutions are the workspace packages @tiny-llm/reference (every chapter solved) and
-// @tiny-llm/week1, @tiny-llm/week2 (the learner's), imported only when asked for.
+// @tiny-llm/week1, @tiny-llm/week2, @tiny-llm/week3 (the learner's), imported only when asked for.
 //
 //   --solution reference (the default), no --week   the engine: the reference model with the speed-only kernels
 //   --solution reference --week N                   the plain week N model of the reference solution
-//   --solution learner --week N                     the learner's week N model (week 2 runs on the learner's week 1)
+//   --solution learner --week N                     the learner's week N model (each week runs on the learner's earlier ones)
 //   --solution learner, no --week                   the learner's highest week whose model is written
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -22,7 +22,7 @@ import { EngineQwen2, Week1Session, Week2Session, type EngineModel, type Week1Mo
 export type Solution = 'learner' | 'reference';
 export const SOLUTIONS: readonly Solution[] = ['learner', 'reference'];
 /** The weeks whose model the engine can run. */
-export const WEEKS = [1, 2] as const;
+export const WEEKS = [1, 2, 3] as const;
 export type Week = (typeof WEEKS)[number];
 
 export interface ModelChoice {
@@ -49,8 +49,12 @@ export function checkModelDir(dir: string): void {
 
 /** Each solution's week modules, imported through the workspace packages only when asked for. */
 const MODULES = {
-  reference: { week1: () => import('@tiny-llm/reference/week1'), week2: () => import('@tiny-llm/reference/week2') },
-  learner: { week1: () => import('@tiny-llm/week1'), week2: () => import('@tiny-llm/week2') },
+  reference: {
+    week1: () => import('@tiny-llm/reference/week1'),
+    week2: () => import('@tiny-llm/reference/week2'),
+    week3: () => import('@tiny-llm/reference/week3'),
+  },
+  learner: { week1: () => import('@tiny-llm/week1'), week2: () => import('@tiny-llm/week2'), week3: () => import('@tiny-llm/week3') },
 };
 
 /** Loads week `week`'s model of a solution, wrapped for the engine. */
@@ -59,9 +63,14 @@ async function loadChapterModel(dir: string, solution: Solution, week: Week): Pr
   try {
     const modules = MODULES[solution];
     if (week === 1) return new Week1Session((await modules.week1()).Qwen2ModelWeek1.load(dir), description);
-    // One branch per solution: their week 2 models have caches of different classes.
-    if (solution === 'reference') return new Week2Session<ReferenceKvCache>((await MODULES.reference.week2()).Qwen2ModelWeek2.load(dir), description);
-    return new Week2Session<LearnerKvCache>((await MODULES.learner.week2()).Qwen2ModelWeek2.load(dir), description);
+    // One branch per solution: their week 2 models have caches of different classes. Week 3's model is week 2's
+    // with mixture-of-experts layers (chapter 3.3), driven the same way.
+    if (solution === 'reference') {
+      const model = week === 3 ? (await MODULES.reference.week3()).Qwen2ModelWeek3 : (await MODULES.reference.week2()).Qwen2ModelWeek2;
+      return new Week2Session<ReferenceKvCache>(model.load(dir), description);
+    }
+    const model = week === 3 ? (await MODULES.learner.week3()).Qwen2ModelWeek3 : (await MODULES.learner.week2()).Qwen2ModelWeek2;
+    return new Week2Session<LearnerKvCache>(model.load(dir), description);
   } catch (err) {
     if (isNotImplemented(err)) throw learnerNotImplemented(err);
     throw new UserError(`cannot load the model in ${dir} (${description}): ${oneLine(err)}`, { cause: err });
@@ -138,16 +147,16 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
       throw schedulerError(err);
     }
   }
-  const description = `the ${solution === 'learner' ? "learner's" : 'reference'} week 2 model and scheduler`;
+  const description = `the ${solution === 'learner' ? "learner's" : 'reference'} week ${choice.week} model and week 2 scheduler`;
   try {
     // One branch per solution: their classes are of different declarations.
     if (solution === 'reference') {
       const week2 = await MODULES.reference.week2();
-      const model = week2.Qwen2ModelWeek2.load(dir);
+      const model = choice.week === 3 ? (await MODULES.reference.week3()).Qwen2ModelWeek3.load(dir) : week2.Qwen2ModelWeek2.load(dir);
       return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), options), config: model.config, description };
     }
     const week2 = await MODULES.learner.week2();
-    const model = week2.Qwen2ModelWeek2.load(dir);
+    const model = choice.week === 3 ? (await MODULES.learner.week3()).Qwen2ModelWeek3.load(dir) : week2.Qwen2ModelWeek2.load(dir);
     return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), options), config: model.config, description };
   } catch (err) {
     if (isNotImplemented(err)) throw learnerNotImplemented(err);

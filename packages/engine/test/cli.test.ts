@@ -65,10 +65,11 @@ function copyModel(name: string, as: string): string {
 }
 
 describe('generate: the golden greedy text of every prompt of the demo models (in-process)', () => {
-  // The engine on every demo model, and the plain chapter model of week 2 (no MoE: that is week 3's).
+  // The engine on every demo model, the plain chapter model of week 2, and week 3's on the MoE model.
   const runs: [string, ModelChoice][] = [
     ...MODELS.map((name): [string, ModelChoice] => [name, {}]),
     ['tiny-qwen2-py', { solution: 'reference', week: 2 }],
+    ['tiny-qwen2-moe-py', { solution: 'reference', week: 3 }],
   ];
   for (const [name, choice] of runs) {
     const what = choice.week ? ` (the reference week ${choice.week} model)` : '';
@@ -226,7 +227,7 @@ describe('the CLI (spawned)', () => {
       ['an unwritable --out', ['logits', '--ids', '1,2', '--out', join(tmp, 'no', 'such', 'dir', 'x.safetensors')], 1, /--out .*x\.safetensors: cannot write it/],
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
-      ['--week 3', ['generate', '--prompt', 'x', '--week', '3'], 2, /--week must be one of 1, 2/],
+      ['--week 4', ['generate', '--prompt', 'x', '--week', '4'], 2, /--week must be one of 1, 2, 3/],
     ];
     const results = await Promise.all(cases.map(([, args]) => cli(args)));
     for (const [i, [what, , code, message]] of cases.entries()) {
@@ -240,7 +241,7 @@ describe('the CLI (spawned)', () => {
   });
 
   it("--solution learner: runs the learner's model, or says plainly which chapter is missing", async () => {
-    for (const week of [[], ['--week', '1'], ['--week', '2']]) {
+    for (const week of [[], ['--week', '1'], ['--week', '2'], ['--week', '3']]) {
       const r = await cli(['generate', '--solution', 'learner', ...week, '--prompt', 'def f(x):\n', '--max-tokens', '2']);
       const what = `--solution learner ${week.join(' ')}: ${r.stderr}`;
       if (r.code === 0) {

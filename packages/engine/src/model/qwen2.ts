@@ -16,11 +16,12 @@
 //   fusion: one native call per projection, quantized or dense), and a one-token step's RoPE, cache append and
 //   attention are one kernel (native/attention_decode.cc). A dense layer is then five native calls instead of
 //   seventeen ops, which on Qwen2-0.5B was a third of a 4-bit decode step.
-// - Qwen2-MoE layers use the mixture-of-experts block (moe.ts).
+// - Qwen2-MoE layers use chapter 3.3's mixture-of-experts block, with the engine's experts (moe.ts).
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import { flashAttention } from '@tiny-llm/reference/week2';
-import { Qwen2MoeBlock } from './moe.ts';
+import { isSparseLayer, type Qwen2MoeBlock } from '@tiny-llm/reference/week3';
+import { loadMoeBlock } from './moe.ts';
 import { DecodeKvCache } from './kv-cache.ts';
 import { engineKernels } from './native.ts';
 import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type Weight } from './linear.ts';
@@ -415,7 +416,7 @@ export class Qwen2Model {
           attn,
           vector(`${p}.post_attention_layernorm.weight`, hiddenSize),
           isSparseLayer(config, i)
-            ? Qwen2MoeBlock.fromWeights(config, `${p}.mlp`, weight, { fuse: options.fuse })
+            ? loadMoeBlock(config, `${p}.mlp`, weight, { fuse: options.fuse })
             : denseMlp(config, `${p}.mlp`, need, options.fuse !== false),
           rmsNormEps,
           fusedKernels,
@@ -623,13 +624,6 @@ export class Qwen2Model {
     this.rope = tables;
     return tables;
   }
-}
-
-/** Layer i of a Qwen2-MoE config is sparse unless listed in mlp_only_layers or off the decoder_sparse_step grid. */
-export function isSparseLayer(config: ModelConfig, i: number): boolean {
-  const moe = config.moe;
-  if (!moe || moe.numExperts === 0) return false;
-  return !moe.mlpOnlyLayers.includes(i) && (i + 1) % moe.decoderSparseStep === 0;
 }
 
 function denseMlp(config: ModelConfig, prefix: string, need: (name: string) => Weight, fuse: boolean): GatedMlp {
