@@ -8,14 +8,14 @@
 // The argument parser is small and explicit: each command lists its flags and their types, unknown flags and
 // missing values are usage errors (exit 2), bad input is a one-line error (exit 1), and a stack trace is only
 // printed for bugs (with TINY_LLM_DEBUG=1).
-import { existsSync, writeFileSync } from 'node:fs';
-import { isAbsolute, relative, resolve } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
-import { checkPromptFits, formatStats, generate, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
+import { checkPromptFits, formatSpeculative, formatStats, generate, generateSpeculative, makeSampler, type GenerateOptions } from './generate.ts';
+import { checkModelDir, learnerMakeSampler, learnerSpeculativeDecode, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 
@@ -175,11 +175,16 @@ const log = (line: string) => process.stderr.write(`${line}\n`);
 
 /** The --model directory, checked to be a model directory (a clear message if it is not). */
 export function modelDirOf(flags: FlagValues): string {
-  const dir = resolveInput((flags.model as string | undefined) ?? DEFAULT_MODEL);
+  return checkedModelDir((flags.model as string | undefined) ?? DEFAULT_MODEL, '--model');
+}
+
+/** A model directory given as `flag` PATH, resolved and checked. */
+function checkedModelDir(path: string, flag: string): string {
+  const dir = resolveInput(path);
   try {
     checkModelDir(dir);
   } catch (err) {
-    throw new UserError((err as Error).message.replace(dir, displayPath(dir)));
+    throw new UserError((err as Error).message.replace(dir, displayPath(dir)).replace(/^--model /, `${flag} `));
   }
   return dir;
 }
@@ -233,17 +238,61 @@ export async function generationOptions(flags: FlagValues, defaultMaxTokens: num
 
 async function runGenerate(flags: FlagValues): Promise<void> {
   if (flags.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required (see tiny-llm generate --help)');
+  if (flags['num-draft'] !== undefined && flags['draft-model'] === undefined) throw new UsageError('generate: --num-draft needs --draft-model DIR');
   const dir = modelDirOf(flags);
   const tokenizer = loadTokenizerOf(dir);
+  // A draft that cannot be used is said before anything loads or runs.
+  const draftDir = flags['draft-model'] === undefined ? undefined : checkedDraft(dir, flags['draft-model'] as string);
   const model = await loadWithProgress(dir, choiceOf(flags));
   const options = await generationOptions(flags, 256);
   const ids = tokenizer.encode(flags.prompt as string);
   checkPromptFits(model, ids);
+  if (draftDir !== undefined) return runSpeculative(flags, model, await loadWithProgress(draftDir, choiceOf(flags)), tokenizer, ids, options);
   const session = model.newSession();
   const result = generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
   session.dispose();
   if (process.stdout.isTTY) process.stdout.write('\n');
   log(`[${formatStats(result.stats)}]`);
+}
+
+/**
+ * The --draft-model directory, checked to be a model directory whose tokenizer is the target's: the same
+ * vocabulary, merges and added tokens (a draft proposes token ids, which must mean what they mean to the target).
+ */
+function checkedDraft(targetDir: string, path: string): string {
+  const draftDir = checkedModelDir(path, '--draft-model');
+  loadTokenizerOf(draftDir);
+  const vocabularyOf = (dir: string) => {
+    const { model, added_tokens } = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
+    return JSON.stringify([model, added_tokens]);
+  };
+  if (vocabularyOf(draftDir) !== vocabularyOf(targetDir)) {
+    throw new UserError(
+      `--draft-model ${displayPath(draftDir)}: its tokenizer is not the one of ${displayPath(targetDir)} (tokenizer.json has another ` +
+        'vocabulary, merges or added tokens); a draft model must share the target tokenizer',
+    );
+  }
+  return draftDir;
+}
+
+/** generate --draft-model: the text, the stats, then the target alone on the same prompt for the speed-up. */
+async function runSpeculative(flags: FlagValues, target: EngineModel, draft: EngineModel, tokenizer: TinyTokenizer, ids: number[], options: GenerateOptions): Promise<void> {
+  const numDraft = (flags['num-draft'] as number | undefined) ?? 4;
+  const decode = flags.solution === 'learner' ? await learnerSpeculativeDecode() : undefined;
+  const it = generateSpeculative(target, draft, tokenizer, ids, { ...options, numDraft, decode });
+  let step = it.next();
+  for (; !step.done; step = it.next()) process.stdout.write(step.value.text);
+  const { stats } = step.value;
+  if (process.stdout.isTTY) process.stdout.write('\n');
+  log(`[${formatStats(stats)}]`);
+  log(`[${formatSpeculative(stats.speculative!)}]`);
+  if (stats.generatedTokens < 2) return;
+  // The same number of tokens from the target alone (past any end of sequence), for the decode speed-up.
+  const session = target.newSession();
+  const alone = generate(target, session, tokenizer, ids, { ...options, maxTokens: stats.generatedTokens, ignoreEos: true });
+  session.dispose();
+  const speedUp = stats.decodeTokensPerS / alone.stats.decodeTokensPerS;
+  log(`[the target alone on this prompt: decode ${alone.stats.decodeTokensPerS.toFixed(1)} tok/s; speed-up ${speedUp.toFixed(2)}x]`);
 }
 
 async function runChat(flags: FlagValues): Promise<void> {
@@ -376,16 +425,22 @@ async function runBenchCommand(flags: FlagValues): Promise<void> {
 export const COMMANDS: Record<string, CommandSpec> = {
   generate: {
     summary: 'complete a prompt as it is (no chat template), streaming the text to stdout',
-    usage: 'tiny-llm generate --prompt TEXT [--model DIR] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--seed S] [--ignore-eos]',
+    usage:
+      'tiny-llm generate --prompt TEXT [--model DIR] [--draft-model DIR [--num-draft K]] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--seed S] [--ignore-eos]',
     flags: {
       ...MODEL_FLAGS,
       prompt: { kind: 'string', value: 'TEXT', help: 'the text to continue (required)' },
+      'draft-model': { kind: 'string', value: 'DIR', help: 'speculative decoding (chapter 3.4): a small model of the same tokenizer drafts for --model' },
+      'num-draft': { kind: 'int', value: 'K', help: 'tokens the draft proposes per round', default: '4', check: atLeast(1) },
       ...SAMPLING_FLAGS,
       'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
     },
     notes:
       'stdout carries exactly the generated text; the stats (prompt and generated tokens, prefill and decode\n' +
-      'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64',
+      'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64\n' +
+      'With --draft-model, the output is the target\'s own (greedy: exactly; sampled: in distribution); the stats\n' +
+      'add the share of drafted tokens the target accepted, then the target alone on the same prompt for the speed-up:\n' +
+      '  pnpm tiny-llm generate --draft-model models/tiny-qwen2-py-draft --prompt "def fibonacci(n):" --max-tokens 128',
     run: runGenerate,
   },
   chat: {

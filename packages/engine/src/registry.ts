@@ -117,6 +117,12 @@ export async function learnerMakeSampler(): Promise<(options: SamplerOptions) =>
   };
 }
 
+/** The learner's speculative decoding (chapter 3.4), for --draft-model with --solution learner. */
+export async function learnerSpeculativeDecode(): Promise<typeof import('@tiny-llm/reference/week3').speculativeDecode> {
+  const { speculativeDecode } = await MODULES.learner.week3();
+  return (target, draft, promptIds, options) => withLearnerErrors(() => speculativeDecode(target, draft, promptIds, options));
+}
+
 /** A scheduler (chapter 2.6) over the chosen model: what `batch`, `bench --batch` and the server drive. */
 export interface LoadedScheduler {
   scheduler: BatchScheduler;
