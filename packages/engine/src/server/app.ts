@@ -9,7 +9,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { z } from 'zod';
-import { ToolCallStream, type ParsedBlock } from '../tool-calls.ts';
+import { ToolCallStream, type ParsedBlock } from '@tiny-llm/reference/week3';
 import { startGeneration, type FinishReason, type GenerationParams, type ServerContext } from './generation.ts';
 import { ChatCompletionRequest, CompletionRequest, firstIssue, type Message } from './schemas.ts';
 

@@ -2,3 +2,6 @@
 export * from './moe.ts';
 export * from './qwen2-week3.ts';
 export * from './speculative.ts';
+export * from './tool-calls.ts';
+export * from './agent.ts';
+export * from './demo-tools.ts';
