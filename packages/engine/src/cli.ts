@@ -15,7 +15,7 @@ import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
 import { checkPromptFits, formatSpeculative, formatStats, generate, generateSpeculative, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, learnerMakeSampler, learnerSpeculativeDecode, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
+import { checkModelDir, learnerMakeSampler, learnerSpeculativeDecode, loadModel, loadToolRunner, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 
@@ -298,9 +298,12 @@ async function runSpeculative(flags: FlagValues, target: EngineModel, draft: Eng
 async function runChat(flags: FlagValues): Promise<void> {
   const { Conversation, chatInteractive, chatOnce, readToolsFile } = await import('./chat.ts');
   const dir = modelDirOf(flags);
-  const tools = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools as string)) : undefined;
+  let tools = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools as string)) : undefined;
   const tokenizer = loadTokenizerOf(dir);
-  const chatOptions = { system: flags.system as string | undefined, tools };
+  // --run-tools: the tools of the file (each must be a built-in one), or every built-in tool.
+  const toolRunner = flags['run-tools'] ? await loadToolRunner((flags.solution as Solution | undefined) ?? 'reference', tools) : undefined;
+  tools = toolRunner?.schemas ?? tools;
+  const chatOptions = { system: flags.system as string | undefined, tools, toolRunner };
   if (flags['print-prompt']) {
     if (flags.message === undefined) throw new UsageError('chat: --print-prompt needs --message TEXT');
     const { renderChatPrompt } = await import('./chat.ts');
@@ -445,12 +448,13 @@ export const COMMANDS: Record<string, CommandSpec> = {
   },
   chat: {
     summary: "talk to the model through its chat template: one turn with --message, else an interactive session",
-    usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--max-tokens N] [sampling flags]',
+    usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--run-tools] [--max-tokens N] [sampling flags]',
     flags: {
       ...MODEL_FLAGS,
       message: { kind: 'string', value: 'TEXT', help: 'one user turn: print the reply and exit' },
       system: { kind: 'string', value: 'TEXT', help: "a system message (else the template's default)" },
       tools: { kind: 'string', value: 'FILE.json', help: 'a JSON list of OpenAI-style function schemas the model may call' },
+      'run-tools': { kind: 'bool', help: 'run the calls with the built-in demo tools and feed the results back until the model answers (chapter 3.7)' },
       ...SAMPLING_FLAGS,
       'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], default: '512' },
       'print-prompt': { kind: 'bool', help: 'print the rendered prompt of --message and exit (no model run)' },
@@ -459,6 +463,8 @@ export const COMMANDS: Record<string, CommandSpec> = {
       'The reply stops at <|im_end|> (or another end-of-sequence token). A tool call is printed as the model\n' +
       'wrote it. The demo models were trained with the tools of models/tiny-qwen2-py/tools.json:\n' +
       '  pnpm tiny-llm chat --tools models/tiny-qwen2-py/tools.json --message "What is 37 times 12?"\n' +
+      'With --run-tools the calls run (calculator, get_weather, get_time: offline demo tools), each result is\n' +
+      'printed as [tool: result] and fed back, and the model replies again, until it answers (at most 5 replies).\n' +
       'Interactive: /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops a reply.',
     run: runChat,
   },

@@ -14,7 +14,10 @@ import type { KvCache as LearnerKvCache } from '@tiny-llm/week2';
 import { isNotImplemented, learnerNotImplemented, oneLine, UserError, withLearnerErrors } from './errors.ts';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import type { SchedulerOptions } from '@tiny-llm/reference/week2';
+import type { AgentOptions, AgentResult, ChatModel, Tool } from '@tiny-llm/reference/week3';
+import type { ChatMessage, ToolSchema } from '@tiny-llm/tokenizer';
 import type { BatchScheduler } from './batch.ts';
+import type { ToolRunner } from './chat.ts';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { EngineQwen2, Week1Session, Week2Session, type EngineModel, type Week1Model, type Week2Model } from './session.ts';
@@ -121,6 +124,32 @@ export async function learnerMakeSampler(): Promise<(options: SamplerOptions) =>
 export async function learnerSpeculativeDecode(): Promise<typeof import('@tiny-llm/reference/week3').speculativeDecode> {
   const { speculativeDecode } = await MODULES.learner.week3();
   return (target, draft, promptIds, options) => withLearnerErrors(() => speculativeDecode(target, draft, promptIds, options));
+}
+
+/** What the engine needs of a solution's chapter 3.7: its demo tools, its registry and its agent loop. */
+interface AgentModule<Registry> {
+  demoTools(): Tool[];
+  ToolRegistry: new (tools: Tool[]) => Registry & { readonly schemas: ToolSchema[] };
+  runAgent(model: ChatModel, registry: Registry, messages: readonly ChatMessage[], options: AgentOptions): AgentResult;
+}
+
+/**
+ * The agent loop of a solution's chapter 3.7 over its built-in demo tools: those `schemas` name (a --tools file's;
+ * each must be a built-in tool), or all of them.
+ */
+export async function loadToolRunner(solution: Solution, schemas?: readonly ToolSchema[]): Promise<ToolRunner> {
+  return solution === 'learner' ? toolRunnerOf(await MODULES.learner.week3(), schemas) : toolRunnerOf(await MODULES.reference.week3(), schemas);
+}
+
+function toolRunnerOf<Registry>(week3: AgentModule<Registry>, schemas?: readonly ToolSchema[]): ToolRunner {
+  const builtIn = new Map(withLearnerErrors(() => week3.demoTools()).map((tool) => [tool.schema.function.name, tool]));
+  const tools = (schemas ?? [...builtIn.values()].map((t) => t.schema)).map((schema) => {
+    const tool = builtIn.get(schema.function.name);
+    if (!tool) throw new UserError(`--run-tools: no built-in tool runs "${schema.function.name}" (the built-in tools are ${[...builtIn.keys()].join(', ')})`);
+    return { schema, run: tool.run };
+  });
+  const registry = withLearnerErrors(() => new week3.ToolRegistry(tools));
+  return { schemas: registry.schemas, run: (model, messages, options) => withLearnerErrors(() => week3.runAgent(model, registry, messages, options)) };
 }
 
 /** A scheduler (chapter 2.6) over the chosen model: what `batch`, `bench --batch` and the server drive. */

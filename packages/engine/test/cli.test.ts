@@ -3,11 +3,9 @@
 // runs (spawned from the repository root, as `pnpm tiny-llm` runs it) for the output formats, the logits
 // parity check and the errors. A spawn costs ~0.7 s, so most prompts run in-process and a few go through
 // the CLI.
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
@@ -21,37 +19,14 @@ import { expectGolden, goldenModel } from '@tiny-llm/grading';
 import { loadModel, type ModelChoice } from '../src/registry.ts';
 import { EngineQwen2, Week1Session } from '../src/session.ts';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
+import { demoTools } from '@tiny-llm/reference/week3';
 import { RandomWeights } from '../src/random-weights.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
+import { cli, ROOT } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const MODELS = DEMO_MODELS;
-const CLI = 'packages/engine/src/cli.ts';
 
 const golden = demoGolden;
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI as `pnpm tiny-llm` does (tsx, from the repository root). Async, so that spawns can overlap. */
-function cli(args: string[]): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, TINY_LLM_DEBUG: '' },
-      timeout: 60_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -133,6 +108,13 @@ describe('the sessions of every model the registry runs', () => {
   }
 });
 
+describe('chat --run-tools: the built-in tools', () => {
+  it("are the tools the demo models were trained with: their schemas are every demo model's tools.json", () => {
+    const schemas = demoTools().map((t) => t.schema);
+    for (const name of MODELS) expect(schemas, name).toEqual(readToolsFile(join(ROOT, 'models', name, 'tools.json')));
+  });
+});
+
 describe('chat: the template renders the golden chat prompts byte for byte', () => {
   for (const name of MODELS) {
     it(`${name}: every chat case, with the model's tools.json`, () => {
@@ -179,6 +161,20 @@ describe('the CLI (spawned)', () => {
     // The golden (made without stopping) goes on past <|im_end|>; the reply is the text before it.
     expect(reply.stdout).toBe(`${c.greedy_text.split('<|im_end|>')[0]}\n`);
     expect(reply.stdout).toContain('<tool_call>');
+  });
+
+  it('chat --run-tools: the call, the tool result and the answer; a tools file naming a tool that is not built in is refused', async () => {
+    const unknown = join(tmp, 'unknown-tool.json');
+    writeFileSync(unknown, JSON.stringify([{ type: 'function', function: { name: 'send_email', parameters: {} } }]));
+    const [r, refused] = await Promise.all([
+      cli(['chat', '--tools', 'models/tiny-qwen2-py/tools.json', '--run-tools', '--message', 'What is 37 times 12?']),
+      cli(['chat', '--tools', unknown, '--run-tools', '--message', 'Hello!']),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('<tool_call>\n{"name": "calculator", "arguments": {"expression": "37 * 12"}}\n</tool_call>\n[calculator: 444]\n37 times 12 is 444.\n');
+    expect(r.stderr, 'the second reply reuses the cache of the first').toMatch(/\(\d+ reused from the cache\)/);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^tiny-llm: --run-tools: no built-in tool runs "send_email" \(the built-in tools are calculator, get_weather, get_time\)\n$/);
   });
 
   it('logits --ids writes [L, vocab] float32 equal to the fixture golden logits (atol 1e-4)', async () => {

@@ -3,18 +3,16 @@
 // greedy tokens of every prompt, in-process and through the CLI, with the acceptance in the stats; sampled, a
 // seed repeats its output; and a draft that cannot serve (another tokenizer, another vocabulary, no KV cache,
 // k <= 0) is a one-line error before anything is generated.
-import { spawn } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { demoGolden } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
 import { afterAll, describe, expect, it } from 'vitest';
 import { generateSpeculative, type GenerateResult } from '../src/generate.ts';
 import { loadModel } from '../src/registry.ts';
+import { cli, ROOT } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const TARGET = join(ROOT, 'models/tiny-qwen2-py');
 const DRAFT = join(ROOT, 'models/tiny-qwen2-py-draft');
 const golden = demoGolden('tiny-qwen2-py');
@@ -63,19 +61,6 @@ describe('generateSpeculative: tiny-qwen2-py-draft drafting for tiny-qwen2-py (t
 });
 
 // ---- the CLI ---------------------------------------------------------------------------------------------------
-
-const CLI = 'packages/engine/src/cli.ts';
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...process.env, TINY_LLM_DEBUG: '' }, timeout: 60_000 });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-speculative-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
