@@ -9,10 +9,11 @@ import { join } from 'node:path';
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { weightTraffic, randomEntries, prefillFlopsPerToken } from '../src/bench.ts';
 import { readToolsFile, renderChatPrompt } from '../src/chat.ts';
-import { parseFlags, COMMANDS } from '../src/cli.ts';
+import { COMMANDS } from '../src/cli.ts';
+import { parseFlags } from '../src/flags.ts';
 import { UsageError } from '../src/errors.ts';
 import { generate } from '../src/generate.ts';
 import { expectGolden, goldenModel } from '@tiny-llm/grading';
@@ -27,6 +28,9 @@ import { cli, ROOT } from './support/cli.ts';
 const MODELS = DEMO_MODELS;
 
 const golden = demoGolden;
+
+// Each test spawns the CLI a few times; the time limit only guards against a hang, as the spawn's does.
+vi.setConfig({ testTimeout: 600_000 });
 
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -224,6 +228,9 @@ describe('the CLI (spawned)', () => {
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
       ['--week 4', ['generate', '--prompt', 'x', '--week', '4'], 2, /--week must be one of 1, 2, 3/],
+      ['convert without --out', ['convert', '--quantize', 'q4'], 2, /--quantize q4\|q8 and --out DIR are required/],
+      ['convert to 3 bits', ['convert', '--quantize', 'q3', '--out', join(tmp, 'q3')], 2, /--quantize must be one of q4, q8, got q3/],
+      ['convert of a quantized model', ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')], 1, /already quantized \(4 bits, group 64\)/],
     ];
     const results = await Promise.all(cases.map(([, args]) => cli(args)));
     for (const [i, [what, , code, message]] of cases.entries()) {
@@ -310,6 +317,10 @@ describe('flags, random weights, the bench accounting', () => {
     expect(() => parseFlags('generate', ['--prompt', 'a', '--prompt', 'b'], spec)).toThrow(/twice/);
     expect(() => parseFlags('generate', ['stray'], spec)).toThrow(/unexpected argument/);
     expect(() => parseFlags('generate', ['--max-tokens', '--ignore-eos'], spec)).toThrow(/needs a value/);
+    // Written with =, a value may be anything, even one of the command's flags.
+    expect(parseFlags('generate', ['--prompt=--ignore-eos'], spec)).toEqual({ prompt: '--ignore-eos' });
+    expect(() => parseFlags('generate', ['-p', 'x'], spec)).toThrow(/unknown flag -p/);
+    expect(() => parseFlags('generate', ['--solution', 'mine'], spec)).toThrow(/--solution must be one of learner, reference, got mine/);
   });
 
   it('random weights of every dtype build a model whose logits are finite; q4/q8 dequantize to ~N(0, 0.02)', () => {
@@ -339,7 +350,7 @@ describe('flags, random weights, the bench accounting', () => {
     }
   });
 
-  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (DESIGN 10)", () => {
+  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (docs/architecture.md, Performance)", () => {
     const config = tc.readModelConfig(join(ROOT, 'fixtures/configs/Qwen2-0.5B-Instruct.json'));
     const bf16 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'bf16' })), config);
     const q4 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'q4' })), config);

@@ -17,13 +17,14 @@ export function cli(args: string[]): Promise<CliResult> {
     const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
       cwd: ROOT,
       env: { ...process.env, TINY_LLM_DEBUG: '' },
-      timeout: 60_000,
+      // A guard against a hang only: a week 2 model batch on a busy machine can take a minute.
+      timeout: 300_000,
     });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.on('close', (code, signal) => resolve({ code, stdout, stderr: signal ? `${stderr}\n[the CLI was killed by ${signal}]` : stderr }));
   });
 }
