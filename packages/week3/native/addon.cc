@@ -8,29 +8,9 @@ namespace {
 
 using tl::DType;
 
-Napi::Value Connect(const Napi::CallbackInfo& info) {
-  tl::sdk::connect(info.Env(), info[0]);
-  return info.Env().Undefined();
-}
-
 // Throws `why` as a RangeError naming the op; returns undefined for the binding to return.
 Napi::Value fail(Napi::Env env, const char* op, const std::string& why) {
   Napi::RangeError::New(env, std::string(op) + ": " + why).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-// Runs a kernel, turning what it throws into JavaScript errors: NotImplemented keeps its name and chapter.
-template <class Kernel> Napi::Value run(Napi::Env env, const char* op, const Kernel& kernel) {
-  try {
-    kernel();
-  } catch (const week3::NotImplemented& e) {
-    Napi::Error error = Napi::Error::New(env, e.what());
-    error.Set("name", Napi::String::New(env, "NotImplemented"));
-    error.Set("chapter", Napi::String::New(env, e.chapter));
-    error.ThrowAsJavaScriptException();
-  } catch (const std::exception& e) {
-    Napi::Error::New(env, std::string(op) + ": " + e.what()).ThrowAsJavaScriptException();
-  }
   return env.Undefined();
 }
 
@@ -77,11 +57,11 @@ Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
   }
   const week3::PagedAttentionArgs args{q.ptr<float>(), keys.ptr<float>(), values.ptr<float>(), table, length, B, Hq, Hkv, D, P, N, M,
                                        scale, out.ptr<float>()};
-  return run(env, op, [&] { week3::paged_attention(args); });
+  return tl::run_kernel(env, op, [&] { week3::paged_attention(args); });
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports["connect"] = Napi::Function::New(env, Connect);
+  exports["connect"] = Napi::Function::New(env, tl::connect_addon);
   exports["pagedAttention"] = Napi::Function::New(env, PagedAttention);
   return exports;
 }

@@ -3,22 +3,15 @@
 // paged_attention.cc (3.1). Read its page in docs/week3/.
 #pragma once
 
-#include <tiny_llm/extension.h>
+#include <tiny_llm/chapter.h>
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 namespace week3 {
 
-// What a kernel throws until it is written. The binding turns it into the JavaScript error the tests, the
-// grader and the engine recognise as "not started".
-struct NotImplemented : std::runtime_error {
-  std::string chapter;
-  NotImplemented(const std::string& chapter_id, const std::string& what)
-      : std::runtime_error("NotImplemented: " + what + " (chapter " + chapter_id + "). Read docs/week3/ and fill in the stub."),
-        chapter(chapter_id) {}
-};
+// What a kernel throws until it is written (tiny_llm/chapter.h): the binding turns it into the JavaScript error
+// the tests, the grader and the engine recognise as "not started".
+using NotImplemented = tl::NotImplemented;
 
 // Chapter 3.1: one decode step of attention over keys and values stored in pages. For each row b and query
 // head h (reading kv head h / (Hq / Hkv)):
