@@ -22,17 +22,21 @@ export function pagedAttention(
   if (q.ndim !== 3 || blockTables.length !== b || lengths.length !== b) {
     throw new RangeError(`pagedAttention: expected q [B, Hq, D] with one block table and one length per row, got q ${q.describe()}, ${blockTables.length} block tables, ${lengths.length} lengths`);
   }
-  // The block tables as one int32 [B, M] array, M the longest; a shorter row's unused entries are never read.
-  const width = Math.max(1, ...blockTables.map((t) => t.length));
-  const tables = new Int32Array(b * width).fill(-1);
-  blockTables.forEach((t, i) => tables.set(t, i * width));
   return tc.tidy(() => {
     const qc = tc.contiguous(q.dtype === 'float32' ? q : tc.astype(q, 'float32'));
     const out = tc.empty(q.shape, 'float32');
-    const tablesT = tc.tensor(tables, { dtype: 'int32', shape: [b, width] });
+    const tables = blockTablesTensor(blockTables);
     const lengthsT = tc.tensor(Int32Array.from(lengths), { dtype: 'int32', shape: [b] });
     const scale = options.scale ?? 1 / Math.sqrt(q.shape[2]);
-    week3Kernels().pagedAttention(qc.native(), keyPages.native(), valuePages.native(), tablesT.native(), lengthsT.native(), out.native(), scale);
+    week3Kernels().pagedAttention(qc.native(), keyPages.native(), valuePages.native(), tables.native(), lengthsT.native(), out.native(), scale);
     return out;
   });
+}
+
+/** Block tables as one int32 [B, M] tensor, M the longest; a shorter row's unused entries are -1 (never read). Given. */
+export function blockTablesTensor(blockTables: readonly (readonly number[])[]): Tensor {
+  const width = Math.max(1, ...blockTables.map((t) => t.length));
+  const tables = new Int32Array(blockTables.length * width).fill(-1);
+  blockTables.forEach((t, i) => tables.set(t, i * width));
+  return tc.tensor(tables, { dtype: 'int32', shape: [blockTables.length, width] });
 }

@@ -1,7 +1,7 @@
 // Chapter 3.1: the paged KV cache. Read docs/week3/3.1-paged-attention.md, then replace each `throw` with your
 // code. The pool's tensors and bookkeeping fields, checkTables, BlockTable.commit and PagedLayerCache are given.
 import * as tc from '@tiny-llm/tensor-core';
-import type { Tensor } from '@tiny-llm/tensor-core';
+import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import type { AttentionCache, CachedKeysValues } from '@tiny-llm/week2';
 import { NotImplemented } from '@tiny-llm/week1/not-implemented';
 
@@ -16,6 +16,9 @@ export interface PagePoolOptions {
   /** Chapter 3.2: a cache of full pages for requests with a common prefix to share (default none). */
   prefixCache?: PagePrefixCache | null;
 }
+
+/** The size of a pool for a model whose layers, kv heads and head size it takes from the model's config. */
+export type PagePoolSize = Omit<PagePoolOptions, 'numLayers' | 'numKvHeads' | 'headDim'>;
 
 /** What the pool, the block tables and the scheduler ask of chapter 3.2's prefix cache. */
 export interface PagePrefixCache {
@@ -61,6 +64,11 @@ export class PagePool {
     this.refCounts = new Int32Array(numPages);
     this.free = new Set(Array.from({ length: numPages }, (_, i) => i));
     this.prefixCache = options.prefixCache ?? null;
+  }
+
+  /** A pool for a model with this config. Given. */
+  static forModel(config: ModelConfig, size: PagePoolSize): PagePool {
+    return new PagePool({ ...size, numLayers: config.numHiddenLayers, numKvHeads: config.numKeyValueHeads, headDim: config.headDim });
   }
 
   /** Pages no request holds (with prefix caching, some still hold a cached prefix until they are reused). */
@@ -117,6 +125,15 @@ export class PagePool {
    */
   gather(layer: number, table: BlockTable, length: number): { keys: Tensor; values: Tensor } {
     throw new NotImplemented('3.1', 'PagePool.gather');
+  }
+
+  /**
+   * Makes room in each table for `tokens` more tokens and checks them all (checkTables): what a model does before a
+   * pass writes through the tables. Given.
+   */
+  prepare(tables: readonly BlockTable[], tokens: number): void {
+    for (const table of tables) table.reserve(table.length + tokens);
+    this.checkTables(tables);
   }
 
   /**

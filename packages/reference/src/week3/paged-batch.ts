@@ -12,7 +12,7 @@
 //   prompt and the tokens it has generated (vLLM's recompute preemption; nano-vllm's block_manager and
 //   scheduler do the same).
 import * as tc from '@tiny-llm/tensor-core';
-import type { Tensor } from '@tiny-llm/tensor-core';
+import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import type { RMSNorm } from '../week1/index.ts';
 import {
   Qwen2ModelWeek2,
@@ -26,61 +26,64 @@ import {
   type StepOutput,
 } from '../week2/index.ts';
 import { pagedAttention } from './paged-attention.ts';
-import { type BlockTable, PagedLayerCache, PagePool, type PagePrefixCache } from './paged-kv-cache.ts';
+import { type BlockTable, PagedLayerCache, PagePool, type PagePoolSize } from './paged-kv-cache.ts';
 
 /** What PagedScheduler needs of a model: a BatchModel whose request caches are block tables in its pool. */
 export interface PagedModel extends BatchModel<BlockTable> {
   readonly pool: PagePool;
 }
 
-export interface PagedModelOptions {
-  /** Pages in the pool, shared by every request and layer. */
-  numPages: number;
-  /** Tokens per page (default 16). */
-  pageSize?: number;
-  /** Chapter 3.2: a PrefixCache, for requests to share the pages of common prompt prefixes (default none). */
-  prefixCache?: PagePrefixCache | null;
-}
-
-/** The week 2 model on a paged KV cache. Given. */
-export class PagedBatchModel implements PagedModel {
+/**
+ * What a paged BatchModel shares with any other (PagedBatchModel here, the engine's EngineBatchModel): a pool
+ * sized for the model's config, the block tables made in it, and what the scheduler reads off the config. Given.
+ */
+export abstract class PagedModelBase implements PagedModel {
   readonly pool: PagePool;
 
+  /** `size`: the pages of the pool and their tokens; with a PrefixCache (chapter 3.2), requests share prefixes. */
   constructor(
-    readonly model: Qwen2ModelWeek2,
-    options: PagedModelOptions,
+    readonly config: ModelConfig,
+    size: PagePoolSize,
   ) {
-    const { numHiddenLayers, numKeyValueHeads, headDim } = model.config;
-    this.pool = new PagePool({
-      numLayers: numHiddenLayers,
-      numKvHeads: numKeyValueHeads,
-      headDim,
-      numPages: options.numPages,
-      pageSize: options.pageSize,
-      prefixCache: options.prefixCache,
-    });
-  }
-
-  static load(dir: string, options: PagedModelOptions): PagedBatchModel {
-    return new PagedBatchModel(Qwen2ModelWeek2.load(dir), options);
+    this.pool = PagePool.forModel(config, size);
   }
 
   get vocabSize(): number {
-    return this.model.config.vocabSize;
+    return this.config.vocabSize;
   }
 
   get maxPositions(): number {
-    return this.model.config.maxPositionEmbeddings;
+    return this.config.maxPositionEmbeddings;
   }
 
   newRequestCache(): BlockTable {
     return this.pool.newTable();
   }
 
+  release(table: BlockTable): void {
+    table.release();
+  }
+
+  abstract prefill(ids: readonly number[], offset: number, table: BlockTable): Tensor;
+  abstract decode(tokens: readonly number[], positions: readonly number[], tables: readonly BlockTable[]): Tensor;
+}
+
+/** The week 2 model on a paged KV cache. Given. */
+export class PagedBatchModel extends PagedModelBase {
+  constructor(
+    readonly model: Qwen2ModelWeek2,
+    size: PagePoolSize,
+  ) {
+    super(model.config, size);
+  }
+
+  static load(dir: string, size: PagePoolSize): PagedBatchModel {
+    return new PagedBatchModel(Qwen2ModelWeek2.load(dir), size);
+  }
+
   prefill(ids: readonly number[], offset: number, table: BlockTable): Tensor {
     if (offset !== table.length) throw new RangeError(`PagedBatchModel.prefill: ${ids.length} tokens at position ${offset}, but ${table.owner}'s block table holds ${table.length}`);
-    table.reserve(offset + ids.length);
-    this.pool.checkTables([table]);
+    this.pool.prepare([table], ids.length);
     const layers = this.model.layers.map((_, i) => new PagedLayerCache(table, i));
     const logits = tc.tidy(() => {
       const all = this.model.forward(tc.tensor([[...ids]], { dtype: 'int32' }), offset, layers); // [1, L, V]
@@ -96,9 +99,8 @@ export class PagedBatchModel implements PagedModel {
     }
     tables.forEach((table, b) => {
       if (positions[b] !== table.length) throw new RangeError(`PagedBatchModel.decode: row ${b} is at position ${positions[b]}, but ${table.owner}'s block table holds ${table.length} tokens`);
-      table.reserve(table.length + 1);
     });
-    this.pool.checkTables(tables);
+    this.pool.prepare(tables, 1);
     const logits = tc.tidy(() => {
       let h = this.model.embedding.forward(tc.tensor(tokens.map((t) => [t]), { dtype: 'int32' })); // [B, 1, E]
       this.model.layers.forEach((layer, i) => {
@@ -111,10 +113,6 @@ export class PagedBatchModel implements PagedModel {
     });
     tables.forEach((table, b) => table.commit([tokens[b]]));
     return logits;
-  }
-
-  release(table: BlockTable): void {
-    table.release();
   }
 
   /**

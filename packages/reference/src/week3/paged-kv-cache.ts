@@ -16,7 +16,7 @@
 //   keys and values into the request's pages and returns all of them gathered in order, so a prefill runs
 //   through the unchanged week 2 model. A decode step reads the pages in place (paged-attention.ts).
 import * as tc from '@tiny-llm/tensor-core';
-import type { Tensor } from '@tiny-llm/tensor-core';
+import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import type { AttentionCache, CachedKeysValues } from '../week2/index.ts';
 
 export interface PagePoolOptions {
@@ -30,6 +30,9 @@ export interface PagePoolOptions {
   /** Chapter 3.2: a cache of full pages for requests with a common prefix to share (default none). */
   prefixCache?: PagePrefixCache | null;
 }
+
+/** The size of a pool for a model whose layers, kv heads and head size it takes from the model's config. */
+export type PagePoolSize = Omit<PagePoolOptions, 'numLayers' | 'numKvHeads' | 'headDim'>;
 
 /** What the pool, the block tables and the scheduler ask of chapter 3.2's prefix cache. */
 export interface PagePrefixCache {
@@ -75,6 +78,11 @@ export class PagePool {
     this.refCounts = new Int32Array(numPages);
     this.free = new Set(Array.from({ length: numPages }, (_, i) => i));
     this.prefixCache = options.prefixCache ?? null;
+  }
+
+  /** A pool for a model with this config. Given. */
+  static forModel(config: ModelConfig, size: PagePoolSize): PagePool {
+    return new PagePool({ ...size, numLayers: config.numHiddenLayers, numKvHeads: config.numKeyValueHeads, headDim: config.headDim });
   }
 
   /** Pages no request holds (with prefix caching, some still hold a cached prefix until they are reused). */
@@ -155,6 +163,15 @@ export class PagePool {
       return tc.slice(joined, [null, null, [0, length]]);
     };
     return { keys: inOrder(this.keys[layer]), values: inOrder(this.values[layer]) };
+  }
+
+  /**
+   * Makes room in each table for `tokens` more tokens and checks them all (checkTables): what a model does before a
+   * pass writes through the tables. Given.
+   */
+  prepare(tables: readonly BlockTable[], tokens: number): void {
+    for (const table of tables) table.reserve(table.length + tokens);
+    this.checkTables(tables);
   }
 
   /**
