@@ -1,5 +1,5 @@
 // Chapter 3.2: prefix caching. Read docs/week3/3.2-prefix-caching.md, then replace each `throw` with your code.
-// The cache's maps and the helpers commonLength and copyTokens are given.
+// The cache's maps and the helpers add, commonLength and copyTokens are given.
 import { createHash } from 'node:crypto';
 import * as tc from '@tiny-llm/tensor-core';
 import type { BlockTable, PagePool, PagePrefixCache } from './paged-kv-cache.ts';
@@ -18,7 +18,8 @@ export function pageHash(parent: string, tokens: readonly number[]): string {
 
 /** What a cached page holds. */
 interface Entry {
-  hash: string;
+  /** Its content hash; null for a page still being filled (a page to copy from, never to share). */
+  hash: string | null;
   /** The hash of the page before it (ROOT_HASH for a first page). */
   parent: string;
   tokens: readonly number[];
@@ -51,8 +52,8 @@ export class PrefixCache implements PagePrefixCache {
    * consider only its first prompt.length - 1 tokens.
    * 1. Full pages: while the next P tokens make a full page, hash them after the hash so far; a page of the
    *    cache with that hash is shared: table.pool.retain(page), then push it, its tokens and its hash to the table.
-   * 2. The first page that differs: of the cached pages after the last hash (this.children), the one that
-   *    shares the most leading tokens with the rest of the prompt. Copy those tokens into a page of the table's
+   * 2. The first page that differs: of the cached pages after the last hash (this.children, full ones and ones
+   *    being filled), the one that shares the most leading tokens with the rest of the prompt. Copy those tokens into a page of the table's
    *    own (copy-on-write): retain the source while you allocate the copy (allocate could hand out the source
    *    itself, a free page), copyTokens, release the source. Skip it if the pool has no free page.
    * Throws a RangeError if the table already holds tokens.
@@ -62,11 +63,13 @@ export class PrefixCache implements PagePrefixCache {
   }
 
   /**
-   * Registers the table's full pages not yet registered (BlockTable.commit calls it): the pages from
-   * table.hashes.length on that its tokens fill, each hashed after the one before it (ROOT_HASH before the
-   * first); push each hash to table.hashes. A page is cached under its hash, with its entry and as a child of
-   * its parent hash, unless the hash is cached already (another request computed the same tokens) or the page
-   * is (it came from this cache).
+   * Registers the table's pages (BlockTable.commit calls it after every pass):
+   * - each full page from table.hashes.length on: hash it after the page before it (ROOT_HASH before the first),
+   *   push the hash to table.hashes, and cache the page under it (this.add), unless the page is a full page of
+   *   this cache already (shared from it) or another page holds that hash (two requests computed the same tokens
+   *   at once). A page registered while it was being filled is forgotten first: it is full now.
+   * - the page it is still filling, if any: cached with hash null and its tokens so far, as a page to copy from
+   *   (attach's copy-on-write), replacing what was registered of it before.
    */
   register(table: BlockTable): void {
     throw new NotImplemented('3.2', 'PrefixCache.register');
@@ -75,6 +78,14 @@ export class PrefixCache implements PagePrefixCache {
   /** The pool reuses the page for something else: forget what it held (its hash, its entry, its place as a child). */
   forget(page: number): void {
     throw new NotImplemented('3.2', 'PrefixCache.forget');
+  }
+
+  /** Caches the page: by its hash when it is full, and after its parent. Given. */
+  private add(page: number, entry: Entry): void {
+    this.entryOf.set(page, entry);
+    if (entry.hash) this.pageOf.set(entry.hash, page);
+    const after = this.children.get(entry.parent) ?? new Set<number>();
+    this.children.set(entry.parent, after.add(page));
   }
 }
 

@@ -89,6 +89,30 @@ describe('3.2 prefix caching: two requests sharing a 300-token prefix', () => {
   });
 });
 
+describe('3.2 prefix caching: the next turn of a conversation', () => {
+  it('prefills only its new message: the end of the last reply is copied from the page the reply was filling', () => {
+    const golden = goldenModel('qwen2-tiny');
+    const model = PagedBatchModel.load(golden.dir, { numPages: 32, prefixCache: new PrefixCache() });
+    const log = recorded(model);
+    const scheduler = new PagedScheduler(model, { maxBatch: 1 });
+    const first = idsOf(40, 512, 7);
+    const reply = runToEnd(scheduler, [{ step: 0, submit: () => scheduler.submit({ promptIds: first, maxTokens: 5 }) }]).get(0)!;
+    // The first turn's prompt and the 4 tokens of its reply it fed (the fifth was sampled last): 44 tokens, the
+    // last 12 in a page that was never filled.
+    const second = [...first, ...reply.slice(0, 4), ...idsOf(10, 512, 8)];
+    const before = log.prefilled;
+    const tokens = runToEnd(scheduler, [{ step: 0, submit: () => scheduler.submit({ promptIds: second, maxTokens: 3 }) }]).get(1)!;
+    expect(log.prefilled - before, 'the second turn prefills its 10 new tokens').toBe(10);
+    const float64 = golden.float64().logits([...second, ...tokens.slice(0, -1)]);
+    const vocab = float64.shape[1];
+    log.logits.get(log.tables[1])!.forEach((logits, step) => {
+      const position = second.length - 1 + step;
+      const want = { shape: [1, 1, vocab], data: float64.data.subarray(position * vocab, (position + 1) * vocab) };
+      expectGolden(batchOf(logits), want, { atol: LOGITS_ATOL, what: `the second turn, position ${position}`, axes: ['b', 'l', 'v'] });
+    });
+  });
+});
+
 describe('3.2 prefix caching: the demo model', () => {
   const DEMO = 'tiny-qwen2-py';
   const golden = demoGolden(DEMO);

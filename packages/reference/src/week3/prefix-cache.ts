@@ -16,6 +16,9 @@
 //   its prompt and a cached page part ways inside a page, it cannot share that page (it would write its own
 //   tokens over the other request's), so it copies the common part into a page of its own: copy-on-write, at
 //   the first page that differs. It then prefills only what no cached page holds.
+// - The page a request is still filling is registered too, as a page to copy from only (it is never shared:
+//   its owner writes into it): its slots so far never change. The next turn of a chat copies the end of the
+//   last reply from it, and computes only the new message.
 import { createHash } from 'node:crypto';
 import * as tc from '@tiny-llm/tensor-core';
 import type { BlockTable, PagePool, PagePrefixCache } from './paged-kv-cache.ts';
@@ -30,7 +33,8 @@ export function pageHash(parent: string, tokens: readonly number[]): string {
 
 /** What a cached page holds. */
 interface Entry {
-  hash: string;
+  /** Its content hash; null for a page still being filled (a page to copy from, never to share). */
+  hash: string | null;
   /** The hash of the page before it (ROOT_HASH for a first page). */
   parent: string;
   tokens: readonly number[];
@@ -52,7 +56,7 @@ export class PrefixCache implements PagePrefixCache {
   /** The cached pages that follow each hash: where to look for a page that is only partly the same. */
   private readonly children = new Map<string, Set<number>>();
 
-  /** Pages whose content is cached (in use or free). */
+  /** Pages whose content is cached (in use or free, full or being filled). */
   get size(): number {
     return this.entryOf.size;
   }
@@ -102,21 +106,29 @@ export class PrefixCache implements PagePrefixCache {
     return table.length;
   }
 
-  /** Registers the table's full pages not yet registered (BlockTable.commit calls it). */
+  /**
+   * Registers the table's full pages not yet registered, and the page it is filling as a page to copy from
+   * (BlockTable.commit calls it after every pass).
+   */
   register(table: BlockTable): void {
     const p = table.pool.pageSize;
+    const parentOf = (i: number) => (i === 0 ? ROOT_HASH : table.hashes[i - 1]);
     for (let i = table.hashes.length; (i + 1) * p <= table.length; i++) {
-      const parent = i === 0 ? ROOT_HASH : table.hashes[i - 1];
       const tokens = table.tokens.slice(i * p, (i + 1) * p);
-      const hash = pageHash(parent, tokens);
+      const hash = pageHash(parentOf(i), tokens);
       table.hashes.push(hash);
       const page = table.pages[i];
+      const entry = this.entryOf.get(page);
+      if (entry?.hash) continue; // a page shared from this cache
+      // The page was registered while being filled: it is full now.
+      if (entry) this.forget(page);
       // Another page may hold the same tokens already (two requests prefilled them at once): keep that one.
-      if (this.pageOf.has(hash) || this.entryOf.has(page)) continue;
-      this.pageOf.set(hash, page);
-      this.entryOf.set(page, { hash, parent, tokens });
-      const after = this.children.get(parent) ?? new Set<number>();
-      this.children.set(parent, after.add(page));
+      if (!this.pageOf.has(hash)) this.add(page, { hash, parent: parentOf(i), tokens });
+    }
+    const last = table.hashes.length;
+    if (last * p < table.length) {
+      this.forget(table.pages[last]);
+      this.add(table.pages[last], { hash: null, parent: parentOf(last), tokens: table.tokens.slice(last * p) });
     }
   }
 
@@ -125,10 +137,18 @@ export class PrefixCache implements PagePrefixCache {
     const entry = this.entryOf.get(page);
     if (!entry) return;
     this.entryOf.delete(page);
-    this.pageOf.delete(entry.hash);
+    if (entry.hash) this.pageOf.delete(entry.hash);
     const after = this.children.get(entry.parent)!;
     after.delete(page);
     if (after.size === 0) this.children.delete(entry.parent);
+  }
+
+  /** Caches the page: by its hash when it is full, and after its parent. */
+  private add(page: number, entry: Entry): void {
+    this.entryOf.set(page, entry);
+    if (entry.hash) this.pageOf.set(entry.hash, page);
+    const after = this.children.get(entry.parent) ?? new Set<number>();
+    this.children.set(entry.parent, after.add(page));
   }
 }
 
