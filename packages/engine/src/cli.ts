@@ -15,7 +15,7 @@ import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
 import { checkPromptFits, formatStats, generate, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type ModelChoice, type Solution, type Week } from './registry.ts';
+import { checkModelDir, DEFAULT_KV_CACHE_MB, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type KvCacheChoice, type ModelChoice, type Solution, type Week } from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 
@@ -114,6 +114,24 @@ const SAMPLING_FLAGS: Record<string, FlagSpec> = {
   'min-p': { kind: 'number', value: 'M', help: 'drop tokens less likely than M times the most likely one', check: inRange(0, 1) },
   seed: { kind: 'int', value: 'S', help: 'makes sampling reproducible' },
 };
+
+/** The engine's paged KV cache (batch and serve): its size, and prefix caching. */
+const KV_CACHE_FLAGS: Record<string, FlagSpec> = {
+  'kv-cache-mb': {
+    kind: 'int',
+    value: 'MB',
+    help: "the engine's KV cache: a pool of pages of 16 tokens shared by every request (paged attention)",
+    default: String(DEFAULT_KV_CACHE_MB),
+    check: atLeast(1),
+  },
+  'no-prefix-cache': { kind: 'bool', help: 'compute every prompt whole: no sharing of the pages of a prefix an earlier request computed' },
+};
+
+/** The --kv-cache-mb and --no-prefix-cache flags. */
+const kvCacheOf = (flags: FlagValues): KvCacheChoice => ({
+  kvCacheMb: flags['kv-cache-mb'] as number | undefined,
+  prefixCaching: flags['no-prefix-cache'] ? false : undefined,
+});
 
 /** Parses `--flag value`, `--flag=value` and boolean `--flag`; everything is checked against the spec. */
 export function parseFlags(command: string, args: readonly string[], spec: Record<string, FlagSpec>): FlagValues {
@@ -312,7 +330,7 @@ async function runBatchCommand(flags: FlagValues): Promise<void> {
   const tokenizer = loadTokenizerOf(dir);
   const maxBatch = (flags['max-batch'] as number | undefined) ?? 8;
   const prefillChunk = (flags['prefill-chunk'] as number | undefined) ?? 256;
-  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk });
+  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk, ...kvCacheOf(flags) });
   log(`batch: ${prompts.length} prompts on ${description}, at most ${maxBatch} at a time, prefill chunks of ${prefillChunk} tokens`);
   const make = flags.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
   const samplerOf = (p: { temperature: number; topK?: number; topP?: number; minP?: number; seed?: number }) =>
@@ -344,6 +362,7 @@ async function runServeCommand(flags: FlagValues): Promise<void> {
     apiKey: flags['api-key'] as string | undefined,
     maxBatch: (flags['max-batch'] as number | undefined) ?? 16,
     prefillChunk: (flags['prefill-chunk'] as number | undefined) ?? 256,
+    ...kvCacheOf(flags),
     maxModelLen: flags['max-model-len'] as number | undefined,
     log,
   });
@@ -421,12 +440,13 @@ export const COMMANDS: Record<string, CommandSpec> = {
   },
   batch: {
     summary: 'many prompts through continuous batching (chapters 2.6, 2.7): JSON lines in, JSON lines out',
-    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--max-tokens N] [--out FILE.jsonl]',
+    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-tokens N] [--out FILE.jsonl]',
     flags: {
       ...MODEL_FLAGS,
       prompts: { kind: 'string', value: 'FILE.jsonl', help: 'one JSON object per line: {"prompt": "...", "max_tokens": 48, "temperature": 0, "top_k", "top_p", "min_p", "seed", "ignore_eos"}' },
       'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
       'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+      ...KV_CACHE_FLAGS,
       'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
       out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
     },
@@ -438,7 +458,8 @@ export const COMMANDS: Record<string, CommandSpec> = {
   },
   serve: {
     summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
-    usage: 'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--max-model-len N]',
+    usage:
+      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N]',
     flags: {
       ...MODEL_FLAGS,
       host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
@@ -446,6 +467,7 @@ export const COMMANDS: Record<string, CommandSpec> = {
       'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
       'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
       'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+      ...KV_CACHE_FLAGS,
       'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
     },
     notes:
