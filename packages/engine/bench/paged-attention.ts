@@ -11,7 +11,7 @@ import { blockTablesTensor } from '@tiny-llm/reference/week3';
 import { engineKernels } from '../src/model/native.ts';
 
 const [HEADS, KV_HEADS, DIM, PAGE] = [14, 2, 64, 16];
-const ROUNDS = 7;
+const ROUNDS = 9;
 
 interface Row {
   context: number;
@@ -40,11 +40,14 @@ function measure(context: number, batch: number): Row {
   const kernels = engineKernels();
   const dense = () => kernels.attentionDecode(...[qkv, rope.cos, rope.sin].map((t) => t.native()), position, keys.native(), values.native(), out.native(), HEADS, KV_HEADS, 0.125);
   const paged = () => kernels.pagedAttentionDecode(...[qkv, rope.cos, rope.sin, positions, keyPages, valuePages, tables, out].map((t) => t.native()), HEADS, KV_HEADS, 0.125);
-  // Enough calls per sample for a few milliseconds of work.
-  const calls = Math.max(20, Math.round(4e6 / (batch * context)));
+  // A sample is the mean of the calls that fit in 20 ms.
   const micros = (fn: () => void) => {
     const t0 = performance.now();
-    for (let i = 0; i < calls; i++) fn();
+    let calls = 0;
+    while (performance.now() - t0 < 20) {
+      fn();
+      calls++;
+    }
     return ((performance.now() - t0) * 1e3) / calls;
   };
   micros(dense);

@@ -184,7 +184,12 @@ void task(const Shape& s, const float* qkv_b, int64_t position, float* krow, flo
   float* out = out_b + h * G * D;  // heads h*G .. h*G + G - 1, side by side
 #ifdef TL_X86_SIMD
   if (has_avx2_fma() && D % 8 == 0) {
-    for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) scores_avx2(q, G, runs[r].k, runs[r].n, D, s.scale, scores + t0, T);
+    for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
+      // The pages of a paged cache are scattered: fetch the next run's keys while this one's are scored.
+      if (r + 1 < num_runs)
+        for (int64_t i = 0; i < runs[r + 1].n * D; i += 16) __builtin_prefetch(runs[r + 1].k + i);
+      scores_avx2(q, G, runs[r].k, runs[r].n, D, s.scale, scores + t0, T);
+    }
     softmax_rows_avx2(scores, G, T);
     weighted_sum_avx2(scores, G, runs, num_runs, T, D, out, D);
     return;
