@@ -75,10 +75,12 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
 });
 
 describe('EngineBatchModel: the fixture models through paged prefill and decode', () => {
-  for (const name of ['qwen2-tiny', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny']) {
-    it(`${name}: every golden prompt prefilled to half, then decoded together in pages of 4: the logits of every position`, () => {
+  // The fused kernels (the default), and the composed ops, which read the pages through PagedLayerCache.
+  const runs = [...['qwen2-tiny', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny'].map((name) => ({ name, fusedKernels: true })), { name: 'qwen3-tiny', fusedKernels: false }];
+  for (const { name, fusedKernels } of runs) {
+    it(`${name}${fusedKernels ? '' : ', composed ops'}: every golden prompt prefilled to half, then decoded together in pages of 4: the logits of every position`, () => {
       const golden = goldenModel(name);
-      const model = new EngineBatchModel(Qwen2Model.load(golden.dir), { numPages: 64, pageSize: 4 });
+      const model = new EngineBatchModel(Qwen2Model.load(golden.dir, { fusedKernels }), { numPages: 64, pageSize: 4 });
       const prompts = golden.prompts.filter((p) => p.ids.length >= 2);
       const tables = prompts.map(() => model.newRequestCache());
       const half = prompts.map((p) => Math.ceil(p.ids.length / 2));
