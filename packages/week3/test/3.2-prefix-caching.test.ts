@@ -6,7 +6,7 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { demoGolden, MODELS_DIR } from '@tiny-llm/tensor-core/testing';
-import { batchOf, errorOf, expectGolden, goldenModel, LOGITS_ATOL } from '@tiny-llm/grading';
+import { batchOf, errorOf, expectGolden, goldenModel, LOGITS_ATOL, type GoldenModel } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { type BlockTable, PagedBatchModel, PagedScheduler, PrefixCache } from '@solution/week3';
 
@@ -47,6 +47,20 @@ function runToEnd(scheduler: PagedScheduler, arrivals: { step: number; submit: (
   return tokens;
 }
 
+/**
+ * A request's logits (its prefill's last position, then each decode step) against float64 Qwen2 run over its
+ * whole sequence, nothing cached.
+ */
+function expectFloat64Logits(golden: GoldenModel, prompt: readonly number[], tokens: readonly number[], logits: readonly Tensor[], who: string): void {
+  const float64 = golden.float64().logits([...prompt, ...tokens.slice(0, -1)]); // [L, V]
+  const vocab = float64.shape[1];
+  logits.forEach((row, step) => {
+    const position = prompt.length - 1 + step;
+    const want = { shape: [1, 1, vocab], data: float64.data.subarray(position * vocab, (position + 1) * vocab) };
+    expectGolden(batchOf(row), want, { atol: LOGITS_ATOL, what: `${who}, position ${position}`, axes: ['b', 'l', 'v'] });
+  });
+}
+
 /** Deterministic token ids in [0, vocab). */
 const idsOf = (n: number, vocab: number, seed: number) => Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104_729) % vocab);
 
@@ -73,18 +87,7 @@ describe('3.2 prefix caching: two requests sharing a 300-token prefix', () => {
       expect(model.pool.refCounts[b.pages[18]], 'the copy is held by the second request alone').toBe(1);
     });
     expect(log.prefilled, 'prompt tokens prefilled: 320 for the first, 20 for the second').toBe(340);
-    // Each request's logits (its prefill's last position, then each decode step) against float64 Qwen2 run over
-    // its whole sequence, nothing cached.
-    log.tables.forEach((table, i) => {
-      const sequence = [...prompts[i], ...tokens.get(i)!.slice(0, -1)];
-      const float64 = golden.float64().logits(sequence); // [L, V]
-      const vocab = float64.shape[1];
-      log.logits.get(table)!.forEach((logits, step) => {
-        const position = prompts[i].length - 1 + step;
-        const want = { shape: [1, 1, vocab], data: float64.data.subarray(position * vocab, (position + 1) * vocab) };
-        expectGolden(batchOf(logits), want, { atol: LOGITS_ATOL, what: `request ${i}, position ${position}`, axes: ['b', 'l', 'v'] });
-      });
-    });
+    log.tables.forEach((table, i) => expectFloat64Logits(golden, prompts[i], tokens.get(i)!, log.logits.get(table)!, `request ${i}`));
     expect(model.pool.usedPages, 'every page back in the pool').toBe(0);
   });
 });
@@ -103,13 +106,7 @@ describe('3.2 prefix caching: the next turn of a conversation', () => {
     const before = log.prefilled;
     const tokens = runToEnd(scheduler, [{ step: 0, submit: () => scheduler.submit({ promptIds: second, maxTokens: 3 }) }]).get(1)!;
     expect(log.prefilled - before, 'the second turn prefills its 10 new tokens').toBe(10);
-    const float64 = golden.float64().logits([...second, ...tokens.slice(0, -1)]);
-    const vocab = float64.shape[1];
-    log.logits.get(log.tables[1])!.forEach((logits, step) => {
-      const position = second.length - 1 + step;
-      const want = { shape: [1, 1, vocab], data: float64.data.subarray(position * vocab, (position + 1) * vocab) };
-      expectGolden(batchOf(logits), want, { atol: LOGITS_ATOL, what: `the second turn, position ${position}`, axes: ['b', 'l', 'v'] });
-    });
+    expectFloat64Logits(golden, second, tokens, log.logits.get(log.tables[1])!, 'the second turn');
   });
 });
 
