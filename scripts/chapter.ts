@@ -3,6 +3,7 @@
 // pnpm chapter restore <id>: brings the learner's files back.
 import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { parseArgs } from 'node:util';
 import { findChapter, learnerFile, ROOT, solutionFile, type Chapter } from './chapters.ts';
 
 function paths(chapter: Chapter, file: string) {
@@ -50,12 +51,22 @@ function restore(id: string): void {
   }
 }
 
-const [command, id] = process.argv.slice(2);
+function positionalsOrUsage(): string[] {
+  try {
+    return parseArgs({ allowPositionals: true, options: {} }).positionals;
+  } catch (err) {
+    console.error(`${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+
+const USAGE = 'usage: pnpm chapter solve <chapter>   (e.g. 1.3)\n       pnpm chapter restore <chapter>';
 try {
-  if (command === 'solve' && id) solve(id);
-  else if (command === 'restore' && id) restore(id);
+  const [command, id, ...extra] = positionalsOrUsage();
+  if (command === 'solve' && id && !extra.length) solve(id);
+  else if (command === 'restore' && id && !extra.length) restore(id);
   else {
-    console.error('usage: pnpm chapter solve <chapter>   (e.g. 1.3)\n       pnpm chapter restore <chapter>');
+    console.error(USAGE);
     process.exit(2);
   }
 } catch (err) {

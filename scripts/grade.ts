@@ -11,11 +11,11 @@
 // must be "not started": each of its tests fails with a NotImplemented error that names that chapter. With
 // TINY_LLM_TEST_REPORT set, the check is also written there as a test report for the CI summary.
 // pnpm grade --json: the table as JSON on stdout.
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startVitest } from 'vitest/node';
 import { allChapters, ROOT, type Chapter } from './chapters.ts';
+import { writeReport } from './report.ts';
 
 export type Status = 'passed' | 'in progress' | 'not started' | 'error';
 
@@ -123,26 +123,6 @@ function printTable(rows: ChapterProgress[], solution: Solution): void {
   log(`\n${done} of ${rows.length} chapters pass.`);
 }
 
-/** The stub check as a report in vitest's JSON form, so the CI summary counts one test per chapter. */
-function writeStubReport(rows: ChapterProgress[], dir: string): void {
-  const results = rows.map((r) => ({
-    title: `chapter ${r.id} is a stub`,
-    status: r.status === 'not started' ? 'passed' : 'failed',
-    failureMessages: r.status === 'not started' ? [] : [`${r.status}: ${r.detail ?? ''}`],
-  }));
-  const failed = results.filter((r) => r.status === 'failed').length;
-  const report = {
-    numTotalTests: results.length,
-    numPassedTests: results.length - failed,
-    numFailedTests: failed,
-    numPendingTests: 0,
-    numTodoTests: 0,
-    success: failed === 0,
-    testResults: [{ name: 'scripts/grade.ts --check-stubs', status: failed ? 'failed' : 'passed', assertionResults: results }],
-  };
-  writeFileSync(join(dir, 'stub-check.json'), JSON.stringify(report, null, 2));
-}
-
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -165,7 +145,10 @@ async function main(): Promise<number> {
   if (values.json) process.stdout.write(`${JSON.stringify({ solution, chapters: rows }, null, 2)}\n`);
   printTable(rows, solution);
   if (!checkStubs) return 0;
-  if (process.env.TINY_LLM_TEST_REPORT) writeStubReport(rows, process.env.TINY_LLM_TEST_REPORT);
+  if (process.env.TINY_LLM_TEST_REPORT) {
+    const results = rows.map((r) => ({ title: `chapter ${r.id} is a stub`, passed: r.status === 'not started', message: `${r.status}: ${r.detail ?? ''}` }));
+    writeReport(process.env.TINY_LLM_TEST_REPORT, 'stub-check', 'scripts/grade.ts --check-stubs', results);
+  }
   const bad = rows.filter((r) => r.status !== 'not started');
   for (const r of bad) {
     const why = r.detail ? ` (${r.detail})` : '';

@@ -4,7 +4,7 @@
 // file that failed to load counts as one failure, a report that says it did not succeed (an unhandled error,
 // a throwing afterAll) counts as one when none of its tests failed, and each expected report that is missing
 // (a package whose run died, or never ran) counts as one. Every package with test files must write a report,
-// and so must the stub check (scripts/grade.ts --check-stubs).
+// and so must the stub check (scripts/grade.ts --check-stubs) and the static checks (scripts/static-checks.ts).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +19,7 @@ function hasTests(folder) {
 }
 
 const expected = readdirSync(packagesDir).filter((name) => hasTests(join(packagesDir, name, 'test')));
-expected.push('stub-check');
+expected.push('stub-check', 'static-checks');
 
 let passed = 0;
 let failed = 0;

@@ -197,7 +197,8 @@ describe('the book', () => {
     await expect(first.getAttribute('href')).resolves.toMatch(/^\/week1\/1\.2-rope\.html(#|$)/);
     await first.click();
     await page.waitForURL((url) => url.pathname === '/week1/1.2-rope.html');
-    await expect(page.locator('h1').textContent()).resolves.toContain('1.2 RoPE');
+    // The site swaps the page in after the URL changes: wait for the chapter's title to be rendered.
+    await page.locator('h1', { hasText: '1.2 RoPE' }).waitFor({ timeout: 15_000 });
   });
 
   it('the sidebar lists every chapter of the registries, linked to its page', async () => {

@@ -1,6 +1,6 @@
 // Decode speed of the week 2 model (KV cache, weights in their file dtype), next to its ceilings.
 //
-//   cd packages/reference && npx tsx bench/decode.ts [--tokens 128] [--tokens-05b 32] [--skip-tiny] [--skip-05b] [--q4]
+//   cd packages/engine && npx tsx bench/decode.ts [--tokens 128] [--tokens-05b 32] [--skip-tiny] [--skip-05b] [--q4]
 //                                                    [--rounds 3] [--profile] [--composed]
 //
 // 1. The demo model models/tiny-qwen2-py (15.7M parameters, bf16): greedy decoding of 128 tokens after a short
@@ -21,15 +21,21 @@ import { readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
 import { engineKernels } from '../src/model/native.ts';
 import type { GatedMlp, Weight } from '../src/model/linear.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
+import { atLeast, defineFlags, scriptFlags } from '../src/flags.ts';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const args = process.argv.slice(2);
-const flag = (name: string) => args.includes(name);
-const option = (name: string, fallback: number) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? Number(args[i + 1]) : fallback;
-};
-const TOKENS = option('--tokens', 128);
+const FLAGS = defineFlags({
+  tokens: { kind: 'int', help: 'tokens decoded by the demo model', check: atLeast(2) },
+  'tokens-05b': { kind: 'int', help: 'tokens decoded by the 0.5B shapes', check: atLeast(2) },
+  rounds: { kind: 'int', help: 'rounds of the 0.5B shapes', check: atLeast(1) },
+  'skip-tiny': { kind: 'bool', help: 'leave out the demo model' },
+  'skip-05b': { kind: 'bool', help: 'leave out the 0.5B shapes' },
+  q4: { kind: 'bool', help: 'also the 0.5B shapes in 4 bits' },
+  profile: { kind: 'bool', help: 'profile one decode step' },
+  composed: { kind: 'bool', help: 'also the 0.5B shapes with separate kernels' },
+});
+const flags = scriptFlags('bench/decode.ts', 'decode speed of the demo model and the Qwen2-0.5B shapes', FLAGS);
+const TOKENS = flags.tokens ?? 128;
 
 const ids2d = (ids: number[][]) => tc.tensor(ids, { dtype: 'int32' });
 
@@ -143,7 +149,7 @@ function bestOf<T extends { rate: number }>(runs: number, fn: () => T): T {
 }
 
 // ---- 1. the demo model --------------------------------------------------------------------------------------------
-if (!flag('--skip-tiny')) {
+if (!flags['skip-tiny']) {
   const dir = `${ROOT}models/tiny-qwen2-py`;
   const golden = JSON.parse(readFileSync(`${dir}/golden.json`, 'utf8')) as { cases: { kind: string; ids: number[] }[] };
   const prompt = golden.cases.find((c) => c.kind === 'text')!.ids;
@@ -162,8 +168,8 @@ if (!flag('--skip-tiny')) {
   const rl = bestOf(3, () => decodeRate(model, long, 64));
   console.log(`  after a ${long.length}-token prompt (prefill ${rl.prefillMs.toFixed(0)} ms): decode ${rl.rate.toFixed(0)} tokens/s ` +
     `(${(1e3 / rl.rate).toFixed(2)} ms/token)`);
-  if (flag('--profile')) profileStep(model, prompt);
-  if (flag('--profile')) profileStep(model, long);
+  if (flags.profile) profileStep(model, prompt);
+  if (flags.profile) profileStep(model, long);
 }
 
 // ---- 2. Qwen2-0.5B shapes, random weights ------------------------------------------------------------------------
@@ -280,19 +286,19 @@ function bench05b(bits: number | null): void {
   const t0 = performance.now();
   const { weights, bytes: perToken } = randomWeights(config, bits);
   const model = Qwen2Model.fromWeights(config, (name) => weights.get(name));
-  const composed = flag('--composed') ? Qwen2Model.fromWeights(config, (name) => weights.get(name), { fusedKernels: false }) : null;
+  const composed = flags.composed ? Qwen2Model.fromWeights(config, (name) => weights.get(name), { fusedKernels: false }) : null;
   const buildS = (performance.now() - t0) / 1e3;
   const prompt = Array.from({ length: 16 }, (_, i) => 100 + i * 7);
   decodeRate(model, prompt, 4); // warm-up
   if (composed) decodeRate(composed, prompt, 4);
   // The machine is shared, so its bandwidth moves from one second to the next: each round measures the read
   // bandwidth just before and just after its decode run(s) and compares them with the better of the two.
-  const tokens = option('--tokens-05b', 32);
+  const tokens = flags['tokens-05b'] ?? 32;
   type Round = { rate: number; bw: number; ratio: number; prefillMs: number };
   const rounds: Round[] = [];
   const composedRounds: Round[] = [];
   let bwBefore = readBandwidthGBs(256, 2);
-  for (let round = 0; round < option('--rounds', 3); round++) {
+  for (let round = 0; round < (flags.rounds ?? 3); round++) {
     // With --composed, the two models take turns going first.
     const runs = composed && round % 2 === 1 ? [composed, model] : composed ? [model, composed] : [model];
     const results = new Map(runs.map((m) => [m, decodeRate(m, prompt, tokens)]));
@@ -326,8 +332,8 @@ function bench05b(bits: number | null): void {
       `${(1e3 / floor).toFixed(1)} steps/s; the model's best step is ${(1e3 / best.rate).toFixed(1)} ms ` +
       `(${((100 * floor * best.rate) / 1e3).toFixed(0)}% of it in the projections)`,
   );
-  if (flag('--profile')) profileStep(model, prompt);
+  if (flags.profile) profileStep(model, prompt);
 }
 
-if (!flag('--skip-05b')) bench05b(null);
-if (flag('--q4')) bench05b(4);
+if (!flags['skip-05b']) bench05b(null);
+if (flags.q4) bench05b(4);

@@ -17,10 +17,11 @@ import { PagedScheduler } from '@tiny-llm/reference/week3';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
-import { checkModelDir, type ModelChoice, type Solution, type Week } from './registry.ts';
+import type { BenchFlags } from './cli.ts';
+import { checkModelDir, type ModelChoice } from './registry.ts';
 import { EngineQwen2, type EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
-import { RandomWeights, type RandomDType } from './random-weights.ts';
+import { RandomWeights } from './random-weights.ts';
 
 /** One weight as the accounting sees it (a quantized one with its scales and biases). */
 export interface WeightEntry {
@@ -279,15 +280,15 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
   }
 }
 
-export async function runBench(flags: Record<string, unknown>, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution as Solution | undefined, week: flags.week as Week | undefined };
+export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<BenchReport> {
+  const choice: ModelChoice = { solution: flags.solution, week: flags.week };
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
   // of the ceiling for the demo model, in consecutive runs).
-  const promptLen = (flags['prompt-len'] as number | undefined) ?? 256;
-  const gen = (flags.gen as number | undefined) ?? 128;
-  const reps = (flags.reps as number | undefined) ?? 2;
-  const seed = (flags.seed as number | undefined) ?? 0;
+  const promptLen = flags['prompt-len'] ?? 256;
+  const gen = flags.gen ?? 128;
+  const reps = flags.reps ?? 2;
+  const seed = flags.seed ?? 0;
   if (flags.config !== undefined && flags.model !== undefined) throw new UsageError('bench: give --model DIR or --config CONFIG.json, not both');
   if (flags.dtype !== undefined && flags.config === undefined) {
     throw new UsageError("bench: --dtype picks the dtype of --config's random weights; a --model runs in its checkpoint's dtype");
@@ -305,15 +306,16 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
     if (choice.solution !== undefined || choice.week !== undefined) {
       throw new UsageError('bench: --config builds random weights for the engine; a chapter model (--solution, --week) runs with --model DIR');
     }
-    const path = h.resolveInput(flags.config as string);
+    const path = h.resolveInput(flags.config);
     try {
       config = tc.readModelConfig(path);
     } catch (err) {
       const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? `${path}: no such file` : oneLine(err);
       throw new UserError(`--config: ${why}`);
     }
-    dtype = (flags.dtype as RandomDType | undefined) ?? 'bf16';
-    const weights = new RandomWeights(config, { dtype: dtype as RandomDType, seed });
+    const randomDtype = flags.dtype ?? 'bf16';
+    dtype = randomDtype;
+    const weights = new RandomWeights(config, { dtype: randomDtype, seed });
     const bar = progressBar(`random ${dtype} weights`);
     weights.onProgress = (done, total) => bar.update(done, total);
     const t0 = performance.now();
@@ -330,7 +332,7 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
     label = h.displayPath(path);
     groupSize = weights.bits !== null ? weights.groupSize : null;
   } else {
-    const dir = h.resolveInput((flags.model as string | undefined) ?? 'models/tiny-qwen2-py');
+    const dir = h.resolveInput(flags.model ?? 'models/tiny-qwen2-py');
     checkModelDir(dir);
     const t0 = performance.now();
     model = await h.loadWithProgress(dir, choice);
@@ -348,7 +350,7 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
 
   process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
   const speed = measureSpeed(model, promptLen, gen, reps, seed);
-  const batch = flags.batch as number | undefined;
+  const batch = flags.batch;
   let batched: { tokensPerS: number } | null = null;
   if (batch !== undefined) {
     if (!(model instanceof EngineQwen2)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
@@ -400,7 +402,7 @@ export async function runBench(flags: Record<string, unknown>, h: BenchHelpers):
   };
   process.stdout.write(`${formatReport(report)}\n`);
   if (flags.json !== undefined) {
-    const out = h.resolveOutput(flags.json as string);
+    const out = h.resolveOutput(flags.json);
     try {
       writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
     } catch (err) {

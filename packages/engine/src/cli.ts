@@ -15,9 +15,11 @@ import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
 import { checkPromptFits, formatStats, generate, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, DEFAULT_KV_CACHE_MB, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type KvCacheChoice, type ModelChoice, type Solution, type Week } from './registry.ts';
+import { checkModelDir, DEFAULT_KV_CACHE_MB, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type KvCacheChoice, type ModelChoice } from './registry.ts';
 import type { EngineModel } from './session.ts';
+import { atLeast, defineFlags, flagsHelp, inRange, parseFlags, type FlagSpecs, type FlagValues } from './flags.ts';
 import { progressBar } from './progress.ts';
+import { RANDOM_DTYPES } from './random-weights.ts';
 
 // ---- paths ------------------------------------------------------------------------------------------------------
 
@@ -56,135 +58,53 @@ export function displayPath(path: string): string {
 
 // ---- flags ------------------------------------------------------------------------------------------------------
 
-type FlagKind = 'string' | 'int' | 'number' | 'bool';
-
-export interface FlagSpec {
-  kind: FlagKind;
-  /** The value's name in the help ("DIR", "N"). */
-  value?: string;
-  help: string;
-  /** Shown in the help; the command applies it. */
-  default?: string;
-  /** Checks a parsed value; returns an error text or undefined. */
-  check?: (v: number | string) => string | undefined;
-}
-
-export type FlagValues = Record<string, string | number | boolean | undefined>;
-
-interface CommandSpec {
+/** A command: its help, and its run on the raw arguments (parsed against its own flags). */
+interface Command {
   summary: string;
   usage: string;
-  flags: Record<string, FlagSpec>;
+  flags: FlagSpecs;
   /** Extra help text after the flags. */
   notes?: string;
-  run: (flags: FlagValues) => Promise<void>;
+  run: (name: string, args: readonly string[]) => Promise<void>;
 }
 
-const atLeast = (min: number) => (v: number | string) => ((v as number) >= min ? undefined : `must be >= ${min}`);
-const inRange = (lo: number, hi: number, loOpen = false) => (v: number | string) => {
-  const x = v as number;
-  return (loOpen ? x > lo : x >= lo) && x <= hi ? undefined : `must be in ${loOpen ? '(' : '['}${lo}, ${hi}]`;
-};
+/** Declares a command whose `run` receives its flags typed by their declaration. */
+function command<const S extends FlagSpecs>(spec: Omit<Command, 'flags' | 'run'> & { flags: S; run: (flags: FlagValues<S>) => Promise<void> }): Command {
+  return { ...spec, run: (name, args) => spec.run(parseFlags(name, args, spec.flags)) };
+}
 
-export const MODEL_FLAGS: Record<string, FlagSpec> = {
+export const MODEL_FLAGS = defineFlags({
   model: { kind: 'string', value: 'DIR', help: 'a model directory (Hugging Face or MLX layout)', default: DEFAULT_MODEL },
   solution: {
     kind: 'string',
-    value: 'learner|reference',
+    choices: SOLUTIONS,
     help: "whose code runs: the reference solution (by default the engine, its fast form) or the learner's (packages/week1, week2)",
     default: 'reference',
-    check: (v) => (SOLUTIONS.includes(v as Solution) ? undefined : 'must be learner or reference'),
   },
   week: {
     kind: 'int',
     value: 'N',
+    choices: WEEKS,
     help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
-    check: (v) => (WEEKS.includes(v as Week) ? undefined : `must be one of ${WEEKS.join(', ')}`),
   },
-};
+});
+type ModelFlags = FlagValues<typeof MODEL_FLAGS>;
 
 /** The --solution and --week flags. */
-export const choiceOf = (flags: FlagValues): ModelChoice => ({ solution: flags.solution as Solution | undefined, week: flags.week as Week | undefined });
+export const choiceOf = (flags: ModelFlags): ModelChoice => ({ solution: flags.solution, week: flags.week });
 
-const SAMPLING_FLAGS: Record<string, FlagSpec> = {
+const SAMPLING_FLAGS = defineFlags({
   'max-tokens': { kind: 'int', value: 'N', help: 'the most tokens to generate', default: '256', check: atLeast(0) },
   temperature: { kind: 'number', value: 'T', help: '0 is greedy; higher samples more freely', default: '0', check: atLeast(0) },
   'top-k': { kind: 'int', value: 'K', help: 'sample among the K most likely tokens only', check: atLeast(1) },
   'top-p': { kind: 'number', value: 'P', help: 'sample among the most likely tokens whose mass reaches P', check: inRange(0, 1, true) },
   'min-p': { kind: 'number', value: 'M', help: 'drop tokens less likely than M times the most likely one', check: inRange(0, 1) },
   seed: { kind: 'int', value: 'S', help: 'makes sampling reproducible' },
-};
-
-/** The engine's paged KV cache (batch and serve): its size, and prefix caching. */
-const KV_CACHE_FLAGS: Record<string, FlagSpec> = {
-  'kv-cache-mb': {
-    kind: 'int',
-    value: 'MB',
-    help: "the engine's KV cache: a pool of pages of 16 tokens shared by every request (paged attention)",
-    default: String(DEFAULT_KV_CACHE_MB),
-    check: atLeast(1),
-  },
-  'no-prefix-cache': { kind: 'bool', help: 'compute every prompt whole: no sharing of the pages of a prefix an earlier request computed' },
-};
-
-/** The --kv-cache-mb and --no-prefix-cache flags. */
-const kvCacheOf = (flags: FlagValues): KvCacheChoice => ({
-  kvCacheMb: flags['kv-cache-mb'] as number | undefined,
-  prefixCaching: flags['no-prefix-cache'] ? false : undefined,
 });
 
-/** Parses `--flag value`, `--flag=value` and boolean `--flag`; everything is checked against the spec. */
-export function parseFlags(command: string, args: readonly string[], spec: Record<string, FlagSpec>): FlagValues {
-  const values: FlagValues = {};
-  const hint = `(see tiny-llm ${command} --help)`;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (!arg.startsWith('--') || arg === '--') {
-      throw new UsageError(`${command}: unexpected argument ${JSON.stringify(arg)}; flags start with -- ${hint}`);
-    }
-    const eq = arg.indexOf('=');
-    const name = eq >= 0 ? arg.slice(2, eq) : arg.slice(2);
-    const flag = spec[name];
-    if (!flag) throw new UsageError(`${command}: unknown flag --${name} ${hint}`);
-    if (name in values) throw new UsageError(`${command}: --${name} is given twice`);
-    if (flag.kind === 'bool') {
-      if (eq >= 0) throw new UsageError(`${command}: --${name} takes no value`);
-      values[name] = true;
-      continue;
-    }
-    let raw: string;
-    if (eq >= 0) {
-      raw = arg.slice(eq + 1);
-    } else {
-      const next = args[i + 1];
-      // A flag of this command where the value should be means the value was left out.
-      if (next === undefined || (next.startsWith('--') && next.slice(2).split('=')[0] in spec)) {
-        throw new UsageError(`${command}: --${name} needs a value (${flag.value ?? 'VALUE'})`);
-      }
-      raw = next;
-      i++;
-    }
-    let value: string | number = raw;
-    if (flag.kind === 'int' || flag.kind === 'number') {
-      value = Number(raw);
-      const ok = raw.trim() !== '' && Number.isFinite(value) && (flag.kind === 'number' || Number.isSafeInteger(value));
-      if (!ok) throw new UsageError(`${command}: --${name} expects ${flag.kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(raw)}`);
-    }
-    const problem = flag.check?.(value);
-    if (problem) throw new UsageError(`${command}: --${name} ${problem}, got ${raw}`);
-    values[name] = value;
-  }
-  return values;
-}
-
-function helpText(name: string, cmd: CommandSpec): string {
-  const rows = Object.entries(cmd.flags).map(([flag, f]) => {
-    const left = `  --${flag}${f.value ? ` ${f.value}` : ''}`;
-    const def = f.default !== undefined ? ` (default ${f.default})` : '';
-    return `${left.padEnd(30)} ${f.help}${def}`;
-  });
-  rows.push(`${'  --help'.padEnd(30)} this help`);
-  return [`tiny-llm ${name}: ${cmd.summary}`, '', `usage: ${cmd.usage}`, '', 'flags:', ...rows, ...(cmd.notes ? ['', cmd.notes] : [])].join('\n');
+function helpText(name: string, cmd: Command): string {
+  const notes = cmd.notes ? ['', cmd.notes] : [];
+  return [`tiny-llm ${name}: ${cmd.summary}`, '', `usage: ${cmd.usage}`, '', 'flags:', ...flagsHelp(cmd.flags), ...notes].join('\n');
 }
 
 // ---- shared steps -----------------------------------------------------------------------------------------------
@@ -192,8 +112,8 @@ function helpText(name: string, cmd: CommandSpec): string {
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
 /** The --model directory, checked to be a model directory (a clear message if it is not). */
-export function modelDirOf(flags: FlagValues): string {
-  const dir = resolveInput((flags.model as string | undefined) ?? DEFAULT_MODEL);
+export function modelDirOf(flags: ModelFlags): string {
+  const dir = resolveInput(flags.model ?? DEFAULT_MODEL);
   try {
     checkModelDir(dir);
   } catch (err) {
@@ -230,32 +150,44 @@ export function loadTokenizerOf(dir: string): TinyTokenizer {
 }
 
 /** The generation options of the sampling flags (the learner's own sampler when it samples). */
-export async function generationOptions(flags: FlagValues, defaultMaxTokens: number): Promise<GenerateOptions> {
+export async function generationOptions(
+  flags: ModelFlags & FlagValues<typeof SAMPLING_FLAGS> & { 'ignore-eos'?: boolean },
+  defaultMaxTokens: number,
+): Promise<GenerateOptions> {
+  const temperature = flags.temperature ?? 0;
   const options: GenerateOptions = {
-    maxTokens: (flags['max-tokens'] as number | undefined) ?? defaultMaxTokens,
-    temperature: (flags.temperature as number | undefined) ?? 0,
-    topK: flags['top-k'] as number | undefined,
-    topP: flags['top-p'] as number | undefined,
-    minP: flags['min-p'] as number | undefined,
-    seed: flags.seed as number | undefined,
-    ignoreEos: Boolean(flags['ignore-eos']),
+    maxTokens: flags['max-tokens'] ?? defaultMaxTokens,
+    temperature,
+    topK: flags['top-k'],
+    topP: flags['top-p'],
+    minP: flags['min-p'],
+    seed: flags.seed,
+    ignoreEos: flags['ignore-eos'] ?? false,
   };
-  if (flags.solution === 'learner' && options.temperature! > 0) {
+  if (flags.solution === 'learner' && temperature > 0) {
     const make = await learnerMakeSampler();
-    options.sampler = make({ temperature: options.temperature, topK: options.topK, topP: options.topP, minP: options.minP, seed: options.seed });
+    options.sampler = make({ temperature, topK: options.topK, topP: options.topP, minP: options.minP, seed: options.seed });
   }
   return options;
 }
 
 // ---- commands ---------------------------------------------------------------------------------------------------
+// Each command is its flags, then the function that runs it, then its entry (summary, usage, notes) in COMMANDS.
 
-async function runGenerate(flags: FlagValues): Promise<void> {
+const GENERATE_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  prompt: { kind: 'string', value: 'TEXT', help: 'the text to continue (required)' },
+  ...SAMPLING_FLAGS,
+  'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
+});
+
+async function runGenerate(flags: FlagValues<typeof GENERATE_FLAGS>): Promise<void> {
   if (flags.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required (see tiny-llm generate --help)');
   const dir = modelDirOf(flags);
   const tokenizer = loadTokenizerOf(dir);
   const model = await loadWithProgress(dir, choiceOf(flags));
   const options = await generationOptions(flags, 256);
-  const ids = tokenizer.encode(flags.prompt as string);
+  const ids = tokenizer.encode(flags.prompt);
   checkPromptFits(model, ids);
   const session = model.newSession();
   const result = generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
@@ -264,18 +196,27 @@ async function runGenerate(flags: FlagValues): Promise<void> {
   log(`[${formatStats(result.stats)}]`);
 }
 
-async function runChat(flags: FlagValues): Promise<void> {
-  const { Conversation, chatInteractive, chatOnce, readToolsFile } = await import('./chat.ts');
+const CHAT_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  message: { kind: 'string', value: 'TEXT', help: 'one user turn: print the reply and exit' },
+  system: { kind: 'string', value: 'TEXT', help: "a system message (else the template's default)" },
+  tools: { kind: 'string', value: 'FILE.json', help: 'a JSON list of OpenAI-style function schemas the model may call' },
+  ...SAMPLING_FLAGS,
+  'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], default: '512' },
+  'print-prompt': { kind: 'bool', help: 'print the rendered prompt of --message and exit (no model run)' },
+});
+
+async function runChat(flags: FlagValues<typeof CHAT_FLAGS>): Promise<void> {
+  const { Conversation, chatInteractive, chatOnce, readToolsFile, renderChatPrompt } = await import('./chat.ts');
   const dir = modelDirOf(flags);
-  const tools = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools as string)) : undefined;
+  const tools = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools)) : undefined;
   const tokenizer = loadTokenizerOf(dir);
-  const chatOptions = { system: flags.system as string | undefined, tools };
+  const chatOptions = { system: flags.system, tools };
   if (flags['print-prompt']) {
     if (flags.message === undefined) throw new UsageError('chat: --print-prompt needs --message TEXT');
-    const { renderChatPrompt } = await import('./chat.ts');
     const messages = [
-      ...(chatOptions.system !== undefined ? [{ role: 'system' as const, content: chatOptions.system }] : []),
-      { role: 'user' as const, content: flags.message as string },
+      ...(flags.system !== undefined ? [{ role: 'system' as const, content: flags.system }] : []),
+      { role: 'user' as const, content: flags.message },
     ];
     process.stdout.write(renderChatPrompt(tokenizer, messages, tools));
     return;
@@ -285,51 +226,85 @@ async function runChat(flags: FlagValues): Promise<void> {
   const conversation = new Conversation(model, tokenizer, chatOptions);
   const io = { out: process.stdout, err: process.stderr };
   try {
-    if (flags.message !== undefined) await chatOnce(conversation, flags.message as string, options, io);
+    if (flags.message !== undefined) await chatOnce(conversation, flags.message, options, io);
     else await chatInteractive(conversation, options, { ...io, input: process.stdin });
   } finally {
     conversation.dispose();
   }
 }
 
-async function runLogits(flags: FlagValues): Promise<void> {
+const LOGITS_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  ids: { kind: 'string', value: '1,2,3', help: 'the token ids, comma-separated' },
+  prompt: { kind: 'string', value: 'TEXT', help: 'or a text, tokenized with the model tokenizer' },
+  out: { kind: 'string', value: 'FILE', help: 'write a safetensors file with the tensor `logits` [L, vocab] (else print the top tokens)' },
+  top: { kind: 'int', value: 'N', help: 'tokens per position in the printed summary', default: '5', check: atLeast(1) },
+});
+
+async function runLogits(flags: FlagValues<typeof LOGITS_FLAGS>): Promise<void> {
   const { computeLogits, formatLogits, parseIds, writeLogits } = await import('./logits.ts');
   if ((flags.ids === undefined) === (flags.prompt === undefined)) {
     throw new UsageError('logits: give the tokens as --ids 1,2,3 or as --prompt TEXT (one of them; see tiny-llm logits --help)');
   }
   const dir = modelDirOf(flags);
-  let ids: number[];
-  let tokenizer: TinyTokenizer | undefined;
-  if (flags.ids !== undefined) {
-    ids = parseIds(flags.ids as string);
-  } else {
-    tokenizer = loadTokenizerOf(dir);
-    ids = tokenizer.encode(flags.prompt as string);
-  }
+  const tokenizer = flags.ids === undefined ? loadTokenizerOf(dir) : undefined;
+  const ids = tokenizer ? tokenizer.encode(flags.prompt ?? '') : parseIds(flags.ids ?? '');
   const model = await loadWithProgress(dir, choiceOf(flags));
   const t0 = performance.now();
   const logits: Tensor = computeLogits(model, ids);
   const seconds = (performance.now() - t0) / 1e3;
   if (flags.out !== undefined) {
-    const out = resolveOutput(flags.out as string);
+    const out = resolveOutput(flags.out);
     writeLogits(out, logits, ids);
     log(`wrote logits float32 [${logits.shape.join(', ')}] to ${displayPath(out)} (${seconds.toFixed(3)} s)`);
   } else {
-    const label = tokenizer ? (id: number) => tokenizer!.decode([id]) : undefined;
-    process.stdout.write(`${formatLogits(logits, ids, (flags.top as number | undefined) ?? 5, label)}\n`);
+    const label = tokenizer ? (id: number) => tokenizer.decode([id]) : undefined;
+    process.stdout.write(`${formatLogits(logits, ids, flags.top ?? 5, label)}\n`);
   }
   logits.dispose();
 }
 
-async function runBatchCommand(flags: FlagValues): Promise<void> {
+/** The engine's paged KV cache (batch and serve): its size, and prefix caching. */
+const KV_CACHE_FLAGS = defineFlags({
+  'kv-cache-mb': {
+    kind: 'int',
+    value: 'MB',
+    help: "the engine's KV cache: a pool of pages of 16 tokens shared by every request (paged attention)",
+    default: String(DEFAULT_KV_CACHE_MB),
+    check: atLeast(1),
+  },
+  'no-prefix-cache': { kind: 'bool', help: 'compute every prompt whole: no sharing of the pages of a prefix an earlier request computed' },
+});
+
+/** The --kv-cache-mb and --no-prefix-cache flags. */
+const kvCacheOf = (flags: FlagValues<typeof KV_CACHE_FLAGS>): KvCacheChoice => ({
+  kvCacheMb: flags['kv-cache-mb'],
+  prefixCaching: flags['no-prefix-cache'] ? false : undefined,
+});
+
+const BATCH_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  prompts: {
+    kind: 'string',
+    value: 'FILE.jsonl',
+    help: 'one JSON object per line: {"prompt": "...", "max_tokens": 48, "temperature": 0, "top_k", "top_p", "min_p", "seed", "ignore_eos"}',
+  },
+  'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
+  'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  ...KV_CACHE_FLAGS,
+  'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
+  out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
+});
+
+async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<void> {
   const { readPrompts, runBatch } = await import('./batch.ts');
   const { loadScheduler } = await import('./registry.ts');
   if (flags.prompts === undefined) throw new UsageError('batch: --prompts FILE.jsonl is required (see tiny-llm batch --help)');
   const dir = modelDirOf(flags);
-  const prompts = readPrompts(resolveInput(flags.prompts as string), (flags['max-tokens'] as number | undefined) ?? 256);
+  const prompts = readPrompts(resolveInput(flags.prompts), flags['max-tokens'] ?? 256);
   const tokenizer = loadTokenizerOf(dir);
-  const maxBatch = (flags['max-batch'] as number | undefined) ?? 8;
-  const prefillChunk = (flags['prefill-chunk'] as number | undefined) ?? 256;
+  const maxBatch = flags['max-batch'] ?? 8;
+  const prefillChunk = flags['prefill-chunk'] ?? 256;
   const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk, ...kvCacheOf(flags) });
   log(`batch: ${prompts.length} prompts on ${description}, at most ${maxBatch} at a time, prefill chunks of ${prefillChunk} tokens`);
   const make = flags.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
@@ -338,7 +313,7 @@ async function runBatchCommand(flags: FlagValues): Promise<void> {
   const { results, seconds, generated } = runBatch(scheduler, tokenizer, prompts, samplerOf);
   const lines = results.map((r) => JSON.stringify(r)).join('\n') + '\n';
   if (flags.out !== undefined) {
-    const out = resolveOutput(flags.out as string);
+    const out = resolveOutput(flags.out);
     try {
       writeFileSync(out, lines);
     } catch (err) {
@@ -350,174 +325,198 @@ async function runBatchCommand(flags: FlagValues): Promise<void> {
   log(`[${prompts.length} prompts, ${generated} tokens generated in ${seconds.toFixed(2)} s: ${(generated / seconds).toFixed(1)} tok/s]`);
 }
 
-async function runServeCommand(flags: FlagValues): Promise<void> {
+const SERVE_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
+  port: { kind: 'int', value: 'PORT', help: 'the port (0: any free one, printed when listening)', default: '8000', check: inRange(0, 65535) },
+  'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
+  'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
+  'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  ...KV_CACHE_FLAGS,
+  'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
+});
+
+async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<void> {
   const { runServer } = await import('./server/serve.ts');
   const dir = modelDirOf(flags);
   await runServer({
     modelDir: dir,
     modelName: displayPath(dir),
     choice: choiceOf(flags),
-    host: (flags.host as string | undefined) ?? '127.0.0.1',
-    port: (flags.port as number | undefined) ?? 8000,
-    apiKey: flags['api-key'] as string | undefined,
-    maxBatch: (flags['max-batch'] as number | undefined) ?? 16,
-    prefillChunk: (flags['prefill-chunk'] as number | undefined) ?? 256,
+    host: flags.host ?? '127.0.0.1',
+    port: flags.port ?? 8000,
+    apiKey: flags['api-key'],
+    maxBatch: flags['max-batch'] ?? 16,
+    prefillChunk: flags['prefill-chunk'] ?? 256,
     ...kvCacheOf(flags),
-    maxModelLen: flags['max-model-len'] as number | undefined,
+    maxModelLen: flags['max-model-len'],
     log,
   });
 }
 
-async function runBenchServeCommand(flags: FlagValues): Promise<void> {
+const BENCH_SERVE_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  url: { kind: 'string', value: 'URL', help: 'a running server (default: start one for the run, with the model flags)' },
+  clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64', check: atLeast(1) },
+  requests: { kind: 'int', value: 'N', help: 'requests in all', default: '4 x clients', check: atLeast(1) },
+  'max-tokens': { kind: 'int', value: 'N', help: 'tokens per request', default: '64', check: atLeast(1) },
+  'max-batch': { kind: 'int', value: 'N', help: "the started server's batch", default: 'the clients', check: atLeast(1) },
+  'prefill-chunk': { kind: 'int', value: 'T', help: "the started server's prefill chunk", check: atLeast(1) },
+  json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+});
+
+async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>): Promise<void> {
   const { runBenchServe } = await import('./bench-serve.ts');
-  const clients = (flags.clients as number | undefined) ?? 64;
-  const passOn = ['model', 'solution', 'week', 'max-batch', 'prefill-chunk'].flatMap((f) => (flags[f] === undefined ? [] : [`--${f}`, String(flags[f])]));
-  // Every client in the batch unless told otherwise: waiting for a slot would count in the time to first token.
-  if (flags['max-batch'] === undefined) passOn.push('--max-batch', String(clients));
-  if (flags.model !== undefined) passOn.splice(passOn.indexOf('--model') + 1, 1, modelDirOf(flags));
+  const clients = flags.clients ?? 64;
+  // The started server gets the model flags, and every client in its batch unless told otherwise: waiting for
+  // a slot would count in the time to first token.
+  const serverFlags = {
+    model: flags.model === undefined ? undefined : modelDirOf(flags),
+    solution: flags.solution,
+    week: flags.week,
+    'max-batch': flags['max-batch'] ?? clients,
+    'prefill-chunk': flags['prefill-chunk'],
+  };
   await runBenchServe({
-    url: flags.url as string | undefined,
-    serveArgs: passOn,
+    url: flags.url,
+    serveArgs: Object.entries(serverFlags).flatMap(([name, value]) => (value === undefined ? [] : [`--${name}`, String(value)])),
     clients,
-    requests: (flags.requests as number | undefined) ?? 4 * clients,
-    maxTokens: (flags['max-tokens'] as number | undefined) ?? 64,
-    json: flags.json === undefined ? undefined : resolveOutput(flags.json as string),
+    requests: flags.requests ?? 4 * clients,
+    maxTokens: flags['max-tokens'] ?? 64,
+    json: flags.json === undefined ? undefined : resolveOutput(flags.json),
     promptsFrom: resolveInput('models/tiny-qwen2-py/golden.json'),
     log: (line) => process.stdout.write(`${line}\n`),
   });
 }
 
-async function runBenchCommand(flags: FlagValues): Promise<void> {
+const BENCH_FLAGS = defineFlags({
+  ...MODEL_FLAGS,
+  config: { kind: 'string', value: 'CONFIG.json', help: 'random weights of this config.json shape instead of a model (e.g. fixtures/configs/Qwen2-0.5B-Instruct.json)' },
+  dtype: { kind: 'string', choices: RANDOM_DTYPES, help: 'the random weights dtype (q4/q8: MLX layout, group 64)', default: 'bf16' },
+  'prompt-len': { kind: 'int', value: 'N', help: 'prompt tokens to prefill', default: '256', check: atLeast(1) },
+  gen: { kind: 'int', value: 'N', help: 'tokens to decode', default: '128', check: atLeast(1) },
+  reps: { kind: 'int', value: 'N', help: 'measure N times and keep the best', default: '2', check: atLeast(1) },
+  seed: { kind: 'int', value: 'S', help: 'the random weights and prompt', default: '0' },
+  json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+  batch: { kind: 'int', value: 'N', help: 'also measure the aggregate decode rate of N requests batched together (the engine)', check: atLeast(1) },
+});
+export type BenchFlags = FlagValues<typeof BENCH_FLAGS>;
+
+async function runBenchCommand(flags: BenchFlags): Promise<void> {
   const { runBench } = await import('./bench.ts');
   await runBench(flags, { resolveInput, resolveOutput, displayPath, loadWithProgress });
 }
 
-export const COMMANDS: Record<string, CommandSpec> = {
-  generate: {
+const CONVERT_FLAGS = defineFlags({
+  model: { kind: 'string', value: 'DIR', help: 'the float checkpoint to convert (Hugging Face layout)', default: DEFAULT_MODEL },
+  quantize: { kind: 'string', choices: ['q4', 'q8'], help: 'bits per weight: 4 or 8 (required)' },
+  'group-size': { kind: 'int', choices: [32, 64, 128], help: 'input columns that share a scale and a bias', default: '64' },
+  out: { kind: 'string', value: 'DIR', help: 'the new model directory (must not exist, or be empty; required)' },
+});
+
+async function runConvertCommand(flags: FlagValues<typeof CONVERT_FLAGS>): Promise<void> {
+  const { convertModel } = await import('./convert.ts');
+  if (flags.quantize === undefined || flags.out === undefined) {
+    throw new UsageError('convert: --quantize q4|q8 and --out DIR are required (see tiny-llm convert --help)');
+  }
+  const dir = modelDirOf(flags);
+  const out = resolveOutput(flags.out);
+  const bits = flags.quantize === 'q4' ? 4 : 8;
+  const groupSize = flags['group-size'] ?? 64;
+  const bar = progressBar(`quantizing ${displayPath(dir)} to ${bits} bits, groups of ${groupSize}`);
+  const t0 = performance.now();
+  let report;
+  try {
+    report = convertModel(dir, out, { bits, groupSize, onProgress: (done, total) => bar.update(done, total) });
+  } finally {
+    bar.done();
+  }
+  if (report.ungrouped.length > 0) {
+    const names = report.ungrouped.slice(0, 4).join(', ') + (report.ungrouped.length > 4 ? ', ...' : '');
+    log(`${report.ungrouped.length} matrices stay in float: their columns do not split into groups of ${groupSize} (${names}); a smaller --group-size quantizes them`);
+  }
+  const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+  log(
+    `wrote ${displayPath(out)} (${report.files.join(', ')}): ${report.quantized} matrices quantized, ${report.kept} tensors kept; ` +
+      `${mb(report.sourceBytes)} -> ${mb(report.bytes)} in ${((performance.now() - t0) / 1e3).toFixed(1)} s`,
+  );
+}
+
+export const COMMANDS: Record<string, Command> = {
+  generate: command({
     summary: 'complete a prompt as it is (no chat template), streaming the text to stdout',
     usage: 'tiny-llm generate --prompt TEXT [--model DIR] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--seed S] [--ignore-eos]',
-    flags: {
-      ...MODEL_FLAGS,
-      prompt: { kind: 'string', value: 'TEXT', help: 'the text to continue (required)' },
-      ...SAMPLING_FLAGS,
-      'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
-    },
+    flags: GENERATE_FLAGS,
     notes:
       'stdout carries exactly the generated text; the stats (prompt and generated tokens, prefill and decode\n' +
       'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64',
     run: runGenerate,
-  },
-  chat: {
+  }),
+  chat: command({
     summary: "talk to the model through its chat template: one turn with --message, else an interactive session",
     usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--max-tokens N] [sampling flags]',
-    flags: {
-      ...MODEL_FLAGS,
-      message: { kind: 'string', value: 'TEXT', help: 'one user turn: print the reply and exit' },
-      system: { kind: 'string', value: 'TEXT', help: "a system message (else the template's default)" },
-      tools: { kind: 'string', value: 'FILE.json', help: 'a JSON list of OpenAI-style function schemas the model may call' },
-      ...SAMPLING_FLAGS,
-      'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], default: '512' },
-      'print-prompt': { kind: 'bool', help: 'print the rendered prompt of --message and exit (no model run)' },
-    },
+    flags: CHAT_FLAGS,
     notes:
       'The reply stops at <|im_end|> (or another end-of-sequence token). A tool call is printed as the model\n' +
       'wrote it. The demo models were trained with the tools of models/tiny-qwen2-py/tools.json:\n' +
       '  pnpm tiny-llm chat --tools models/tiny-qwen2-py/tools.json --message "What is 37 times 12?"\n' +
       'Interactive: /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops a reply.',
     run: runChat,
-  },
-  logits: {
+  }),
+  logits: command({
     summary: 'the logits of every position of a prompt, float32 [L, vocab] (parity checks)',
     usage: 'tiny-llm logits [--model DIR] (--ids 1,2,3 | --prompt TEXT) [--out FILE.safetensors]',
-    flags: {
-      ...MODEL_FLAGS,
-      ids: { kind: 'string', value: '1,2,3', help: 'the token ids, comma-separated' },
-      prompt: { kind: 'string', value: 'TEXT', help: 'or a text, tokenized with the model tokenizer' },
-      out: { kind: 'string', value: 'FILE', help: 'write a safetensors file with the tensor `logits` [L, vocab] (else print the top tokens)' },
-      top: { kind: 'int', value: 'N', help: 'tokens per position in the printed summary', default: '5', check: atLeast(1) },
-    },
+    flags: LOGITS_FLAGS,
     run: runLogits,
-  },
-  batch: {
+  }),
+  batch: command({
     summary: 'many prompts through continuous batching (chapters 2.6, 2.7): JSON lines in, JSON lines out',
     usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-tokens N] [--out FILE.jsonl]',
-    flags: {
-      ...MODEL_FLAGS,
-      prompts: { kind: 'string', value: 'FILE.jsonl', help: 'one JSON object per line: {"prompt": "...", "max_tokens": 48, "temperature": 0, "top_k", "top_p", "min_p", "seed", "ignore_eos"}' },
-      'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
-      'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
-      ...KV_CACHE_FLAGS,
-      'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
-      out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
-    },
+    flags: BATCH_FLAGS,
     notes:
       'Each output line is {"index", "text", "tokens", "finish_reason"}, in the order of the input lines; the aggregate\n' +
       'tokens/s goes to stderr. Example:\n  printf \'{"prompt": "def add(a, b):"}\\n{"prompt": "class Stack:"}\\n\' > p.jsonl\n' +
       '  pnpm tiny-llm batch --prompts p.jsonl --max-tokens 32',
     run: runBatchCommand,
-  },
-  serve: {
+  }),
+  serve: command({
     summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
     usage:
       'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N]',
-    flags: {
-      ...MODEL_FLAGS,
-      host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
-      port: { kind: 'int', value: 'PORT', help: 'the port (0: any free one, printed when listening)', default: '8000', check: inRange(0, 65535) },
-      'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
-      'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
-      'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
-      ...KV_CACHE_FLAGS,
-      'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
-    },
+    flags: SERVE_FLAGS,
     notes:
       'Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n' +
       'GET /metrics (Prometheus). One log line per request on stderr. See docs/serving.md. Example:\n' +
       '  pnpm serve\n  curl http://127.0.0.1:8000/v1/chat/completions -H "content-type: application/json" \\\n' +
       '    -d \'{"messages": [{"role": "user", "content": "Hello!"}]}\'',
     run: runServeCommand,
-  },
-  'bench-serve': {
+  }),
+  'bench-serve': command({
     summary: 'the server under load: throughput, time to first token and per output token (p50, p99), /health latency',
     usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ...] [--json FILE]',
-    flags: {
-      ...MODEL_FLAGS,
-      url: { kind: 'string', value: 'URL', help: 'a running server (default: start one for the run, with the model flags)' },
-      clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64', check: atLeast(1) },
-      requests: { kind: 'int', value: 'N', help: 'requests in all', default: '4 x clients', check: atLeast(1) },
-      'max-tokens': { kind: 'int', value: 'N', help: 'tokens per request', default: '64', check: atLeast(1) },
-      'max-batch': { kind: 'int', value: 'N', help: "the started server's batch", default: 'the clients' },
-      'prefill-chunk': { kind: 'int', value: 'T', help: "the started server's prefill chunk", check: atLeast(1) },
-      json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
-    },
+    flags: BENCH_SERVE_FLAGS,
     notes: 'The clients send the demo model\'s golden prompts (code and chat), greedy. The same load with one client is measured first.',
     run: runBenchServeCommand,
-  },
-  bench: {
+  }),
+  convert: command({
+    summary: "quantize a float checkpoint to MLX's 4- or 8-bit layout (as mlx_lm.convert -q), loadable like any MLX model",
+    usage: 'tiny-llm convert [--model DIR] --quantize q4|q8 [--group-size 32|64|128] --out DIR',
+    flags: CONVERT_FLAGS,
+    notes:
+      'Every matrix whose columns split into groups (projections, MLP, embedding) is stored as packed integers with a\n' +
+      'scale and a bias per group; norms, biases and MoE routers are kept. The tokenizer files come along. Example:\n' +
+      '  pnpm tiny-llm convert --quantize q4 --out /tmp/tiny-q4 && pnpm tiny-llm generate --model /tmp/tiny-q4 --prompt "def f("',
+    run: runConvertCommand,
+  }),
+  bench: command({
     summary: 'prefill and decode tokens/s next to the memory-bandwidth and GEMM ceilings measured in the same run',
     usage: 'tiny-llm bench [--model DIR | --config CONFIG.json [--dtype f32|bf16|q4|q8]] [--prompt-len N] [--gen N] [--batch N] [--json FILE]',
-    flags: {
-      ...MODEL_FLAGS,
-      config: { kind: 'string', value: 'CONFIG.json', help: 'random weights of this config.json shape instead of a model (e.g. fixtures/configs/Qwen2-0.5B-Instruct.json)' },
-      dtype: {
-        kind: 'string',
-        value: 'f32|bf16|q4|q8',
-        help: 'the random weights dtype (q4/q8: MLX layout, group 64)',
-        default: 'bf16',
-        check: (v) => (['f32', 'bf16', 'q4', 'q8'].includes(v as string) ? undefined : 'must be f32, bf16, q4 or q8'),
-      },
-      'prompt-len': { kind: 'int', value: 'N', help: 'prompt tokens to prefill', default: '256', check: atLeast(1) },
-      gen: { kind: 'int', value: 'N', help: 'tokens to decode', default: '128', check: atLeast(1) },
-      reps: { kind: 'int', value: 'N', help: 'measure N times and keep the best', default: '2', check: atLeast(1) },
-      seed: { kind: 'int', value: 'S', help: 'the random weights and prompt', default: '0' },
-      json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
-      batch: { kind: 'int', value: 'N', help: 'also measure the aggregate decode rate of N requests batched together (the engine)', check: atLeast(1) },
-    },
+    flags: BENCH_FLAGS,
     notes:
       'decode ratio = decode tok/s x bytes of weights read per token / read bandwidth (decode is memory-bound);\n' +
       'prefill ratio = prefill tok/s x FLOPs per token / GEMM rate (prefill is compute-bound). See docs/engine.md.',
     run: runBenchCommand,
-  },
+  }),
 };
 
 const GENERAL_HELP = [
@@ -550,7 +549,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stdout.write(`${helpText(command, spec)}\n`);
       return 0;
     }
-    await spec.run(parseFlags(command, rest, spec.flags));
+    await spec.run(command, rest);
     return 0;
   } catch (caught) {
     const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : caught;

@@ -5,17 +5,14 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { TinyTokenizer } from '@tiny-llm/tokenizer';
 import { Conversation, readToolsFile } from './chat.ts';
-import {
-  choiceOf, DEFAULT_MODEL, displayPath, loadTokenizerOf, loadWithProgress, MODEL_FLAGS, parseFlags, resolveInput, type FlagSpec,
-} from './cli.ts';
+import { choiceOf, DEFAULT_MODEL, displayPath, loadTokenizerOf, loadWithProgress, MODEL_FLAGS, resolveInput } from './cli.ts';
+import { parseFlags } from './flags.ts';
 import { isNotImplemented, learnerNotImplemented, oneLine, UserError } from './errors.ts';
 import { formatStats, generateTokens, type GenerateResult } from './generate.ts';
 import type { EngineModel } from './session.ts';
 
 const CODE_PROMPT = 'import os\n\n\ndef list_files(path):\n';
 const CHAT_TURNS = ['Hello!', 'What is 37 times 12?'];
-
-const FLAGS: Record<string, FlagSpec> = MODEL_FLAGS;
 
 const out = (text: string) => process.stdout.write(text);
 const dim = (text: string) => (process.stdout.isTTY ? `\x1b[2m${text}\x1b[0m` : text);
@@ -54,8 +51,8 @@ function completeFunction(model: EngineModel, tokenizer: TinyTokenizer, prompt: 
 }
 
 async function demo(argv: string[]): Promise<void> {
-  const flags = parseFlags('demo', argv, FLAGS);
-  const dir = resolveInput((flags.model as string | undefined) ?? DEFAULT_MODEL);
+  const flags = parseFlags('demo', argv, MODEL_FLAGS);
+  const dir = resolveInput(flags.model ?? DEFAULT_MODEL);
   const tokenizer = loadTokenizerOf(dir);
   const model = await loadWithProgress(dir, choiceOf(flags));
   const c = model.config;

@@ -79,7 +79,7 @@ export function weightShapes(config: ModelConfig): Map<string, WeightShape> {
 }
 
 /** Routers stay dense even in quantized models. */
-function isRouter(name: string): boolean {
+export function isRouter(name: string): boolean {
   return name.endsWith('.mlp.gate.weight') || name.endsWith('.shared_expert_gate.weight');
 }
 

@@ -11,10 +11,11 @@ import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { weightTraffic, randomEntries, prefillFlopsPerToken } from '../src/bench.ts';
 import { readToolsFile, renderChatPrompt } from '../src/chat.ts';
-import { parseFlags, COMMANDS } from '../src/cli.ts';
+import { COMMANDS } from '../src/cli.ts';
+import { parseFlags } from '../src/flags.ts';
 import { UsageError } from '../src/errors.ts';
 import { generate } from '../src/generate.ts';
 import { expectGolden, goldenModel } from '@tiny-llm/grading';
@@ -42,16 +43,20 @@ function cli(args: string[]): Promise<CliResult> {
     const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
       cwd: ROOT,
       env: { ...process.env, TINY_LLM_DEBUG: '' },
-      timeout: 60_000,
+      // A guard against a hang only: a week 2 model batch on a busy machine can take a minute.
+      timeout: 300_000,
     });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
+    child.on('close', (code, signal) => resolve({ code, stdout, stderr: signal ? `${stderr}\n[the CLI was killed by ${signal}]` : stderr }));
   });
 }
+
+// Each test spawns the CLI a few times; the time limit only guards against a hang, as the spawn's does.
+vi.setConfig({ testTimeout: 600_000 });
 
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-cli-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -227,6 +232,9 @@ describe('the CLI (spawned)', () => {
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
       ['--week 3', ['generate', '--prompt', 'x', '--week', '3'], 2, /--week must be one of 1, 2/],
+      ['convert without --out', ['convert', '--quantize', 'q4'], 2, /--quantize q4\|q8 and --out DIR are required/],
+      ['convert to 3 bits', ['convert', '--quantize', 'q3', '--out', join(tmp, 'q3')], 2, /--quantize must be one of q4, q8, got q3/],
+      ['convert of a quantized model', ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')], 1, /already quantized \(4 bits, group 64\)/],
     ];
     const results = await Promise.all(cases.map(([, args]) => cli(args)));
     for (const [i, [what, , code, message]] of cases.entries()) {
@@ -315,6 +323,10 @@ describe('flags, random weights, the bench accounting', () => {
     expect(() => parseFlags('generate', ['--prompt', 'a', '--prompt', 'b'], spec)).toThrow(/twice/);
     expect(() => parseFlags('generate', ['stray'], spec)).toThrow(/unexpected argument/);
     expect(() => parseFlags('generate', ['--max-tokens', '--ignore-eos'], spec)).toThrow(/needs a value/);
+    // Written with =, a value may be anything, even one of the command's flags.
+    expect(parseFlags('generate', ['--prompt=--ignore-eos'], spec)).toEqual({ prompt: '--ignore-eos' });
+    expect(() => parseFlags('generate', ['-p', 'x'], spec)).toThrow(/unknown flag -p/);
+    expect(() => parseFlags('generate', ['--solution', 'mine'], spec)).toThrow(/--solution must be one of learner, reference, got mine/);
   });
 
   it('random weights of every dtype build a model whose logits are finite; q4/q8 dequantize to ~N(0, 0.02)', () => {
@@ -344,7 +356,7 @@ describe('flags, random weights, the bench accounting', () => {
     }
   });
 
-  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (DESIGN 10)", () => {
+  it("Qwen2-0.5B's bytes per decoded token: ~0.99 GB in bf16, ~0.28 GB in q4 (docs/architecture.md, Performance)", () => {
     const config = tc.readModelConfig(join(ROOT, 'fixtures/configs/Qwen2-0.5B-Instruct.json'));
     const bf16 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'bf16' })), config);
     const q4 = weightTraffic(randomEntries(new RandomWeights(config, { dtype: 'q4' })), config);

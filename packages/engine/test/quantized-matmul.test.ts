@@ -23,7 +23,7 @@ describe('quantizedMatmul: golden fixture ops/quantized_matmul', () => {
       const got = y.toArray();
       // The fixture's out is x @ dequantized.T in float64 from the same (bf16-valued) x: float32 accumulation
       // is the only difference, so both dtypes are held to 1e-4 of the output's scale; bf16 cases also to the
-      // DESIGN rule for low-precision inputs (relative error norm < 1e-2).
+      // course's rule for low-precision inputs (relative error norm < 1e-2).
       expect(scaledError(got, expected)).toBeLessThan(1e-4);
       if (x.dtype === 'bfloat16') expect(relativeError(got, expected)).toBeLessThan(1e-2);
     });

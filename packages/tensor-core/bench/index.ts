@@ -8,7 +8,7 @@
 import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import * as tc from '../src/index.ts';
-import { benchGemm, benchGemv, bestSeconds, readBandwidthGBs } from './native-kernels.ts';
+import { benchGemm, benchGemv, bestSeconds, flagsOf, readBandwidthGBs } from './native-kernels.ts';
 
 /** The float32 FMA throughput of all threads, best of a few runs. */
 function peakGflops(): number {
@@ -33,14 +33,9 @@ function microseconds(fn: () => void, calls: number): number {
 }
 
 function main(): void {
-  const args = process.argv.slice(2);
-  const jsonAt = args.indexOf('--json');
+  const { json } = flagsOf('bench [--json FILE]', { json: { type: 'string' } });
   // pnpm runs this in packages/tensor-core; a relative path means one relative to where pnpm was started.
-  const jsonPath = jsonAt >= 0 && args[jsonAt + 1] ? resolve(process.env.INIT_CWD ?? process.cwd(), args[jsonAt + 1]) : undefined;
-  if (jsonAt >= 0 && !jsonPath) {
-    console.error('bench: --json needs a file name');
-    process.exit(2);
-  }
+  const jsonPath = json === undefined ? undefined : resolve(process.env.INIT_CWD ?? process.cwd(), json);
 
   const small = tc.ones([4]);
   const results: Record<string, number> = {

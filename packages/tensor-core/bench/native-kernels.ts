@@ -6,12 +6,13 @@
 // and its LM head) in GB/s of weights streamed, and the read bandwidth that GEMV is bounded by, with ratios.
 // The exported functions are what bench/index.ts reports; each returns a plain number.
 import { pathToFileURL } from 'node:url';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { native } from '../src/native.ts';
 
 const F32 = 0;
 const BF16 = 2;
 
-/** Rough compute ceiling of this 2-core Zen3 (DESIGN.md section 10): float32 GEMM, both cores. */
+/** Rough compute ceiling of this 2-core Zen3 (docs/architecture.md, "Performance"): float32 GEMM, both cores. */
 export const GEMM_CEILING_GFLOPS = 150;
 
 function view(data: Float32Array | Uint16Array | Uint8Array, dtype: number, shape: number[], strides: number[]) {
@@ -26,6 +27,16 @@ function filled(n: number, seed: number): Float32Array {
     a[i] = s / 2147483648 - 0.5;
   }
   return a;
+}
+
+/** A bench script's flags, parsed strictly: an unknown flag or a missing value prints the usage and exits with 2. */
+export function flagsOf<const O extends ParseArgsConfig['options'] & {}>(usage: string, options: O) {
+  try {
+    return parseArgs({ args: process.argv.slice(2), options }).values;
+  } catch (err) {
+    console.error(`${(err as Error).message}\nusage: ${usage}`);
+    process.exit(2);
+  }
 }
 
 /**

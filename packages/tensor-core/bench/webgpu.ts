@@ -12,7 +12,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import * as tc from '../src/index.ts';
-import { bestSeconds } from './native-kernels.ts';
+import { bestSeconds, flagsOf } from './native-kernels.ts';
 
 /** Weights [N, K] of one MLP projection (up/gate): Qwen2-0.5B's and Qwen2-7B's. */
 const SHAPES: Record<string, [number, number]> = { '0.5b': [4864, 896], '7b': [18944, 3584] };
@@ -66,13 +66,13 @@ const wordTensor = (words: Uint16Array | Uint32Array, dtype: tc.DType, shape: nu
   new tc.Tensor(device.upload(words), dtype, shape);
 
 async function main(): Promise<void> {
-  const args = process.argv.slice(2);
-  const option = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-  const shapeName = option('--shapes') ?? '0.5b';
-  const matmulSize = Number(option('--matmul') ?? 512);
-  const jsonPath = option('--json');
-  if (!SHAPES[shapeName] || !Number.isInteger(matmulSize)) {
-    console.error(`bench:webgpu: --shapes takes ${Object.keys(SHAPES).join(' or ')}, --matmul a size`);
+  const usage = `bench:webgpu [--shapes ${Object.keys(SHAPES).join('|')}] [--matmul N] [--json FILE]`;
+  const flags = flagsOf(usage, { shapes: { type: 'string', default: '0.5b' }, matmul: { type: 'string', default: '512' }, json: { type: 'string' } });
+  const shapeName = flags.shapes;
+  const matmulSize = Number(flags.matmul);
+  const jsonPath = flags.json;
+  if (!Object.hasOwn(SHAPES, shapeName) || !Number.isSafeInteger(matmulSize) || matmulSize < 1) {
+    console.error(`usage: ${usage}`);
     process.exit(2);
   }
   const [n, k] = SHAPES[shapeName];

@@ -1,5 +1,5 @@
 // Chapter 2.2: quantized matmul on the CPU. The week 2 model keeps its weights in the MLX quantized layout
-// (DESIGN 4) and multiplies with them directly: the C++ kernel (native/quantized_matmul.cc) decodes the packed
+// (docs/architecture.md, "Model files") and multiplies with them directly: the C++ kernel (native/quantized_matmul.cc) decodes the packed
 // weights as it streams them, so the float32 weight is never materialised and decode reads 4-8x fewer bytes.
 import * as tc from '@tiny-llm/tensor-core';
 import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';

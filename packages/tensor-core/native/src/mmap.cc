@@ -1,7 +1,7 @@
 // native.mmapFile(path): maps a whole file into memory and returns it as an ArrayBuffer, without copying.
 //
 // Why here and not in JavaScript: fs.readFileSync refuses files over 2 GiB and copies everything up front,
-// and the npm mmap packages do not build here or cannot map past 2 GiB (DESIGN 3.2). A mapping costs nothing
+// and the npm mmap packages do not build here or cannot map past 2 GiB (docs/architecture.md, "tensor-core"). A mapping costs nothing
 // until a page is touched, so opening a multi-gigabyte checkpoint is instant and tensors are views into it.
 //
 // The mapping is MAP_PRIVATE with PROT_READ|PROT_WRITE: V8 treats every ArrayBuffer as writable, and a

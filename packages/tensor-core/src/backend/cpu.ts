@@ -21,7 +21,7 @@ export class CpuStorage implements Storage {
 }
 
 // Freshly allocated ArrayBuffers are zero-filled page by page on first touch, which is slow in this VM
-// (DESIGN 3.2), and even a small one costs microseconds, as much as the small kernel that fills it. Buffers
+// (docs/architecture.md, "tensor-core"), and even a small one costs microseconds, as much as the small kernel that fills it. Buffers
 // of released tensors are kept per size and handed out again: a decode step that runs in tidy() allocates
 // nothing new after the first token. The pool holds at most POOL_MAX_BYTES, and POOL_MAX_PER_SIZE buffers
 // of one size.

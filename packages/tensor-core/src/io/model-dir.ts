@@ -1,6 +1,6 @@
 // A Hugging Face (or MLX) model directory: config.json, optional generation_config.json, and the weights.
 //
-// config.json comes in several dialects (DESIGN 4): transformers 5 writes `rope_parameters.rope_theta` and
+// config.json comes in several dialects (docs/architecture.md, "Model files"): transformers 5 writes `rope_parameters.rope_theta` and
 // `dtype` where older files have `rope_theta` and `torch_dtype`; Qwen3 has an explicit `head_dim`, Qwen2 does
 // not; MLX checkpoints add `quantization` (and often a copy under `quantization_config`). parseModelConfig
 // turns all of them into one typed, camelCase ModelConfig and keeps the original as `raw`.

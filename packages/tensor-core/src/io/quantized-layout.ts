@@ -1,4 +1,4 @@
-// MLX's quantized layout as plain arithmetic on arrays (DESIGN 4; io/quantized.ts describes the packing).
+// MLX's quantized layout as plain arithmetic on arrays (docs/architecture.md, "Model files"; io/quantized.ts describes the packing).
 // Free of tensors, so that the CPU backend and io/quantized.ts can both use it.
 
 /**

@@ -1,4 +1,4 @@
-// MLX-quantized weights (DESIGN 4): a packed uint32 matrix plus a scale and a bias per group of input columns.
+// MLX-quantized weights (docs/architecture.md, "Model files"): a packed uint32 matrix plus a scale and a bias per group of input columns.
 //
 // Packing: each row's quantized values form one little-endian bit stream; value j occupies stream bits
 // [j*bits, (j+1)*bits), and stream bit k is bit (k % 32) of word k / 32. For bits 2, 4 and 8 a value never
@@ -163,7 +163,7 @@ export function quantize(w: Tensor, bits: number, groupSize: number, options: Qu
   const biases = storeAs(biases32, groupShape, dtype);
 
   // Pass 2: q = clip(round((w - bias) / scale)) with the stored (rounded) scale and bias, packed as a
-  // little-endian bit stream per row (DESIGN 4): value j at stream bits [j*bits, (j+1)*bits).
+  // little-endian bit stream per row (docs/architecture.md, "Model files"): value j at stream bits [j*bits, (j+1)*bits).
   const s = scales.toArray() as Float32Array;
   const b = biases.toArray() as Float32Array;
   const wordsPerRow = (inFeatures * bits) / 32;

@@ -1,4 +1,4 @@
-// The WebGPU backend (DESIGN 3.5): storage is a GPUBuffer, kernels are WGSL compute shaders (kernels/*.wgsl)
+// The WebGPU backend (docs/architecture.md, "tensor-core"): storage is a GPUBuffer, kernels are WGSL compute shaders (kernels/*.wgsl)
 // run by Dawn: Vulkan, Metal or D3D12 on a real GPU, Mesa's software GLES in CI. This class holds the
 // memory and hands each kernel of the Backend interface to the file of its op family.
 import { itemSize, storageView, type DType, type StorageArray } from '../../dtype.ts';
