@@ -13,7 +13,7 @@ import { writeFileSync } from 'node:fs';
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
-import { Scheduler } from '@tiny-llm/reference/week2';
+import { PagedScheduler } from '@tiny-llm/reference/week3';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
@@ -157,16 +157,16 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
  * (it also faults in memory-mapped weights).
  */
 /**
- * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapter 2.6, on the
- * engine's model): the requests are prefilled first (one per step), then `steps` steps of pure decode, each
- * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
- * products, so its ceiling is the prefill rate.
+ * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapters 2.6 and 3.1,
+ * on the engine's model and a page pool with room for all of them): the requests are prefilled first (one per
+ * step), then `steps` steps of pure decode, each giving every request a token, are timed. Batching turns decode's
+ * matrix-vector products into matrix products, so its ceiling is the prefill rate.
  */
 export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
-  const scheduler = new Scheduler(new EngineBatchModel(model), { maxBatch: batch });
-  const ids = Array.from({ length: batch }, (_, i) =>
-    scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
-  );
+  const maxTokens = steps + batch + 2;
+  const numPages = batch * Math.ceil((promptLen + maxTokens) / 16);
+  const scheduler = new PagedScheduler(new EngineBatchModel(model, { numPages }), { maxBatch: batch });
+  const ids = Array.from({ length: batch }, (_, i) => scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens }));
   // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
   for (let i = 0; i <= batch; i++) scheduler.step();
   const t0 = performance.now();
@@ -174,6 +174,7 @@ export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: 
   for (let i = 0; i < steps; i++) tokens += scheduler.step().filter((o) => o.token !== null).length;
   const seconds = (performance.now() - t0) / 1e3;
   for (const id of ids) scheduler.cancel(id);
+  scheduler.model.pool.dispose();
   return { tokensPerS: tokens / seconds, seconds };
 }
 

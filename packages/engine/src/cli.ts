@@ -15,7 +15,18 @@ import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
 import { checkPromptFits, formatSpeculative, formatStats, generate, generateSpeculative, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, learnerMakeSampler, learnerSpeculativeDecode, loadModel, loadToolRunner, SOLUTIONS, WEEKS, type ModelChoice } from './registry.ts';
+import {
+  checkModelDir,
+  DEFAULT_KV_CACHE_MB,
+  learnerMakeSampler,
+  learnerSpeculativeDecode,
+  loadModel,
+  loadToolRunner,
+  SOLUTIONS,
+  WEEKS,
+  type KvCacheChoice,
+  type ModelChoice,
+} from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { atLeast, defineFlags, flagsHelp, inRange, parseFlags, type FlagSpecs, type FlagValues } from './flags.ts';
 import { progressBar } from './progress.ts';
@@ -326,6 +337,24 @@ async function runLogits(flags: FlagValues<typeof LOGITS_FLAGS>): Promise<void> 
   logits.dispose();
 }
 
+/** The engine's paged KV cache (batch and serve): its size, and prefix caching. */
+const KV_CACHE_FLAGS = defineFlags({
+  'kv-cache-mb': {
+    kind: 'int',
+    value: 'MB',
+    help: "the engine's KV cache: a pool of pages of 16 tokens shared by every request (paged attention)",
+    default: String(DEFAULT_KV_CACHE_MB),
+    check: atLeast(1),
+  },
+  'no-prefix-cache': { kind: 'bool', help: 'compute every prompt whole: no sharing of the pages of a prefix an earlier request computed' },
+});
+
+/** The --kv-cache-mb and --no-prefix-cache flags. */
+const kvCacheOf = (flags: FlagValues<typeof KV_CACHE_FLAGS>): KvCacheChoice => ({
+  kvCacheMb: flags['kv-cache-mb'],
+  prefixCaching: flags['no-prefix-cache'] ? false : undefined,
+});
+
 const BATCH_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   prompts: {
@@ -335,6 +364,7 @@ const BATCH_FLAGS = defineFlags({
   },
   'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
   'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  ...KV_CACHE_FLAGS,
   'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
   out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
 });
@@ -348,7 +378,7 @@ async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<v
   const tokenizer = loadTokenizerOf(dir);
   const maxBatch = flags['max-batch'] ?? 8;
   const prefillChunk = flags['prefill-chunk'] ?? 256;
-  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk });
+  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk, ...kvCacheOf(flags) });
   log(`batch: ${prompts.length} prompts on ${description}, at most ${maxBatch} at a time, prefill chunks of ${prefillChunk} tokens`);
   const make = flags.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
   const samplerOf = (p: { temperature: number; topK?: number; topP?: number; minP?: number; seed?: number }) =>
@@ -375,6 +405,7 @@ const SERVE_FLAGS = defineFlags({
   'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
   'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
   'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  ...KV_CACHE_FLAGS,
   'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
 });
 
@@ -390,6 +421,7 @@ async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<v
     apiKey: flags['api-key'],
     maxBatch: flags['max-batch'] ?? 16,
     prefillChunk: flags['prefill-chunk'] ?? 256,
+    ...kvCacheOf(flags),
     maxModelLen: flags['max-model-len'],
     log,
   });
@@ -518,7 +550,7 @@ export const COMMANDS: Record<string, Command> = {
   }),
   batch: command({
     summary: 'many prompts through continuous batching (chapters 2.6, 2.7): JSON lines in, JSON lines out',
-    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--max-tokens N] [--out FILE.jsonl]',
+    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-tokens N] [--out FILE.jsonl]',
     flags: BATCH_FLAGS,
     notes:
       'Each output line is {"index", "text", "tokens", "finish_reason"}, in the order of the input lines; the aggregate\n' +
@@ -528,7 +560,8 @@ export const COMMANDS: Record<string, Command> = {
   }),
   serve: command({
     summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
-    usage: 'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--max-model-len N]',
+    usage:
+      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N]',
     flags: SERVE_FLAGS,
     notes:
       'Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n' +

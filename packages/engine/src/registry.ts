@@ -14,7 +14,7 @@ import type { KvCache as LearnerKvCache } from '@tiny-llm/week2';
 import { isNotImplemented, learnerNotImplemented, oneLine, UserError, withLearnerErrors } from './errors.ts';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import type { SchedulerOptions } from '@tiny-llm/reference/week2';
-import type { AgentOptions, AgentResult, ChatModel, Tool } from '@tiny-llm/reference/week3';
+import { PagedScheduler, type AgentOptions, type AgentResult, type ChatModel, type PagePool, type Tool } from '@tiny-llm/reference/week3';
 import type { ChatMessage, ToolSchema } from '@tiny-llm/tokenizer';
 import type { BatchScheduler } from './batch.ts';
 import type { ToolRunner } from './chat.ts';
@@ -157,30 +157,50 @@ export interface LoadedScheduler {
   scheduler: BatchScheduler;
   config: ModelConfig;
   description: string;
+  /** The engine's page pool (chapter 3.1); the week 2 models have none. */
+  pool?: PagePool;
 }
 
+/** The engine's KV cache: a pool of pages of 16 tokens (chapter 3.1), with prefix caching (chapter 3.2). */
+export interface KvCacheChoice {
+  /** The pool's size in MB (default DEFAULT_KV_CACHE_MB). */
+  kvCacheMb?: number;
+  /** false: every prompt computed whole, no prefix shared between requests (default true). */
+  prefixCaching?: boolean;
+}
+
+export const DEFAULT_KV_CACHE_MB = 512;
+
 /**
- * Continuous batching over the chosen model: the engine (the reference Scheduler over the engine's model), or
- * a week 2 model with its own solution's Scheduler. Week 1's model has no cache to batch with.
+ * Continuous batching over the chosen model: the engine (chapter 3.1's PagedScheduler over the engine's model on a
+ * page pool), or a week 2 model with its own solution's Scheduler. Week 1's model has no cache to batch with.
  */
-export async function loadScheduler(dir: string, choice: ModelChoice, options: SchedulerOptions): Promise<LoadedScheduler> {
+export async function loadScheduler(dir: string, choice: ModelChoice, options: SchedulerOptions & KvCacheChoice): Promise<LoadedScheduler> {
   checkModelDir(dir);
   const solution = choice.solution ?? 'reference';
   if (choice.week === 1) throw new UserError("batching needs a model with a KV cache: the engine, or --week 2 (week 1's model has none)");
   const schedulerError = (err: unknown) => new UserError(`the scheduler: ${oneLine(err)}`, { cause: err });
+  const { maxBatch, prefillChunk } = options;
   if (choice.week === undefined && solution === 'reference') {
-    const { Scheduler } = await MODULES.reference.week2();
     let model: Qwen2Model;
     try {
       model = Qwen2Model.load(dir);
     } catch (err) {
       throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
     }
+    const megabytes = options.kvCacheMb ?? DEFAULT_KV_CACHE_MB;
+    const numPages = EngineBatchModel.pagesIn(model.config, megabytes);
+    if (numPages < 1) throw new UserError(`--kv-cache-mb ${megabytes}: too small for one page of 16 tokens of this model`);
     try {
-      return { scheduler: new Scheduler(new EngineBatchModel(model), options), config: model.config, description: 'the engine' };
+      const paged = new EngineBatchModel(model, { numPages, prefixCaching: options.prefixCaching });
+      const cache = `a KV cache of ${numPages} pages of 16 tokens (${megabytes} MB)${paged.pool.prefixCache ? ' with prefix caching' : ''}`;
+      return { scheduler: new PagedScheduler(paged, { maxBatch, prefillChunk }), config: model.config, description: `the engine, ${cache}`, pool: paged.pool };
     } catch (err) {
       throw schedulerError(err);
     }
+  }
+  if (options.kvCacheMb !== undefined || options.prefixCaching === false) {
+    throw new UserError("--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache; the chapter models keep a cache per request");
   }
   const description = `the ${solution === 'learner' ? "learner's" : 'reference'} week ${choice.week} model and week 2 scheduler`;
   try {
@@ -188,11 +208,11 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
     if (solution === 'reference') {
       const week2 = await MODULES.reference.week2();
       const model = choice.week === 3 ? (await MODULES.reference.week3()).Qwen2ModelWeek3.load(dir) : week2.Qwen2ModelWeek2.load(dir);
-      return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), options), config: model.config, description };
+      return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), { maxBatch, prefillChunk }), config: model.config, description };
     }
     const week2 = await MODULES.learner.week2();
     const model = choice.week === 3 ? (await MODULES.learner.week3()).Qwen2ModelWeek3.load(dir) : week2.Qwen2ModelWeek2.load(dir);
-    return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), options), config: model.config, description };
+    return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), { maxBatch, prefillChunk }), config: model.config, description };
   } catch (err) {
     if (isNotImplemented(err)) throw learnerNotImplemented(err);
     throw new UserError(`cannot load the model in ${dir} (${description}): ${oneLine(err)}`, { cause: err });

@@ -290,6 +290,8 @@ describe('batch: many prompts through continuous batching', () => {
       ['a bad value', ['batch', '--prompts', jsonl([{ prompt: 'a', temperature: -1 }])], /line 1: bad value for "temperature": -1/],
       ['an empty prompt', ['batch', '--prompts', jsonl([{ prompt: '' }])], /prompt 0: the prompt is empty/],
       ['week 1 has no cache', ['batch', '--week', '1', '--prompts', jsonl([{ prompt: 'a' }])], /batching needs a model with a KV cache/],
+      ['a KV cache too small for a request', ['batch', '--kv-cache-mb', '1', '--prompts', jsonl([{ prompt: 'a', max_tokens: 300 }])], /prompt 0: the request may reach 301 tokens .* the pool has 8 pages in all/],
+      ['KV cache flags on week 2', ['batch', '--week', '2', '--no-prefix-cache', '--prompts', jsonl([{ prompt: 'a' }])], /--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache/],
     ];
     const broken = join(tmp, 'broken.jsonl');
     writeFileSync(broken, '{"prompt": "a"}\n{"prompt": \n');

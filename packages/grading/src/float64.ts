@@ -134,6 +134,61 @@ export function attention(q: NDArray, k: NDArray, v: NDArray, options: Attention
   return out;
 }
 
+/** How a paged read may go wrong: the known mistakes of chapter 3.1's kernel (none set: the right read). */
+export interface PagedReadVariant {
+  /** Every row reads row 0's block table. */
+  firstTable?: boolean;
+  /** Block j read as page j: the block table ignored. */
+  ignoreTable?: boolean;
+  /** Whole pages read: every slot of a row's last page, past its length. */
+  wholePages?: boolean;
+  /** The pages read as [N, P, Hkv, D] where they are [N, Hkv, P, D]. */
+  slotsBeforeHeads?: boolean;
+}
+
+/** The first `length` rows of one kv cache through a block table: pages [N, Hkv, P, D] -> [1, Hkv, length, D]. */
+export function gatherPages(pages: NDArray, table: readonly number[], length: number, variant: PagedReadVariant = {}): NDArray {
+  const [, hkv, p, d] = pages.shape;
+  const out = zerosND([1, hkv, length, d]);
+  for (let g = 0; g < hkv; g++) {
+    for (let t = 0; t < length; t++) {
+      const block = Math.floor(t / p);
+      const page = variant.ignoreTable ? block : table[block];
+      const row = variant.slotsBeforeHeads ? (page * p + (t % p)) * hkv + g : (page * hkv + g) * p + (t % p);
+      out.data.set(pages.data.subarray(row * d, (row + 1) * d), (g * length + t) * d);
+    }
+  }
+  return out;
+}
+
+/**
+ * Decode attention over a paged cache: q [B, Hq, D], one query per row, against row b's first lengths[b] tokens
+ * of keyPages and valuePages [N, Hkv, P, D] through its block table -> [B, Hq, D]. Grouped: query head h reads
+ * kv head options.kvHeadOf (default floor(h / (Hq / Hkv))).
+ */
+export function pagedAttention(
+  q: NDArray,
+  keyPages: NDArray,
+  valuePages: NDArray,
+  tables: readonly (readonly number[])[],
+  lengths: readonly number[],
+  options: Omit<AttentionOptions, 'mask'> & { variant?: PagedReadVariant } = {},
+): NDArray {
+  const [b, hq, d] = q.shape;
+  const p = keyPages.shape[2];
+  const { variant = {}, ...attend } = options;
+  const out = zerosND([b, hq, d]);
+  for (let row = 0; row < b; row++) {
+    const table = variant.firstTable ? tables[0] : tables[row];
+    const length = variant.wholePages ? Math.ceil(lengths[row] / p) * p : lengths[row];
+    const qRow = { shape: [1, hq, 1, d], data: q.data.subarray(row * hq * d, (row + 1) * hq * d) };
+    const k = gatherPages(keyPages, table, length, variant);
+    const v = gatherPages(valuePages, table, length, variant);
+    out.data.set(attention(qRow, k, v, { kvHeadOf: groupedHead, ...attend }).data, row * hq * d);
+  }
+  return out;
+}
+
 export interface RopeOptions {
   base: number;
   traditional: boolean;

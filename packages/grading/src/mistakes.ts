@@ -265,3 +265,52 @@ export function quantizedMatmulMistakes(x: NDArray, w: f64.QuantizedArrays): Mis
     },
   ];
 }
+
+/**
+ * Paged decode attention (chapter 3.1): the block table misread or ignored, whole pages read, the page layout
+ * taken for another, and the head mapping and scales of grouped-query attention.
+ */
+export function pagedAttentionMistakes(
+  q: NDArray,
+  keyPages: NDArray,
+  valuePages: NDArray,
+  tables: readonly (readonly number[])[],
+  lengths: readonly number[],
+  scale?: number,
+): Mistake[] {
+  const [b, hq, d] = q.shape;
+  const [, hkv, p] = keyPages.shape;
+  const run = (options: Parameters<typeof f64.pagedAttention>[5]) => lazy(() => f64.pagedAttention(q, keyPages, valuePages, tables, lengths, { scale, ...options }));
+  const mistakes: Mistake[] = [];
+  // Row 0's block table misread for every row: computable where it lists as many pages as any row reads.
+  if (b > 1 && lengths.every((n) => Math.ceil(n / p) <= tables[0].length)) {
+    mistakes.push({ explanation: "every row read row 0's block table: row b's pages are block_tables[b * max_blocks + j].", values: run({ variant: { firstTable: true } }) });
+  }
+  mistakes.push({
+    explanation: 'block j read as page j, the block table ignored: token t of row b is in page block_tables[b * max_blocks + t / P], slot t % P.',
+    values: run({ variant: { ignoreTable: true } }),
+  });
+  if (lengths.some((n) => n % p !== 0)) {
+    mistakes.push({
+      explanation: `whole pages read: a row's last page holds only its first length % ${p} slots (the others are stale or another token's); stop at lengths[b].`,
+      values: run({ variant: { wholePages: true } }),
+    });
+  }
+  if (hkv > 1) {
+    mistakes.push({
+      explanation: 'the pages read as [N, P, Hkv, D]: a page is [Hkv, P, D], so token t of kv head g is at ((page * Hkv + g) * P + t % P) * D.',
+      values: run({ variant: { slotsBeforeHeads: true } }),
+    });
+  }
+  if (hq !== hkv) {
+    mistakes.push({
+      explanation: `query head h reading kv head h % Hkv (interleaved); consecutive query heads share a kv head: h reads floor(h / (Hq / Hkv)) (Hq = ${hq}, Hkv = ${hkv}).`,
+      values: run({ kvHeadOf: (h, _, n) => h % n }),
+    });
+  }
+  mistakes.push(
+    { explanation: `scores scaled by 1/D = 1/${d}; the scale is 1/sqrt(D) unless one is given.`, values: run({ scale: 1 / d }) },
+    { explanation: 'scores not scaled at all; multiply q . k by the scale (1/sqrt(D) unless one is given).', values: run({ scale: 1 }) },
+  );
+  return mistakes;
+}

@@ -12,7 +12,7 @@ import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
 import { KvCache, quantizedMatmul, Qwen2ModelWeek2, Qwen2TransformerBlock, type AttentionCache, type LayerMlp } from '@tiny-llm/reference/week2';
 import { Qwen2MoeBlock, Qwen2ModelWeek3 } from '@tiny-llm/reference/week3';
 import {
-  attentionMistakes, cacheMistakes, causalMaskMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
+  attentionMistakes, cacheMistakes, causalMaskMistakes, pagedAttentionMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
   expectRelativeError, expectValues, float64 as f64, formatAt, goldenModel, gqaMistakes, linearMistakes, mlpMistakes, moeMistakes, multiHeadAttentionMistakes, rmsNormMistakes, ropeMistakes,
   softmaxMistakes,
 } from '../src/index.ts';
@@ -385,6 +385,64 @@ describe('2.2: quantized matmul', () => {
     });
     const wrong = new tc.QuantizedWeight(tc.tensor(reversed, { shape: w.weight.shape }), w.scales, w.biases, 64, 4);
     expect(check(quantizedMatmul(x, wrong))).toMatch(/values read from the top of their 32-bit words/);
+  });
+});
+
+describe('3.1: paged attention', () => {
+  const [p, hq, hkv, d] = [4, 4, 2, 8];
+  const lengths = [10, 6, 3]; // none fills its last page
+  const tables = [[2, 6, 3], [0, 7], [5, 1]];
+  const keys = tc.tensor(seeded(8 * hkv * p * d, 41), { shape: [8, hkv, p, d] });
+  const values = tc.tensor(seeded(8 * hkv * p * d, 42), { shape: [8, hkv, p, d] });
+  const q = tc.tensor(seeded(3 * hq * d, 43), { shape: [3, hq, d] });
+
+  /**
+   * Paged decode attention with tensor ops, as a learner writes it: each row's keys and values gathered page by
+   * page, then attention with query head h on kv head kvHeadOf(h). The options each make one known mistake.
+   */
+  function paged(options: { tableOf?: (row: number) => number[]; pageOf?: (table: number[], block: number) => number; wholePages?: boolean; slotsFirst?: boolean; kvHeadOf?: (h: number) => number; scale?: number }): Tensor {
+    const { tableOf = (row) => tables[row], pageOf = (table, block) => table[block], kvHeadOf = (h) => Math.floor(h / (hq / hkv)), scale = 1 / Math.sqrt(d) } = options;
+    const pageView = (all: Tensor, page: number) =>
+      options.slotsFirst ? tc.transpose(tc.slice(tc.reshape(all, [8, p, hkv, d]), [[page, page + 1]]), [0, 2, 1, 3]) : tc.slice(all, [[page, page + 1]]);
+    const rows = lengths.map((length, row) => {
+      const n = options.wholePages ? Math.ceil(length / p) * p : length;
+      const gather = (all: Tensor) => {
+        const blocks = Array.from({ length: Math.ceil(n / p) }, (_, j) => pageView(all, pageOf(tableOf(row), j)));
+        const kv = tc.slice(tc.concat(blocks, 2), [null, null, [0, n]]); // [1, Hkv, n, D]
+        return tc.concat(Array.from({ length: hq }, (_, h) => tc.slice(kv, [null, [kvHeadOf(h), kvHeadOf(h) + 1]])), 1); // [1, Hq, n, D]
+      };
+      return attend(tc.reshape(tc.slice(q, [[row, row + 1]]), [1, hq, 1, d]), gather(keys), gather(values), scale);
+    });
+    return tc.reshape(tc.concat(rows, 0), [3, hq, d]);
+  }
+  const check = (out: Tensor) => {
+    const [nq, nk, nv] = [q, keys, values].map(nd);
+    return failureOf(() => expectGolden(out, f64.pagedAttention(nq, nk, nv, tables, lengths), { atol: 1e-5, mistakes: pagedAttentionMistakes(nq, nk, nv, tables, lengths) }));
+  };
+
+  it('the right read passes', () => {
+    expect(() => check(paged({}))).toThrow(/expected the check to fail/);
+  });
+
+  it("every row reading row 0's block table", () => {
+    expect(check(paged({ tableOf: () => tables[0] }))).toMatch(/every row read row 0's block table/);
+  });
+
+  it('the block table ignored (block j read as page j)', () => {
+    expect(check(paged({ pageOf: (_, block) => block }))).toMatch(/block j read as page j, the block table ignored/);
+  });
+
+  it('whole pages read, past a row\'s length', () => {
+    expect(check(paged({ wholePages: true }))).toMatch(/whole pages read/);
+  });
+
+  it('the pages read as [N, P, Hkv, D]', () => {
+    expect(check(paged({ slotsFirst: true }))).toMatch(/the pages read as \[N, P, Hkv, D\]/);
+  });
+
+  it('query head h reading kv head h % Hkv, and scores scaled by 1/D', () => {
+    expect(check(paged({ kvHeadOf: (h) => h % hkv }))).toMatch(/query head h reading kv head h % Hkv/);
+    expect(check(paged({ scale: 1 / d }))).toMatch(/scores scaled by 1\/D = 1\/8/);
   });
 });
 

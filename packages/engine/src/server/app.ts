@@ -98,6 +98,10 @@ export function createApp(o: AppOptions): Hono<Env> {
   app.get('/metrics', async (c) => {
     o.metrics.running.set(o.worker.running);
     o.metrics.waiting.set(o.worker.waiting);
+    if (o.worker.kvPages) {
+      o.metrics.kvCachePages.set(o.worker.kvPages.used);
+      o.metrics.kvCachePagesTotal.set(o.worker.kvPages.total);
+    }
     return c.text(await o.metrics.registry.metrics(), 200, { 'content-type': o.metrics.registry.contentType });
   });
   app.get('/v1/models', (c) => c.json({ object: 'list', data: [{ id: o.modelName, object: 'model', created: 0, owned_by: 'tiny-llm' }] }));
