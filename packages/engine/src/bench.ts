@@ -13,7 +13,8 @@ import { writeFileSync } from 'node:fs';
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
-import { Scheduler, type BatchModel } from '@tiny-llm/reference/week2';
+import { Scheduler } from '@tiny-llm/reference/week2';
+import { PagedScheduler } from '@tiny-llm/reference/week3';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
@@ -153,21 +154,25 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
 }
 
 /**
- * Prefill promptLen tokens, then decode gen tokens greedily, in a fresh session; `reps` times, keeping the
- * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
- * (it also faults in memory-mapped weights).
+ * A scheduler for `batch` requests of up to `tokens` tokens each: the engine's on a page pool with room for all
+ * of them, or the tensor-parallel group's (whose ranks keep a cache per request).
  */
+function batchScheduler(model: EngineQwen2 | TensorParallelModel, batch: number, tokens: number): Scheduler<unknown> {
+  if (model instanceof TensorParallelModel) return new Scheduler(new TensorParallelBatchModel(model.group), { maxBatch: batch });
+  const numPages = batch * Math.ceil(tokens / 16);
+  return new PagedScheduler(new EngineBatchModel(model.model, { numPages }), { maxBatch: batch });
+}
+
 /**
- * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapter 2.6, on the
- * engine's model): the requests are prefilled first (one per step), then `steps` steps of pure decode, each
- * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
- * products, so its ceiling is the prefill rate.
+ * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapters 2.6 and 3.1,
+ * on the engine's model and a page pool with room for all of them): the requests are prefilled first (one per
+ * step), then `steps` steps of pure decode, each giving every request a token, are timed. Batching turns decode's
+ * matrix-vector products into matrix products, so its ceiling is the prefill rate.
  */
-export function measureBatchDecode(model: BatchModel<unknown>, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
-  const scheduler = new Scheduler(model, { maxBatch: batch });
-  const ids = Array.from({ length: batch }, (_, i) =>
-    scheduler.submit({ promptIds: promptIds(promptLen, model.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
-  );
+export function measureBatchDecode(model: EngineQwen2 | TensorParallelModel, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
+  const maxTokens = steps + batch + 2;
+  const scheduler = batchScheduler(model, batch, promptLen + maxTokens);
+  const ids = Array.from({ length: batch }, (_, i) => scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens }));
   // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
   for (let i = 0; i <= batch; i++) scheduler.step();
   const t0 = performance.now();
@@ -175,6 +180,7 @@ export function measureBatchDecode(model: BatchModel<unknown>, batch: number, pr
   for (let i = 0; i < steps; i++) tokens += scheduler.step().filter((o) => o.token !== null).length;
   const seconds = (performance.now() - t0) / 1e3;
   for (const id of ids) scheduler.cancel(id);
+  if (scheduler instanceof PagedScheduler) scheduler.model.pool.dispose();
   return { tokensPerS: tokens / seconds, seconds };
 }
 
@@ -197,6 +203,11 @@ export function measureAllReduce(model: TensorParallelModel, rowCounts: readonly
   });
 }
 
+/**
+ * Prefill promptLen tokens, then decode gen tokens greedily, in a fresh session; `reps` times, keeping the
+ * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
+ * (it also faults in memory-mapped weights).
+ */
 export function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): SpeedResult {
   const ids = promptIds(promptLen, model.config.vocabSize, seed);
   const argmax = (logits: tc.Tensor): number => {
@@ -381,10 +392,9 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   const batch = flags.batch;
   let batched: { tokensPerS: number } | null = null;
   if (batch !== undefined) {
-    const batchModel = model instanceof EngineQwen2 ? new EngineBatchModel(model.model) : model instanceof TensorParallelModel ? new TensorParallelBatchModel(model.group) : null;
-    if (!batchModel) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+    if (!(model instanceof EngineQwen2 || model instanceof TensorParallelModel)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
-    batched = measureBatchDecode(batchModel, batch, promptLen, gen, seed);
+    batched = measureBatchDecode(model, batch, promptLen, gen, seed);
   }
   let allReduce: AllReduceTiming[] | null = null;
   if (model instanceof TensorParallelModel) {

@@ -2,6 +2,7 @@
 // the tokens the model has read so far, whose keys and values it caches when it has a cache.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
+import type { DecodingModel } from '@tiny-llm/reference/week3';
 import { withLearnerErrors } from './errors.ts';
 import type { DecodeKvCache } from './model/kv-cache.ts';
 import type { Qwen2Model } from './model/qwen2.ts';
@@ -27,6 +28,8 @@ export interface EngineModel {
   readonly description: string;
   /** Whether sessions keep a KV cache (false: every step reruns the whole sequence). */
   readonly cached: boolean;
+  /** The model as speculative decoding (chapter 3.4) drives it, with caches it can rewind; null without a cache. */
+  readonly decoding: DecodingModel | null;
   newSession(): Session;
   /** The logits of every position of ids, float32 [L, vocab] (a fresh sequence, nothing cached). */
   allLogits(ids: readonly number[]): Tensor;
@@ -46,7 +49,15 @@ export function positionsOf(logits: Tensor, length: number): Tensor {
 export class EngineQwen2 implements EngineModel {
   readonly description = 'the engine';
   readonly cached = true;
-  constructor(readonly model: Qwen2Model) {}
+  readonly decoding: DecodingModel<DecodeKvCache>;
+
+  constructor(readonly model: Qwen2Model) {
+    this.decoding = {
+      config: model.config,
+      newCache: () => model.newCache(),
+      forward: (ids, offset, cache) => model.forward(ids, [...cache], offset),
+    };
+  }
 
   get config(): ModelConfig {
     return this.model.config;
@@ -102,6 +113,7 @@ export interface Week1Model {
 /** A week 1 model: no cache, each feed runs every token so far. */
 export class Week1Session implements EngineModel {
   readonly cached = false;
+  readonly decoding = null;
   constructor(
     readonly model: Week1Model,
     readonly description: string,
@@ -163,6 +175,10 @@ export class Week2Session<Cache extends Week2Cache> implements EngineModel {
     readonly model: Week2Model<Cache>,
     readonly description: string,
   ) {}
+
+  get decoding(): DecodingModel<Cache> {
+    return this.model;
+  }
 
   get config(): ModelConfig {
     return this.model.config;

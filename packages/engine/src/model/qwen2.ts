@@ -16,7 +16,9 @@
 //   fusion: one native call per projection, quantized or dense), and a one-token step's RoPE, cache append and
 //   attention are one kernel (native/attention_decode.cc). A dense layer is then five native calls instead of
 //   seventeen ops, which on Qwen2-0.5B was a third of a 4-bit decode step.
-// - Qwen2-MoE layers use the mixture-of-experts block (moe.ts).
+// - A layer's cache is the request's own buffers (DecodeKvCache: sessions) or its block table in a page pool
+//   (PagedLayerCache, chapter 3.1: batch and serve); the decode kernel reads and writes either in place.
+// - Qwen2-MoE layers use chapter 3.3's mixture-of-experts block, with the engine's experts (moe.ts).
 // - Tensor parallelism (chapter 3.6, Qwen2LoadOptions.tensorParallel): built from one rank's shard of the weights
 //   (tensor-parallel/shard.ts), each layer's two halves end in an all-reduce of their partial sums. Rank 0 adds
 //   the residual to its partial before the sum, the other ranks do not: the sum is then x + half(x), and the
@@ -24,8 +26,9 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import { flashAttention } from '@tiny-llm/reference/week2';
-import { Qwen2MoeBlock } from './moe.ts';
-import { DecodeKvCache } from './kv-cache.ts';
+import { blockTablesTensor, isSparseLayer, PagedLayerCache, type Qwen2MoeBlock } from '@tiny-llm/reference/week3';
+import { loadMoeBlock } from './moe.ts';
+import { DecodeKvCache, type LayerCache } from './kv-cache.ts';
 import { engineKernels } from './native.ts';
 import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type Weight } from './linear.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
@@ -196,11 +199,11 @@ export class Qwen2Attention {
   /**
    * A decode step of B requests, one token each, each with a cache of its own (continuous batching): the
    * projections run once for the B rows (matrix products instead of B vector products, the point of batching),
-   * the attention row by row on each request's cache, in place (no padding, no copy of the caches).
+   * the attention on each request's cache in place (no padding, no copy of the caches).
    */
   forwardRows(
     x: Tensor,
-    caches: readonly DecodeKvCache[],
+    caches: readonly LayerCache[],
     positions: readonly number[],
     rope: tc.fast.RopeTables,
     fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
@@ -215,7 +218,7 @@ export class Qwen2Attention {
     const { numHeads: h, headDim: d } = this.shape;
     const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
     const attn = tc.empty([x.shape[0], 1, h * d], 'float32');
-    caches.forEach((cache, i) => this.attendInKernel(row(qkv, i), cache, rope, row(attn, i)));
+    this.attendInKernel(qkv, caches, rope, attn);
     qkv.dispose();
     const out = this.oProj.forward(attn, { residual });
     attn.dispose();
@@ -226,26 +229,46 @@ export class Qwen2Attention {
     return this.decodeKernel && x.backend === tc.cpu && rope.cos.dtype === 'float32';
   }
 
-  /** native/attention_decode.cc: qkv [B, 1, (Hq + 2 Hkv) * D] of one token per row, at the cache's position. */
-  private attendInKernel(qkv: Tensor, cache: DecodeKvCache, rope: tc.fast.RopeTables, attn: Tensor): void {
+  /**
+   * native/attention_decode.cc: qkv [B, 1, (Hq + 2 Hkv) * D], one token per row at its cache's position, into attn
+   * [B, 1, Hq * D]. Rows in a page pool go in one call through their block tables; caches of their own, a call each.
+   */
+  private attendInKernel(qkv: Tensor, caches: readonly LayerCache[], rope: tc.fast.RopeTables, attn: Tensor): void {
     const { numHeads: h, numKvHeads: hkv, headDim: d, rmsNormEps } = this.shape;
-    const { keys, values, offset: position } = cache.reserve(qkv.shape[0], hkv, d, 1, qkv.backend);
-    engineKernels().attentionDecode(
-      qkv.native(),
-      rope.cos.native(),
-      rope.sin.native(),
-      position,
-      keys.native(),
-      values.native(),
-      attn.native(),
-      h,
-      hkv,
-      this.scale,
-      this.qNorm?.native() ?? null,
-      this.kNorm?.native() ?? null,
-      rmsNormEps,
-    );
-    cache.commit(1);
+    const norms = [this.qNorm?.native() ?? null, this.kNorm?.native() ?? null, rmsNormEps];
+    const paged = caches.filter((c) => c instanceof PagedLayerCache);
+    if (paged.length === caches.length) {
+      const { table: { pool }, layer } = paged[0];
+      tc.tidy(() => {
+        const positions = tc.tensor(Int32Array.from(paged, (c) => c.offset), { dtype: 'int32', shape: [paged.length] });
+        const tables = blockTablesTensor(paged.map((c) => c.table.pages));
+        engineKernels().pagedAttentionDecode(
+          ...[qkv, rope.cos, rope.sin, positions, pool.keys[layer], pool.values[layer], tables, attn].map((t) => t.native()),
+          h,
+          hkv,
+          this.scale,
+          ...norms,
+        );
+      });
+      return;
+    }
+    if (paged.length > 0) throw new Error('Qwen2Attention: a decode step over caches of two kinds (paged and not)');
+    (caches as readonly DecodeKvCache[]).forEach((cache, i) => {
+      const rowOf = (t: Tensor) => (caches.length === 1 ? t : tc.slice(t, [[i, i + 1]]));
+      const { keys, values, offset: position } = cache.reserve(rowOf(qkv).shape[0], hkv, d, 1, qkv.backend);
+      engineKernels().attentionDecode(
+        ...[rowOf(qkv), rope.cos, rope.sin].map((t) => t.native()),
+        position,
+        keys.native(),
+        values.native(),
+        rowOf(attn).native(),
+        h,
+        hkv,
+        this.scale,
+        ...norms,
+      );
+      cache.commit(1);
+    });
   }
 
   /**
@@ -254,7 +277,7 @@ export class Qwen2Attention {
    */
   forward(
     x: Tensor,
-    cache: DecodeKvCache,
+    cache: LayerCache,
     offset: number,
     rope: tc.fast.RopeTables,
     fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
@@ -268,7 +291,7 @@ export class Qwen2Attention {
       // attends over it (the composed form below, for one token, without its dozen ops and views).
       const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
       const attn = tc.empty([b, 1, h * d], 'float32');
-      this.attendInKernel(qkv, cache, rope, attn);
+      this.attendInKernel(qkv, [cache], rope, attn);
       qkv.dispose();
       const out = this.oProj.forward(attn, { residual });
       attn.dispose();
@@ -353,12 +376,12 @@ export class Qwen2Block {
   }
 
   /** cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only). */
-  forward(x: Tensor, cache: DecodeKvCache | readonly DecodeKvCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
+  forward(x: Tensor, cache: LayerCache | readonly LayerCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
     const eps = this.rmsNormEps;
     const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor | null }) =>
       Array.isArray(cache)
         ? this.selfAttn.forwardRows(input, cache, offset as readonly number[], rope, fusion)
-        : this.selfAttn.forward(input, cache as DecodeKvCache, offset as number, rope, fusion);
+        : this.selfAttn.forward(input, cache as LayerCache, offset as number, rope, fusion);
     if (this.fusedKernels) {
       // The norms go into the projections that read them and the residual adds into the ones that end each
       // half (o_proj, down_proj): with quantized weights a dense layer is four native matmul calls and one
@@ -449,7 +472,7 @@ export class Qwen2Model {
           attn,
           vector(`${p}.post_attention_layernorm.weight`, hiddenSize),
           isSparseLayer(config, i)
-            ? Qwen2MoeBlock.fromWeights(config, `${p}.mlp`, weight, { fuse: options.fuse })
+            ? loadMoeBlock(config, `${p}.mlp`, weight, { fuse: options.fuse })
             : denseMlp(config, `${p}.mlp`, need, options.fuse !== false),
           rmsNormEps,
           fusedKernels,
@@ -492,29 +515,30 @@ export class Qwen2Model {
    * ids int32 [B, L]: the next L tokens of B sequences that have `offset` tokens cached (default: what the
    * cache holds) -> float32 logits [B, L, vocab]. Appends the L tokens to the cache.
    */
-  forward(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): Tensor {
+  forward(ids: Tensor, cache: readonly LayerCache[], offset?: number | readonly number[]): Tensor {
     return this.run(ids, cache, offset, 'all')!;
   }
 
   /** As forward, but only the last position's logits [B, vocab]: the output head runs on one hidden state. */
-  forwardLastLogits(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): Tensor {
+  forwardLastLogits(ids: Tensor, cache: readonly LayerCache[], offset?: number | readonly number[]): Tensor {
     return this.run(ids, cache, offset, 'last')!;
   }
 
   /** As forward, without the output head: the tokens only fill the caches (tensor-parallel ranks other than 0). */
-  advance(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): void {
+  advance(ids: Tensor, cache: readonly LayerCache[], offset?: number | readonly number[]): void {
     this.run(ids, cache, offset, 'none');
   }
 
-  private run(ids: Tensor, cache: DecodeKvCache[], offsetArg: number | readonly number[] | undefined, output: HeadOutput): Tensor | null {
+  private run(ids: Tensor, cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, output: HeadOutput): Tensor | null {
     const [b, l] = this.checkIds(ids);
     const offset = this.resolveOffset(cache, offsetArg, b, l);
     const rope = this.ropeTables(offset + l);
     try {
       return this.pass(ids, (i) => cache[i], offset, rope, l, output);
     } catch (err) {
-      // A pass that failed part-way has appended to some caches only: take those tokens back out.
-      for (const c of cache) if (c.offset > offset) c.rewind(c.offset - offset);
+      // A pass that failed part-way has appended to some caches only: take those tokens back out. (A block table
+      // counts its tokens only once a pass is done: what a failed pass wrote in its pages is overwritten later.)
+      for (const c of cache) if (c instanceof DecodeKvCache && c.offset > offset) c.rewind(c.offset - offset);
       throw err;
     }
   }
@@ -523,16 +547,16 @@ export class Qwen2Model {
    * A decode step of B requests with caches of their own (continuous batching, see Qwen2Attention.forwardRows):
    * tokens[b] after the tokens in caches[b] (a cache per layer) -> the logits float32 [B, vocab].
    */
-  decodeRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[]): Tensor {
+  decodeRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[]): Tensor {
     return this.runRows(tokens, caches, 'last')!;
   }
 
   /** As decodeRows, without the output head (tensor-parallel ranks other than 0). */
-  advanceRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[]): void {
+  advanceRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[]): void {
     this.runRows(tokens, caches, 'none');
   }
 
-  private runRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[], output: HeadOutput): Tensor | null {
+  private runRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[], output: HeadOutput): Tensor | null {
     if (tokens.length === 0 || caches.length !== tokens.length) {
       throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${tokens.length} tokens and ${caches.length} caches`);
     }
@@ -545,7 +569,7 @@ export class Qwen2Model {
         return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, output);
       } catch (err) {
         caches.forEach((c, row) => {
-          for (const layer of c) if (layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
+          for (const layer of c) if (layer instanceof DecodeKvCache && layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
         });
         throw err;
       }
@@ -556,7 +580,7 @@ export class Qwen2Model {
 
   private pass(
     ids: Tensor,
-    cacheOf: (layer: number) => DecodeKvCache | readonly DecodeKvCache[],
+    cacheOf: (layer: number) => LayerCache | readonly LayerCache[],
     offset: number | readonly number[],
     rope: tc.fast.RopeTables,
     l: number,
@@ -609,7 +633,7 @@ export class Qwen2Model {
     return [b, l];
   }
 
-  private resolveOffset(cache: readonly DecodeKvCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
+  private resolveOffset(cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
     if (!Array.isArray(cache) || cache.length !== this.layers.length) {
       throw new RangeError(`Qwen2Model.forward: expected one DecodeKvCache per layer (${this.layers.length}), got ${Array.isArray(cache) ? cache.length : typeof cache} (use model.newCache())`);
     }
@@ -681,13 +705,6 @@ export function modelDirWeights(md: tc.ModelDir): WeightSource {
 
 /** Which logits a pass returns: every position's, the last position's, or none (no output head). */
 type HeadOutput = 'all' | 'last' | 'none';
-
-/** Layer i of a Qwen2-MoE config is sparse unless listed in mlp_only_layers or off the decoder_sparse_step grid. */
-export function isSparseLayer(config: ModelConfig, i: number): boolean {
-  const moe = config.moe;
-  if (!moe || moe.numExperts === 0) return false;
-  return !moe.mlpOnlyLayers.includes(i) && (i + 1) % moe.decoderSparseStep === 0;
-}
 
 function denseMlp(config: ModelConfig, prefix: string, need: (name: string) => Weight, fuse: boolean): GatedMlp {
   const { hiddenSize, intermediateSize } = config;

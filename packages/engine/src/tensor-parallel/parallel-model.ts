@@ -10,6 +10,8 @@ import type { GroupSpec } from './protocol.ts';
 
 export class TensorParallelModel implements EngineModel {
   readonly cached = true;
+  /** Speculative decoding rewinds the target's caches in place; a group's caches live on its ranks. */
+  readonly decoding = null;
 
   constructor(
     readonly group: TensorParallelGroup,

@@ -164,8 +164,11 @@ const weightsOf = (p: Projection): LinearWeights => ({ weight: p.weight, bias: p
 const projectionOf = ({ weight, bias }: LinearWeights) => new Projection(weight, bias ?? undefined);
 
 /** Rank r's part of a whole week 2 decoder layer, with your shardAttention and shardMlp. */
-function shardBlock(block: Qwen2TransformerBlock, at: RankOf, allReduce: AllReduce): TensorParallelBlock {
+function shardBlock(block: Qwen2TransformerBlock, index: number, at: RankOf, allReduce: AllReduce): TensorParallelBlock {
   const { selfAttn, mlp } = block;
+  if (!(mlp instanceof Qwen2MLP)) {
+    throw new Error(`layer ${index} is a mixture of experts: this chapter splits dense MLPs (the engine's --tensor-parallel splits experts too)`);
+  }
   const { q, k, v, o, qNorm, kNorm } = selfAttn.weights;
   const attention = shardAttention({ q: weightsOf(q), k: weightsOf(k), v: weightsOf(v), o: weightsOf(o) }, selfAttn.shape, at);
   const w = attention.weights;
@@ -194,7 +197,7 @@ export class TensorParallelQwen2 extends Qwen2ModelWeek2 {
     // Week 2's model over the whole checkpoint (its weights are views of the mapped files), then each layer split.
     super(modelDir);
     this.at = at;
-    this.layers.forEach((block, i) => (this.layers[i] = shardBlock(block, at, allReduce)));
+    this.layers.forEach((block, i) => (this.layers[i] = shardBlock(block, i, at, allReduce)));
   }
 
   /** Rank `options.rank`'s share of the model in `dir`, all-reducing through `options.allReduce`. */
