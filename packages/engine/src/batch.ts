@@ -108,7 +108,7 @@ export async function runBatch(
     try {
       id = scheduler.submit({ promptIds, maxTokens: p.maxTokens, stopIds: p.ignoreEos ? [] : tokenizer.eosTokenIds, sampler: samplerOf(p) });
     } catch (err) {
-      throw new UserError(`prompt ${index}: ${(err as Error).message.replace(/^Scheduler\.submit: /, '')}`);
+      throw new UserError(`prompt ${index}: ${(err as Error).message.replace(/^\w*Scheduler\.submit: /, '')}`);
     }
     byId.set(id, { index, tokens: [] });
   });

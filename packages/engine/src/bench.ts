@@ -17,6 +17,7 @@ import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
 import { matmulGflops, readBandwidthGBs as gpuReadBandwidthGBs } from '@tiny-llm/tensor-core/bench-webgpu';
 import { Scheduler } from '@tiny-llm/reference/week2';
+import { PagedScheduler } from '@tiny-llm/reference/week3';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
@@ -25,6 +26,7 @@ import { checkModelDir, deviceBackend, type ModelChoice } from './registry.ts';
 import { EngineQwen2, type EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 import { RandomWeights } from './random-weights.ts';
+import { TensorParallelBatchModel, TensorParallelModel } from './tensor-parallel/parallel-model.ts';
 
 /** One weight as the accounting sees it (a quantized one with its scales and biases). */
 export interface WeightEntry {
@@ -167,21 +169,25 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
 }
 
 /**
- * Prefill promptLen tokens, then decode gen tokens greedily, in a fresh session; `reps` times, keeping the
- * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
- * (it also faults in memory-mapped weights).
+ * A scheduler for `batch` requests of up to `tokens` tokens each: the engine's on a page pool with room for all
+ * of them, or the tensor-parallel group's (whose ranks keep a cache per request).
  */
+function batchScheduler(model: EngineQwen2 | TensorParallelModel, batch: number, tokens: number): Scheduler<unknown> {
+  if (model instanceof TensorParallelModel) return new Scheduler(new TensorParallelBatchModel(model.group), { maxBatch: batch });
+  const numPages = batch * Math.ceil(tokens / 16);
+  return new PagedScheduler(new EngineBatchModel(model.model, { numPages }), { maxBatch: batch });
+}
+
 /**
- * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapter 2.6, on the
- * engine's model): the requests are prefilled first (one per step), then `steps` steps of pure decode, each
- * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
- * products, so its ceiling is the prefill rate.
+ * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapters 2.6 and 3.1,
+ * on the engine's model and a page pool with room for all of them): the requests are prefilled first (one per
+ * step), then `steps` steps of pure decode, each giving every request a token, are timed. Batching turns decode's
+ * matrix-vector products into matrix products, so its ceiling is the prefill rate.
  */
-export async function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): Promise<{ tokensPerS: number; seconds: number }> {
-  const scheduler = new Scheduler(new EngineBatchModel(model), { maxBatch: batch });
-  const ids = Array.from({ length: batch }, (_, i) =>
-    scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
-  );
+export async function measureBatchDecode(model: EngineQwen2 | TensorParallelModel, batch: number, promptLen: number, steps: number, seed = 0): Promise<{ tokensPerS: number; seconds: number }> {
+  const maxTokens = steps + batch + 2;
+  const scheduler = batchScheduler(model, batch, promptLen + maxTokens);
+  const ids = Array.from({ length: batch }, (_, i) => scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens }));
   // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
   for (let i = 0; i <= batch; i++) await scheduler.step();
   const t0 = performance.now();
@@ -189,9 +195,34 @@ export async function measureBatchDecode(model: Qwen2Model, batch: number, promp
   for (let i = 0; i < steps; i++) tokens += (await scheduler.step()).filter((o) => o.token !== null).length;
   const seconds = (performance.now() - t0) / 1e3;
   for (const id of ids) scheduler.cancel(id);
+  if (scheduler instanceof PagedScheduler) scheduler.model.pool.dispose();
   return { tokensPerS: tokens / seconds, seconds };
 }
 
+/** What one all-reduce of a group costs, for a float32 partial [rows, width]. */
+export interface AllReduceTiming {
+  rows: number;
+  width: number;
+  microseconds: number;
+}
+
+/**
+ * The time of one all-reduce over a tensor-parallel group, for partials of each row count: the mean of many in a
+ * row (the group does nothing else meanwhile), the best of three such runs.
+ */
+export function measureAllReduce(model: TensorParallelModel, rowCounts: readonly number[]): AllReduceTiming[] {
+  return rowCounts.map((rows) => {
+    const rounds = Math.max(20, Math.round(2000 / rows));
+    const seconds = Math.min(...[0, 1, 2].map(() => model.group.timeAllReduce(rows, rounds)));
+    return { rows, width: model.config.hiddenSize, microseconds: seconds * 1e6 };
+  });
+}
+
+/**
+ * Prefill promptLen tokens, then decode gen tokens greedily, in a fresh session; `reps` times, keeping the
+ * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
+ * (it also faults in memory-mapped weights).
+ */
 export async function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): Promise<SpeedResult> {
   const ids = promptIds(promptLen, model.config.vocabSize, seed);
   // Greedy, with the token read back as generation reads it (on a GPU, each read waits for the step's kernels).
@@ -277,6 +308,11 @@ export interface BenchReport {
   batch: number | null;
   batch_decode_tokens_per_s: number | null;
   batch_decode_ratio_to_prefill: number | null;
+  /** Ranks the model is split over (chapter 3.6); with more than one, what an all-reduce costs... */
+  tensor_parallel: number;
+  all_reduce: AllReduceTiming[] | null;
+  /** ...and the milliseconds of a decoded token that its 2 x layers all-reduces take. */
+  all_reduce_ms_per_token: number | null;
   threads: number;
   date: string;
 }
@@ -300,7 +336,8 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
 }
 
 export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution, week: flags.week, device: flags.device };
+  const choice: ModelChoice = { solution: flags.solution, week: flags.week, device: flags.device, tensorParallel: flags['tensor-parallel'] };
+  const ranks = choice.tensorParallel ?? 1;
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
   // of the ceiling for the demo model, in consecutive runs).
@@ -339,7 +376,10 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     weights.onProgress = (done, total) => bar.update(done, total);
     const t0 = performance.now();
     try {
-      model = new EngineQwen2(Qwen2Model.fromWeights(config, weights.get));
+      model =
+        ranks > 1
+          ? await TensorParallelModel.start({ weights: { config, dtype: randomDtype, seed }, code: 'engine', worldSize: ranks }, `the engine on ${ranks} tensor-parallel ranks`)
+          : new EngineQwen2(Qwen2Model.fromWeights(config, weights.get));
     } catch (err) {
       throw new UserError(`--config ${h.displayPath(path)}: cannot build the model: ${oneLine(err)}`, { cause: err });
     } finally {
@@ -374,9 +414,15 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
   const speed = await measureSpeed(model, promptLen, gen, reps, seed);
   let batched: { tokensPerS: number } | null = null;
-  if (batch !== undefined && model instanceof EngineQwen2) {
+  if (batch !== undefined) {
+    if (!(model instanceof EngineQwen2 || model instanceof TensorParallelModel)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
-    batched = await measureBatchDecode(model.model, batch, promptLen, gen, seed);
+    batched = await measureBatchDecode(model, batch, promptLen, gen, seed);
+  }
+  let allReduce: AllReduceTiming[] | null = null;
+  if (model instanceof TensorParallelModel) {
+    process.stderr.write(`measuring: one all-reduce over ${ranks} ranks, of [1, ${config.hiddenSize}] and [${promptLen}, ${config.hiddenSize}] float32...\n`);
+    allReduce = measureAllReduce(model, [1, promptLen]);
   }
   const rss = peakRssMB();
   const backend = await deviceBackend(choice.device);
@@ -421,6 +467,9 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     batch: batch ?? null,
     batch_decode_tokens_per_s: batched?.tokensPerS ?? null,
     batch_decode_ratio_to_prefill: batched ? batched.tokensPerS / speed.prefillTokensPerS : null,
+    tensor_parallel: ranks,
+    all_reduce: allReduce,
+    all_reduce_ms_per_token: allReduce ? (2 * config.numHiddenLayers * allReduce[0].microseconds) / 1e3 : null,
     threads: Number(tc.native.numThreads()),
     date: new Date().toISOString(),
   };
@@ -453,6 +502,12 @@ export function formatReport(r: BenchReport): string {
       `(ceiling ${f(r.decode_ceiling_tokens_per_s)} tok/s)`,
     ...(r.batch !== null
       ? [`  decode at batch ${r.batch}: ${f(r.batch_decode_tokens_per_s!)} tok/s aggregate = ${f(r.batch_decode_ratio_to_prefill!, 2)} of the prefill rate`]
+      : []),
+    ...(r.all_reduce
+      ? [
+          `  all-reduce over ${r.tensor_parallel} ranks (shared memory): ${r.all_reduce.map((t) => `[${t.rows}, ${t.width}] ${f(t.microseconds)} us`).join(', ')}; ` +
+            `a decoded token's take ${f(r.all_reduce_ms_per_token!, 2)} ms of its ${f(1e3 / r.decode_tokens_per_s, 2)} ms`,
+        ]
       : []),
     `  peak resident memory: ${f(r.peak_rss_mb, 0)} MB; tensors the model allocated: ${mb(r.model_tensor_bytes)}; load ${f(r.load_seconds, 2)} s`,
   ].join('\n');

@@ -52,11 +52,15 @@ export function learnerNotImplemented(err: Error & { chapter: string }): UserErr
 
 /** Runs fn and turns a learner stub's NotImplemented into a UserError. */
 export function withLearnerErrors<T>(fn: () => T): T {
+  const rethrow = (err: unknown): never => {
+    throw isNotImplemented(err) ? learnerNotImplemented(err) : err;
+  };
   try {
-    return fn();
+    const result = fn();
+    // An async call of the learner's code fails later, through its promise.
+    return result instanceof Promise ? (result.catch(rethrow) as T) : result;
   } catch (err) {
-    if (isNotImplemented(err)) throw learnerNotImplemented(err);
-    throw err;
+    return rethrow(err);
   }
 }
 

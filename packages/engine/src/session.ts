@@ -2,6 +2,7 @@
 // the tokens the model has read so far, whose keys and values it caches when it has a cache.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
+import type { DecodingModel } from '@tiny-llm/reference/week3';
 import { withLearnerErrors } from './errors.ts';
 import type { DecodeKvCache } from './model/kv-cache.ts';
 import type { Qwen2Model } from './model/qwen2.ts';
@@ -29,17 +30,19 @@ export interface EngineModel {
   readonly device: string;
   /** Whether sessions keep a KV cache (false: every step reruns the whole sequence). */
   readonly cached: boolean;
+  /** The model as speculative decoding (chapter 3.4) drives it, with caches it can rewind; null without a cache. */
+  readonly decoding: DecodingModel | null;
   newSession(): Session;
   /** The logits of every position of ids, float32 [L, vocab] (a fresh sequence, nothing cached). */
   allLogits(ids: readonly number[]): Tensor;
 }
 
 /** Token ids [1, L] on a backend (by default the default backend, where the chapter models run). */
-const idsTensor = (ids: readonly number[], device = tc.getDefaultBackend()): Tensor =>
+export const idsTensor = (ids: readonly number[], device = tc.getDefaultBackend()): Tensor =>
   tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length], device });
 
 /** logits [1, L, V] -> [L, V], the view kept and the original freed. */
-function positionsOf(logits: Tensor, length: number): Tensor {
+export function positionsOf(logits: Tensor, length: number): Tensor {
   const out = tc.reshape(logits, [length, logits.shape[2]]);
   if (out !== logits) logits.dispose();
   return out;
@@ -50,7 +53,15 @@ export class EngineQwen2 implements EngineModel {
   readonly description = 'the engine';
   readonly device = 'cpu';
   readonly cached = true;
-  constructor(readonly model: Qwen2Model) {}
+  readonly decoding: DecodingModel<DecodeKvCache>;
+
+  constructor(readonly model: Qwen2Model) {
+    this.decoding = {
+      config: model.config,
+      newCache: () => model.newCache(),
+      forward: (ids, offset, cache) => model.forward(ids, [...cache], offset),
+    };
+  }
 
   get config(): ModelConfig {
     return this.model.config;
@@ -109,6 +120,7 @@ export interface Week1Model {
  */
 export class Week1Session implements EngineModel {
   readonly cached = false;
+  readonly decoding = null;
   constructor(
     readonly model: Week1Model,
     readonly description: string,
@@ -172,6 +184,10 @@ export class Week2Session<Cache extends Week2Cache> implements EngineModel {
     readonly description: string,
     readonly device = 'cpu',
   ) {}
+
+  get decoding(): DecodingModel<Cache> {
+    return this.model;
+  }
 
   get config(): ModelConfig {
     return this.model.config;

@@ -20,6 +20,7 @@ import { expectGolden, goldenModel } from '@tiny-llm/grading';
 import { loadModel, type ModelChoice } from '../src/registry.ts';
 import { EngineQwen2, Week1Session } from '../src/session.ts';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
+import { demoTools } from '@tiny-llm/reference/week3';
 import { RandomWeights } from '../src/random-weights.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
 import { cli, ROOT } from './support/cli.ts';
@@ -43,10 +44,11 @@ function copyModel(name: string, as: string): string {
 }
 
 describe('generate: the golden greedy text of every prompt of the demo models (in-process)', () => {
-  // The engine on every demo model, and the plain chapter model of week 2 (no MoE: that is week 3's).
+  // The engine on every demo model, the plain chapter model of week 2, and week 3's on the MoE model.
   const runs: [string, ModelChoice][] = [
     ...MODELS.map((name): [string, ModelChoice] => [name, {}]),
     ['tiny-qwen2-py', { solution: 'reference', week: 2 }],
+    ['tiny-qwen2-moe-py', { solution: 'reference', week: 3 }],
   ];
   for (const [name, choice] of runs) {
     const what = choice.week ? ` (the reference week ${choice.week} model)` : '';
@@ -110,6 +112,13 @@ describe('the sessions of every model the registry runs', () => {
   }
 });
 
+describe('chat --run-tools: the built-in tools', () => {
+  it("are the tools the demo models were trained with: their schemas are every demo model's tools.json", () => {
+    const schemas = demoTools().map((t) => t.schema);
+    for (const name of MODELS) expect(schemas, name).toEqual(readToolsFile(join(ROOT, 'models', name, 'tools.json')));
+  });
+});
+
 describe('chat: the template renders the golden chat prompts byte for byte', () => {
   for (const name of MODELS) {
     it(`${name}: every chat case, with the model's tools.json`, () => {
@@ -158,6 +167,20 @@ describe('the CLI (spawned)', () => {
     expect(reply.stdout).toContain('<tool_call>');
   });
 
+  it('chat --run-tools: the call, the tool result and the answer; a tools file naming a tool that is not built in is refused', async () => {
+    const unknown = join(tmp, 'unknown-tool.json');
+    writeFileSync(unknown, JSON.stringify([{ type: 'function', function: { name: 'send_email', parameters: {} } }]));
+    const [r, refused] = await Promise.all([
+      cli(['chat', '--tools', 'models/tiny-qwen2-py/tools.json', '--run-tools', '--message', 'What is 37 times 12?']),
+      cli(['chat', '--tools', unknown, '--run-tools', '--message', 'Hello!']),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('<tool_call>\n{"name": "calculator", "arguments": {"expression": "37 * 12"}}\n</tool_call>\n[calculator: 444]\n37 times 12 is 444.\n');
+    expect(r.stderr, 'the second reply reuses the cache of the first').toMatch(/\(\d+ reused from the cache\)/);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^tiny-llm: --run-tools: no built-in tool runs "send_email" \(the built-in tools are calculator, get_weather, get_time\)\n$/);
+  });
+
   it('logits --ids writes [L, vocab] float32 equal to the fixture golden logits (atol 1e-4)', async () => {
     const g = tc.loadSafetensors(join(ROOT, 'fixtures/models/qwen2-tiny/golden.safetensors'));
     const ids = Array.from(g.get('prompt0')!.toArray());
@@ -204,7 +227,7 @@ describe('the CLI (spawned)', () => {
       ['an unwritable --out', ['logits', '--ids', '1,2', '--out', join(tmp, 'no', 'such', 'dir', 'x.safetensors')], 1, /--out .*x\.safetensors: cannot write it/],
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
-      ['--week 3', ['generate', '--prompt', 'x', '--week', '3'], 2, /--week must be one of 1, 2/],
+      ['--week 4', ['generate', '--prompt', 'x', '--week', '4'], 2, /--week must be one of 1, 2, 3/],
       ['convert without --out', ['convert', '--quantize', 'q4'], 2, /--quantize q4\|q8 and --out DIR are required/],
       ['convert to 3 bits', ['convert', '--quantize', 'q3', '--out', join(tmp, 'q3')], 2, /--quantize must be one of q4, q8, got q3/],
       ['convert of a quantized model', ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')], 1, /already quantized \(4 bits, group 64\)/],
@@ -221,7 +244,7 @@ describe('the CLI (spawned)', () => {
   });
 
   it("--solution learner: runs the learner's model, or says plainly which chapter is missing", async () => {
-    for (const week of [[], ['--week', '1'], ['--week', '2']]) {
+    for (const week of [[], ['--week', '1'], ['--week', '2'], ['--week', '3']]) {
       const r = await cli(['generate', '--solution', 'learner', ...week, '--prompt', 'def f(x):\n', '--max-tokens', '2']);
       const what = `--solution learner ${week.join(' ')}: ${r.stderr}`;
       if (r.code === 0) {
@@ -267,6 +290,8 @@ describe('batch: many prompts through continuous batching', () => {
       ['a bad value', ['batch', '--prompts', jsonl([{ prompt: 'a', temperature: -1 }])], /line 1: bad value for "temperature": -1/],
       ['an empty prompt', ['batch', '--prompts', jsonl([{ prompt: '' }])], /prompt 0: the prompt is empty/],
       ['week 1 has no cache', ['batch', '--week', '1', '--prompts', jsonl([{ prompt: 'a' }])], /batching needs a model with a KV cache/],
+      ['a KV cache too small for a request', ['batch', '--kv-cache-mb', '1', '--prompts', jsonl([{ prompt: 'a', max_tokens: 300 }])], /prompt 0: the request may reach 301 tokens .* the pool has 8 pages in all/],
+      ['KV cache flags on week 2', ['batch', '--week', '2', '--no-prefix-cache', '--prompts', jsonl([{ prompt: 'a' }])], /--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache/],
     ];
     const broken = join(tmp, 'broken.jsonl');
     writeFileSync(broken, '{"prompt": "a"}\n{"prompt": \n');

@@ -1,19 +1,10 @@
-// Timing of the native matmul kernels against their ceilings on this machine.
-//
-//   cd packages/tensor-core && npx tsx bench/native-kernels.ts
-//
-// prints the float32 GEMM rate (1024^3), the bf16 GEMV rate at decode shapes (M = 1, a Qwen2-0.5B MLP weight
-// and its LM head) in GB/s of weights streamed, and the read bandwidth that GEMV is bounded by, with ratios.
-// The exported functions are what bench/index.ts reports; each returns a plain number.
-import { pathToFileURL } from 'node:url';
+// Timing of the native kernels, for bench/index.ts (and the engine's benchmarks, which import the ceilings).
+// Each function measures one kernel at the SIMD level in use and returns a plain number.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { native } from '../src/native.ts';
 
 const F32 = 0;
 const BF16 = 2;
-
-/** Rough compute ceiling of this 2-core Zen3 (docs/architecture.md, "Performance"): float32 GEMM, both cores. */
-export const GEMM_CEILING_GFLOPS = 150;
 
 function view(data: Float32Array | Uint16Array | Uint8Array, dtype: number, shape: number[], strides: number[]) {
   return { buffer: data.buffer, byteOffset: data.byteOffset, dtype, shape, strides };
@@ -56,13 +47,21 @@ export function bestSeconds(fn: () => void, reps: number, warmup = 2): number {
 
 /** float32 GEMM rate in GFLOP/s: out[M, N] = a[M, K] @ b[K, N], both row-major (default 1024^3). */
 export function benchGemm(m = 1024, k = 1024, n = 1024, reps = 10): number {
-  const a = filled(m * k, 1);
-  const b = filled(k * n, 2);
-  const out = new Float32Array(m * n);
-  const av = view(a, F32, [m, k], [k, 1]);
-  const bv = view(b, F32, [k, n], [n, 1]);
-  const ov = view(out, F32, [m, n], [n, 1]);
-  const s = bestSeconds(() => native.matmul(av, bv, ov), reps);
+  return gemmGflops(m, k, n, view(filled(k * n, 2), F32, [k, n], [n, 1]), reps);
+}
+
+/**
+ * GEMM rate in GFLOP/s of a prompt through a linear layer: out[m, n] = x[m, k] @ W^T, W a bf16 (n, k) weight in the
+ * transposed layout, widened to float32 while packing.
+ */
+export function benchGemmBf16(m: number, k: number, n: number, reps = 10): number {
+  return gemmGflops(m, k, n, view(weight(n * k), BF16, [k, n], [1, k]), reps);
+}
+
+function gemmGflops(m: number, k: number, n: number, b: ReturnType<typeof view>, reps: number): number {
+  const a = view(filled(m * k, 1), F32, [m, k], [k, 1]);
+  const out = view(new Float32Array(m * n), F32, [m, n], [n, 1]);
+  const s = bestSeconds(() => native.matmul(a, b, out), reps);
   return (2 * m * n * k) / s / 1e9;
 }
 
@@ -80,16 +79,17 @@ function weight(len: number): Uint16Array {
 }
 
 /**
- * bf16 GEMV rate in GB/s of weights streamed: out[1, n] = x[1, k] @ W^T, W a bf16 (n, k) row-major weight
- * passed in the transposed (linear layer) layout. Every call reads all n * k * 2 bytes of W.
+ * bf16 GEMV rate in GB/s of weights streamed: out[m, n] = x[m, k] @ W^T, W a bf16 (n, k) row-major weight
+ * passed in the transposed (linear layer) layout, m = 1 for a decode step. Every call reads all n * k * 2 bytes
+ * of W.
  */
-export function benchGemv(n: number, k: number, reps?: number): number {
-  const x = filled(k, 3);
+export function benchGemv(n: number, k: number, reps?: number, m = 1): number {
+  const x = filled(m * k, 3);
   const w = weight(n * k);
-  const out = new Float32Array(n);
-  const xv = view(x, F32, [1, k], [k, 1]);
+  const out = new Float32Array(m * n);
+  const xv = view(x, F32, [m, k], [k, 1]);
   const wv = view(w, BF16, [k, n], [1, k]);
-  const ov = view(out, F32, [1, n], [n, 1]);
+  const ov = view(out, F32, [m, n], [n, 1]);
   const bytes = n * k * 2;
   // Small weights: time batches of calls so the clock's resolution and the call cost do not dominate.
   const calls = Math.max(1, Math.floor(32e6 / bytes));
@@ -99,46 +99,53 @@ export function benchGemv(n: number, k: number, reps?: number): number {
   return (bytes * calls) / s / 1e9;
 }
 
+/**
+ * The matrices of one Qwen2-0.5B decode step in bf16 (24 layers of q, k, v, o, gate, up, down, then the LM head:
+ * 988 MB, far beyond the caches), each multiplied once by one row as the engine's step does. Returns GB/s of
+ * weights streamed over the whole step: what the GEMV reaches in a model, where every matrix comes cold from
+ * memory and small ones pay the start of their stream and of the parallel region.
+ */
+export function benchDecodeStep(reps = 3): number {
+  decodeStep ??= makeDecodeStep();
+  const step = decodeStep;
+  return step.bytes / bestSeconds(() => step.calls.forEach((call) => call()), reps, 1) / 1e9;
+}
+
+let decodeStep: { calls: (() => void)[]; bytes: number } | undefined;
+function makeDecodeStep() {
+  const [hidden, kv, mlp, vocab] = [896, 128, 4864, 151936];
+  const shapes: [number, number][] = [];
+  for (let layer = 0; layer < 24; layer++) {
+    shapes.push([hidden, hidden], [kv, hidden], [kv, hidden], [hidden, hidden], [mlp, hidden], [mlp, hidden], [hidden, mlp]);
+  }
+  shapes.push([vocab, hidden]);
+  let bytes = 0;
+  const calls = shapes.map(([n, k], i) => {
+    const w = new Uint16Array(n * k);
+    for (let j = 0; j < w.length; j++) w[j] = 0x3c00 + ((i + j) & 127);
+    bytes += w.byteLength;
+    const x = filled(k, i), out = new Float32Array(n);
+    const xv = view(x, F32, [1, k], [k, 1]), wv = view(w, BF16, [k, n], [1, k]), ov = view(out, F32, [1, n], [n, 1]);
+    return () => native.matmul(xv, wv, ov);
+  });
+  return { calls, bytes };
+}
+
 /** Read bandwidth of the whole pool in GB/s over a buffer of `megabytes` (default 256 MB, far beyond L3). */
 export function readBandwidthGBs(megabytes = 256, reps = 5): number {
-  const buf = new Uint8Array(megabytes * 1024 * 1024);
-  buf.fill(1); // fault every page in before timing
+  const buf = probeBuffer(megabytes);
   native.readBandwidth(buf, 1); // warm-up
   let best = 0;
   for (let i = 0; i < reps; i++) best = Math.max(best, native.readBandwidth(buf, 2));
   return best;
 }
 
-function main(): void {
-  const f = (x: number, d = 1) => x.toFixed(d);
-  const features = native.cpuFeatures();
-  console.log(`tensor-core native kernels: ${native.numThreads()} threads, simd=${features.simd}, f16c=${features.f16c}`);
-  // The machine is shared: the ceiling and the kernels are measured in alternating rounds and the best of each
-  // kept, so that a burst of someone else's work does not land on one side of a ratio only.
-  let bw = 0;
-  let gemm = 0;
-  const gemv = new Map<string, number>();
-  const shapes: [number, number][] = [[4864, 896], [151936, 896]];
-  for (let round = 0; round < 3; round++) {
-    bw = Math.max(bw, readBandwidthGBs(256, 2));
-    gemm = Math.max(gemm, benchGemm(1024, 1024, 1024, 5));
+// The last probe buffer, kept for the next measurement (each is sampled many times in a run).
+let lastProbe: Uint8Array | null = null;
+function probeBuffer(megabytes: number): Uint8Array {
+  if (lastProbe?.length !== megabytes * 1024 * 1024) {
+    lastProbe = new Uint8Array(megabytes * 1024 * 1024);
+    lastProbe.fill(1); // fault every page in before timing
   }
-  for (const [n, k] of shapes) {
-    for (let round = 0; round < 3; round++) {
-      bw = Math.max(bw, readBandwidthGBs(256, 2));
-      gemv.set(`${n}x${k}`, Math.max(gemv.get(`${n}x${k}`) ?? 0, benchGemv(n, k, 4)));
-    }
-  }
-  console.log(`read bandwidth (256 MB):           ${f(bw)} GB/s`);
-  console.log(`GEMM f32 1024^3:                   ${f(gemm)} GFLOP/s  (${f(gemm / GEMM_CEILING_GFLOPS, 2)} of ~${GEMM_CEILING_GFLOPS})`);
-  for (const [n, k] of shapes) {
-    const g = gemv.get(`${n}x${k}`)!;
-    const mb = (n * k * 2) / 1e6;
-    const note = mb < 32 ? '  (fits in L3, so it can beat DRAM bandwidth)' : '';
-    console.log(`GEMV bf16 M=1 ${n}x${k} (${f(mb)} MB): ${f(g)} GB/s  (${f(g / bw, 2)} of read bandwidth)${note}`);
-  }
-}
-
-if (import.meta.url === `file://${process.argv[1]}` || import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  main();
+  return lastProbe;
 }

@@ -4,9 +4,10 @@ export { DTYPES, isFloating, itemSize, promoteTypes, type DType } from './dtype.
 export { broadcastShapes, formatShape, sizeOf } from './shape.ts';
 export { tidy, keep } from './scope.ts';
 export { DeviceLimitError, UnsupportedOpError, type Backend, type Storage } from './backend/backend.ts';
-export { cpu, type MemoryInfo } from './backend/cpu.ts';
+export { cpu, type MatmulPrecision, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
 export { loadExtension } from './extension.ts';
+export { cpuFeatures, SIMD_LEVELS, type CpuFeatures, type SimdLevel } from './cpu-features.ts';
 export { getDefaultBackend, setDefaultBackend, empty } from './ops/util.ts';
 
 export { tensor, full, zeros, ones, arange, toDevice, toCPU, type CreateOptions } from './ops/creation.ts';

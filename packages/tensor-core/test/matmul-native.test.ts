@@ -1,8 +1,8 @@
 // native.matmul against a float64 triple loop, on hand-made views: every path of the kernel (packed GEMM,
-// skinny rows / cols paths for M <= 16, batched), every operand dtype, odd strides, and the scalar fallback.
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+// skinny rows / cols paths for M <= 16, batched), every operand dtype, odd strides. vitest.config.ts runs it at
+// every SIMD level the CPU has.
 import { describe, expect, it } from 'vitest';
+import { cpu, cpuFeatures } from '../src/index.ts';
 import { native } from '../src/native.ts';
 
 const F32 = 0;
@@ -154,6 +154,8 @@ function pair(M: number, K: number, N: number, opts: { aLayout?: 'row' | 'trans'
 describe('native.matmul: packed GEMM', () => {
   const shapes: [number, number, number][] = [
     [1, 1, 1], [7, 13, 5], [6, 16, 16], [12, 32, 32], [17, 9, 33], [37, 300, 129], [64, 64, 64], [150, 260, 70],
+    // The AVX-512 tile (12 x 32): exact multiples, one row and one half-panel over, K a multiple of 8 across blocks.
+    [24, 512, 64], [13, 64, 48],
   ];
   for (const [M, K, N] of shapes) {
     it(`${M}x${K}x${N}, b contiguous and in weight layout`, () => {
@@ -167,7 +169,7 @@ describe('native.matmul: packed GEMM', () => {
     checkMatmul(...pair(37, 300, 129, { aLayout: 'trans', bLayout: 'trans' }));
   });
 
-  it('crosses the K, M and N blocking boundaries (K > 256, M > 144, N > 4080)', () => {
+  it('crosses the K, M and N blocking boundaries of both SIMD levels (K > 256, 512; M > 144; N > 2016, 4080)', () => {
     checkMatmul(...pair(150, 600, 20, { bLayout: 'trans' }));
     checkMatmul(...pair(20, 40, 4100));
     checkMatmul(...pair(18, 30, 4100, { bLayout: 'trans', bDtype: BF16 }));
@@ -262,6 +264,85 @@ describe('native.matmul: batches', () => {
   });
 });
 
+describe('native.matmul: bfloat16 products (cpu.setMatmulPrecision, opt-in)', () => {
+  const features = cpuFeatures();
+  const used = features.avx512bf16 && features.level === 'avx512';
+
+  // bfloat16 of a float32, rounded to nearest even, as its value.
+  function toBf16(v: number): number {
+    f32[0] = v;
+    const bits = u32[0];
+    u32[0] = (((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) << 16) >>> 0;
+    return f32[0];
+  }
+
+  // a [M, K] float32 with values that bfloat16 cannot hold; W [N, K] bfloat16 passed as its transpose.
+  function problem(M: number, K: number, N: number) {
+    const a = Float32Array.from({ length: M * K }, (_, i) => Math.sin(i * 0.731) * 1.7);
+    const w = operand([N, K], rowMajor([N, K]), BF16, M + K + N);
+    const wT = { ...w.view, shape: [K, N], strides: [1, K] };
+    const out = outView([M, N]);
+    const run = () => native.matmul({ buffer: a.buffer, byteOffset: 0, dtype: F32, shape: [M, K], strides: [K, 1] }, wT, out.view);
+    // |out - sum x w| over sum |x w|, worst over all outputs, with x = a or a rounded to bfloat16.
+    const worst = (round: boolean) => {
+      let err = 0;
+      for (let i = 0; i < M; i++) {
+        for (let j = 0; j < N; j++) {
+          let s = 0;
+          let mag = 0;
+          for (let k = 0; k < K; k++) {
+            const p = (round ? toBf16(a[i * K + k]) : a[i * K + k]) * w.vals[j * K + k];
+            s += p;
+            mag += Math.abs(p);
+          }
+          err = Math.max(err, Math.abs(out.data[i * N + j] - s) / mag);
+        }
+      }
+      return err;
+    };
+    return { run, worst };
+  }
+
+  it(`prefill with a bf16 weight: bfloat16 products where the CPU has them (here: ${used}), float32 otherwise`, () => {
+    expect(cpu.matmulPrecision()).toBe('float32');
+    try {
+      cpu.setMatmulPrecision('bfloat16');
+      expect(cpu.matmulPrecision()).toBe('bfloat16');
+      // K odd, within one block and past it (512 k), M and N past whole tiles.
+      for (const [M, K, N] of [[37, 301, 131], [24, 512, 64], [17, 16, 40], [30, 601, 70]]) {
+        const p = problem(M, K, N);
+        p.run();
+        // Float32 sums of the products: the rounding of the activations changes these sums by ~1e-4.
+        expect(p.worst(used), `${M}x${K}x${N}`).toBeLessThan(1e-5);
+      }
+    } finally {
+      cpu.setMatmulPrecision('float32');
+    }
+  });
+
+  it('float32 by default and again after switching back; other layouts and decode stay float32 either way', () => {
+    const p = problem(37, 301, 131);
+    p.run();
+    expect(p.worst(false)).toBeLessThan(1e-5);
+    try {
+      cpu.setMatmulPrecision('bfloat16');
+      const decode = problem(5, 301, 131);
+      decode.run();
+      expect(decode.worst(false)).toBeLessThan(1e-5);
+      checkMatmul(...pair(37, 300, 129, { bDtype: BF16 })); // b contiguous [K, N], not the weight layout
+      checkMatmul(...pair(37, 300, 129, { bLayout: 'trans' })); // a float32 weight
+    } finally {
+      cpu.setMatmulPrecision('float32');
+    }
+    p.run();
+    expect(p.worst(false)).toBeLessThan(1e-5);
+  });
+
+  it('rejects an unknown precision', () => {
+    expect(() => cpu.setMatmulPrecision('float16' as never)).toThrow('setMatmulPrecision: "float16" is not a precision (float32 or bfloat16)');
+  });
+});
+
 describe('native.matmul: argument errors throw instead of crashing', () => {
   const a = operand([4, 5], [5, 1], F32, 1);
   const b = operand([5, 6], [6, 1], F32, 2);
@@ -288,47 +369,5 @@ describe('native.matmul: argument errors throw instead of crashing', () => {
     expect(() => native.matmul(a3.view, b3.view, outView([2, 4, 6]).view)).toThrow(/matmul/);
     expect(() => native.matmul(a.view)).toThrow(/matmul/);
     expect(() => native.matmul(a.view, b.view, outView([4, 6]).data)).toThrow(/matmul/);
-  });
-});
-
-describe('native.matmul: scalar fallback (TINY_LLM_NO_SIMD=1)', () => {
-  // Runs in a fresh process: the SIMD choice is made once per process, and vitest's workers already made it.
-  it('matches a plain loop on one GEMM, one GEMV and one axpy-form product', () => {
-    const addon = fileURLToPath(new URL('../build/Release/tensor_core.node', import.meta.url));
-    const script = `
-      const { createRequire } = require('node:module');
-      const native = createRequire(${JSON.stringify(addon)})(${JSON.stringify(addon)});
-      const out = { simd: native.cpuFeatures().simd, worst: 0 };
-      let seed = 7;
-      const rnd = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return (Math.floor(seed / 65536) % 33 - 16) / 8; };
-      const f = new Float32Array(1), u = new Uint32Array(f.buffer);
-      function run(M, K, N, bT, bf16) {
-        const a = Float32Array.from({ length: M * K }, rnd), bv = Float32Array.from({ length: K * N }, rnd);
-        let bs = bv;
-        if (bf16) bs = Uint16Array.from(bv, (x) => { f[0] = x; return u[0] >>> 16; });
-        const o = new Float32Array(M * N);
-        native.matmul({ buffer: a.buffer, byteOffset: 0, dtype: 0, shape: [M, K], strides: [K, 1] },
-          { buffer: bs.buffer, byteOffset: 0, dtype: bf16 ? 2 : 0, shape: [K, N], strides: bT ? [1, K] : [N, 1] },
-          { buffer: o.buffer, byteOffset: 0, dtype: 0, shape: [M, N], strides: [N, 1] });
-        for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) {
-          let s = 0, mag = 0;
-          for (let k = 0; k < K; k++) { const p = a[i * K + k] * (bT ? bv[j * K + k] : bv[k * N + j]); s += p; mag += Math.abs(p); }
-          const err = Math.abs(o[i * N + j] - s) / (1e-4 * mag + 1e-30);
-          out.worst = Math.max(out.worst, err);
-        }
-      }
-      run(45, 300, 70, true, false);
-      run(3, 896, 200, true, true);
-      run(2, 200, 77, false, true);
-      console.log(JSON.stringify(out));`;
-    const child = spawnSync(process.execPath, ['-e', script], {
-      env: { ...process.env, TINY_LLM_NO_SIMD: '1' },
-      encoding: 'utf8',
-      timeout: 30000,
-    });
-    expect(child.stderr).toBe('');
-    const result = JSON.parse(child.stdout.trim());
-    expect(result.simd).toBe(false);
-    expect(result.worst).toBeLessThanOrEqual(1); // |diff| <= 1e-4 * sum |a||b| everywhere
   });
 });

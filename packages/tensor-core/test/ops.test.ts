@@ -169,7 +169,7 @@ describe('reductions', () => {
   }
 
   it('argmax over long rows (the LM head): the first of equal maxima, the first NaN, rows of -inf', () => {
-    const n = 1003; // 125 vectors of 8 and a tail of 3
+    const n = 1003; // vectors of 8 or 16 and a tail
     const rows = [
       Array.from({ length: n }, (_, i) => Math.sin(i * 0.37) * 5), // one maximum
       Array.from({ length: n }, (_, i) => (i === 17 || i === 900 ? 9 : -i)), // a tie: the first wins
@@ -224,6 +224,27 @@ describe('softmax', () => {
 
   it('a fully masked row becomes zeros, not NaN', () => {
     expect(Array.from(tc.softmax(tc.tensor([-Infinity, -Infinity])).toArray())).toEqual([0, 0]);
+  });
+
+  it('long rows (vector lanes and a tail): masked positions, values far below the max, NaN', () => {
+    const n = 1003; // vectors of 8 or 16 and a tail
+    const noise = seeded(n, 5, 30);
+    const rows = [
+      noise, // spread over e^-60 .. 1 of the max
+      noise.map((v, i) => (i % 3 === 0 || i > 990 ? -Infinity : v)), // a causal / padding mask
+      noise.map((v, i) => (i === 500 ? 100 : v)), // everything else below e^-87 of the max: exp's scalar lanes
+      noise.map((v, i) => (i === 7 ? NaN : v)),
+      new Array(n).fill(-Infinity),
+    ];
+    const ref = rows.flatMap((row) => {
+      const xs = row.map(Math.fround);
+      if (xs.some(Number.isNaN)) return xs.map(() => NaN);
+      const m = Math.max(...xs);
+      if (m === -Infinity) return xs.map(() => 0);
+      const z = xs.reduce((p, v) => p + Math.exp(v - m), 0);
+      return xs.map((v) => Math.exp(v - m) / z);
+    });
+    expectClose(tc.softmax(tc.tensor(rows), -1).toArray(), ref, 1e-9, 1e-5);
   });
 });
 

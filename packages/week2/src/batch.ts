@@ -108,7 +108,7 @@ export interface SchedulerOptions {
 }
 
 /** A request in the scheduler: waiting, prefilling (its prompt partly in its cache), then decoding. */
-class Sequence<Cache> {
+export class Sequence<Cache> {
   readonly generated: number[] = [];
   /** Prompt tokens in the cache so far. */
   prefilled = 0;
@@ -133,9 +133,9 @@ class Sequence<Cache> {
 
 /** Continuous batching over a BatchModel. */
 export class Scheduler<Cache> {
-  private readonly waiting: Sequence<Cache>[] = [];
+  protected readonly waiting: Sequence<Cache>[] = [];
   /** The running requests, at most maxBatch: prefilling ones first in admission order, then decoding. */
-  private readonly running: Sequence<Cache>[] = [];
+  protected readonly running: Sequence<Cache>[] = [];
   private nextId = 0;
   readonly maxBatch: number;
   readonly prefillChunk: number;
@@ -199,7 +199,7 @@ export class Scheduler<Cache> {
   }
 
   /** Frees a running request's slot and cache. */
-  private retire(index: number): void {
+  protected retire(index: number): void {
     const [sequence] = this.running.splice(index, 1);
     if (sequence.cache) this.model.release(sequence.cache);
     sequence.cache = null;

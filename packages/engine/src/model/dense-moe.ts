@@ -14,7 +14,7 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelDir, Tensor } from '@tiny-llm/tensor-core';
 import { Projection, Qwen2MLP, type LayerMlp } from '@tiny-llm/reference/week2';
-import { isSparseLayer } from './qwen2.ts';
+import { isSparseLayer, Qwen2ModelWeek3 } from '@tiny-llm/reference/week3';
 
 export class DenseMoe implements LayerMlp {
   constructor(
@@ -59,5 +59,20 @@ export class DenseMoe implements LayerMlp {
       if (this.shared) out = tc.add(out, tc.mul(this.shared.mlp.forward(x), tc.sigmoid(this.shared.gate.forward(x))));
       return out;
     });
+  }
+}
+
+/**
+ * The engine's model on a GPU: the reference week 3 model (week 2's, for a dense checkpoint) with DenseMoe in the
+ * sparse layers of Qwen2-MoE, where chapter 3.3's block would read the routing back.
+ */
+export class DeviceQwen2 extends Qwen2ModelWeek3 {
+  protected override mlpOf(modelDir: ModelDir, i: number): LayerMlp {
+    return DenseMoe.forLayer(modelDir, i) ?? super.mlpOf(modelDir, i);
+  }
+
+  /** How messages name it. */
+  static describe(modelDir: ModelDir): string {
+    return modelDir.config.moe ? "the reference week 3 model with the engine's mixture of experts" : 'the reference week 2 model';
   }
 }

@@ -2,7 +2,7 @@
 // come, cancel it (a client that disconnects), read the scheduler's counts for the metrics.
 import { SHARE_ENV, Worker } from 'node:worker_threads';
 import { UserError } from '../errors.ts';
-import type { FromWorker, SamplingOptions, TokenOutput, ToWorker, WorkerOptions } from './protocol.ts';
+import type { FromWorker, KvPages, SamplingOptions, TokenOutput, ToWorker, WorkerOptions } from './protocol.ts';
 
 export interface EngineRequest {
   promptIds: number[];
@@ -20,6 +20,8 @@ export class EngineWorker {
   /** The scheduler's counts after its last step. */
   running = 0;
   waiting = 0;
+  /** The engine's page pool after the last step (null: a model without a pool). */
+  kvPages: KvPages | null = null;
   /** Set when the worker died: every later request fails with it. */
   private failure: string | null = null;
 
@@ -84,6 +86,7 @@ export class EngineWorker {
     if (message.type === 'step') {
       this.running = message.running;
       this.waiting = message.waiting;
+      this.kvPages = message.kvPages;
       for (const output of message.outputs) {
         const listener = this.listeners.get(output.id);
         if (output.finishReason) this.listeners.delete(output.id);

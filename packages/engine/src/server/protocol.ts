@@ -1,9 +1,9 @@
 // The messages between the server's main thread (HTTP, tokenizer, streaming) and the worker thread that owns the
 // model and the scheduler, so that a forward pass never blocks accepting, streaming or /health.
 import type { FinishReason } from '@tiny-llm/reference/week2';
-import type { ModelChoice } from '../registry.ts';
+import type { KvCacheChoice, ModelChoice } from '../registry.ts';
 
-export interface WorkerOptions {
+export interface WorkerOptions extends KvCacheChoice {
   modelDir: string;
   choice: ModelChoice;
   maxBatch: number;
@@ -28,6 +28,12 @@ export interface TokenOutput {
 
 export type FromWorker =
   | { type: 'ready'; description: string; maxPositions: number; vocabSize: number }
-  | { type: 'step'; outputs: TokenOutput[]; running: number; waiting: number }
+  | { type: 'step'; outputs: TokenOutput[]; running: number; waiting: number; kvPages: KvPages | null }
   | { type: 'rejected'; id: number; message: string }
   | { type: 'failed'; message: string };
+
+/** The engine's page pool after a step: pages held by requests, of all (null: a model without a pool). */
+export interface KvPages {
+  used: number;
+  total: number;
+}

@@ -13,9 +13,11 @@ const post = (message: FromWorker) => port.postMessage(message);
 const options = workerData as WorkerOptions;
 
 async function main(): Promise<void> {
-  const { scheduler, config, description } = await loadScheduler(options.modelDir, options.choice, {
+  const { scheduler, config, description, pool } = await loadScheduler(options.modelDir, options.choice, {
     maxBatch: options.maxBatch,
     prefillChunk: options.prefillChunk,
+    kvCacheMb: options.kvCacheMb,
+    prefixCaching: options.prefixCaching,
   });
   const make = options.choice.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
   const samplerOf = (s: SamplingOptions): ((logits: Tensor) => Tensor) | undefined =>
@@ -24,6 +26,8 @@ async function main(): Promise<void> {
   const mainIdOf = new Map<number, number>();
   const schedulerIdOf = new Map<number, number>();
   let wake: (() => void) | null = null;
+  /** The scheduler's counts and the page pool, for the metrics. */
+  const status = () => ({ ...scheduler.counts, kvPages: pool ? { used: pool.usedPages, total: pool.numPages } : null });
 
   port.on('message', (message: ToWorker) => {
     if (message.type === 'submit') {
@@ -32,7 +36,7 @@ async function main(): Promise<void> {
         mainIdOf.set(id, message.id);
         schedulerIdOf.set(message.id, id);
       } catch (err) {
-        post({ type: 'rejected', id: message.id, message: oneLine(err).replace(/^Scheduler\.submit: /, '') });
+        post({ type: 'rejected', id: message.id, message: oneLine(err).replace(/^\w*Scheduler\.submit: /, '') });
       }
     } else {
       const id = schedulerIdOf.get(message.id);
@@ -40,11 +44,28 @@ async function main(): Promise<void> {
         scheduler.cancel(id);
         schedulerIdOf.delete(message.id);
         mainIdOf.delete(id);
+        // A cancel frees a slot and pages between steps: the metrics hear it now (no step may follow).
+        post({ type: 'step', outputs: [], ...status() });
       }
     }
     wake?.();
   });
-  post({ type: 'ready', description, maxPositions: config.maxPositionEmbeddings, vocabSize: config.vocabSize });
+  // A request may reach no further than the model's context, nor than the page pool holds.
+  const maxPositions = Math.min(config.maxPositionEmbeddings, pool ? pool.numPages * pool.pageSize : Infinity);
+  post({ type: 'ready', description, maxPositions, vocabSize: config.vocabSize });
+
+  /**
+   * A step that fails (a rank of a tensor-parallel model that died, say) may have left the caches of the
+   * requests in flight half-written: they end with its error, and the engine goes on with the next ones.
+   */
+  const failInFlight = (err: unknown) => {
+    for (const [schedulerId, id] of mainIdOf) {
+      scheduler.cancel(schedulerId);
+      post({ type: 'rejected', id, message: `the engine failed: ${oneLine(err)}` });
+    }
+    mainIdOf.clear();
+    schedulerIdOf.clear();
+  };
 
   for (;;) {
     if (scheduler.idle) {
@@ -52,7 +73,14 @@ async function main(): Promise<void> {
       wake = null;
       continue;
     }
-    const outputs = (await scheduler.step()).map((o) => {
+    let step: Awaited<ReturnType<typeof scheduler.step>>;
+    try {
+      step = await scheduler.step();
+    } catch (err) {
+      failInFlight(err);
+      continue;
+    }
+    const outputs = step.map((o) => {
       const id = mainIdOf.get(o.id)!;
       if (o.finishReason) {
         mainIdOf.delete(o.id);
@@ -60,7 +88,7 @@ async function main(): Promise<void> {
       }
       return { ...o, id };
     });
-    post({ type: 'step', outputs, ...scheduler.counts });
+    post({ type: 'step', outputs, ...status() });
     // Let the messages that arrived during the step in before the next one.
     await new Promise<void>((resolve) => setImmediate(resolve));
   }

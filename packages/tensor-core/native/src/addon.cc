@@ -20,6 +20,11 @@ Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined()
 TL_EXPORT("noop", Noop);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // A TINY_LLM_SIMD the CPU can't honour stops the load here, rather than at the first illegal instruction.
+  if (const std::string& error = tl::simd_choice().error; !error.empty()) {
+    Napi::Error::New(env, "tensor-core: " + error).ThrowAsJavaScriptException();
+    return exports;
+  }
   for (auto& [name, fn] : tl::registered_bindings()) exports.Set(name, Napi::Function::New(env, fn, name));
   return exports;
 }

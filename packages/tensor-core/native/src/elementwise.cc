@@ -66,32 +66,38 @@ template <typename T> inline T apply_binary(int op, T a, T b) {
   }
 }
 
-#if defined(__x86_64__)
-// exp, sigmoid and silu on contiguous float32, 8 at a time with the vector exp (simd_math.h). Lanes where
+#ifdef TL_X86_SIMD
+// exp, sigmoid and silu on contiguous float32, a vector at a time with the vector exp (simd_math.h). Lanes where
 // that exp is not valid (huge inputs, the far negative tail, NaN) are redone with the scalar formula.
-template <int Op>
-__attribute__((target("avx2,fma"))) void exp_family_avx2(const float* x, float* out, int64_t n) {
-  const __m256 one = _mm256_set1_ps(1.f);
+template <class V, int Op> void exp_family(const float* x, float* out, int64_t n) {
+  constexpr int L = V::kLanes;
+  const typename V::T one = V::set1(1.f);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 v = _mm256_loadu_ps(x + i);
-    __m256 arg = Op == kExp ? v : _mm256_sub_ps(_mm256_setzero_ps(), v);  // exp(x), or exp(-x) for sigmoid
-    __m256 e = exp8(arg);
-    __m256 r = Op == kExp ? e : _mm256_div_ps(Op == kSilu ? v : one, _mm256_add_ps(one, e));
-    _mm256_storeu_ps(out + i, r);
-    if (int bad = exp8_invalid_lanes(arg))
-      for (int j = 0; j < 8; ++j)
-        if (bad & (1 << j)) out[i + j] = apply_unary<float>(Op, x[i + j]);
+  for (; i + L <= n; i += L) {
+    const typename V::T v = V::load(x + i);
+    const typename V::T arg = Op == kExp ? v : V::sub(V::zero(), v);  // exp(x), or exp(-x) for sigmoid
+    const typename V::T e = vexp<V>(arg);
+    V::store(out + i, Op == kExp ? e : V::div(Op == kSilu ? v : one, V::add(one, e)));
+    if (uint32_t bad = vexp_invalid_lanes<V>(arg))
+      for (int j = 0; j < L; ++j)
+        if (bad & (1u << j)) out[i + j] = apply_unary<float>(Op, x[i + j]);
   }
   for (; i < n; ++i) out[i] = apply_unary<float>(Op, x[i]);
+}
+template <int Op> TL_AVX2 TL_FLATTEN void exp_family_avx2(const float* x, float* out, int64_t n) {
+  exp_family<simd::Vec8, Op>(x, out, n);
+}
+template <int Op> TL_AVX512 TL_FLATTEN void exp_family_avx512(const float* x, float* out, int64_t n) {
+  exp_family<simd::Vec16, Op>(x, out, n);
 }
 #endif
 
 // The op is a template parameter in the float path so the switch leaves the inner loop.
 template <int Op>
 void unary_f32_span(const float* x, float* out, int64_t n, int64_t sx, int64_t so) {
-#if defined(__x86_64__)
+#ifdef TL_X86_SIMD
   if constexpr (Op == kExp || Op == kSigmoid || Op == kSilu) {
+    if (sx == 1 && so == 1 && has_avx512()) return exp_family_avx512<Op>(x, out, n);
     if (sx == 1 && so == 1 && has_avx2_fma()) return exp_family_avx2<Op>(x, out, n);
   }
 #endif

@@ -59,25 +59,23 @@ double reduce_row(int op, const Load& at, int64_t n) {
   }
 }
 
-#if defined(__x86_64__)
-// argmax of a contiguous float32 row, 8 lanes at a time: the greedy step's argmax over the LM head's 150k logits
+#ifdef TL_X86_SIMD
+// argmax of a contiguous float32 row, a vector at a time: the greedy step's argmax over the LM head's 150k logits
 // took 0.4-0.5 ms per token in reduce_row (a double conversion and a data-dependent branch per element); two
 // vector passes take ~0.03 ms. Pass 1 finds the largest value and whether any NaN is present (numpy's argmax
 // returns the first NaN); pass 2 the first index holding it, so ties go to the first, as in reduce_row.
-__attribute__((target("avx2,fma"))) int64_t argmax_row_f32_avx2(const float* x, int64_t n) {
-  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256 nan = _mm256_setzero_ps();
+template <class V> int64_t argmax_row_f32(const float* x, int64_t n) {
+  constexpr int L = V::kLanes;
+  typename V::T vmax = V::set1(-std::numeric_limits<float>::infinity());
+  uint32_t nan_lanes = 0;
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    vmax = _mm256_max_ps(vmax, v);
-    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  for (; i + L <= n; i += L) {
+    const typename V::T v = V::load(x + i);
+    vmax = V::max(v, vmax);
+    nan_lanes |= V::template cmp<_CMP_UNORD_Q>(v, v);
   }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vmax);
-  float best = lanes[0];
-  for (float v : lanes) best = std::max(best, v);
-  bool any_nan = _mm256_movemask_ps(nan) != 0;
+  float best = V::hmax(vmax);
+  bool any_nan = nan_lanes != 0;
   for (int64_t j = i; j < n; ++j) {
     any_nan |= x[j] != x[j];
     best = std::max(best, x[j]);
@@ -86,14 +84,17 @@ __attribute__((target("avx2,fma"))) int64_t argmax_row_f32_avx2(const float* x, 
     for (int64_t j = 0; j < n; ++j)
       if (x[j] != x[j]) return j;
   }
-  const __m256 target = _mm256_set1_ps(best);
-  for (i = 0; i + 8 <= n; i += 8) {
-    const int hits = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), target, _CMP_EQ_OQ));
-    if (hits) return i + __builtin_ctz(static_cast<unsigned>(hits));
+  const typename V::T target = V::set1(best);
+  for (i = 0; i + L <= n; i += L) {
+    if (const uint32_t hits = V::template cmp<_CMP_EQ_OQ>(V::load(x + i), target)) return i + __builtin_ctz(hits);
   }
   for (; i < n; ++i)
     if (x[i] == best) return i;
   return 0;  // not reached: best is one of the row's values
+}
+TL_AVX2 TL_FLATTEN int64_t argmax_row_f32_avx2(const float* x, int64_t n) { return argmax_row_f32<simd::Vec8>(x, n); }
+TL_AVX512 TL_FLATTEN int64_t argmax_row_f32_avx512(const float* x, int64_t n) {
+  return argmax_row_f32<simd::Vec16>(x, n);
 }
 #endif
 
@@ -112,9 +113,10 @@ Napi::Value ReduceBinding(const Napi::CallbackInfo& info) {
     double r = 0;
     if (n > 0 && f32_rows) {
       const float* src = x.ptr<float>() + off;
-#if defined(__x86_64__)
+#ifdef TL_X86_SIMD
       if (op == kArgmax && has_avx2_fma()) {
-        store_f64(out.data, out.dtype, row, static_cast<double>(argmax_row_f32_avx2(src, n)));
+        const int64_t arg = has_avx512() ? argmax_row_f32_avx512(src, n) : argmax_row_f32_avx2(src, n);
+        store_f64(out.data, out.dtype, row, static_cast<double>(arg));
         return;
       }
 #endif
@@ -148,39 +150,42 @@ void softmax_row(const Load& load, int64_t n, float* out_row) {
   for (int64_t i = 0; i < n; ++i) out_row[i] *= inv;
 }
 
-#if defined(__x86_64__)
-// softmax_row for a contiguous float32 row, with the vector exp: the exponentials dominate softmax.
-__attribute__((target("avx2,fma"))) void softmax_row_f32_avx2(const float* x, int64_t n, float* out_row) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+#ifdef TL_X86_SIMD
+// softmax_row for a contiguous float32 row, a vector at a time, with the vector exp: the exponentials dominate
+// softmax. The running max is V::max(x, max), which keeps the max when x is NaN, as std::max(m, x) does above.
+template <class V> void softmax_row_f32(const float* x, int64_t n, float* out_row) {
+  constexpr int L = V::kLanes;
+  typename V::T vmax = V::set1(-std::numeric_limits<float>::infinity());
+  int64_t i = 0;
+  for (; i + L <= n; i += L) vmax = V::max(V::load(x + i), vmax);
+  float m = V::hmax(vmax);
+  for (; i < n; ++i) m = std::max(m, x[i]);
   if (std::isinf(m) && m < 0) {
     std::fill(out_row, out_row + n, 0.f);
     return;
   }
-  const __m256 vm = _mm256_set1_ps(m);
-  __m256 vsum = _mm256_setzero_ps();
-  double s = 0;
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256 arg = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
-    __m256 e = exp8(arg);
-    _mm256_storeu_ps(out_row + i, e);
-    if (exp8_invalid_lanes(arg)) {
-      for (int j = 0; j < 8; ++j) out_row[i + j] = std::exp(x[i + j] - m);  // the tail below e^-87, or -inf
-      e = _mm256_loadu_ps(out_row + i);
+  const typename V::T vm = V::set1(m);
+  typename V::T vsum = V::zero();
+  for (i = 0; i + L <= n; i += L) {
+    const typename V::T arg = V::sub(V::load(x + i), vm);
+    V::store(out_row + i, vexp<V>(arg));
+    if (vexp_invalid_lanes<V>(arg)) {
+      for (int j = 0; j < L; ++j) out_row[i + j] = std::exp(x[i + j] - m);  // the tail below e^-87, or -inf
     }
-    vsum = _mm256_add_ps(vsum, e);
+    vsum = V::add(vsum, V::load(out_row + i));
   }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vsum);
-  for (float v : lanes) s += v;
+  double s = V::hsum(vsum);
   for (; i < n; ++i) {
     out_row[i] = std::exp(x[i] - m);
     s += out_row[i];
   }
-  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / s));
-  for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(out_row + i, _mm256_mul_ps(_mm256_loadu_ps(out_row + i), inv));
-  for (; i < n; ++i) out_row[i] *= static_cast<float>(1.0 / s);
+  const float inv = static_cast<float>(1.0 / s);
+  for (i = 0; i + L <= n; i += L) V::store(out_row + i, V::mul(V::load(out_row + i), V::set1(inv)));
+  for (; i < n; ++i) out_row[i] *= inv;
+}
+TL_AVX2 TL_FLATTEN void softmax_row_f32_avx2(const float* x, int64_t n, float* out) { softmax_row_f32<simd::Vec8>(x, n, out); }
+TL_AVX512 TL_FLATTEN void softmax_row_f32_avx512(const float* x, int64_t n, float* out) {
+  softmax_row_f32<simd::Vec16>(x, n, out);
 }
 #endif
 
@@ -199,8 +204,10 @@ Napi::Value SoftmaxBinding(const Napi::CallbackInfo& info) {
     float* dst = out.dtype == DType::F32 ? out.ptr<float>() + row * n : scratch.data();
     if (f32_rows) {
       const float* src = x.ptr<float>() + off;
-#if defined(__x86_64__)
-      if (has_avx2_fma())
+#ifdef TL_X86_SIMD
+      if (has_avx512())
+        softmax_row_f32_avx512(src, n, dst);
+      else if (has_avx2_fma())
         softmax_row_f32_avx2(src, n, dst);
       else
 #endif

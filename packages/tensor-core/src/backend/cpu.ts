@@ -52,6 +52,11 @@ const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((op, i) => [op, i])) as Reco
 const BINARY_CODE = Object.fromEntries(BINARY_OPS.map((op, i) => [op, i])) as Record<BinaryOp, number>;
 const REDUCE_CODE = Object.fromEntries(REDUCE_OPS.map((op, i) => [op, i])) as Record<ReduceOp, number>;
 
+/**
+ * The products of the CPU's large matmuls: 'float32', or 'bfloat16' (see CpuBackend.setMatmulPrecision).
+ */
+export type MatmulPrecision = 'float32' | 'bfloat16';
+
 /** Bytes held by the tensors the CPU backend allocated (not wrapped or mapped memory, not the pool's free list). */
 export interface MemoryInfo {
   liveBytes: number;
@@ -80,6 +85,22 @@ class CpuBackend implements Backend {
   /** Starts a new high-water mark at the current live bytes. */
   resetPeak(): void {
     this.peakBytes = this.liveBytes;
+  }
+
+  /**
+   * How matmuls of more than 16 rows (prefill) multiply a bfloat16 weight passed in its linear layout (W [N, K]
+   * as transpose(W)): 'float32' (the default) multiplies float32 activations by the weights widened exactly, so
+   * results are float32 arithmetic; 'bfloat16' rounds the activations to bfloat16 and multiplies pairs with
+   * AVX-512 BF16 (vdpbf16ps), about 1.8x the rate, sums still float32 but each product off by up to 2^-9. It
+   * takes effect only where cpuFeatures() has avx512bf16 at level avx512; elsewhere, and for every other matmul,
+   * products stay float32. Process-wide: it also applies to other addons' calls of tl::matmul.
+   */
+  setMatmulPrecision(precision: MatmulPrecision): void {
+    native.setMatmulPrecision(precision);
+  }
+
+  matmulPrecision(): MatmulPrecision {
+    return native.matmulPrecision();
   }
 
   /** Storage over memory that already exists (a file mapping, a user's buffer): no copy. */

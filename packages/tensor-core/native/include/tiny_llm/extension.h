@@ -149,42 +149,149 @@ inline void store_f64(void* base, DType d, int64_t i, double v) {
 // ---- Run-time SIMD choice ------------------------------------------------------------------------------------------
 //
 // Addons are built for the baseline ISA (never -march=native: a cached .node from another CPU would die with
-// SIGILL), so AVX2/FMA kernels are compiled with __attribute__((target(...))) and called only when the CPU
-// reports the features. TINY_LLM_NO_SIMD forces the portable path, so tests cover it on an AVX2 machine.
-// TINY_LLM_NO_SIMD set to anything but "" or "0" disables every SIMD kernel.
-inline bool simd_disabled_by_env() {
-  const char* v = std::getenv("TINY_LLM_NO_SIMD");
-  return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+// SIGILL), so SIMD kernels are compiled with target attributes (tiny_llm/simd.h) and called only when the level
+// in use allows them. The levels, each a superset of the one before:
+//   scalar   portable loops, any CPU
+//   avx2     AVX2 + FMA + F16C: 8 floats per register
+//   avx512   AVX-512 F, BW, VL and DQ on top: 16 floats per register
+// The level in use is the best the CPU has, unless TINY_LLM_SIMD=scalar|avx2|avx512 forces one (so that tests and
+// benchmarks reach every path on one machine). A level the CPU lacks, or a misspelt one, is an error when
+// tensor-core loads (and when an addon connects to the SDK), not an illegal instruction later.
+// TINY_LLM_NO_SIMD=1 is the older spelling of TINY_LLM_SIMD=scalar.
+enum class SimdLevel : int32_t { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+inline const char* simd_level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::Avx512: return "avx512";
+    case SimdLevel::Avx2: return "avx2";
+    default: return "scalar";
+  }
 }
 
-// AVX2 + FMA: what the x86 kernels need (the 8-wide float FMA is the whole point of them).
-inline bool has_avx2_fma() {
-  static const bool ok = [] {
-#if defined(__x86_64__) || defined(__i386__)
-    if (simd_disabled_by_env()) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return false;
+// What the CPU supports, as far as the OS lets it be used (the wide registers must be saved on context
+// switches). The VNNI and BF16 extensions pick no level: kernels that use them check them on top of one.
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512vnni = false, avx512bf16 = false, avxvnni = false;
+};
+
+inline CpuFeatures detect_cpu_features() {
+  CpuFeatures f;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.f16c = __builtin_cpu_supports("f16c");
+  f.avx512f = __builtin_cpu_supports("avx512f");
+  f.avx512bw = __builtin_cpu_supports("avx512bw");
+  f.avx512vl = __builtin_cpu_supports("avx512vl");
+  f.avx512dq = __builtin_cpu_supports("avx512dq");
+  f.avx512vnni = __builtin_cpu_supports("avx512vnni");
+  f.avx512bf16 = __builtin_cpu_supports("avx512bf16");
+  f.avxvnni = __builtin_cpu_supports("avxvnni");
 #endif
-  }();
-  return ok;
+  return f;
 }
 
-// F16C (vcvtph2ps): float16 operands take the SIMD path only with it. Every AVX2 CPU made so far has it, but
-// checking costs nothing.
-inline bool has_f16c() {
-  static const bool ok = [] {
-#if defined(__x86_64__) || defined(__i386__)
-    if (simd_disabled_by_env()) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("f16c") != 0;
-#else
-    return false;
-#endif
-  }();
-  return ok;
+inline const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = detect_cpu_features();
+  return f;
 }
+
+// The features a level needs that `f` lacks, as "avx512bw, avx512dq" (empty when it has them all).
+inline std::string missing_for_level(SimdLevel level, const CpuFeatures& f) {
+  std::string missing;
+  auto need = [&](bool has, const char* name) {
+    if (!has) missing += (missing.empty() ? "" : ", ") + std::string(name);
+  };
+  if (level >= SimdLevel::Avx2) {
+    need(f.avx2, "avx2");
+    need(f.fma, "fma");
+    need(f.f16c, "f16c");
+  }
+  if (level >= SimdLevel::Avx512) {
+    need(f.avx512f, "avx512f");
+    need(f.avx512bw, "avx512bw");
+    need(f.avx512vl, "avx512vl");
+    need(f.avx512dq, "avx512dq");
+  }
+  return missing;
+}
+
+inline SimdLevel best_simd_level(const CpuFeatures& f) {
+  if (missing_for_level(SimdLevel::Avx512, f).empty()) return SimdLevel::Avx512;
+  if (missing_for_level(SimdLevel::Avx2, f).empty()) return SimdLevel::Avx2;
+  return SimdLevel::Scalar;
+}
+
+// "scalar", "avx2" or "avx512" into *level; false for any other name.
+inline bool parse_simd_level(const std::string& name, SimdLevel* level) {
+  for (SimdLevel l : {SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512}) {
+    if (name == simd_level_name(l)) {
+      *level = l;
+      return true;
+    }
+  }
+  return false;
+}
+
+struct SimdChoice {
+  SimdLevel level = SimdLevel::Scalar;
+  std::string error;  // why the request can't be honoured (the level is then scalar), or empty
+};
+
+// The level that the values of TINY_LLM_SIMD (`request`) and TINY_LLM_NO_SIMD (`no_simd`) select on a CPU with
+// features `f`. Null or empty values ask for nothing.
+inline SimdChoice choose_simd_level(const char* request, const char* no_simd, const CpuFeatures& f) {
+  const SimdLevel best = best_simd_level(f);
+  const bool scalar_asked = no_simd != nullptr && no_simd[0] != '\0' && std::strcmp(no_simd, "0") != 0;
+  if (request == nullptr || request[0] == '\0') return {scalar_asked ? SimdLevel::Scalar : best, ""};
+  const std::string asked_name = request;
+  SimdLevel asked;
+  if (!parse_simd_level(asked_name, &asked))
+    return {SimdLevel::Scalar, "TINY_LLM_SIMD=" + asked_name + " is not a level: use scalar, avx2 or avx512, or " +
+                                   "leave it unset for the best this CPU has (" + simd_level_name(best) + ")"};
+  if (scalar_asked && asked != SimdLevel::Scalar)
+    return {SimdLevel::Scalar, "TINY_LLM_NO_SIMD=" + std::string(no_simd) + " asks for the scalar kernels but " +
+                                   "TINY_LLM_SIMD=" + asked_name + " for others: set only TINY_LLM_SIMD"};
+  if (asked > best)
+    return {SimdLevel::Scalar, "TINY_LLM_SIMD=" + asked_name + " asks for kernels this CPU cannot run (it lacks " +
+                                   missing_for_level(asked, f) + "): use TINY_LLM_SIMD=" + simd_level_name(best) +
+                                   " or lower, or leave it unset"};
+  return {asked, ""};
+}
+
+// The choice of this process, made once from the environment.
+inline const SimdChoice& simd_choice() {
+  static const SimdChoice c =
+      choose_simd_level(std::getenv("TINY_LLM_SIMD"), std::getenv("TINY_LLM_NO_SIMD"), cpu_features());
+  return c;
+}
+
+#ifdef TL_CORE
+// Inside tensor-core the level can also be changed at run time (native.setSimdLevel, for benchmarks that set
+// levels side by side); it starts as simd_choice().level (src/cpu_features.cc).
+SimdLevel core_simd_level();
+#endif
+
+// The level every SIMD kernel checks before it runs.
+inline SimdLevel simd_level() {
+#ifdef TL_CORE
+  return core_simd_level();
+#else
+  return simd_choice().level;
+#endif
+}
+
+// The avx2 level (AVX2 + FMA + F16C) or above: TL_AVX2 kernels may run.
+inline bool has_avx2_fma() { return simd_level() >= SimdLevel::Avx2; }
+
+// F16C (vcvtph2ps) is part of the avx2 level; this older query is kept for the kernels that ask for it.
+inline bool has_f16c() { return has_avx2_fma(); }
+
+// The avx512 level: TL_AVX512 kernels may run.
+inline bool has_avx512() { return simd_level() >= SimdLevel::Avx512; }
 
 // ---- Scratch memory -------------------------------------------------------------------------------------
 
@@ -350,6 +457,10 @@ inline bool connect(Napi::Env env, Napi::Value external) {
   if (t->version != kSdkVersion) {
     Napi::Error::New(env, "tiny-llm SDK: version mismatch (rebuild this addon against the installed tensor-core)")
         .ThrowAsJavaScriptException();
+    return false;
+  }
+  if (!simd_choice().error.empty()) {
+    Napi::Error::New(env, "tiny-llm SDK: " + simd_choice().error).ThrowAsJavaScriptException();
     return false;
   }
   table() = t;
