@@ -160,7 +160,7 @@ export function* generateSpeculative(
   checkPromptFits(target, promptIds);
   const numDraft = options.numDraft ?? 4;
   for (const [which, m] of [['target', target], ['draft', draft]] as const) {
-    if (!m.decoding) throw new UserError(`speculative decoding needs models whose KV cache it can rewind in place; the ${which} (${m.description}) has none`);
+    if (!m.decoding) throw new UserError(`speculative decoding needs models with a KV cache to rewind in place; the ${which} (${m.description}) has none`);
   }
   const decode = options.decode ?? speculativeDecode;
   let rounds: Generator<SpeculativeRound, void>;
