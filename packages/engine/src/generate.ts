@@ -163,7 +163,7 @@ export async function* generateSpeculative(
   checkPromptFits(target, promptIds);
   const numDraft = options.numDraft ?? 4;
   for (const [which, m] of [['target', target], ['draft', draft]] as const) {
-    if (!m.decoding) throw new UserError(`speculative decoding needs models whose KV cache it can rewind in place; the ${which} (${m.description}) has none`);
+    if (!m.decoding) throw new UserError(`speculative decoding needs models with a KV cache to rewind in place; the ${which} (${m.description}) has none`);
     if (m.device !== 'cpu') throw new UserError(`speculative decoding runs on the CPU; the ${which} runs on ${m.device}`);
   }
   const decode = options.decode ?? speculativeDecode;
