@@ -601,7 +601,7 @@ export const COMMANDS: Record<string, Command> = {
   serve: command({
     summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
     usage:
-      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N]',
+      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N] [--disaggregated]',
     flags: SERVE_FLAGS,
     notes:
       'Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n' +
@@ -612,9 +612,12 @@ export const COMMANDS: Record<string, Command> = {
   }),
   'bench-serve': command({
     summary: 'the server under load: throughput, time to first token and per output token (p50, p99), /health latency',
-    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ...] [--json FILE]',
+    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ... [--disaggregated]] [--json FILE]',
     flags: BENCH_SERVE_FLAGS,
-    notes: 'The clients send the demo model\'s golden prompts (code and chat), greedy. The same load with one client is measured first.',
+    notes:
+      "The clients send the demo model's golden prompts (code and chat), greedy. The same load with one client is measured first.\n" +
+      'With --disaggregated: the colocated engine, then prefill and decode in separate workers, each in a server of its own,\n' +
+      "under short chats streaming while long prompts prefill; the chats' TTFT and TPOT (p50, p99) side by side.",
     run: runBenchServeCommand,
   }),
   convert: command({
