@@ -33,6 +33,7 @@ import type { EngineModel } from './session.ts';
 import { atLeast, defineFlags, flagsHelp, inRange, parseFlags, type FlagSpecs, type FlagValues } from './flags.ts';
 import { progressBar } from './progress.ts';
 import { RANDOM_DTYPES } from './random-weights.ts';
+import { LONG_CLIENTS, LONG_PROMPT_TOKENS } from './bench-serve-mixed.ts';
 
 // ---- paths ------------------------------------------------------------------------------------------------------
 
@@ -418,6 +419,19 @@ async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<v
   log(`[${prompts.length} prompts, ${generated} tokens generated in ${seconds.toFixed(2)} s: ${(generated / seconds).toFixed(1)} tok/s]`);
 }
 
+/** Chapter 3.5: prefill and decode in separate workers (serve and bench-serve). */
+const DISAGGREGATED_FLAGS = defineFlags({
+  disaggregated: { kind: 'bool', help: "prefill and decode in separate worker threads, each with the engine's model and a page pool of --kv-cache-mb; a request's pages move to the decode worker after its first token" },
+});
+
+/** --disaggregated runs the engine's paged model: the chapter models (--week, --solution learner) keep a cache per request. */
+function checkDisaggregated(command: string, flags: ModelFlags & FlagValues<typeof DISAGGREGATED_FLAGS>): void {
+  if (!flags.disaggregated) return;
+  if (flags.week !== undefined || flags.solution === 'learner') {
+    throw new UsageError(`${command}: --disaggregated runs the engine (the reference solution's paged model); it does not combine with --week or --solution learner`);
+  }
+}
+
 const SERVE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
@@ -427,10 +441,12 @@ const SERVE_FLAGS = defineFlags({
   'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
   ...KV_CACHE_FLAGS,
   'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
+  ...DISAGGREGATED_FLAGS,
 });
 
 async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<void> {
   const { runServer } = await import('./server/serve.ts');
+  checkDisaggregated('serve', flags);
   const dir = modelDirOf(flags);
   await runServer({
     modelDir: dir,
@@ -443,6 +459,7 @@ async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<v
     prefillChunk: flags['prefill-chunk'] ?? 256,
     ...kvCacheOf(flags),
     maxModelLen: flags['max-model-len'],
+    disaggregated: flags.disaggregated,
     log,
   });
 }
@@ -450,17 +467,26 @@ async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<v
 const BENCH_SERVE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   url: { kind: 'string', value: 'URL', help: 'a running server (default: start one for the run, with the model flags)' },
-  clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64', check: atLeast(1) },
+  clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64; 8 with --disaggregated', check: atLeast(1) },
   requests: { kind: 'int', value: 'N', help: 'requests in all', default: '4 x clients', check: atLeast(1) },
   'max-tokens': { kind: 'int', value: 'N', help: 'tokens per request', default: '64', check: atLeast(1) },
   'max-batch': { kind: 'int', value: 'N', help: "the started server's batch", default: 'the clients', check: atLeast(1) },
   'prefill-chunk': { kind: 'int', value: 'T', help: "the started server's prefill chunk", check: atLeast(1) },
   json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+  disaggregated: {
+    kind: 'bool',
+    help: `the colocated engine, then prefill and decode in separate workers, under a mixed load: the clients' short chats while ${LONG_CLIENTS} more clients send prompts of ${LONG_PROMPT_TOKENS} tokens`,
+  },
 });
 
 async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>): Promise<void> {
   const { runBenchServe } = await import('./bench-serve.ts');
-  const clients = flags.clients ?? 64;
+  const { runBenchDisaggregated } = await import('./bench-serve-mixed.ts');
+  checkDisaggregated('bench-serve', flags);
+  if (flags.disaggregated && flags.url !== undefined) {
+    throw new UsageError('bench-serve: --disaggregated starts the two servers it compares; it does not combine with --url');
+  }
+  const clients = flags.clients ?? (flags.disaggregated ? 8 : 64);
   // The started server gets the model flags, and every client in its batch unless told otherwise: waiting for
   // a slot would count in the time to first token.
   const serverFlags = {
@@ -472,6 +498,20 @@ async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>)
     'max-batch': flags['max-batch'] ?? clients,
     'prefill-chunk': flags['prefill-chunk'],
   };
+  if (flags.disaggregated) {
+    const dir = modelDirOf(flags);
+    await runBenchDisaggregated({
+      serveArgs: Object.entries(serverFlags).flatMap(([name, value]) => (value === undefined ? [] : [`--${name}`, String(value)])),
+      clients,
+      requests: flags.requests ?? 4 * clients,
+      maxTokens: flags['max-tokens'] ?? 64,
+      json: flags.json === undefined ? undefined : resolveOutput(flags.json),
+      promptsFrom: resolveInput('models/tiny-qwen2-py/golden.json'),
+      tokenizer: loadTokenizerOf(dir),
+      log: (line) => process.stdout.write(`${line}\n`),
+    });
+    return;
+  }
   await runBenchServe({
     url: flags.url,
     serveArgs: Object.entries(serverFlags).flatMap(([name, value]) => (value === undefined ? [] : [`--${name}`, String(value)])),
@@ -583,7 +623,7 @@ export const COMMANDS: Record<string, Command> = {
   serve: command({
     summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
     usage:
-      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N]',
+      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N] [--disaggregated]',
     flags: SERVE_FLAGS,
     notes:
       'Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n' +
@@ -594,9 +634,12 @@ export const COMMANDS: Record<string, Command> = {
   }),
   'bench-serve': command({
     summary: 'the server under load: throughput, time to first token and per output token (p50, p99), /health latency',
-    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ...] [--json FILE]',
+    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ... [--disaggregated]] [--json FILE]',
     flags: BENCH_SERVE_FLAGS,
-    notes: 'The clients send the demo model\'s golden prompts (code and chat), greedy. The same load with one client is measured first.',
+    notes:
+      "The clients send the demo model's golden prompts (code and chat), greedy. The same load with one client is measured first.\n" +
+      'With --disaggregated: the colocated engine, then prefill and decode in separate workers, each in a server of its own,\n' +
+      "under short chats streaming while long prompts prefill; the chats' TTFT and TPOT (p50, p99) side by side.",
     run: runBenchServeCommand,
   }),
   convert: command({

@@ -24,7 +24,16 @@ import type { KvCache as LearnerKvCache } from '@tiny-llm/week2';
 import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UserError, withLearnerErrors } from './errors.ts';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import type { SchedulerOptions } from '@tiny-llm/reference/week2';
-import { PagedScheduler, type AgentOptions, type AgentResult, type ChatModel, type PagePool, type Tool } from '@tiny-llm/reference/week3';
+import {
+  DecodeScheduler,
+  PagedScheduler,
+  PrefillScheduler,
+  type AgentOptions,
+  type AgentResult,
+  type ChatModel,
+  type PagePool,
+  type Tool,
+} from '@tiny-llm/reference/week3';
 import type { ChatMessage, ToolSchema } from '@tiny-llm/tokenizer';
 import type { BatchScheduler } from './batch.ts';
 import type { ToolRunner } from './chat.ts';
@@ -257,8 +266,8 @@ function toolRunnerOf<Registry>(week3: AgentModule<Registry>, schemas?: readonly
 }
 
 /** A scheduler (chapter 2.6) over the chosen model: what `batch`, `bench --batch` and the server drive. */
-export interface LoadedScheduler {
-  scheduler: BatchScheduler;
+export interface LoadedScheduler<Scheduler extends BatchScheduler = BatchScheduler> {
+  scheduler: Scheduler;
   config: tc.ModelConfig;
   description: string;
   /** The engine's page pool (chapter 3.1); the week 2 models have none. */
@@ -276,6 +285,39 @@ export interface KvCacheChoice {
 export const DEFAULT_KV_CACHE_MB = 512;
 
 /**
+ * The engine's model on a page pool (chapter 3.1), with prefix caching unless turned off: what every scheduler
+ * of the engine runs on.
+ */
+function loadEngineBatchModel(dir: string, kv: KvCacheChoice): { paged: EngineBatchModel; cache: string } {
+  let model: Qwen2Model;
+  try {
+    model = Qwen2Model.load(dir);
+  } catch (err) {
+    throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
+  }
+  const megabytes = kv.kvCacheMb ?? DEFAULT_KV_CACHE_MB;
+  const numPages = EngineBatchModel.pagesIn(model.config, megabytes);
+  if (numPages < 1) throw new UserError(`--kv-cache-mb ${megabytes}: too small for one page of 16 tokens of this model`);
+  const paged = new EngineBatchModel(model, { numPages, prefixCaching: kv.prefixCaching });
+  return { paged, cache: `a KV cache of ${numPages} pages of 16 tokens (${megabytes} MB)${paged.pool.prefixCache ? ' with prefix caching' : ''}` };
+}
+
+/** The two halves of disaggregated serving (chapter 3.5): a worker's scheduler prefills, or decodes. */
+export type Phase = 'prefill' | 'decode';
+const PHASE_SCHEDULERS = { prefill: PrefillScheduler, decode: DecodeScheduler };
+
+/**
+ * One phase of disaggregated serving on the engine's model: chapter 3.5's PrefillScheduler or DecodeScheduler,
+ * each on a page pool of its own. The decode pool shares no prefixes: its requests arrive prefilled.
+ */
+export function loadPhaseScheduler<P extends Phase>(dir: string, phase: P, options: SchedulerOptions & KvCacheChoice): LoadedScheduler<InstanceType<(typeof PHASE_SCHEDULERS)[P]>> {
+  checkModelDir(dir);
+  const { paged, cache } = loadEngineBatchModel(dir, phase === 'decode' ? { ...options, prefixCaching: false } : options);
+  const scheduler = new PHASE_SCHEDULERS[phase](paged, { maxBatch: options.maxBatch, prefillChunk: options.prefillChunk }) as InstanceType<(typeof PHASE_SCHEDULERS)[P]>;
+  return { scheduler, config: paged.config, description: `the engine's ${phase} worker, ${cache}`, pool: paged.pool };
+}
+
+/**
  * Continuous batching over the chosen model: the engine (chapter 3.1's PagedScheduler over the engine's model on a
  * page pool), a week 2 or 3 model with its own solution's Scheduler, or a tensor-parallel group (chapter 3.6) with week 2's.
  * Week 1's model has no cache to batch with.
@@ -289,19 +331,9 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
   const { maxBatch, prefillChunk } = options;
   const tensorParallel = (choice.tensorParallel ?? 1) > 1;
   if (choice.week === undefined && solution === 'reference' && device === 'cpu' && !tensorParallel) {
-    let model: Qwen2Model;
+    const { paged, cache } = loadEngineBatchModel(dir, options);
     try {
-      model = Qwen2Model.load(dir);
-    } catch (err) {
-      throw new UserError(`cannot load the model in ${dir}: ${oneLine(err)}`, { cause: err });
-    }
-    const megabytes = options.kvCacheMb ?? DEFAULT_KV_CACHE_MB;
-    const numPages = EngineBatchModel.pagesIn(model.config, megabytes);
-    if (numPages < 1) throw new UserError(`--kv-cache-mb ${megabytes}: too small for one page of 16 tokens of this model`);
-    try {
-      const paged = new EngineBatchModel(model, { numPages, prefixCaching: options.prefixCaching });
-      const cache = `a KV cache of ${numPages} pages of 16 tokens (${megabytes} MB)${paged.pool.prefixCache ? ' with prefix caching' : ''}`;
-      return { scheduler: new PagedScheduler(paged, { maxBatch, prefillChunk }), config: model.config, description: `the engine, ${cache}`, pool: paged.pool };
+      return { scheduler: new PagedScheduler(paged, { maxBatch, prefillChunk }), config: paged.config, description: `the engine, ${cache}`, pool: paged.pool };
     } catch (err) {
       throw schedulerError(err);
     }

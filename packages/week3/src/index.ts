@@ -6,6 +6,8 @@ export * from './paged-batch.ts';
 export * from './moe.ts';
 export * from './qwen2-week3.ts';
 export * from './speculative.ts';
+export * from './kv-transfer.ts';
+export * from './disaggregated.ts';
 export * from './all-reduce.ts';
 export * from './tensor-parallel.ts';
 export * from './tool-calls.ts';

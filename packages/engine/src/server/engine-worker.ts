@@ -2,19 +2,30 @@
 // come, cancel it (a client that disconnects), read the scheduler's counts for the metrics.
 import { SHARE_ENV, Worker } from 'node:worker_threads';
 import { UserError } from '../errors.ts';
-import type { FromWorker, KvPages, SamplingOptions, TokenOutput, ToWorker, WorkerOptions } from './protocol.ts';
+import type { FromWorker, KvPages, Prefilled, SubmittedRequest, TokenOutput, ToWorker, WorkerOptions } from './protocol.ts';
 
-export interface EngineRequest {
-  promptIds: number[];
-  maxTokens: number;
-  stopIds: number[];
-  sampling: SamplingOptions;
-}
+export type EngineRequest = SubmittedRequest;
 
 /** What a request hears: each token, then its end (or why the worker refused it). */
 export type RequestEvent = { type: 'token'; output: TokenOutput } | { type: 'rejected'; message: string };
 
-export class EngineWorker {
+/** What the HTTP side asks of the model: one worker (EngineWorker), or a prefill and a decode worker (chapter 3.5). */
+export interface ServingEngine {
+  readonly description: string;
+  readonly maxPositions: number;
+  /** The schedulers' counts after their last step. */
+  readonly running: number;
+  readonly waiting: number;
+  /** The page pools after the last step (null: a model without a pool). */
+  readonly kvPages: KvPages | null;
+  /** Submits a request; `listener` hears its tokens. Returns the request's id, for cancel. */
+  submit(request: EngineRequest, listener: (event: RequestEvent) => void): number;
+  /** Ends a request; nothing more is heard of it. */
+  cancel(id: number): void;
+  close(): Promise<unknown>;
+}
+
+export class EngineWorker implements ServingEngine {
   private readonly listeners = new Map<number, (event: RequestEvent) => void>();
   private nextId = 1;
   /** The scheduler's counts after its last step. */
@@ -24,6 +35,11 @@ export class EngineWorker {
   kvPages: KvPages | null = null;
   /** Set when the worker died: every later request fails with it. */
   private failure: string | null = null;
+  /**
+   * A prefill worker's handoffs (chapter 3.5): a request that leaves this worker prefilled, with the listener
+   * that heard its first token. Nothing more is heard of it here.
+   */
+  onHandoff: ((id: number, prefilled: Prefilled, listener: (event: RequestEvent) => void) => void) | null = null;
 
   private constructor(
     private readonly worker: Worker,
@@ -58,13 +74,24 @@ export class EngineWorker {
 
   /** Submits a request; `listener` hears its tokens. Returns the request's id, for cancel. */
   submit(request: EngineRequest, listener: (event: RequestEvent) => void): number {
+    return this.enqueue(listener, (id) => this.send({ type: 'submit', id, ...request }));
+  }
+
+  /** A decode worker's request that another worker prefilled (chapter 3.5); its pages move, not copied. */
+  submitPrefilled(request: EngineRequest, prefilled: Prefilled, listener: (event: RequestEvent) => void): number {
+    const pages = prefilled.transfer.pages.map((p) => p.data.buffer as ArrayBuffer);
+    const { firstToken, transfer } = prefilled;
+    return this.enqueue(listener, (id) => this.send({ type: 'prefilled', id, ...request, firstToken, transfer }, pages));
+  }
+
+  private enqueue(listener: (event: RequestEvent) => void, send: (id: number) => void): number {
     const id = this.nextId++;
     if (this.failure) {
       queueMicrotask(() => listener({ type: 'rejected', message: this.failure! }));
       return id;
     }
     this.listeners.set(id, listener);
-    this.send({ type: 'submit', id, ...request });
+    send(id);
     return id;
   }
 
@@ -78,8 +105,8 @@ export class EngineWorker {
     return this.worker.terminate();
   }
 
-  private send(message: ToWorker): void {
-    this.worker.postMessage(message);
+  private send(message: ToWorker, transfer: ArrayBuffer[] = []): void {
+    this.worker.postMessage(message, transfer);
   }
 
   private receive(message: FromWorker): void {
@@ -96,6 +123,11 @@ export class EngineWorker {
       const listener = this.listeners.get(message.id);
       this.listeners.delete(message.id);
       listener?.({ type: 'rejected', message: message.message });
+    } else if (message.type === 'handoff') {
+      const listener = this.listeners.get(message.id);
+      this.listeners.delete(message.id);
+      // A request cancelled while its handoff was on the way is dropped here.
+      if (listener) this.onHandoff?.(message.id, message, listener);
     } else if (message.type === 'failed') {
       this.fail(message.message);
     }

@@ -6,6 +6,7 @@ import { loadTokenizer } from '@tiny-llm/tokenizer';
 import { UsageError, UserError } from '../errors.ts';
 import type { KvCacheChoice, ModelChoice } from '../registry.ts';
 import { createApp } from './app.ts';
+import { DisaggregatedEngine } from './disaggregated-engine.ts';
 import { EngineWorker } from './engine-worker.ts';
 import { Metrics } from './metrics.ts';
 
@@ -20,6 +21,8 @@ export interface ServeOptions extends KvCacheChoice {
   maxBatch: number;
   prefillChunk: number;
   maxModelLen?: number;
+  /** Prefill and decode in separate workers (chapter 3.5). */
+  disaggregated?: boolean;
   log: (line: string) => void;
 }
 
@@ -32,7 +35,8 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const tokenizer = loadTokenizer(options.modelDir);
   const t0 = performance.now();
   const { modelDir, choice, maxBatch, prefillChunk, kvCacheMb, prefixCaching } = options;
-  const worker = await EngineWorker.start({ modelDir, choice, maxBatch, prefillChunk, kvCacheMb, prefixCaching });
+  const workerOptions = { modelDir, choice, maxBatch, prefillChunk, kvCacheMb, prefixCaching };
+  const worker = options.disaggregated ? await DisaggregatedEngine.start(workerOptions) : await EngineWorker.start(workerOptions);
   const maxModelLen = options.maxModelLen ?? worker.maxPositions;
   if (maxModelLen > worker.maxPositions) {
     await worker.close();
