@@ -353,7 +353,7 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
     const modelDir = tc.openModelDir(dir, { device: backend });
     checkWeek3Device(choice.week, modelDir, backend);
     if (choice.week === undefined && solution === 'reference') description = DeviceQwen2.describe(modelDir);
-    description += ` and week 2 scheduler, on ${placeOf(backend)}`;
+    description += ` and scheduler, on ${placeOf(backend)}`;
     // One branch per solution: their classes are of different declarations.
     if (solution === 'reference') {
       const week2 = await MODULES.reference.week2();
