@@ -67,6 +67,19 @@ export function solutionSwitch(env: NodeJS.ProcessEnv = process.env): Plugin {
   };
 }
 
+/**
+ * The file the switch above gives for a learner's chapter file (`packages/week3/src/all-reduce.ts`), as an
+ * absolute path: for a test that runs the code under test in a worker thread, which imports it by path where
+ * the plugin does not reach.
+ */
+export function solutionPathOf(learnerPath: string, env: NodeJS.ProcessEnv = process.env): string {
+  const parts = /^packages\/(week\d)\/(src|native)\/(.+)$/.exec(learnerPath);
+  if (!parts) throw new Error(`solutionPathOf: ${learnerPath} is not a file of a week package (packages/weekN/src/...)`);
+  const [, week, folder, file] = parts;
+  const path = solutionOf(env) === 'reference' ? `packages/reference/${folder}/${week}/${file}` : (replacedFiles(env).get(learnerPath) ?? learnerPath);
+  return join(ROOT, path);
+}
+
 /** The vitest configuration of a package: `sharedConfig(import.meta.url)` in its vitest.config.ts. */
 export function sharedConfig(configUrl: string): ViteUserConfig {
   const packageDir = fileURLToPath(new URL('.', configUrl));

@@ -10,8 +10,9 @@ export interface Chapter {
   title: string;
   week: string;
   /**
-   * The learner's files, relative to packages/<week>: `src/F` (TypeScript) and `native/F` (C++ kernels), whose
-   * solutions are packages/reference/src/<week>/F and packages/reference/native/<week>/F.
+   * The learner's files, relative to packages/<week>: `src/F` (TypeScript), `native/F` (C++ kernels) and
+   * `wgsl/F` (GPU kernels), whose solutions are packages/reference/src/<week>/F,
+   * packages/reference/native/<week>/F and packages/reference/wgsl/<week>/F.
    */
   files: string[];
   /** The graded test file, relative to packages/<week>. */
@@ -45,7 +46,10 @@ export function learnerFile(chapter: Chapter, file: string): string {
   return `packages/${chapter.week}/${file}`;
 }
 
-/** Its solution: src/F -> packages/reference/src/<week>/F, native/F -> packages/reference/native/<week>/F. */
+/**
+ * Its solution: src/F -> packages/reference/src/<week>/F, native/F -> packages/reference/native/<week>/F,
+ * wgsl/F -> packages/reference/wgsl/<week>/F.
+ */
 export function solutionFile(chapter: Chapter, file: string): string {
   const slash = file.indexOf('/');
   return `packages/reference/${file.slice(0, slash)}/${chapter.week}/${file.slice(slash + 1)}`;

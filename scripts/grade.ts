@@ -4,14 +4,17 @@
 // Each chapter is graded on its own, with the files of every other chapter swapped for their reference
 // solutions (TINY_LLM_REFERENCE_CHAPTERS, see vitest.shared.ts): a chapter's row says whether *its* code is
 // right, whatever state the others are in. `pnpm test --filter week1` runs the learner's chapters together.
-// The tests run in a child process of vitest's (its "forks" pool), so a learner's kernel that crashes fails
-// its own chapter and leaves the table standing.
+// Each chapter is graded in a process of its own (this script with --grade-one), given at most
+// --chapter-timeout seconds: a learner's kernel that crashes, or never returns (a loop without an end in C++
+// or WGSL), fails its own chapter and leaves the table standing.
 //
 // pnpm grade --check-stubs (run by `pnpm test`): the learner packages must still be stubs, so every chapter
 // must be "not started": each of its tests fails with a NotImplemented error that names that chapter. With
 // TINY_LLM_TEST_REPORT set, the check is also written there as a test report for the CI summary.
 // pnpm grade --json: the table as JSON on stdout.
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startVitest } from 'vitest/node';
 import { allChapters, ROOT, type Chapter } from './chapters.ts';
@@ -111,6 +114,39 @@ export async function gradeChapter(chapter: Chapter, solution: Solution, chapter
   return progressOf(chapter, stubIdsOf(chapter, chapters), tests, errors);
 }
 
+/**
+ * gradeChapter in a child process, stopped (with its vitest workers) after `seconds`: a chapter whose tests
+ * never end is an error row, not a table that never comes.
+ */
+function gradeInChild(chapter: Chapter, solution: Solution, seconds: number): Promise<ChapterProgress> {
+  const script = fileURLToPath(import.meta.url);
+  const child = spawn(process.execPath, ['--import', 'tsx', script, '--grade-one', chapter.id, '--solution', solution], {
+    cwd: ROOT,
+    detached: true, // its own process group, so that its vitest workers stop with it
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let stdout = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    process.kill(-child.pid!, 'SIGKILL');
+  }, seconds * 1000);
+  const row = { id: chapter.id, title: chapter.title, week: chapter.week, passed: 0, total: 0, status: 'error' as const };
+  return new Promise((resolve) => {
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (timedOut) return resolve({ ...row, detail: `no result after ${seconds} s (a kernel that never returns?): its tests were stopped` });
+      const last = stdout.trim().split('\n').at(-1) ?? '';
+      try {
+        resolve(JSON.parse(last) as ChapterProgress);
+      } catch {
+        resolve({ ...row, detail: `its grading process ended (${signal ?? `exit code ${code}`}) without a result` });
+      }
+    });
+  });
+}
+
 function printTable(rows: ChapterProgress[], solution: Solution): void {
   const log = (line = '') => process.stderr.write(`${line}\n`);
   log(`\nProgress of the ${solution} solution${solution === 'learner' ? " (each chapter graded on the reference's other chapters)" : ''}\n`);
@@ -130,6 +166,8 @@ async function main(): Promise<number> {
       'check-stubs': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       chapter: { type: 'string', multiple: true },
+      'chapter-timeout': { type: 'string', default: '900' },
+      'grade-one': { type: 'string' },
     },
   });
   const checkStubs = values['check-stubs'];
@@ -139,9 +177,19 @@ async function main(): Promise<number> {
     return 2;
   }
   const chapters = allChapters();
+  const one = chapters.find((c) => c.id === values['grade-one']);
+  if (one) {
+    process.stdout.write(`\n${JSON.stringify(await gradeChapter(one, solution, chapters))}\n`);
+    return 0;
+  }
+  const timeout = Number(values['chapter-timeout']);
+  if (!(timeout > 0)) {
+    process.stderr.write(`grade: --chapter-timeout must be a number of seconds > 0, got ${values['chapter-timeout']}\n`);
+    return 2;
+  }
   const selected = values.chapter ? chapters.filter((c) => values.chapter!.includes(c.id)) : chapters;
   const rows: ChapterProgress[] = [];
-  for (const chapter of selected) rows.push(await gradeChapter(chapter, solution, chapters));
+  for (const chapter of selected) rows.push(await gradeInChild(chapter, solution, timeout));
   if (values.json) process.stdout.write(`${JSON.stringify({ solution, chapters: rows }, null, 2)}\n`);
   printTable(rows, solution);
   if (!checkStubs) return 0;

@@ -122,7 +122,7 @@ export function repoPaths(): string[] {
 
 const LANGUAGES: Record<string, string> = {
   '.ts': 'ts', '.js': 'js', '.mjs': 'js', '.json': 'json', '.md': 'md', '.py': 'python', '.sh': 'sh',
-  '.h': 'cpp', '.hpp': 'cpp', '.cc': 'cpp', '.cpp': 'cpp', '.c': 'c', '.yaml': 'yaml', '.txt': 'txt',
+  '.h': 'cpp', '.hpp': 'cpp', '.cc': 'cpp', '.cpp': 'cpp', '.c': 'c', '.yaml': 'yaml', '.txt': 'txt', '.wgsl': 'wgsl',
 };
 
 /** Above this a text file (a tokenizer.json of megabytes) is described, not shown. */

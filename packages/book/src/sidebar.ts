@@ -9,7 +9,7 @@ import { type Chapter, chaptersOf, ROOT, WEEKS } from '../../../scripts/chapters
 export const DOCS = join(ROOT, 'docs');
 
 /** The pages outside the weeks, in sidebar order, as paths under docs/. README.md is the home page. */
-export const BOOK_PAGES = ['README.md', 'architecture.md', 'engine.md', 'serving.md', 'progress.md'];
+export const BOOK_PAGES = ['README.md', 'architecture.md', 'engine.md', 'serving.md', 'gpu.md', 'progress.md'];
 
 /** A page's title is its first heading, so the sidebar says what the page says. */
 export function titleOf(page: string): string {

@@ -1,7 +1,7 @@
 // The engine's performance targets, checked: `pnpm bench` runs this after tensor-core's kernel benchmarks.
-// Each figure comes from its own process (`tiny-llm bench --json`, the flash attention benchmark), so that a
-// row's peak memory is its own, and is judged against a ceiling measured in the same run (the read bandwidth,
-// the prefill rate) or against another figure of the same run. Targets are not tests: on a shared machine a
+// Each figure comes from its own process (`tiny-llm bench --json`, the attention and prefix caching benchmarks),
+// so that a row's peak memory is its own, and is judged against a ceiling measured in the same run (the read
+// bandwidth, the prefill rate) or against another figure of the same run. Targets are not tests: on a shared machine a
 // neighbour's burst moves them, so this prints what it measured and exits non-zero when a target is missed.
 //
 //   pnpm bench [--json FILE] [--quick]      (--quick: the demo model only)
@@ -55,6 +55,16 @@ function main(): number {
   targets.push({ what: 'flash attention, L = S = 2048: causal / all-zero mask speed-up', measured: at(2048).causal_speedup_over_zero_mask, atLeast: 1.6, unit: 'x' });
   targets.push({ what: 'flash attention, L = S = 512: speed-up over fast.sdpa', measured: at(512).speedup_over_sdpa, atLeast: 1.0, unit: 'x' });
   targets.push({ what: 'flash attention, L = S = 2048: speed-up over fast.sdpa', measured: at(2048).speedup_over_sdpa, atLeast: 1.5, unit: 'x' });
+
+  // Paged attention (chapter 3.1): reading the cache through block tables costs little over a contiguous cache.
+  const paged = (reports.paged_attention = runJson('paged attention', ['packages/engine/bench/paged-attention.ts'])) as { context: number; batch: number; paged_over_dense: number }[];
+  for (const batch of [1, 16]) {
+    const row = paged.find((r) => r.context === 1024 && r.batch === batch)!;
+    targets.push({ what: `decode attention at 1024 tokens of context, ${batch} row${batch > 1 ? 's' : ''}: paged / contiguous`, measured: row.paged_over_dense, atMost: 1.2, unit: 'x' });
+  }
+  // Prefix caching (chapter 3.2): the second turn of a chat with tools computes only what the first did not.
+  const prefix = (reports.prefix_caching = runJson('prefix caching', ['packages/engine/bench/prefix-cache.ts']));
+  targets.push({ what: 'demo chat with tools, second turn: first token with prefix caching, times sooner', measured: prefix.speedup, atLeast: 5, unit: 'x' });
 
   if (!values.quick) {
     const bf16 = (reports.qwen2_05b_bf16 = runJson('Qwen2-0.5B shape, bf16, batch 16', [CLI, 'bench', '--config', HALF_B, '--dtype', 'bf16', '--batch', '16']));

@@ -97,7 +97,8 @@ const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusio
 
 // ---- The other bindings, registered by the module's Init (native/quantized_matmul.cc) ----------------------------
 
-Napi::Value AttentionDecode(const Napi::CallbackInfo& info);  // native/attention_decode.cc
+Napi::Value AttentionDecode(const Napi::CallbackInfo& info);       // native/attention_decode.cc
+Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info);  // native/attention_decode.cc
 Napi::Value DenseLinear(const Napi::CallbackInfo& info);      // native/dense_linear.cc
 
 }  // namespace engine

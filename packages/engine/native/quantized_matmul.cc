@@ -741,6 +741,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports["quantizedMatmul"] = Napi::Function::New(env, QuantizedMatmul);
   exports["cpuFeatures"] = Napi::Function::New(env, CpuFeatures);
   exports["attentionDecode"] = Napi::Function::New(env, engine::AttentionDecode);
+  exports["pagedAttentionDecode"] = Napi::Function::New(env, engine::PagedAttentionDecode);
   exports["denseLinear"] = Napi::Function::New(env, engine::DenseLinear);
   exports["dequantizeRows"] = Napi::Function::New(env, DequantizeRows);
   return exports;

@@ -1,46 +1,65 @@
-// The engine's model as the course's scheduler (chapter 2.6's Scheduler) drives it: a request's cache is the
-// engine's cache of each layer, a prefill runs its chunk through the fused model, and a decode step runs the
-// B requests' tokens through the projections together and through attention row by row, each on its own
-// cache in place (Qwen2Model.decodeRows): no padding and no copy of the caches, unlike the course's
-// BatchingKvCache, which makes the batch's keys one tensor so that the plain model can stay unchanged.
+// The engine's model as the course's scheduler drives it (chapter 3.1's PagedScheduler, which extends chapter
+// 2.6's): a request's cache is a block table in one page pool shared by every request and layer, with prefix
+// caching (chapter 3.2) unless turned off. A prefill runs its chunk through the fused model, the new keys and
+// values written into the request's pages and gathered for flash attention; a decode step runs the B requests'
+// tokens through the projections together and attention in one kernel call (Qwen2Model.decodeRows, native/
+// attention_decode.cc's pagedAttentionDecode) that applies RoPE, writes each row's key and value into its slot
+// and reads every row's pages in place: no padding and no copy of the caches.
 import * as tc from '@tiny-llm/tensor-core';
-import type { Tensor } from '@tiny-llm/tensor-core';
-import type { BatchModel } from '@tiny-llm/reference/week2';
-import type { DecodeKvCache } from './model/kv-cache.ts';
+import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
+import { type BlockTable, PagedLayerCache, PagedModelBase, PrefixCache } from '@tiny-llm/reference/week3';
 import type { Qwen2Model } from './model/qwen2.ts';
 
-export class EngineBatchModel implements BatchModel<DecodeKvCache[]> {
-  constructor(readonly model: Qwen2Model) {}
+export interface EngineBatchOptions {
+  /** Pages in the pool (see pagesIn). */
+  numPages: number;
+  /** Tokens per page (default 16). */
+  pageSize?: number;
+  /** Share the pages of common prompt prefixes between requests (default true). */
+  prefixCaching?: boolean;
+}
 
-  get vocabSize(): number {
-    return this.model.config.vocabSize;
+export class EngineBatchModel extends PagedModelBase {
+  constructor(
+    readonly model: Qwen2Model,
+    options: EngineBatchOptions,
+  ) {
+    super(model.config, { numPages: options.numPages, pageSize: options.pageSize, prefixCache: options.prefixCaching === false ? null : new PrefixCache() });
   }
 
-  get maxPositions(): number {
-    return this.model.config.maxPositionEmbeddings;
+  /** The pages of `pageSize` tokens that `megabytes` hold for a model of this config (keys and values of every layer, float32). */
+  static pagesIn(config: ModelConfig, megabytes: number, pageSize = 16): number {
+    const bytesPerPage = 2 * config.numHiddenLayers * config.numKeyValueHeads * pageSize * config.headDim * 4;
+    return Math.floor((megabytes * 2 ** 20) / bytesPerPage);
   }
 
-  newRequestCache(): DecodeKvCache[] {
-    return this.model.newCache();
-  }
-
-  prefill(ids: readonly number[], offset: number, cache: DecodeKvCache[]): Tensor {
+  prefill(ids: readonly number[], offset: number, table: BlockTable): Tensor {
+    this.pool.prepare([table], ids.length);
     const x = tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length] });
     try {
-      return this.model.forwardLastLogits(x, cache, offset);
+      const logits = this.model.forwardLastLogits(x, this.layersOf(table), offset);
+      table.commit(ids);
+      return logits;
     } finally {
       x.dispose();
     }
   }
 
-  decode(tokens: readonly number[], positions: readonly number[], caches: readonly DecodeKvCache[][]): Tensor {
-    caches.forEach((c, i) => {
-      if (c[0].offset !== positions[i]) throw new RangeError(`EngineBatchModel.decode: row ${i} is at position ${positions[i]}, its cache holds ${c[0].offset} tokens`);
+  decode(tokens: readonly number[], positions: readonly number[], tables: readonly BlockTable[]): Tensor {
+    tables.forEach((t, i) => {
+      if (t.length !== positions[i]) throw new RangeError(`EngineBatchModel.decode: row ${i} is at position ${positions[i]}, ${t.owner}'s block table holds ${t.length} tokens`);
     });
-    return this.model.decodeRows(tokens, caches);
+    this.pool.prepare(tables, 1);
+    const logits = this.model.decodeRows(
+      tokens,
+      tables.map((t) => this.layersOf(t)),
+    );
+    tables.forEach((t, i) => t.commit([tokens[i]]));
+    return logits;
   }
 
-  release(cache: DecodeKvCache[]): void {
-    for (const layer of cache) layer.dispose();
+  /** The table as each layer's cache. */
+  private layersOf(table: BlockTable): PagedLayerCache[] {
+    return this.model.layers.map((_, i) => new PagedLayerCache(table, i));
   }
 }

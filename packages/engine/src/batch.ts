@@ -77,7 +77,7 @@ export function readPrompts(path: string, defaultMaxTokens: number): BatchPrompt
 /** What runBatch needs of a scheduler (chapter 2.6's, either solution's). */
 export interface BatchScheduler {
   submit(request: GenerationRequest): number;
-  step(): StepOutput[];
+  step(): Promise<StepOutput[]>;
   cancel(id: number): boolean;
   readonly idle: boolean;
   readonly counts: { running: number; waiting: number };
@@ -94,12 +94,12 @@ export interface BatchResult {
  * Runs every prompt through the scheduler, all submitted at once (the scheduler admits them as slots free),
  * and returns the results in input order with the decode throughput over the whole run.
  */
-export function runBatch(
+export async function runBatch(
   scheduler: BatchScheduler,
   tokenizer: TinyTokenizer,
   prompts: BatchPrompt[],
   samplerOf: (p: BatchPrompt) => ((logits: Tensor) => Tensor) | undefined,
-): { results: BatchResult[]; seconds: number; generated: number } {
+): Promise<{ results: BatchResult[]; seconds: number; generated: number }> {
   const byId = new Map<number, { index: number; tokens: number[]; finish?: 'stop' | 'length' }>();
   prompts.forEach((p, index) => {
     const promptIds = tokenizer.encode(p.prompt);
@@ -108,14 +108,14 @@ export function runBatch(
     try {
       id = scheduler.submit({ promptIds, maxTokens: p.maxTokens, stopIds: p.ignoreEos ? [] : tokenizer.eosTokenIds, sampler: samplerOf(p) });
     } catch (err) {
-      throw new UserError(`prompt ${index}: ${(err as Error).message.replace(/^Scheduler\.submit: /, '')}`);
+      throw new UserError(`prompt ${index}: ${(err as Error).message.replace(/^\w*Scheduler\.submit: /, '')}`);
     }
     byId.set(id, { index, tokens: [] });
   });
   const t0 = performance.now();
   let generated = 0;
   while (!scheduler.idle) {
-    for (const out of scheduler.step()) {
+    for (const out of await scheduler.step()) {
       const entry = byId.get(out.id)!;
       if (out.token !== null) {
         entry.tokens.push(out.token);

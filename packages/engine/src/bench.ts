@@ -8,20 +8,25 @@
 //
 // Ceilings: the read bandwidth (readBandwidthGBs: a 256 MB buffer, far beyond the caches), the float32 GEMM
 // rate of the native kernel at 1024^3 (benchGemm), and the FMA peak of the cores (native.peakGflops). They are
-// measured after the model runs, so that the peak resident memory reported is the engine's alone.
+// measured after the model runs, so that the peak resident memory reported is the engine's alone. With
+// --device webgpu, the GPU's own: a plain WGSL read kernel's bandwidth and the tiled f32 matmul rate at 512^3
+// (tensor-core's bench/webgpu-kernels.ts); a GPU has no FMA peak measured here.
 import { writeFileSync } from 'node:fs';
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig } from '@tiny-llm/tensor-core';
 import { benchGemm, readBandwidthGBs } from '@tiny-llm/tensor-core/bench';
+import { matmulGflops, readBandwidthGBs as gpuReadBandwidthGBs } from '@tiny-llm/tensor-core/bench-webgpu';
 import { Scheduler } from '@tiny-llm/reference/week2';
+import { PagedScheduler } from '@tiny-llm/reference/week3';
 import { EngineBatchModel } from './batch-model.ts';
 import { Qwen2Model } from './model/qwen2.ts';
 import { oneLine, UsageError, UserError } from './errors.ts';
 import type { BenchFlags } from './cli.ts';
-import { checkModelDir, type ModelChoice } from './registry.ts';
+import { checkModelDir, deviceBackend, type ModelChoice } from './registry.ts';
 import { EngineQwen2, type EngineModel } from './session.ts';
 import { progressBar } from './progress.ts';
 import { RandomWeights } from './random-weights.ts';
+import { TensorParallelBatchModel, TensorParallelModel } from './tensor-parallel/parallel-model.ts';
 
 /** One weight as the accounting sees it (a quantized one with its scales and biases). */
 export interface WeightEntry {
@@ -119,6 +124,8 @@ export function randomEntries(weights: RandomWeights): WeightEntry[] {
 export interface Ceilings {
   bandwidthGBs: number;
   gemmGflops: number;
+  /** The GEMM's n (n x n times n x n). */
+  gemmSize: number;
   fmaPeakGflops: number;
 }
 
@@ -135,7 +142,17 @@ export function measureCeilings(): Ceilings {
     gemmGflops = Math.max(gemmGflops, benchGemm(1024, 1024, 1024, 5));
   }
   const fmaPeakGflops = Number(tc.native.peakGflops());
-  return { bandwidthGBs, gemmGflops, fmaPeakGflops };
+  return { bandwidthGBs, gemmGflops, gemmSize: 1024, fmaPeakGflops };
+}
+
+/**
+ * The same ceilings on a GPU: the read bandwidth over up to 256 MB (one binding's limit) and the f32 matmul
+ * rate at 512^3 (a software GPU takes seconds per 1024^3 product).
+ */
+export async function measureGpuCeilings(gpu: tc.WebGPUBackend): Promise<Ceilings> {
+  const megabytes = Math.min(256, gpu.limits.maxStorageBufferBindingSize / 2 ** 20);
+  const bandwidthGBs = await gpuReadBandwidthGBs(gpu, megabytes);
+  return { bandwidthGBs, gemmGflops: await matmulGflops(gpu, 512), gemmSize: 512, fmaPeakGflops: 0 };
 }
 
 export interface SpeedResult {
@@ -152,44 +169,74 @@ function promptIds(n: number, vocab: number, seed: number): number[] {
 }
 
 /**
+ * A scheduler for `batch` requests of up to `tokens` tokens each: the engine's on a page pool with room for all
+ * of them, or the tensor-parallel group's (whose ranks keep a cache per request).
+ */
+function batchScheduler(model: EngineQwen2 | TensorParallelModel, batch: number, tokens: number): Scheduler<unknown> {
+  if (model instanceof TensorParallelModel) return new Scheduler(new TensorParallelBatchModel(model.group), { maxBatch: batch });
+  const numPages = batch * Math.ceil(tokens / 16);
+  return new PagedScheduler(new EngineBatchModel(model.model, { numPages }), { maxBatch: batch });
+}
+
+/**
+ * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapters 2.6 and 3.1,
+ * on the engine's model and a page pool with room for all of them): the requests are prefilled first (one per
+ * step), then `steps` steps of pure decode, each giving every request a token, are timed. Batching turns decode's
+ * matrix-vector products into matrix products, so its ceiling is the prefill rate.
+ */
+export async function measureBatchDecode(model: EngineQwen2 | TensorParallelModel, batch: number, promptLen: number, steps: number, seed = 0): Promise<{ tokensPerS: number; seconds: number }> {
+  const maxTokens = steps + batch + 2;
+  const scheduler = batchScheduler(model, batch, promptLen + maxTokens);
+  const ids = Array.from({ length: batch }, (_, i) => scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens }));
+  // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
+  for (let i = 0; i <= batch; i++) await scheduler.step();
+  const t0 = performance.now();
+  let tokens = 0;
+  for (let i = 0; i < steps; i++) tokens += (await scheduler.step()).filter((o) => o.token !== null).length;
+  const seconds = (performance.now() - t0) / 1e3;
+  for (const id of ids) scheduler.cancel(id);
+  if (scheduler instanceof PagedScheduler) scheduler.model.pool.dispose();
+  return { tokensPerS: tokens / seconds, seconds };
+}
+
+/** What one all-reduce of a group costs, for a float32 partial [rows, width]. */
+export interface AllReduceTiming {
+  rows: number;
+  width: number;
+  microseconds: number;
+}
+
+/**
+ * The time of one all-reduce over a tensor-parallel group, for partials of each row count: the mean of many in a
+ * row (the group does nothing else meanwhile), the best of three such runs.
+ */
+export function measureAllReduce(model: TensorParallelModel, rowCounts: readonly number[]): AllReduceTiming[] {
+  return rowCounts.map((rows) => {
+    const rounds = Math.max(20, Math.round(2000 / rows));
+    const seconds = Math.min(...[0, 1, 2].map(() => model.group.timeAllReduce(rows, rounds)));
+    return { rows, width: model.config.hiddenSize, microseconds: seconds * 1e6 };
+  });
+}
+
+/**
  * Prefill promptLen tokens, then decode gen tokens greedily, in a fresh session; `reps` times, keeping the
  * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
  * (it also faults in memory-mapped weights).
  */
-/**
- * Aggregate decode throughput of `batch` requests decoding together through the scheduler (chapter 2.6, on the
- * engine's model): the requests are prefilled first (one per step), then `steps` steps of pure decode, each
- * giving every request a token, are timed. Batching turns decode's matrix-vector products into matrix
- * products, so its ceiling is the prefill rate.
- */
-export function measureBatchDecode(model: Qwen2Model, batch: number, promptLen: number, steps: number, seed = 0): { tokensPerS: number; seconds: number } {
-  const scheduler = new Scheduler(new EngineBatchModel(model), { maxBatch: batch });
-  const ids = Array.from({ length: batch }, (_, i) =>
-    scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens: steps + batch + 2 }),
-  );
-  // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
-  for (let i = 0; i <= batch; i++) scheduler.step();
-  const t0 = performance.now();
-  let tokens = 0;
-  for (let i = 0; i < steps; i++) tokens += scheduler.step().filter((o) => o.token !== null).length;
-  const seconds = (performance.now() - t0) / 1e3;
-  for (const id of ids) scheduler.cancel(id);
-  return { tokensPerS: tokens / seconds, seconds };
-}
-
-export function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): SpeedResult {
+export async function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): Promise<SpeedResult> {
   const ids = promptIds(promptLen, model.config.vocabSize, seed);
-  const argmax = (logits: tc.Tensor): number => {
+  // Greedy, with the token read back as generation reads it (on a GPU, each read waits for the step's kernels).
+  const argmax = async (logits: tc.Tensor): Promise<number> => {
     const t = tc.argmax(logits, -1);
-    const id = t.item();
+    const id = (await t.data())[0];
     t.dispose();
     logits.dispose();
     return id;
   };
   {
     const warm = model.newSession();
-    let next = argmax(warm.feed(ids.slice(0, Math.min(8, ids.length))));
-    for (let i = 0; i < 2; i++) next = argmax(warm.feed([next]));
+    let next = await argmax(warm.feed(ids.slice(0, Math.min(8, ids.length))));
+    for (let i = 0; i < 2; i++) next = await argmax(warm.feed([next]));
     warm.dispose();
   }
   let prefillSeconds = Infinity;
@@ -197,9 +244,9 @@ export function measureSpeed(model: EngineModel, promptLen: number, gen: number,
   for (let r = 0; r < reps; r++) {
     const session = model.newSession();
     const t0 = performance.now();
-    let next = argmax(session.feed(ids));
+    let next = await argmax(session.feed(ids));
     const t1 = performance.now();
-    for (let i = 0; i < gen; i++) next = argmax(session.feed([next]));
+    for (let i = 0; i < gen; i++) next = await argmax(session.feed([next]));
     const t2 = performance.now();
     session.dispose();
     prefillSeconds = Math.min(prefillSeconds, (t1 - t0) / 1e3);
@@ -232,6 +279,8 @@ export interface BenchReport {
   runs: string;
   /** What the quantized matmuls multiply: "int8" activations (the engine's default), or "float32" (--exact, the chapter models, float weights). */
   activations: 'int8' | 'float32';
+  /** Where it ran: "cpu", or "webgpu (the adapter)"; the ceilings are that device's. */
+  device: string;
   params: number;
   weight_bytes: number;
   /** Bytes of tensors the loaded model allocated (weights widened to float32 at load count here; mapped ones do not). */
@@ -250,6 +299,8 @@ export interface BenchReport {
   decode_ceiling_tokens_per_s: number;
   bandwidth_gb_s: number;
   gemm_gflops: number;
+  /** n of the n^3 GEMM that measured gemm_gflops. */
+  gemm_size: number;
   fma_peak_gflops: number;
   decode_ratio: number;
   prefill_ratio: number;
@@ -259,6 +310,11 @@ export interface BenchReport {
   batch: number | null;
   batch_decode_tokens_per_s: number | null;
   batch_decode_ratio_to_prefill: number | null;
+  /** Ranks the model is split over (chapter 3.6); with more than one, what an all-reduce costs... */
+  tensor_parallel: number;
+  all_reduce: AllReduceTiming[] | null;
+  /** ...and the milliseconds of a decoded token that its 2 x layers all-reduces take. */
+  all_reduce_ms_per_token: number | null;
   threads: number;
   date: string;
 }
@@ -282,7 +338,8 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
 }
 
 export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution, week: flags.week, exact: flags.exact };
+  const choice: ModelChoice = { solution: flags.solution, week: flags.week, device: flags.device, tensorParallel: flags['tensor-parallel'], exact: flags.exact };
+  const ranks = choice.tensorParallel ?? 1;
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
   // of the ceiling for the demo model, in consecutive runs).
@@ -304,8 +361,8 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   let config: ModelConfig;
   const bytesBefore = tc.cpu.memory().liveBytes;
   if (flags.config !== undefined) {
-    if (choice.solution !== undefined || choice.week !== undefined) {
-      throw new UsageError('bench: --config builds random weights for the engine; a chapter model (--solution, --week) runs with --model DIR');
+    if (choice.solution !== undefined || choice.week !== undefined || (choice.device ?? 'cpu') !== 'cpu') {
+      throw new UsageError('bench: --config builds random weights for the engine on the CPU; a chapter model (--solution, --week, --device webgpu) runs with --model DIR');
     }
     const path = h.resolveInput(flags.config);
     try {
@@ -321,7 +378,10 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     weights.onProgress = (done, total) => bar.update(done, total);
     const t0 = performance.now();
     try {
-      model = new EngineQwen2(Qwen2Model.fromWeights(config, weights.get, { exact: choice.exact }));
+      model =
+        ranks > 1
+          ? await TensorParallelModel.start({ weights: { config, dtype: randomDtype, seed }, code: 'engine', worldSize: ranks, exact: choice.exact }, `the engine on ${ranks} tensor-parallel ranks`)
+          : new EngineQwen2(Qwen2Model.fromWeights(config, weights.get, { exact: choice.exact }));
     } catch (err) {
       throw new UserError(`--config ${h.displayPath(path)}: cannot build the model: ${oneLine(err)}`, { cause: err });
     } finally {
@@ -349,18 +409,27 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     throw new UserError(`--prompt-len ${promptLen} + --gen ${gen} exceed the model's context of ${config.maxPositionEmbeddings} tokens`);
   }
 
-  process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
-  const speed = measureSpeed(model, promptLen, gen, reps, seed);
   const batch = flags.batch;
+  if (batch !== undefined && !(model instanceof EngineQwen2)) {
+    throw new UsageError('bench: --batch measures the engine on the CPU (leave out --solution, --week and --device)');
+  }
+  process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
+  const speed = await measureSpeed(model, promptLen, gen, reps, seed);
   let batched: { tokensPerS: number } | null = null;
   if (batch !== undefined) {
-    if (!(model instanceof EngineQwen2)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+    if (!(model instanceof EngineQwen2 || model instanceof TensorParallelModel)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
-    batched = measureBatchDecode(model.model, batch, promptLen, gen, seed);
+    batched = await measureBatchDecode(model, batch, promptLen, gen, seed);
+  }
+  let allReduce: AllReduceTiming[] | null = null;
+  if (model instanceof TensorParallelModel) {
+    process.stderr.write(`measuring: one all-reduce over ${ranks} ranks, of [1, ${config.hiddenSize}] and [${promptLen}, ${config.hiddenSize}] float32...\n`);
+    allReduce = measureAllReduce(model, [1, promptLen]);
   }
   const rss = peakRssMB();
-  process.stderr.write('measuring the ceilings (read bandwidth, GEMM, FMA peak)...\n');
-  const ceilings = measureCeilings();
+  const backend = await deviceBackend(choice.device);
+  process.stderr.write(`measuring the ceilings of ${model.device} (read bandwidth, ${backend === tc.cpu ? 'GEMM, FMA peak' : 'matmul'})...\n`);
+  const ceilings = backend instanceof tc.WebGPUBackend ? await measureGpuCeilings(backend) : measureCeilings();
 
   const modelTensorBytes = tc.cpu.memory().liveBytes - bytesBefore;
   const flopsPerToken = prefillFlopsPerToken(traffic, config, promptLen);
@@ -374,6 +443,7 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     group_size: groupSize,
     activations: model instanceof EngineQwen2 && groupSize !== null && !choice.exact ? 'int8' : 'float32',
     runs: model.description,
+    device: model.device,
     params: traffic.params,
     weight_bytes: traffic.weightBytes,
     model_tensor_bytes: modelTensorBytes,
@@ -391,6 +461,7 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     decode_ceiling_tokens_per_s: (ceilings.bandwidthGBs * 1e9) / traffic.bytesPerToken,
     bandwidth_gb_s: ceilings.bandwidthGBs,
     gemm_gflops: ceilings.gemmGflops,
+    gemm_size: ceilings.gemmSize,
     fma_peak_gflops: ceilings.fmaPeakGflops,
     decode_ratio: decodeGBs / ceilings.bandwidthGBs,
     prefill_ratio: prefillGflops / ceilings.gemmGflops,
@@ -399,6 +470,9 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     batch: batch ?? null,
     batch_decode_tokens_per_s: batched?.tokensPerS ?? null,
     batch_decode_ratio_to_prefill: batched ? batched.tokensPerS / speed.prefillTokensPerS : null,
+    tensor_parallel: ranks,
+    all_reduce: allReduce,
+    all_reduce_ms_per_token: allReduce ? (2 * config.numHiddenLayers * allReduce[0].microseconds) / 1e3 : null,
     threads: Number(tc.native.numThreads()),
     date: new Date().toISOString(),
   };
@@ -419,18 +493,24 @@ export function formatReport(r: BenchReport): string {
   const f = (x: number, d = 1) => x.toFixed(d);
   const mb = (bytes: number) => `${f(bytes / 1e6, 1)} MB`;
   return [
-    `bench ${r.model} (${r.model_type}, ${r.dtype}${r.group_size ? ` group ${r.group_size}, ${r.activations} activations` : ''}; ${r.runs}): ${f(r.params / 1e6, 1)}M params, ` +
-      `${mb(r.weight_bytes)} of weights, ${mb(r.weight_bytes_per_token)} read per decoded token`,
-    `  ceilings (measured now, ${r.threads} threads): read bandwidth ${f(r.bandwidth_gb_s)} GB/s, ` +
-      `GEMM f32 1024^3 ${f(r.gemm_gflops)} GFLOP/s, FMA peak ${f(r.fma_peak_gflops)} GFLOP/s`,
+    `bench ${r.model} (${r.model_type}, ${r.dtype}${r.group_size ? ` group ${r.group_size}, ${r.activations} activations` : ''}; ${r.runs}, on ${r.device}): ` +
+      `${f(r.params / 1e6, 1)}M params, ${mb(r.weight_bytes)} of weights, ${mb(r.weight_bytes_per_token)} read per decoded token`,
+    `  ceilings (measured now, ${r.device === 'cpu' ? `${r.threads} threads` : 'on the GPU'}): read bandwidth ${f(r.bandwidth_gb_s)} GB/s, ` +
+      `GEMM f32 ${r.gemm_size}^3 ${f(r.gemm_gflops)} GFLOP/s${r.fma_peak_gflops > 0 ? `, FMA peak ${f(r.fma_peak_gflops)} GFLOP/s` : ''}`,
     `  prefill ${r.prompt_len} tokens: ${f(r.prefill_tokens_per_s)} tok/s (${f(r.prefill_seconds, 3)} s) = ` +
       `${f(r.prefill_gflops)} GFLOP/s at ${f(r.prefill_flops_per_token / 1e6)} MFLOP/token: ` +
-      `${f(r.prefill_ratio, 2)} of GEMM, ${f(r.prefill_ratio_fma_peak, 2)} of FMA peak`,
+      `${f(r.prefill_ratio, 2)} of GEMM${r.fma_peak_gflops > 0 ? `, ${f(r.prefill_ratio_fma_peak, 2)} of FMA peak` : ''}`,
     `  decode ${r.gen} tokens:  ${f(r.decode_tokens_per_s)} tok/s (${f(r.decode_seconds, 3)} s) = ` +
       `${f(r.decode_gb_s, 2)} GB/s of weights: ${f(r.decode_ratio, 2)} of read bandwidth ` +
       `(ceiling ${f(r.decode_ceiling_tokens_per_s)} tok/s)`,
     ...(r.batch !== null
       ? [`  decode at batch ${r.batch}: ${f(r.batch_decode_tokens_per_s!)} tok/s aggregate = ${f(r.batch_decode_ratio_to_prefill!, 2)} of the prefill rate`]
+      : []),
+    ...(r.all_reduce
+      ? [
+          `  all-reduce over ${r.tensor_parallel} ranks (shared memory): ${r.all_reduce.map((t) => `[${t.rows}, ${t.width}] ${f(t.microseconds)} us`).join(', ')}; ` +
+            `a decoded token's take ${f(r.all_reduce_ms_per_token!, 2)} ms of its ${f(1e3 / r.decode_tokens_per_s, 2)} ms`,
+        ]
       : []),
     `  peak resident memory: ${f(r.peak_rss_mb, 0)} MB; tensors the model allocated: ${mb(r.model_tensor_bytes)}; load ${f(r.load_seconds, 2)} s`,
   ].join('\n');

@@ -1,12 +1,14 @@
 // `tiny-llm chat`: conversations through the model's chat template. One turn with --message, or an interactive
 // session that keeps the history (and the KV cache: each turn feeds only the tokens the template added since
 // the last one). Tool schemas (--tools FILE.json, a list of OpenAI-style function schemas) go into the
-// template; a tool call comes out as the model wrote it (running tools is chapter 3.7).
+// template; a tool call comes out as the model wrote it, or, with --run-tools, runs through chapter 3.7's agent
+// loop: the call, the tool's result and the model's next reply are printed until it answers.
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import type { AgentOptions, AgentResult, ChatModel } from '@tiny-llm/reference/week3';
 import type { ChatMessage, TinyTokenizer, ToolSchema } from '@tiny-llm/tokenizer';
 import { UserError } from './errors.ts';
-import { formatStats, streamGenerate, type GenerateOptions, type GenerateResult } from './generate.ts';
+import { formatStats, generate, streamGenerate, type GenerateOptions, type GenerateResult } from './generate.ts';
 import type { EngineModel, Session } from './session.ts';
 
 /**
@@ -32,9 +34,18 @@ export function readToolsFile(path: string): ToolSchema[] {
   });
 }
 
+/** Chapter 3.7's agent loop over a set of tools (the reference's or the learner's: see registry.ts). */
+export interface ToolRunner {
+  /** The tools' schemas, shown to the model. */
+  readonly schemas: ToolSchema[];
+  run(model: ChatModel, messages: readonly ChatMessage[], options: AgentOptions): Promise<AgentResult>;
+}
+
 export interface ChatOptions {
   system?: string;
   tools?: ToolSchema[];
+  /** Run the model's tool calls (--run-tools): each turn goes through the agent loop with these tools. */
+  toolRunner?: ToolRunner;
 }
 
 /** The conversation so far as the prompt text the model reads (ending with the assistant header). */
@@ -67,6 +78,31 @@ export class Conversation {
   /** The prompt for the conversation plus one more user message. */
   promptFor(userText: string): string {
     return renderChatPrompt(this.tokenizer, [...this.messages, { role: 'user', content: userText }], this.options.tools);
+  }
+
+  /**
+   * One user turn through the agent loop: each reply of the model streams to io.out, each tool's result is
+   * printed after the call; the turn, tool responses included, joins the history.
+   */
+  async agentTurn(runner: ToolRunner, userText: string, generation: GenerateOptions, io: ChatIo): Promise<AgentResult> {
+    // Every reply runs on the conversation's session: a step prefills only the tool responses it adds.
+    const model: ChatModel = {
+      reply: async (messages, tools) => {
+        const ids = this.tokenizer.encode(renderChatPrompt(this.tokenizer, [...messages], [...tools]));
+        const result = await generate(this.model, this.session, this.tokenizer, ids, generation, (text) => io.out.write(text));
+        io.out.write('\n');
+        io.err.write(`[${formatStats(result.stats)}]\n`);
+        if (result.stats.stopReason === 'aborted') throw new UserError('the reply was interrupted');
+        return result.text;
+      },
+    };
+    const onStep: AgentOptions['onStep'] = (step) => {
+      for (const call of step.calls) io.out.write(`[${call.name ?? 'tool call'}: ${call.content}]\n`);
+    };
+    const result = await runner.run(model, [...this.messages, { role: 'user', content: userText }], { onStep });
+    this.messages.splice(0, this.messages.length, ...result.messages);
+    if (result.stopReason === 'step limit') io.err.write('(the model was still calling tools at the step limit: no answer)\n');
+    return result;
   }
 
   /** Streams the reply to userText; the turn joins the history once the reply is complete. */
@@ -112,9 +148,16 @@ async function streamReply(
   }
 }
 
+/** One user turn: a streamed reply, or with a tool runner the agent loop. */
+async function turn(conversation: Conversation, text: string, generation: GenerateOptions, io: ChatIo): Promise<void> {
+  const runner = conversation.options.toolRunner;
+  if (runner) await conversation.agentTurn(runner, text, generation, io);
+  else await streamReply(conversation, text, generation, io);
+}
+
 /** `chat --message TEXT`: one turn, printed, then exit. */
 export async function chatOnce(conversation: Conversation, message: string, generation: GenerateOptions, io: ChatIo): Promise<void> {
-  await streamReply(conversation, message, generation, io);
+  await turn(conversation, message, generation, io);
 }
 
 /**
@@ -153,7 +196,7 @@ export async function chatInteractive(
       }
       generating = new AbortController();
       try {
-        await streamReply(conversation, line, { ...generation, signal: generating.signal }, io);
+        await turn(conversation, line, { ...generation, signal: generating.signal }, io);
       } catch (err) {
         // A turn that cannot run (the conversation outgrew the context) ends the turn, not the session.
         if (!(err instanceof UserError)) throw err;

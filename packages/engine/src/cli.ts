@@ -8,18 +8,32 @@
 // The argument parser is small and explicit: each command lists its flags and their types, unknown flags and
 // missing values are usage errors (exit 2), bad input is a one-line error (exit 1), and a stack trace is only
 // printed for bugs (with TINY_LLM_DEBUG=1).
-import { existsSync, writeFileSync } from 'node:fs';
-import { isAbsolute, relative, resolve } from 'node:path';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
-import { isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
-import { checkPromptFits, formatStats, generate, makeSampler, type GenerateOptions } from './generate.ts';
-import { checkModelDir, learnerMakeSampler, loadModel, SOLUTIONS, WEEKS, type ModelChoice } from './registry.ts';
+import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
+import { checkPromptFits, formatSpeculative, formatStats, generate, generateSpeculative, makeSampler, type GenerateOptions } from './generate.ts';
+import {
+  checkModelDir,
+  closeDevice,
+  DEFAULT_KV_CACHE_MB,
+  DEVICES,
+  learnerMakeSampler,
+  learnerSpeculativeDecode,
+  loadModel,
+  loadToolRunner,
+  SOLUTIONS,
+  WEEKS,
+  type KvCacheChoice,
+  type ModelChoice,
+} from './registry.ts';
 import type { EngineModel } from './session.ts';
 import { atLeast, defineFlags, flagsHelp, inRange, parseFlags, type FlagSpecs, type FlagValues } from './flags.ts';
 import { progressBar } from './progress.ts';
 import { RANDOM_DTYPES } from './random-weights.ts';
+import { LONG_CLIENTS, LONG_PROMPT_TOKENS } from './bench-serve-mixed.ts';
 
 // ---- paths ------------------------------------------------------------------------------------------------------
 
@@ -78,14 +92,27 @@ export const MODEL_FLAGS = defineFlags({
   solution: {
     kind: 'string',
     choices: SOLUTIONS,
-    help: "whose code runs: the reference solution (by default the engine, its fast form) or the learner's (packages/week1, week2)",
+    help: "whose code runs: the reference solution (by default the engine, its fast form) or the learner's (packages/week1, week2, week3)",
     default: 'reference',
   },
   week: {
     kind: 'int',
     value: 'N',
     choices: WEEKS,
-    help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights)",
+    help: "run week N's plain chapter model of the solution (1: no KV cache; 2: KV cache, quantized weights; 3: week 2's with mixture-of-experts layers)",
+  },
+  'tensor-parallel': {
+    kind: 'int',
+    value: 'N',
+    help: 'split the model over N ranks, threads of this process (chapter 3.6): heads and MLP columns, an all-reduce after o_proj and down_proj',
+    default: '1',
+    check: atLeast(1),
+  },
+  device: {
+    kind: 'string',
+    choices: DEVICES,
+    help: "where the model runs; webgpu runs a chapter model (the reference's week 2 unless --week) on the GPU WebGPU finds (docs/gpu.md)",
+    default: 'cpu',
   },
   exact: {
     kind: 'bool',
@@ -94,8 +121,14 @@ export const MODEL_FLAGS = defineFlags({
 });
 type ModelFlags = FlagValues<typeof MODEL_FLAGS>;
 
-/** The --solution, --week and --exact flags. */
-export const choiceOf = (flags: ModelFlags): ModelChoice => ({ solution: flags.solution, week: flags.week, exact: flags.exact });
+/** The --solution, --week, --device, --tensor-parallel and --exact flags. */
+export const choiceOf = (flags: ModelFlags): ModelChoice => ({
+  solution: flags.solution,
+  week: flags.week,
+  device: flags.device,
+  tensorParallel: flags['tensor-parallel'],
+  exact: flags.exact,
+});
 
 const SAMPLING_FLAGS = defineFlags({
   'max-tokens': { kind: 'int', value: 'N', help: 'the most tokens to generate', default: '256', check: atLeast(0) },
@@ -117,11 +150,16 @@ const log = (line: string) => process.stderr.write(`${line}\n`);
 
 /** The --model directory, checked to be a model directory (a clear message if it is not). */
 export function modelDirOf(flags: ModelFlags): string {
-  const dir = resolveInput(flags.model ?? DEFAULT_MODEL);
+  return checkedModelDir(flags.model ?? DEFAULT_MODEL, '--model');
+}
+
+/** A model directory given as `flag` PATH, resolved and checked. */
+function checkedModelDir(path: string, flag: string): string {
+  const dir = resolveInput(path);
   try {
     checkModelDir(dir);
   } catch (err) {
-    throw new UserError((err as Error).message.replace(dir, displayPath(dir)));
+    throw new UserError((err as Error).message.replace(dir, displayPath(dir)).replace(/^--model /, `${flag} `));
   }
   return dir;
 }
@@ -140,7 +178,7 @@ export async function loadWithProgress(dir: string, choice: ModelChoice): Promis
   const cache = model.cached ? '' : ', no KV cache';
   log(
     `loaded ${displayPath(dir)} (${c.modelType}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}; ` +
-      `${model.description}${cache}) in ${((performance.now() - t0) / 1e3).toFixed(2)} s`,
+      `${model.description}${cache}, on ${model.device}) in ${((performance.now() - t0) / 1e3).toFixed(2)} s`,
   );
   return model;
 }
@@ -181,23 +219,76 @@ export async function generationOptions(
 const GENERATE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   prompt: { kind: 'string', value: 'TEXT', help: 'the text to continue (required)' },
+  'draft-model': { kind: 'string', value: 'DIR', help: 'speculative decoding (chapter 3.4): a small model of the same tokenizer drafts for --model' },
+  'num-draft': { kind: 'int', value: 'K', help: 'tokens the draft proposes per round', default: '4', check: atLeast(1) },
   ...SAMPLING_FLAGS,
   'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
 });
 
 async function runGenerate(flags: FlagValues<typeof GENERATE_FLAGS>): Promise<void> {
   if (flags.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required (see tiny-llm generate --help)');
+  if (flags['num-draft'] !== undefined && flags['draft-model'] === undefined) throw new UsageError('generate: --num-draft needs --draft-model DIR');
   const dir = modelDirOf(flags);
   const tokenizer = loadTokenizerOf(dir);
+  // A draft that cannot be used is said before anything loads or runs.
+  const draftDir = flags['draft-model'] === undefined ? undefined : checkedDraft(dir, flags['draft-model']);
   const model = await loadWithProgress(dir, choiceOf(flags));
   const options = await generationOptions(flags, 256);
   const ids = tokenizer.encode(flags.prompt);
   checkPromptFits(model, ids);
+  if (draftDir !== undefined) return runSpeculative(flags, model, await loadWithProgress(draftDir, choiceOf(flags)), tokenizer, ids, options);
   const session = model.newSession();
-  const result = generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
+  const result = await generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
   session.dispose();
   if (process.stdout.isTTY) process.stdout.write('\n');
   log(`[${formatStats(result.stats)}]`);
+}
+
+/**
+ * The --draft-model directory, checked to be a model directory whose tokenizer is the target's: the same
+ * vocabulary, merges and added tokens (a draft proposes token ids, which must mean what they mean to the target).
+ */
+function checkedDraft(targetDir: string, path: string): string {
+  const draftDir = checkedModelDir(path, '--draft-model');
+  loadTokenizerOf(draftDir);
+  const vocabularyOf = (dir: string) => {
+    const { model, added_tokens } = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
+    return JSON.stringify([model, added_tokens]);
+  };
+  if (vocabularyOf(draftDir) !== vocabularyOf(targetDir)) {
+    throw new UserError(
+      `--draft-model ${displayPath(draftDir)}: its tokenizer is not the one of ${displayPath(targetDir)} (tokenizer.json has another ` +
+        'vocabulary, merges or added tokens); a draft model must share the target tokenizer',
+    );
+  }
+  return draftDir;
+}
+
+/** generate --draft-model: the text, the stats, then the target alone on the same prompt for the speed-up. */
+async function runSpeculative(
+  flags: FlagValues<typeof GENERATE_FLAGS>,
+  target: EngineModel,
+  draft: EngineModel,
+  tokenizer: TinyTokenizer,
+  ids: number[],
+  options: GenerateOptions,
+): Promise<void> {
+  const numDraft = flags['num-draft'] ?? 4;
+  const decode = flags.solution === 'learner' ? await learnerSpeculativeDecode() : undefined;
+  const it = generateSpeculative(target, draft, tokenizer, ids, { ...options, numDraft, decode });
+  let step = await it.next();
+  for (; !step.done; step = await it.next()) process.stdout.write(step.value.text);
+  const { stats } = step.value;
+  if (process.stdout.isTTY) process.stdout.write('\n');
+  log(`[${formatStats(stats)}]`);
+  log(`[${formatSpeculative(stats.speculative!)}]`);
+  if (stats.generatedTokens < 2) return;
+  // The same number of tokens from the target alone (past any end of sequence), for the decode speed-up.
+  const session = target.newSession();
+  const alone = await generate(target, session, tokenizer, ids, { ...options, maxTokens: stats.generatedTokens, ignoreEos: true });
+  session.dispose();
+  const speedUp = stats.decodeTokensPerS / alone.stats.decodeTokensPerS;
+  log(`[the target alone on this prompt: decode ${alone.stats.decodeTokensPerS.toFixed(1)} tok/s; speed-up ${speedUp.toFixed(2)}x]`);
 }
 
 const CHAT_FLAGS = defineFlags({
@@ -205,6 +296,7 @@ const CHAT_FLAGS = defineFlags({
   message: { kind: 'string', value: 'TEXT', help: 'one user turn: print the reply and exit' },
   system: { kind: 'string', value: 'TEXT', help: "a system message (else the template's default)" },
   tools: { kind: 'string', value: 'FILE.json', help: 'a JSON list of OpenAI-style function schemas the model may call' },
+  'run-tools': { kind: 'bool', help: 'run the calls with the built-in demo tools and feed the results back until the model answers (chapter 3.7)' },
   ...SAMPLING_FLAGS,
   'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], default: '512' },
   'print-prompt': { kind: 'bool', help: 'print the rendered prompt of --message and exit (no model run)' },
@@ -213,9 +305,12 @@ const CHAT_FLAGS = defineFlags({
 async function runChat(flags: FlagValues<typeof CHAT_FLAGS>): Promise<void> {
   const { Conversation, chatInteractive, chatOnce, readToolsFile, renderChatPrompt } = await import('./chat.ts');
   const dir = modelDirOf(flags);
-  const tools = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools)) : undefined;
+  const toolsFile = flags.tools !== undefined ? readToolsFile(resolveInput(flags.tools)) : undefined;
   const tokenizer = loadTokenizerOf(dir);
-  const chatOptions = { system: flags.system, tools };
+  // --run-tools: the tools of the file (each must be a built-in one), or every built-in tool.
+  const toolRunner = flags['run-tools'] ? await loadToolRunner(flags.solution ?? 'reference', toolsFile) : undefined;
+  const tools = toolRunner?.schemas ?? toolsFile;
+  const chatOptions = { system: flags.system, tools, toolRunner };
   if (flags['print-prompt']) {
     if (flags.message === undefined) throw new UsageError('chat: --print-prompt needs --message TEXT');
     const messages = [
@@ -255,7 +350,7 @@ async function runLogits(flags: FlagValues<typeof LOGITS_FLAGS>): Promise<void> 
   const ids = tokenizer ? tokenizer.encode(flags.prompt ?? '') : parseIds(flags.ids ?? '');
   const model = await loadWithProgress(dir, choiceOf(flags));
   const t0 = performance.now();
-  const logits: Tensor = computeLogits(model, ids);
+  const logits: Tensor = await computeLogits(model, ids);
   const seconds = (performance.now() - t0) / 1e3;
   if (flags.out !== undefined) {
     const out = resolveOutput(flags.out);
@@ -268,6 +363,24 @@ async function runLogits(flags: FlagValues<typeof LOGITS_FLAGS>): Promise<void> 
   logits.dispose();
 }
 
+/** The engine's paged KV cache (batch and serve): its size, and prefix caching. */
+const KV_CACHE_FLAGS = defineFlags({
+  'kv-cache-mb': {
+    kind: 'int',
+    value: 'MB',
+    help: "the engine's KV cache: a pool of pages of 16 tokens shared by every request (paged attention)",
+    default: String(DEFAULT_KV_CACHE_MB),
+    check: atLeast(1),
+  },
+  'no-prefix-cache': { kind: 'bool', help: 'compute every prompt whole: no sharing of the pages of a prefix an earlier request computed' },
+});
+
+/** The --kv-cache-mb and --no-prefix-cache flags. */
+const kvCacheOf = (flags: FlagValues<typeof KV_CACHE_FLAGS>): KvCacheChoice => ({
+  kvCacheMb: flags['kv-cache-mb'],
+  prefixCaching: flags['no-prefix-cache'] ? false : undefined,
+});
+
 const BATCH_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   prompts: {
@@ -277,6 +390,7 @@ const BATCH_FLAGS = defineFlags({
   },
   'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
   'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  ...KV_CACHE_FLAGS,
   'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
   out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
 });
@@ -290,12 +404,12 @@ async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<v
   const tokenizer = loadTokenizerOf(dir);
   const maxBatch = flags['max-batch'] ?? 8;
   const prefillChunk = flags['prefill-chunk'] ?? 256;
-  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk });
+  const { scheduler, description } = await loadScheduler(dir, choiceOf(flags), { maxBatch, prefillChunk, ...kvCacheOf(flags) });
   log(`batch: ${prompts.length} prompts on ${description}, at most ${maxBatch} at a time, prefill chunks of ${prefillChunk} tokens`);
   const make = flags.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
   const samplerOf = (p: { temperature: number; topK?: number; topP?: number; minP?: number; seed?: number }) =>
     p.temperature > 0 ? make({ temperature: p.temperature, topK: p.topK, topP: p.topP, minP: p.minP, seed: p.seed }) : undefined;
-  const { results, seconds, generated } = runBatch(scheduler, tokenizer, prompts, samplerOf);
+  const { results, seconds, generated } = await runBatch(scheduler, tokenizer, prompts, samplerOf);
   const lines = results.map((r) => JSON.stringify(r)).join('\n') + '\n';
   if (flags.out !== undefined) {
     const out = resolveOutput(flags.out);
@@ -310,6 +424,19 @@ async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<v
   log(`[${prompts.length} prompts, ${generated} tokens generated in ${seconds.toFixed(2)} s: ${(generated / seconds).toFixed(1)} tok/s]`);
 }
 
+/** Chapter 3.5: prefill and decode in separate workers (serve and bench-serve). */
+const DISAGGREGATED_FLAGS = defineFlags({
+  disaggregated: { kind: 'bool', help: "prefill and decode in separate worker threads, each with the engine's model and a page pool of --kv-cache-mb; a request's pages move to the decode worker after its first token" },
+});
+
+/** --disaggregated runs the engine's paged model: the chapter models (--week, --solution learner) keep a cache per request. */
+function checkDisaggregated(command: string, flags: ModelFlags & FlagValues<typeof DISAGGREGATED_FLAGS>): void {
+  if (!flags.disaggregated) return;
+  if (flags.week !== undefined || flags.solution === 'learner') {
+    throw new UsageError(`${command}: --disaggregated runs the engine (the reference solution's paged model); it does not combine with --week or --solution learner`);
+  }
+}
+
 const SERVE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
@@ -317,11 +444,14 @@ const SERVE_FLAGS = defineFlags({
   'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
   'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
   'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  ...KV_CACHE_FLAGS,
   'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
+  ...DISAGGREGATED_FLAGS,
 });
 
 async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<void> {
   const { runServer } = await import('./server/serve.ts');
+  checkDisaggregated('serve', flags);
   const dir = modelDirOf(flags);
   await runServer({
     modelDir: dir,
@@ -332,7 +462,9 @@ async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<v
     apiKey: flags['api-key'],
     maxBatch: flags['max-batch'] ?? 16,
     prefillChunk: flags['prefill-chunk'] ?? 256,
+    ...kvCacheOf(flags),
     maxModelLen: flags['max-model-len'],
+    disaggregated: flags.disaggregated,
     log,
   });
 }
@@ -340,23 +472,34 @@ async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<v
 const BENCH_SERVE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   url: { kind: 'string', value: 'URL', help: 'a running server (default: start one for the run, with the model flags)' },
-  clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64', check: atLeast(1) },
+  clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64; 8 with --disaggregated', check: atLeast(1) },
   requests: { kind: 'int', value: 'N', help: 'requests in all', default: '4 x clients', check: atLeast(1) },
   'max-tokens': { kind: 'int', value: 'N', help: 'tokens per request', default: '64', check: atLeast(1) },
   'max-batch': { kind: 'int', value: 'N', help: "the started server's batch", default: 'the clients', check: atLeast(1) },
   'prefill-chunk': { kind: 'int', value: 'T', help: "the started server's prefill chunk", check: atLeast(1) },
   json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
+  disaggregated: {
+    kind: 'bool',
+    help: `the colocated engine, then prefill and decode in separate workers, under a mixed load: the clients' short chats while ${LONG_CLIENTS} more clients send prompts of ${LONG_PROMPT_TOKENS} tokens`,
+  },
 });
 
 async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>): Promise<void> {
   const { runBenchServe } = await import('./bench-serve.ts');
-  const clients = flags.clients ?? 64;
+  const { runBenchDisaggregated } = await import('./bench-serve-mixed.ts');
+  checkDisaggregated('bench-serve', flags);
+  if (flags.disaggregated && flags.url !== undefined) {
+    throw new UsageError('bench-serve: --disaggregated starts the two servers it compares; it does not combine with --url');
+  }
+  const clients = flags.clients ?? (flags.disaggregated ? 8 : 64);
   // The started server gets the model flags, and every client in its batch unless told otherwise: waiting for
   // a slot would count in the time to first token.
   const serverFlags = {
     model: flags.model === undefined ? undefined : modelDirOf(flags),
     solution: flags.solution,
     week: flags.week,
+    device: flags.device,
+    'tensor-parallel': flags['tensor-parallel'],
     exact: flags.exact,
     'max-batch': flags['max-batch'] ?? clients,
     'prefill-chunk': flags['prefill-chunk'],
@@ -364,6 +507,20 @@ async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>)
   // A flag without a value (--exact) is passed when true.
   const serveArg = ([name, value]: [string, string | number | boolean | undefined]) =>
     value === undefined || value === false ? [] : value === true ? [`--${name}`] : [`--${name}`, String(value)];
+  if (flags.disaggregated) {
+    const dir = modelDirOf(flags);
+    await runBenchDisaggregated({
+      serveArgs: Object.entries(serverFlags).flatMap(serveArg),
+      clients,
+      requests: flags.requests ?? 4 * clients,
+      maxTokens: flags['max-tokens'] ?? 64,
+      json: flags.json === undefined ? undefined : resolveOutput(flags.json),
+      promptsFrom: resolveInput('models/tiny-qwen2-py/golden.json'),
+      tokenizer: loadTokenizerOf(dir),
+      log: (line) => process.stdout.write(`${line}\n`),
+    });
+    return;
+  }
   await runBenchServe({
     url: flags.url,
     serveArgs: Object.entries(serverFlags).flatMap(serveArg),
@@ -432,21 +589,27 @@ async function runConvertCommand(flags: FlagValues<typeof CONVERT_FLAGS>): Promi
 export const COMMANDS: Record<string, Command> = {
   generate: command({
     summary: 'complete a prompt as it is (no chat template), streaming the text to stdout',
-    usage: 'tiny-llm generate --prompt TEXT [--model DIR] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--seed S] [--ignore-eos]',
+    usage:
+      'tiny-llm generate --prompt TEXT [--model DIR] [--draft-model DIR [--num-draft K]] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P] [--min-p M] [--seed S] [--ignore-eos]',
     flags: GENERATE_FLAGS,
     notes:
       'stdout carries exactly the generated text; the stats (prompt and generated tokens, prefill and decode\n' +
-      'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64',
+      'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64\n' +
+      'With --draft-model, the output is the target\'s own (greedy: exactly; sampled: in distribution); the stats\n' +
+      'add the share of drafted tokens the target accepted, then the target alone on the same prompt for the speed-up:\n' +
+      '  pnpm tiny-llm generate --draft-model models/tiny-qwen2-py-draft --prompt "def fibonacci(n):" --max-tokens 128',
     run: runGenerate,
   }),
   chat: command({
     summary: "talk to the model through its chat template: one turn with --message, else an interactive session",
-    usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--max-tokens N] [sampling flags]',
+    usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--run-tools] [--max-tokens N] [sampling flags]',
     flags: CHAT_FLAGS,
     notes:
       'The reply stops at <|im_end|> (or another end-of-sequence token). A tool call is printed as the model\n' +
       'wrote it. The demo models were trained with the tools of models/tiny-qwen2-py/tools.json:\n' +
       '  pnpm tiny-llm chat --tools models/tiny-qwen2-py/tools.json --message "What is 37 times 12?"\n' +
+      'With --run-tools the calls run (calculator, get_weather, get_time: offline demo tools), each result is\n' +
+      'printed as [tool: result] and fed back, and the model replies again, until it answers (at most 5 replies).\n' +
       'Interactive: /reset forgets the conversation, /exit or Ctrl-D quits, Ctrl-C stops a reply.',
     run: runChat,
   }),
@@ -458,7 +621,7 @@ export const COMMANDS: Record<string, Command> = {
   }),
   batch: command({
     summary: 'many prompts through continuous batching (chapters 2.6, 2.7): JSON lines in, JSON lines out',
-    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--max-tokens N] [--out FILE.jsonl]',
+    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-tokens N] [--out FILE.jsonl]',
     flags: BATCH_FLAGS,
     notes:
       'Each output line is {"index", "text", "tokens", "finish_reason"}, in the order of the input lines; the aggregate\n' +
@@ -468,7 +631,8 @@ export const COMMANDS: Record<string, Command> = {
   }),
   serve: command({
     summary: 'an OpenAI-compatible HTTP server (chat completions, completions, tools, streaming) on continuous batching',
-    usage: 'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--max-model-len N]',
+    usage:
+      'tiny-llm serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-model-len N] [--disaggregated]',
     flags: SERVE_FLAGS,
     notes:
       'Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), GET /v1/models, GET /health,\n' +
@@ -479,9 +643,12 @@ export const COMMANDS: Record<string, Command> = {
   }),
   'bench-serve': command({
     summary: 'the server under load: throughput, time to first token and per output token (p50, p99), /health latency',
-    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ...] [--json FILE]',
+    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ... [--disaggregated]] [--json FILE]',
     flags: BENCH_SERVE_FLAGS,
-    notes: 'The clients send the demo model\'s golden prompts (code and chat), greedy. The same load with one client is measured first.',
+    notes:
+      "The clients send the demo model's golden prompts (code and chat), greedy. The same load with one client is measured first.\n" +
+      'With --disaggregated: the colocated engine, then prefill and decode in separate workers, each in a server of its own,\n' +
+      "under short chats streaming while long prompts prefill; the chats' TTFT and TPOT (p50, p99) side by side.",
     run: runBenchServeCommand,
   }),
   convert: command({
@@ -514,7 +681,8 @@ const GENERAL_HELP = [
   ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`),
   '',
   `Every command takes --model DIR (default ${DEFAULT_MODEL}), --solution learner|reference (default reference: the`,
-  "engine) and --week N (a week's plain chapter model of that solution).",
+  "engine), --week N (a week's plain chapter model of that solution), --device cpu|webgpu (where it runs) and",
+  '--tensor-parallel N (the model split over N threads).',
   "`tiny-llm <command> --help` lists a command's flags. Docs: docs/engine.md.",
 ].join('\n');
 
@@ -538,7 +706,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     await spec.run(command, rest);
     return 0;
   } catch (caught) {
-    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : caught;
+    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : deviceErrorOf(caught);
     if (err instanceof UserError) {
       process.stderr.write(`tiny-llm: ${err.message}\n`);
       if (debug && err.cause instanceof Error) process.stderr.write(`${err.cause.stack}\n`);
@@ -549,6 +717,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (debug) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
     else process.stderr.write('(a bug: run with TINY_LLM_DEBUG=1 for the stack trace)\n');
     return 1;
+  } finally {
+    closeDevice();
   }
 }
 

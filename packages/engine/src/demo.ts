@@ -7,8 +7,9 @@ import type { TinyTokenizer } from '@tiny-llm/tokenizer';
 import { Conversation, readToolsFile } from './chat.ts';
 import { choiceOf, DEFAULT_MODEL, displayPath, loadTokenizerOf, loadWithProgress, MODEL_FLAGS, resolveInput } from './cli.ts';
 import { parseFlags } from './flags.ts';
-import { isNotImplemented, learnerNotImplemented, oneLine, UserError } from './errors.ts';
+import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UserError } from './errors.ts';
 import { formatStats, generateTokens, type GenerateResult } from './generate.ts';
+import { closeDevice } from './registry.ts';
 import type { EngineModel } from './session.ts';
 
 const CODE_PROMPT = 'import os\n\n\ndef list_files(path):\n';
@@ -23,14 +24,14 @@ const bold = (text: string) => (process.stdout.isTTY ? `\x1b[1m${text}\x1b[0m` :
  * at column 0 after the body (the next definition), so the demo shows one function, not the model
  * repeating itself.
  */
-function completeFunction(model: EngineModel, tokenizer: TinyTokenizer, prompt: string): GenerateResult['stats'] {
+async function completeFunction(model: EngineModel, tokenizer: TinyTokenizer, prompt: string): Promise<GenerateResult['stats']> {
   const session = model.newSession();
   const stop = new AbortController();
   const it = generateTokens(model, session, tokenizer, tokenizer.encode(prompt), { maxTokens: 120, signal: stop.signal });
   let text = '';
   let printed = 0;
   for (;;) {
-    const step = it.next();
+    const step = await it.next();
     if (step.done) {
       session.dispose();
       if (!stop.signal.aborted) out(text.slice(printed));
@@ -57,11 +58,14 @@ async function demo(argv: string[]): Promise<void> {
   const model = await loadWithProgress(dir, choiceOf(flags));
   const c = model.config;
   const cache = model.cached ? 'with a KV cache' : 'no KV cache';
-  out(`${bold('tiny-llm demo')}: ${displayPath(dir)}, a ${c.modelType} of ${c.numHiddenLayers} layers (hidden ${c.hiddenSize}), on ${model.description} (${cache})\n\n`);
+  out(
+    `${bold('tiny-llm demo')}: ${displayPath(dir)}, a ${c.modelType} of ${c.numHiddenLayers} layers (hidden ${c.hiddenSize}), ` +
+      `on ${model.description} (${cache}) on ${model.device}\n\n`,
+  );
 
   out(`${bold('1. Code completion')} ${dim('(raw text, greedy: `pnpm tiny-llm generate --prompt ...`)')}\n`);
   out(dim(CODE_PROMPT));
-  const codeStats = completeFunction(model, tokenizer, CODE_PROMPT);
+  const codeStats = await completeFunction(model, tokenizer, CODE_PROMPT);
   out(`${dim(`[${statsLine(codeStats)}]`)}\n\n`);
 
   const toolsPath = resolve(dir, 'tools.json');
@@ -104,9 +108,11 @@ if (invokedDirectly) {
   try {
     await demo(process.argv.slice(2));
   } catch (caught) {
-    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : caught;
+    const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : deviceErrorOf(caught);
     process.stderr.write(`demo: ${err instanceof UserError ? err.message : `internal error: ${oneLine(err)}`}\n`);
     if (process.env.TINY_LLM_DEBUG === '1') process.stderr.write(`${(err as Error).stack}\n`);
     process.exitCode = err instanceof UserError ? err.exitCode : 1;
+  } finally {
+    closeDevice();
   }
 }

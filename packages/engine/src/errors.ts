@@ -2,6 +2,7 @@
 // token id, a prompt too long). Anything else is a bug: the CLI prints its message and, with TINY_LLM_DEBUG=1,
 // its stack.
 import { createRequire } from 'node:module';
+import * as tc from '@tiny-llm/tensor-core';
 
 /** Something wrong with what the user asked for. Exit code 1. */
 export class UserError extends Error {
@@ -51,12 +52,30 @@ export function learnerNotImplemented(err: Error & { chapter: string }): UserErr
 
 /** Runs fn and turns a learner stub's NotImplemented into a UserError. */
 export function withLearnerErrors<T>(fn: () => T): T {
+  const rethrow = (err: unknown): never => {
+    throw isNotImplemented(err) ? learnerNotImplemented(err) : err;
+  };
   try {
-    return fn();
+    const result = fn();
+    // An async call of the learner's code fails later, through its promise.
+    return result instanceof Promise ? (result.catch(rethrow) as T) : result;
   } catch (err) {
-    if (isNotImplemented(err)) throw learnerNotImplemented(err);
-    throw err;
+    return rethrow(err);
   }
+}
+
+/**
+ * What a model on a GPU can run into that is no bug: an op the GPU backend lacks, or a buffer beyond the
+ * device's limits. Either becomes a UserError naming the op or the limit; anything else is returned as it is.
+ */
+export function deviceErrorOf(err: unknown): unknown {
+  if (err instanceof tc.UnsupportedOpError && err.backend !== 'cpu') {
+    return new UserError(`${err.op} is not implemented on the ${err.backend} backend, which runs this model; run it with --device cpu`, { cause: err });
+  }
+  if (err instanceof tc.DeviceLimitError) {
+    return new UserError(`the model does not fit this GPU's ${err.limit}: ${err.message}; run it with --device cpu`, { cause: err });
+  }
+  return err;
 }
 
 /** The first line of an error's message (the CLI prints one line). */

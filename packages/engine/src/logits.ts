@@ -14,8 +14,8 @@ export function parseIds(text: string): number[] {
   return parts.map(Number);
 }
 
-/** Checks the ids against the model (vocabulary, context) and returns their logits [L, vocab]. */
-export function computeLogits(model: EngineModel, ids: readonly number[]): Tensor {
+/** Checks the ids against the model (vocabulary, context) and returns their logits [L, vocab], on the CPU. */
+export async function computeLogits(model: EngineModel, ids: readonly number[]): Promise<Tensor> {
   const { vocabSize, maxPositionEmbeddings } = model.config;
   if (ids.length === 0) throw new UserError('no token ids given');
   const bad = ids.find((id) => id >= vocabSize || !Number.isSafeInteger(id));
@@ -24,10 +24,15 @@ export function computeLogits(model: EngineModel, ids: readonly number[]): Tenso
     throw new UserError(`${ids.length} tokens are more than the model's context of ${maxPositionEmbeddings} (max_position_embeddings)`);
   }
   const logits = model.allLogits(ids);
-  if (logits.dtype === 'float32' && logits.isContiguous) return logits;
-  const out = tc.contiguous(tc.astype(logits, 'float32'));
-  logits.dispose();
-  return out;
+  let out = logits;
+  if (logits.dtype !== 'float32' || !logits.isContiguous) {
+    out = tc.contiguous(tc.astype(logits, 'float32'));
+    logits.dispose();
+  }
+  // A model on the GPU computed them there: the file and the summary are written from the CPU.
+  const onCpu = await tc.toCPU(out);
+  if (onCpu !== out) out.dispose();
+  return onCpu;
 }
 
 export function writeLogits(path: string, logits: Tensor, ids: readonly number[]): void {

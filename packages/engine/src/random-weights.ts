@@ -12,6 +12,7 @@
 // would blow the 600 MB a q4 0.5B engine is meant to fit in.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
+import { isSparseLayer } from '@tiny-llm/reference/week3';
 import type { Weight } from './model/linear.ts';
 
 export type RandomDType = 'f32' | 'bf16' | 'q4' | 'q8';
@@ -59,8 +60,7 @@ export function weightShapes(config: ModelConfig): Map<string, WeightShape> {
       add(`${p}.self_attn.k_norm.weight`, [d], 'norm');
     }
     const moe = config.moe;
-    const sparse = moe !== null && moe.numExperts > 0 && !moe.mlpOnlyLayers.includes(i) && (i + 1) % moe.decoderSparseStep === 0;
-    if (sparse) {
+    if (moe && isSparseLayer(config, i)) {
       // The router and the shared expert's gate are small: they stay dense (as in MLX's quantized checkpoints
       // of Qwen2-MoE, whose router is a [E, hidden] matrix read once per token).
       add(`${p}.mlp.gate.weight`, [moe.numExperts, h], 'matrix');

@@ -2,6 +2,7 @@
 // the tokens the model has read so far, whose keys and values it caches when it has a cache.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
+import type { DecodingModel } from '@tiny-llm/reference/week3';
 import { withLearnerErrors } from './errors.ts';
 import type { DecodeKvCache } from './model/kv-cache.ts';
 import type { Qwen2Model } from './model/qwen2.ts';
@@ -25,17 +26,23 @@ export interface EngineModel {
   readonly config: ModelConfig;
   /** What runs, for messages: "the engine", "the reference week 2 model", "the learner's week 1 model". */
   readonly description: string;
+  /** Where it runs, for messages: "cpu", or "webgpu (the adapter)". */
+  readonly device: string;
   /** Whether sessions keep a KV cache (false: every step reruns the whole sequence). */
   readonly cached: boolean;
+  /** The model as speculative decoding (chapter 3.4) drives it, with caches it can rewind; null without a cache. */
+  readonly decoding: DecodingModel | null;
   newSession(): Session;
   /** The logits of every position of ids, float32 [L, vocab] (a fresh sequence, nothing cached). */
   allLogits(ids: readonly number[]): Tensor;
 }
 
-const idsTensor = (ids: readonly number[]): Tensor => tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length] });
+/** Token ids [1, L] on a backend (by default the default backend, where the chapter models run). */
+export const idsTensor = (ids: readonly number[], device = tc.getDefaultBackend()): Tensor =>
+  tc.tensor(Int32Array.from(ids), { dtype: 'int32', shape: [1, ids.length], device });
 
 /** logits [1, L, V] -> [L, V], the view kept and the original freed. */
-function positionsOf(logits: Tensor, length: number): Tensor {
+export function positionsOf(logits: Tensor, length: number): Tensor {
   const out = tc.reshape(logits, [length, logits.shape[2]]);
   if (out !== logits) logits.dispose();
   return out;
@@ -44,8 +51,17 @@ function positionsOf(logits: Tensor, length: number): Tensor {
 /** The engine: the reference model with the kernels that exist only for speed (model/qwen2.ts). */
 export class EngineQwen2 implements EngineModel {
   readonly description = 'the engine';
+  readonly device = 'cpu';
   readonly cached = true;
-  constructor(readonly model: Qwen2Model) {}
+  readonly decoding: DecodingModel<DecodeKvCache>;
+
+  constructor(readonly model: Qwen2Model) {
+    this.decoding = {
+      config: model.config,
+      newCache: () => model.newCache(),
+      forward: (ids, offset, cache) => model.forward(ids, [...cache], offset),
+    };
+  }
 
   get config(): ModelConfig {
     return this.model.config;
@@ -59,7 +75,7 @@ export class EngineQwen2 implements EngineModel {
       tokens,
       feed(ids) {
         if (!cache) throw new Error('Session: used after dispose');
-        const x = idsTensor(ids);
+        const x = idsTensor(ids, tc.cpu);
         try {
           const logits = model.forwardLastLogits(x, cache, tokens.length);
           tokens.push(...ids);
@@ -82,7 +98,7 @@ export class EngineQwen2 implements EngineModel {
 
   allLogits(ids: readonly number[]): Tensor {
     const cache = this.model.newCache();
-    const x = idsTensor(ids);
+    const x = idsTensor(ids, tc.cpu);
     try {
       return positionsOf(this.model.forward(x, cache, 0), ids.length);
     } finally {
@@ -98,12 +114,17 @@ export interface Week1Model {
   forward(ids: Tensor): Tensor;
 }
 
-/** A week 1 model: no cache, each feed runs every token so far. */
+/**
+ * A week 1 model: no cache, each feed runs every token so far. Its tensors, the token ids included, live on
+ * the default backend (a model on the GPU runs with the GPU as the default: registry.ts).
+ */
 export class Week1Session implements EngineModel {
   readonly cached = false;
+  readonly decoding = null;
   constructor(
     readonly model: Week1Model,
     readonly description: string,
+    readonly device = 'cpu',
   ) {}
 
   get config(): ModelConfig {
@@ -155,13 +176,18 @@ export interface Week2Model<Cache extends Week2Cache> {
   forward(ids: Tensor, offset: number, cache: Cache[]): Tensor;
 }
 
-/** A week 2 model: a KV cache per layer, each feed runs only the new tokens. */
+/** A week 2 model: a KV cache per layer, each feed runs only the new tokens (on the default backend, as week 1's). */
 export class Week2Session<Cache extends Week2Cache> implements EngineModel {
   readonly cached = true;
   constructor(
     readonly model: Week2Model<Cache>,
     readonly description: string,
+    readonly device = 'cpu',
   ) {}
+
+  get decoding(): DecodingModel<Cache> {
+    return this.model;
+  }
 
   get config(): ModelConfig {
     return this.model.config;

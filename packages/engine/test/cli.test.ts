@@ -3,11 +3,9 @@
 // runs (spawned from the repository root, as `pnpm tiny-llm` runs it) for the output formats, the logits
 // parity check and the errors. A spawn costs ~0.7 s, so most prompts run in-process and a few go through
 // the CLI.
-import { spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, DEMO_MODELS, type DemoGoldenCase } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
@@ -22,38 +20,14 @@ import { expectGolden, goldenModel } from '@tiny-llm/grading';
 import { loadModel, type ModelChoice } from '../src/registry.ts';
 import { EngineQwen2, Week1Session } from '../src/session.ts';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
+import { demoTools } from '@tiny-llm/reference/week3';
 import { RandomWeights } from '../src/random-weights.ts';
 import { Qwen2Model } from '../src/model/qwen2.ts';
+import { cli, ROOT } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const MODELS = DEMO_MODELS;
-const CLI = 'packages/engine/src/cli.ts';
 
 const golden = demoGolden;
-
-interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI as `pnpm tiny-llm` does (tsx, from the repository root). Async, so that spawns can overlap. */
-function cli(args: string[]): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, TINY_LLM_DEBUG: '' },
-      // A guard against a hang only: a week 2 model batch on a busy machine can take a minute.
-      timeout: 300_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, stdout, stderr: signal ? `${stderr}\n[the CLI was killed by ${signal}]` : stderr }));
-  });
-}
 
 // Each test spawns the CLI a few times; the time limit only guards against a hang, as the spawn's does.
 vi.setConfig({ testTimeout: 600_000 });
@@ -70,10 +44,11 @@ function copyModel(name: string, as: string): string {
 }
 
 describe('generate: the golden greedy text of every prompt of the demo models (in-process)', () => {
-  // The engine on every demo model, and the plain chapter model of week 2 (no MoE: that is week 3's).
+  // The engine on every demo model, the plain chapter model of week 2, and week 3's on the MoE model.
   const runs: [string, ModelChoice][] = [
     ...MODELS.map((name): [string, ModelChoice] => [name, {}]),
     ['tiny-qwen2-py', { solution: 'reference', week: 2 }],
+    ['tiny-qwen2-moe-py', { solution: 'reference', week: 3 }],
   ];
   for (const [name, choice] of runs) {
     const what = choice.week ? ` (the reference week ${choice.week} model)` : '';
@@ -87,7 +62,7 @@ describe('generate: the golden greedy text of every prompt of the demo models (i
         expect(ids, 'prompt ids').toEqual(c.ids);
         const chunks: string[] = [];
         const session = model.newSession();
-        const r = generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) => chunks.push(t));
+        const r = await generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) => chunks.push(t));
         session.dispose();
         expect(r.tokens, `${name}: ${JSON.stringify(c.prompt.slice(-40))}`).toEqual(c.greedy);
         expect(r.text).toBe(c.greedy_text);
@@ -107,11 +82,11 @@ describe('generate: the golden greedy text of every prompt of the demo models (i
     const eos = new Set(tokenizer.eosTokenIds);
     const stop = c.greedy.findIndex((id) => eos.has(id));
     const session = model.newSession();
-    const r = generate(model, session, tokenizer, c.ids, {});
+    const r = await generate(model, session, tokenizer, c.ids, {});
     expect(r.tokens).toEqual(c.greedy.slice(0, stop));
     expect(r.stats.stopReason).toBe('eos');
     // The same prompt again on the same session: only the last prompt token is fed again, same output.
-    const again = generate(model, session, tokenizer, c.ids, {});
+    const again = await generate(model, session, tokenizer, c.ids, {});
     expect(again.stats.reusedTokens).toBe(c.ids.length - 1);
     expect(again.tokens).toEqual(r.tokens);
     session.dispose();
@@ -124,7 +99,7 @@ describe('the sessions of every model the registry runs', () => {
     const c = golden('tiny-qwen2-py-draft').cases[0];
     const tokenizer = loadTokenizer(dir);
     const uncached = new Week1Session(Qwen2ModelWeek1.load(dir), 'the reference week 1 model');
-    const r = generate(uncached, uncached.newSession(), tokenizer, c.ids, { maxTokens: 48, ignoreEos: true });
+    const r = await generate(uncached, uncached.newSession(), tokenizer, c.ids, { maxTokens: 48, ignoreEos: true });
     expect(r.text).toBe(c.greedy_text);
   });
 
@@ -135,6 +110,13 @@ describe('the sessions of every model the registry runs', () => {
       for (const p of golden.prompts) expectGolden(tc.expandDims(model.allLogits(p.ids), 0), tc.expandDims(p.logits, 0), { atol: 1e-4, what: `prompt ${p.index}`, axes: ['b', 'l', 'v'] });
     });
   }
+});
+
+describe('chat --run-tools: the built-in tools', () => {
+  it("are the tools the demo models were trained with: their schemas are every demo model's tools.json", () => {
+    const schemas = demoTools().map((t) => t.schema);
+    for (const name of MODELS) expect(schemas, name).toEqual(readToolsFile(join(ROOT, 'models', name, 'tools.json')));
+  });
 });
 
 describe('chat: the template renders the golden chat prompts byte for byte', () => {
@@ -185,6 +167,20 @@ describe('the CLI (spawned)', () => {
     expect(reply.stdout).toContain('<tool_call>');
   });
 
+  it('chat --run-tools: the call, the tool result and the answer; a tools file naming a tool that is not built in is refused', async () => {
+    const unknown = join(tmp, 'unknown-tool.json');
+    writeFileSync(unknown, JSON.stringify([{ type: 'function', function: { name: 'send_email', parameters: {} } }]));
+    const [r, refused] = await Promise.all([
+      cli(['chat', '--tools', 'models/tiny-qwen2-py/tools.json', '--run-tools', '--message', 'What is 37 times 12?']),
+      cli(['chat', '--tools', unknown, '--run-tools', '--message', 'Hello!']),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('<tool_call>\n{"name": "calculator", "arguments": {"expression": "37 * 12"}}\n</tool_call>\n[calculator: 444]\n37 times 12 is 444.\n');
+    expect(r.stderr, 'the second reply reuses the cache of the first').toMatch(/\(\d+ reused from the cache\)/);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/^tiny-llm: --run-tools: no built-in tool runs "send_email" \(the built-in tools are calculator, get_weather, get_time\)\n$/);
+  });
+
   it('logits --ids writes [L, vocab] float32 equal to the fixture golden logits (atol 1e-4)', async () => {
     const g = tc.loadSafetensors(join(ROOT, 'fixtures/models/qwen2-tiny/golden.safetensors'));
     const ids = Array.from(g.get('prompt0')!.toArray());
@@ -231,7 +227,7 @@ describe('the CLI (spawned)', () => {
       ['an unwritable --out', ['logits', '--ids', '1,2', '--out', join(tmp, 'no', 'such', 'dir', 'x.safetensors')], 1, /--out .*x\.safetensors: cannot write it/],
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
-      ['--week 3', ['generate', '--prompt', 'x', '--week', '3'], 2, /--week must be one of 1, 2/],
+      ['--week 4', ['generate', '--prompt', 'x', '--week', '4'], 2, /--week must be one of 1, 2, 3/],
       ['convert without --out', ['convert', '--quantize', 'q4'], 2, /--quantize q4\|q8 and --out DIR are required/],
       ['convert to 3 bits', ['convert', '--quantize', 'q3', '--out', join(tmp, 'q3')], 2, /--quantize must be one of q4, q8, got q3/],
       ['convert of a quantized model', ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')], 1, /already quantized \(4 bits, group 64\)/],
@@ -248,7 +244,7 @@ describe('the CLI (spawned)', () => {
   });
 
   it("--solution learner: runs the learner's model, or says plainly which chapter is missing", async () => {
-    for (const week of [[], ['--week', '1'], ['--week', '2']]) {
+    for (const week of [[], ['--week', '1'], ['--week', '2'], ['--week', '3']]) {
       const r = await cli(['generate', '--solution', 'learner', ...week, '--prompt', 'def f(x):\n', '--max-tokens', '2']);
       const what = `--solution learner ${week.join(' ')}: ${r.stderr}`;
       if (r.code === 0) {
@@ -294,6 +290,8 @@ describe('batch: many prompts through continuous batching', () => {
       ['a bad value', ['batch', '--prompts', jsonl([{ prompt: 'a', temperature: -1 }])], /line 1: bad value for "temperature": -1/],
       ['an empty prompt', ['batch', '--prompts', jsonl([{ prompt: '' }])], /prompt 0: the prompt is empty/],
       ['week 1 has no cache', ['batch', '--week', '1', '--prompts', jsonl([{ prompt: 'a' }])], /batching needs a model with a KV cache/],
+      ['a KV cache too small for a request', ['batch', '--kv-cache-mb', '1', '--prompts', jsonl([{ prompt: 'a', max_tokens: 300 }])], /prompt 0: the request may reach 301 tokens .* the pool has 8 pages in all/],
+      ['KV cache flags on week 2', ['batch', '--week', '2', '--no-prefix-cache', '--prompts', jsonl([{ prompt: 'a' }])], /--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache/],
     ];
     const broken = join(tmp, 'broken.jsonl');
     writeFileSync(broken, '{"prompt": "a"}\n{"prompt": \n');

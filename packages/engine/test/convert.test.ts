@@ -78,7 +78,7 @@ describe('convert --quantize', () => {
     const reference = new Float64Qwen2(single).logits(ids);
     for (const dir of [single, sharded]) {
       const model = await loadModel(dir, { exact: true });
-      const logits = computeLogits(model, ids);
+      const logits = await computeLogits(model, ids);
       expectGolden(logits, reference, { atol: 1e-4, rtol: 0, what: `logits of ${dir.slice(tmp.length + 1)}` });
       logits.dispose();
     }

@@ -190,6 +190,8 @@ describe('serve: load', () => {
     expect(metric(metrics, 'tiny_llm_requests_running'), 'running requests after the load').toBe(0);
     expect(metric(metrics, 'tiny_llm_requests_waiting'), 'waiting requests after the load').toBe(0);
     expect(metric(metrics, 'tiny_llm_kv_cache_tokens'), 'tokens held in KV caches after the load').toBe(0);
+    expect(metric(metrics, 'tiny_llm_kv_cache_pages_used'), "pages of the KV cache's pool held after the load").toBe(0);
+    expect(metric(metrics, 'tiny_llm_kv_cache_pages_total'), "the pool's pages").toBeGreaterThan(0);
     expect(metric(metrics, 'tiny_llm_requests_total', 'path="/v1/completions",status="499"'), 'the disconnects, logged as 499').toBeGreaterThanOrEqual(16);
     const after = await client.completions.create({ model: MODEL, prompt: golden.cases[0].prompt, temperature: 0, max_tokens: 8 });
     expect(after.choices[0].text, 'a request after the load').toBe(expectedText(golden.cases[0], 8));

@@ -158,3 +158,14 @@ export function errorOf(fn: () => unknown): Error {
   }
   assert.fail('expected an error, but the call returned normally');
 }
+
+/** errorOf for an async call: the error its promise rejects with (or `fn` throws). */
+export async function rejectionOf(fn: () => Promise<unknown>): Promise<Error> {
+  try {
+    await fn();
+  } catch (err) {
+    if ((err as Error)?.name === 'NotImplemented') throw err;
+    return err as Error;
+  }
+  assert.fail('expected an error, but the call completed normally');
+}

@@ -1,13 +1,15 @@
-// A Qwen2/Qwen3 forward pass in float64 plain loops (float64.ts), for the fixture models: the independent
+// A Qwen2/Qwen3/Qwen2-MoE forward pass in float64 plain loops (float64.ts), for the fixture models: the independent
 // computation behind the model tests' diagnoses (the learner's logits against the same model with one thing
 // done wrong) and the greedy margins (a greedy token is only checked where its lead over the runner-up is
 // well above the tolerance). Tiny models only: it is written to be obviously right, not fast.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, ModelDir } from '@tiny-llm/tensor-core';
-import { attention, causalMask, linear, mlp, reshapeND, rmsNorm, rope, swapMiddle, toND, type NDArray } from './float64.ts';
+import { attention, causalMask, linear, mlp, moe, reshapeND, rmsNorm, rope, swapMiddle, toND, type MlpArrays, type MoeArrays, type MoeVariant, type NDArray } from './float64.ts';
 
-/** What a model pass may do differently from the real model: the known mistakes of chapters 1.5 and 2.1. */
+/** What a model pass may do differently from the real model: the known mistakes of chapters 1.5, 2.1 and 3.3. */
 export interface Float64Variant {
+  /** The mixture-of-experts layers' mistakes (chapter 3.3). */
+  moe?: MoeVariant;
   /** The RoPE base (default config.ropeTheta). */
   ropeBase?: number;
   /** false drops the q/k/v biases. */
@@ -48,9 +50,8 @@ interface LayerWeights {
   o: NDArray;
   qNorm?: NDArray;
   kNorm?: NDArray;
-  gate: NDArray;
-  up: NDArray;
-  down: NDArray;
+  /** The layer's MLP: dense, or (Qwen2-MoE's sparse layers) a mixture of experts. */
+  mlp: { dense: MlpArrays } | { moe: MoeArrays };
 }
 
 export class Float64Qwen2 {
@@ -73,6 +74,22 @@ export class Float64Qwen2 {
       return { w, b: bias ? toND(bias) : undefined };
     };
     const vector = (name: string) => (md.has(name) ? toND(md.weight(name)) : undefined);
+    const gated = (prefix: string): MlpArrays => ({
+      gate: matrix(`${prefix}.gate_proj`).w,
+      up: matrix(`${prefix}.up_proj`).w,
+      down: matrix(`${prefix}.down_proj`).w,
+    });
+    // Qwen2-MoE: every decoder_sparse_step-th layer is sparse, except those in mlp_only_layers.
+    const settings = md.config.moe;
+    const sparse = (i: number) => settings !== null && settings.numExperts > 0 && !settings.mlpOnlyLayers.includes(i) && (i + 1) % settings.decoderSparseStep === 0;
+    const mixture = (prefix: string): MoeArrays => ({
+      router: matrix(`${prefix}.gate`).w,
+      experts: Array.from({ length: settings!.numExperts }, (_, e) => gated(`${prefix}.experts.${e}`)),
+      shared: md.has(`${prefix}.shared_expert.gate_proj.weight`) ? gated(`${prefix}.shared_expert`) : undefined,
+      sharedGate: vector(`${prefix}.shared_expert_gate.weight`),
+      k: settings!.numExpertsPerTok,
+      normTopkProb: settings!.normTopkProb,
+    });
     this.embedding = matrix('model.embed_tokens').w;
     this.head = md.config.tieWordEmbeddings ? this.embedding : matrix('lm_head').w;
     this.norm = vector('model.norm.weight')!;
@@ -87,9 +104,7 @@ export class Float64Qwen2 {
         o: matrix(`${p}.self_attn.o_proj`).w,
         qNorm: vector(`${p}.self_attn.q_norm.weight`),
         kNorm: vector(`${p}.self_attn.k_norm.weight`),
-        gate: matrix(`${p}.mlp.gate_proj`).w,
-        up: matrix(`${p}.mlp.up_proj`).w,
-        down: matrix(`${p}.mlp.down_proj`).w,
+        mlp: sparse(i) ? { moe: mixture(`${p}.mlp`) } : { dense: gated(`${p}.mlp`) },
       };
     });
     this.hasBiases = this.layers.some((l) => l.q.b || l.k.b || l.v.b);
@@ -114,6 +129,28 @@ export class Float64Qwen2 {
     cache: Float64LayerCache = { keys: null, values: null },
     position = cache.keys ? cache.keys.shape[2] : 0,
   ): NDArray {
+    const w = this.layers[index];
+    const eps = this.config.rmsNormEps;
+    const o = this.attentionOf(index, x, variant, cache, position);
+    const hidden = { shape: x.shape, data: x.data.map((xi, i) => xi + o.data[i]) };
+    const normed = rmsNorm(hidden, w.postNorm, eps);
+    const m = 'moe' in w.mlp ? moe(normed, w.mlp.moe, variant.moe) : mlp(normed, w.mlp.dense.gate, w.mlp.dense.up, w.mlp.dense.down);
+    return { shape: x.shape, data: hidden.data.map((hi, i) => hi + m.data[i]) };
+  }
+
+  /**
+   * The two halves of layer `index` on x [1, L, E] at positions 0..L-1, each as the layer adds it to its
+   * residual stream: attention = attn(norm1(x)) through o_proj, mlp = mlp(norm2(x + attention)). Tensor
+   * parallelism (chapter 3.6) sums these over its ranks.
+   */
+  layerHalves(index: number, x: NDArray): { attention: NDArray; mlp: NDArray } {
+    const attention = this.attentionOf(index, x, {}, { keys: null, values: null }, 0);
+    const out = this.layer(index, x);
+    return { attention, mlp: { shape: x.shape, data: out.data.map((o, i) => o - x.data[i] - attention.data[i]) } };
+  }
+
+  /** Layer `index`'s attention half (arguments as layer's). */
+  private attentionOf(index: number, x: NDArray, variant: Float64Variant, cache: Float64LayerCache, position: number): NDArray {
     const c = this.config;
     const w = this.layers[index];
     const [, l] = x.shape;
@@ -131,10 +168,7 @@ export class Float64Qwen2 {
     cache.values = concatPositions(cache.values, swapMiddle(heads(w.v, hkv)));
     const mask = causalMask(l, cached + l, variant.topLeftMask ? 'top-left' : 'bottom-right');
     const attended = attention(q, cache.keys, cache.values, { mask, kvHeadOf: (hq, nq, nkv) => Math.floor(hq / (nq / nkv)) });
-    const o = linear(reshapeND(swapMiddle(attended), [1, l, h * d]), w.o);
-    const hidden = { shape: x.shape, data: x.data.map((xi, i) => xi + o.data[i]) };
-    const m = mlp(rmsNorm(hidden, w.postNorm, eps), w.gate, w.up, w.down);
-    return { shape: x.shape, data: hidden.data.map((hi, i) => hi + m.data[i]) };
+    return linear(reshapeND(swapMiddle(attended), [1, l, h * d]), w.o);
   }
 
   /** The logits of every position, [L, V]. */

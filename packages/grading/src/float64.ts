@@ -134,6 +134,61 @@ export function attention(q: NDArray, k: NDArray, v: NDArray, options: Attention
   return out;
 }
 
+/** How a paged read may go wrong: the known mistakes of chapter 3.1's kernel (none set: the right read). */
+export interface PagedReadVariant {
+  /** Every row reads row 0's block table. */
+  firstTable?: boolean;
+  /** Block j read as page j: the block table ignored. */
+  ignoreTable?: boolean;
+  /** Whole pages read: every slot of a row's last page, past its length. */
+  wholePages?: boolean;
+  /** The pages read as [N, P, Hkv, D] where they are [N, Hkv, P, D]. */
+  slotsBeforeHeads?: boolean;
+}
+
+/** The first `length` rows of one kv cache through a block table: pages [N, Hkv, P, D] -> [1, Hkv, length, D]. */
+export function gatherPages(pages: NDArray, table: readonly number[], length: number, variant: PagedReadVariant = {}): NDArray {
+  const [, hkv, p, d] = pages.shape;
+  const out = zerosND([1, hkv, length, d]);
+  for (let g = 0; g < hkv; g++) {
+    for (let t = 0; t < length; t++) {
+      const block = Math.floor(t / p);
+      const page = variant.ignoreTable ? block : table[block];
+      const row = variant.slotsBeforeHeads ? (page * p + (t % p)) * hkv + g : (page * hkv + g) * p + (t % p);
+      out.data.set(pages.data.subarray(row * d, (row + 1) * d), (g * length + t) * d);
+    }
+  }
+  return out;
+}
+
+/**
+ * Decode attention over a paged cache: q [B, Hq, D], one query per row, against row b's first lengths[b] tokens
+ * of keyPages and valuePages [N, Hkv, P, D] through its block table -> [B, Hq, D]. Grouped: query head h reads
+ * kv head options.kvHeadOf (default floor(h / (Hq / Hkv))).
+ */
+export function pagedAttention(
+  q: NDArray,
+  keyPages: NDArray,
+  valuePages: NDArray,
+  tables: readonly (readonly number[])[],
+  lengths: readonly number[],
+  options: Omit<AttentionOptions, 'mask'> & { variant?: PagedReadVariant } = {},
+): NDArray {
+  const [b, hq, d] = q.shape;
+  const p = keyPages.shape[2];
+  const { variant = {}, ...attend } = options;
+  const out = zerosND([b, hq, d]);
+  for (let row = 0; row < b; row++) {
+    const table = variant.firstTable ? tables[0] : tables[row];
+    const length = variant.wholePages ? Math.ceil(lengths[row] / p) * p : lengths[row];
+    const qRow = { shape: [1, hq, 1, d], data: q.data.subarray(row * hq * d, (row + 1) * hq * d) };
+    const k = gatherPages(keyPages, table, length, variant);
+    const v = gatherPages(valuePages, table, length, variant);
+    out.data.set(attention(qRow, k, v, { kvHeadOf: groupedHead, ...attend }).data, row * hq * d);
+  }
+  return out;
+}
+
 export interface RopeOptions {
   base: number;
   traditional: boolean;
@@ -273,6 +328,69 @@ export function quantizedMatmul(x: NDArray, w: QuantizedArrays, { withBias = tru
       let s = 0;
       for (let j = 0; j < k; j++) s += x.data[i * k + j] * weight[j];
       out.data[i * n + row] = s;
+    }
+  }
+  return out;
+}
+
+/** A gated MLP's three weights, [inter, E], [inter, E], [E, inter]. */
+export interface MlpArrays {
+  gate: NDArray;
+  up: NDArray;
+  down: NDArray;
+}
+
+/** A Qwen2-MoE block's weights and settings (chapter 3.3). */
+export interface MoeArrays {
+  /** The router, [numExperts, E]. */
+  router: NDArray;
+  experts: MlpArrays[];
+  /** The shared expert and its gate [1, E], or none. */
+  shared?: MlpArrays;
+  sharedGate?: NDArray;
+  /** Experts per token. */
+  k: number;
+  /** Renormalise the k chosen probabilities to sum to 1. */
+  normTopkProb: boolean;
+}
+
+/** What a MoE pass may do differently: the known mistakes of chapter 3.3. */
+export interface MoeVariant {
+  /** Overrides normTopkProb. */
+  renormalize?: boolean;
+  /** false adds the shared expert without its sigmoid gate. */
+  sharedGate?: boolean;
+  /** false leaves the shared expert out. */
+  sharedExpert?: boolean;
+}
+
+/**
+ * The mixture-of-experts block on x [..., E], token by token: the router's softmax over every expert, the k
+ * most likely (lower index first on ties), each chosen expert's MLP weighted by its probability (renormalised
+ * over the k when normTopkProb), plus the shared expert scaled by sigmoid(x @ sharedGate.T).
+ */
+export function moe(x: NDArray, w: MoeArrays, variant: MoeVariant = {}): NDArray {
+  const e = w.router.shape[1];
+  const renormalize = variant.renormalize ?? w.normTopkProb;
+  const out = zerosND([...x.shape]);
+  for (let t = 0; t < x.data.length / e; t++) {
+    const token: NDArray = { shape: [1, e], data: x.data.subarray(t * e, (t + 1) * e) };
+    const probs = softmax(linear(token, w.router), -1).data;
+    const chosen = Array.from(probs.keys())
+      .sort((a, b) => probs[b] - probs[a] || a - b)
+      .slice(0, w.k);
+    const total = chosen.reduce((s, i) => s + probs[i], 0);
+    const row = out.data.subarray(t * e, (t + 1) * e);
+    for (const i of chosen) {
+      const y = mlp(token, w.experts[i].gate, w.experts[i].up, w.experts[i].down).data;
+      const weight = renormalize ? probs[i] / total : probs[i];
+      for (let j = 0; j < e; j++) row[j] += weight * y[j];
+    }
+    if (w.shared && w.sharedGate && variant.sharedExpert !== false) {
+      const y = mlp(token, w.shared.gate, w.shared.up, w.shared.down).data;
+      const logit = linear(token, w.sharedGate).data[0];
+      const gate = variant.sharedGate === false ? 1 : 1 / (1 + Math.exp(-logit));
+      for (let j = 0; j < e; j++) row[j] += gate * y[j];
     }
   }
   return out;

@@ -174,9 +174,15 @@ export function rmsNormMistakes(x: NDArray, weight: NDArray, eps: number): Mista
   ];
 }
 
-/** A decoder layer (or the whole model) of chapter 1.5: the model's RoPE base, the q/k/v biases. */
+/**
+ * A decoder layer (or the whole model) of chapter 1.5: the model's RoPE base, the q/k/v biases; and of a
+ * Qwen2-MoE model, chapter 3.3's routing weights and shared expert.
+ */
 export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Variant) => NDArray): Mistake[] {
-  const mistakes: Mistake[] = [];
+  const moe = model.config.moe;
+  const mistakes: Mistake[] = moe
+    ? moeMistakes({ normTopkProb: moe.normTopkProb, sharedExpert: moe.sharedExpertIntermediateSize > 0 }, (variant) => compute({ moe: variant }))
+    : [];
   if (model.config.ropeTheta !== 10000) {
     mistakes.push({
       explanation: `RoPE with its default base 10000; this model's base is config.ropeTheta = ${model.config.ropeTheta}.`,
@@ -188,6 +194,38 @@ export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Var
       explanation: 'the q/k/v projections without their biases (self_attn.{q,k,v}_proj.bias): Qwen2 adds them.',
       values: lazy(() => compute({ biases: false })),
     });
+  }
+  return mistakes;
+}
+
+/**
+ * The mixture-of-experts block of chapter 3.3: the k weights normalised the other way than normTopkProb says,
+ * and (when the block has one) the shared expert's gate or the shared expert itself left out.
+ */
+export function moeMistakes(block: { normTopkProb: boolean; sharedExpert: boolean }, compute: (variant: f64.MoeVariant) => NDArray): Mistake[] {
+  const mistakes: Mistake[] = [
+    block.normTopkProb
+      ? {
+          explanation: "the k routing weights not renormalised: with norm_topk_prob true, divide the chosen experts' probabilities by their sum.",
+          values: lazy(() => compute({ renormalize: false })),
+        }
+      : {
+          explanation:
+            "the k routing weights sum to 1 (renormalised, or a softmax over the k chosen logits only): with norm_topk_prob false, each chosen expert weighs its probability under the softmax over all the experts.",
+          values: lazy(() => compute({ renormalize: true })),
+        },
+  ];
+  if (block.sharedExpert) {
+    mistakes.push(
+      {
+        explanation: 'the shared expert added as it is: its output is scaled by sigmoid(x @ shared_expert_gate.T), one gate per token.',
+        values: lazy(() => compute({ sharedGate: false })),
+      },
+      {
+        explanation: 'the shared expert left out: every token also goes through mlp.shared_expert (scaled by its sigmoid gate), added to the routed experts.',
+        values: lazy(() => compute({ sharedExpert: false })),
+      },
+    );
   }
   return mistakes;
 }
@@ -226,4 +264,81 @@ export function quantizedMatmulMistakes(x: NDArray, w: f64.QuantizedArrays): Mis
       values: lazy(() => f64.quantizedMatmul(x, w, { fromTop: true })),
     },
   ];
+}
+
+/**
+ * Quantized matmul on the GPU (chapter 2.3): chapter 2.2's mistakes, the invocations' partial sums never added
+ * (each row is then its first chunk of 32 values), and, with more columns than one dimension of workgroups
+ * holds, the column taken from the workgroup's x alone (the columns past it stay 0: GPU buffers start zeroed).
+ */
+export function quantizedMatmulGpuMistakes(x: NDArray, w: f64.QuantizedArrays): Mistake[] {
+  const firstChunk = { shape: x.shape, data: x.data.map((v, i) => (i % w.k < 32 ? v : 0)) };
+  const mistakes: Mistake[] = [
+    ...quantizedMatmulMistakes(x, w),
+    {
+      explanation:
+        "only the first 32 values of each row summed: every invocation's partial sum must be added in (a tree in workgroup memory), and one invocation writes the total.",
+      values: lazy(() => f64.quantizedMatmul(firstChunk, w)),
+    },
+  ];
+  const maxColumns = 65535;
+  if (w.n > maxColumns) {
+    mistakes.push({
+      explanation: `the columns past the first ${maxColumns} left unwritten: column n of workgroup (x, y) is y * (workgroups along x) + x, since one dimension holds at most ${maxColumns} workgroups.`,
+      values: lazy(() => {
+        const out = f64.quantizedMatmul(x, w);
+        return { shape: out.shape, data: out.data.map((v, i) => (i % w.n < maxColumns ? v : 0)) };
+      }),
+    });
+  }
+  return mistakes;
+}
+
+/**
+ * Paged decode attention (chapter 3.1): the block table misread or ignored, whole pages read, the page layout
+ * taken for another, and the head mapping and scales of grouped-query attention.
+ */
+export function pagedAttentionMistakes(
+  q: NDArray,
+  keyPages: NDArray,
+  valuePages: NDArray,
+  tables: readonly (readonly number[])[],
+  lengths: readonly number[],
+  scale?: number,
+): Mistake[] {
+  const [b, hq, d] = q.shape;
+  const [, hkv, p] = keyPages.shape;
+  const run = (options: Parameters<typeof f64.pagedAttention>[5]) => lazy(() => f64.pagedAttention(q, keyPages, valuePages, tables, lengths, { scale, ...options }));
+  const mistakes: Mistake[] = [];
+  // Row 0's block table misread for every row: computable where it lists as many pages as any row reads.
+  if (b > 1 && lengths.every((n) => Math.ceil(n / p) <= tables[0].length)) {
+    mistakes.push({ explanation: "every row read row 0's block table: row b's pages are block_tables[b * max_blocks + j].", values: run({ variant: { firstTable: true } }) });
+  }
+  mistakes.push({
+    explanation: 'block j read as page j, the block table ignored: token t of row b is in page block_tables[b * max_blocks + t / P], slot t % P.',
+    values: run({ variant: { ignoreTable: true } }),
+  });
+  if (lengths.some((n) => n % p !== 0)) {
+    mistakes.push({
+      explanation: `whole pages read: a row's last page holds only its first length % ${p} slots (the others are stale or another token's); stop at lengths[b].`,
+      values: run({ variant: { wholePages: true } }),
+    });
+  }
+  if (hkv > 1) {
+    mistakes.push({
+      explanation: 'the pages read as [N, P, Hkv, D]: a page is [Hkv, P, D], so token t of kv head g is at ((page * Hkv + g) * P + t % P) * D.',
+      values: run({ variant: { slotsBeforeHeads: true } }),
+    });
+  }
+  if (hq !== hkv) {
+    mistakes.push({
+      explanation: `query head h reading kv head h % Hkv (interleaved); consecutive query heads share a kv head: h reads floor(h / (Hq / Hkv)) (Hq = ${hq}, Hkv = ${hkv}).`,
+      values: run({ kvHeadOf: (h, _, n) => h % n }),
+    });
+  }
+  mistakes.push(
+    { explanation: `scores scaled by 1/D = 1/${d}; the scale is 1/sqrt(D) unless one is given.`, values: run({ scale: 1 / d }) },
+    { explanation: 'scores not scaled at all; multiply q . k by the scale (1/sqrt(D) unless one is given).', values: run({ scale: 1 }) },
+  );
+  return mistakes;
 }

@@ -9,10 +9,12 @@ import type { Tensor } from '@tiny-llm/tensor-core';
 import { goldenOp, seeded } from '@tiny-llm/tensor-core/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
-import { KvCache, quantizedMatmul, Qwen2ModelWeek2, type AttentionCache } from '@tiny-llm/reference/week2';
+import { KvCache, quantizedMatmul, Qwen2ModelWeek2, Qwen2TransformerBlock, type AttentionCache, type LayerMlp } from '@tiny-llm/reference/week2';
+import { Qwen2MoeBlock, Qwen2ModelWeek3 } from '@tiny-llm/reference/week3';
 import {
-  attentionMistakes, cacheMistakes, causalMaskMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
-  expectRelativeError, expectValues, float64 as f64, formatAt, goldenModel, gqaMistakes, linearMistakes, mlpMistakes, multiHeadAttentionMistakes, rmsNormMistakes, ropeMistakes,
+  AllReduceOracle, allReduceSteps, explainRoundError,
+  attentionMistakes, cacheMistakes, causalMaskMistakes, pagedAttentionMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
+  expectRelativeError, expectValues, float64 as f64, formatAt, goldenModel, gqaMistakes, linearMistakes, mlpMistakes, moeMistakes, multiHeadAttentionMistakes, rmsNormMistakes, ropeMistakes,
   softmaxMistakes,
 } from '../src/index.ts';
 
@@ -384,5 +386,157 @@ describe('2.2: quantized matmul', () => {
     });
     const wrong = new tc.QuantizedWeight(tc.tensor(reversed, { shape: w.weight.shape }), w.scales, w.biases, 64, 4);
     expect(check(quantizedMatmul(x, wrong))).toMatch(/values read from the top of their 32-bit words/);
+  });
+});
+
+describe('3.1: paged attention', () => {
+  const [p, hq, hkv, d] = [4, 4, 2, 8];
+  const lengths = [10, 6, 3]; // none fills its last page
+  const tables = [[2, 6, 3], [0, 7], [5, 1]];
+  const keys = tc.tensor(seeded(8 * hkv * p * d, 41), { shape: [8, hkv, p, d] });
+  const values = tc.tensor(seeded(8 * hkv * p * d, 42), { shape: [8, hkv, p, d] });
+  const q = tc.tensor(seeded(3 * hq * d, 43), { shape: [3, hq, d] });
+
+  /**
+   * Paged decode attention with tensor ops, as a learner writes it: each row's keys and values gathered page by
+   * page, then attention with query head h on kv head kvHeadOf(h). The options each make one known mistake.
+   */
+  function paged(options: { tableOf?: (row: number) => number[]; pageOf?: (table: number[], block: number) => number; wholePages?: boolean; slotsFirst?: boolean; kvHeadOf?: (h: number) => number; scale?: number }): Tensor {
+    const { tableOf = (row) => tables[row], pageOf = (table, block) => table[block], kvHeadOf = (h) => Math.floor(h / (hq / hkv)), scale = 1 / Math.sqrt(d) } = options;
+    const pageView = (all: Tensor, page: number) =>
+      options.slotsFirst ? tc.transpose(tc.slice(tc.reshape(all, [8, p, hkv, d]), [[page, page + 1]]), [0, 2, 1, 3]) : tc.slice(all, [[page, page + 1]]);
+    const rows = lengths.map((length, row) => {
+      const n = options.wholePages ? Math.ceil(length / p) * p : length;
+      const gather = (all: Tensor) => {
+        const blocks = Array.from({ length: Math.ceil(n / p) }, (_, j) => pageView(all, pageOf(tableOf(row), j)));
+        const kv = tc.slice(tc.concat(blocks, 2), [null, null, [0, n]]); // [1, Hkv, n, D]
+        return tc.concat(Array.from({ length: hq }, (_, h) => tc.slice(kv, [null, [kvHeadOf(h), kvHeadOf(h) + 1]])), 1); // [1, Hq, n, D]
+      };
+      return attend(tc.reshape(tc.slice(q, [[row, row + 1]]), [1, hq, 1, d]), gather(keys), gather(values), scale);
+    });
+    return tc.reshape(tc.concat(rows, 0), [3, hq, d]);
+  }
+  const check = (out: Tensor) => {
+    const [nq, nk, nv] = [q, keys, values].map(nd);
+    return failureOf(() => expectGolden(out, f64.pagedAttention(nq, nk, nv, tables, lengths), { atol: 1e-5, mistakes: pagedAttentionMistakes(nq, nk, nv, tables, lengths) }));
+  };
+
+  it('the right read passes', () => {
+    expect(() => check(paged({}))).toThrow(/expected the check to fail/);
+  });
+
+  it("every row reading row 0's block table", () => {
+    expect(check(paged({ tableOf: () => tables[0] }))).toMatch(/every row read row 0's block table/);
+  });
+
+  it('the block table ignored (block j read as page j)', () => {
+    expect(check(paged({ pageOf: (_, block) => block }))).toMatch(/block j read as page j, the block table ignored/);
+  });
+
+  it('whole pages read, past a row\'s length', () => {
+    expect(check(paged({ wholePages: true }))).toMatch(/whole pages read/);
+  });
+
+  it('the pages read as [N, P, Hkv, D]', () => {
+    expect(check(paged({ slotsFirst: true }))).toMatch(/the pages read as \[N, P, Hkv, D\]/);
+  });
+
+  it('query head h reading kv head h % Hkv, and scores scaled by 1/D', () => {
+    expect(check(paged({ kvHeadOf: (h) => h % hkv }))).toMatch(/query head h reading kv head h % Hkv/);
+    expect(check(paged({ scale: 1 / d }))).toMatch(/scores scaled by 1\/D = 1\/8/);
+  });
+});
+
+describe('3.3: mixture of experts', () => {
+  const model = goldenModel('qwen2-moe-tiny');
+  const week3 = Qwen2ModelWeek3.load(model.dir);
+  const blockOf = (l: number) => week3.layers[l].mlp as Qwen2MoeBlock;
+  /** The reference block of layer l rebuilt with one thing changed: a learner's block with that mistake. */
+  const changed = (l: number, change: Partial<ConstructorParameters<typeof Qwen2MoeBlock>[0]>) => {
+    const b = blockOf(l);
+    const options = { ...b, experts: [...b.experts], sharedExpert: b.sharedExpert ?? undefined, sharedExpertGate: b.sharedExpertGate ?? undefined };
+    return new Qwen2MoeBlock({ ...options, ...change });
+  };
+  /** Layer l with `mlp` in place of its block, on its golden input. */
+  const layerWith = (l: number, mlp: LayerMlp) => {
+    const layer = week3.layers[l];
+    const wrong = new Qwen2TransformerBlock(layer.selfAttn, mlp, layer.inputLayerNorm, layer.postAttentionLayerNorm);
+    return wrong.forward(tc.expandDims(model.layerIn(l), 0), [0], new KvCache());
+  };
+
+  it('the k routing weights renormalised where norm_topk_prob is false (layer and logits)', () => {
+    expect(failureOf(() => expectLayerOutput(layerWith(1, changed(1, { normTopkProb: true })), model, 1))).toMatch(/the k routing weights sum to 1/);
+    // The whole model with every block renormalising: its prompt logits.
+    const wrong = Qwen2ModelWeek3.load(model.dir);
+    wrong.layers.forEach((layer, l) => Object.assign(layer, { mlp: changed(l, { normTopkProb: true }) }));
+    const prompt = model.prompts[1];
+    const logits = wrong.forward(tc.tensor([prompt.ids], { dtype: 'int32' }), 0, wrong.newCache());
+    expect(failureOf(() => expectPromptLogits(logits, model, prompt))).toMatch(/the k routing weights sum to 1/);
+  });
+
+  it('the shared expert added without its sigmoid gate', () => {
+    // A gate of +1e4 for every token: sigmoid(1e4) = 1, the shared expert's output added as it is.
+    const ungated = changed(0, { sharedExpertGate: { forward: (x: Tensor) => tc.full([x.shape[0], 1], 1e4) } });
+    expect(failureOf(() => expectLayerOutput(layerWith(0, ungated), model, 0))).toMatch(/the shared expert added as it is/);
+  });
+
+  it('the shared expert left out', () => {
+    const routedOnly = changed(0, { sharedExpert: undefined, sharedExpertGate: undefined });
+    expect(failureOf(() => expectLayerOutput(layerWith(0, routedOnly), model, 0))).toMatch(/the shared expert left out/);
+  });
+
+  it('the k routing weights not renormalised where norm_topk_prob is true (the block on random weights)', () => {
+    const arrays: f64.MoeArrays = {
+      router: nd(tc.tensor(seeded(4 * 8, 21, 1), { shape: [4, 8] })),
+      experts: [0, 1, 2, 3].map((e) => ({
+        gate: nd(tc.tensor(seeded(6 * 8, 30 + e, 0.5), { shape: [6, 8] })),
+        up: nd(tc.tensor(seeded(6 * 8, 40 + e, 0.5), { shape: [6, 8] })),
+        down: nd(tc.tensor(seeded(8 * 6, 50 + e, 0.5), { shape: [8, 6] })),
+      })),
+      k: 2,
+      normTopkProb: true,
+    };
+    const x = nd(tc.tensor(seeded(5 * 8, 22, 1), { shape: [5, 8] }));
+    const module = (w: f64.NDArray) => ({ forward: (t: Tensor) => tc.matmul(t, tc.transpose(tc.tensor(Float32Array.from(w.data), { shape: w.shape }))) });
+    const expert = (w: f64.MlpArrays) => ({ forward: (t: Tensor) => module(w.down).forward(tc.mul(tc.silu(module(w.gate).forward(t)), module(w.up).forward(t))) });
+    const unnormalised = new Qwen2MoeBlock({ hiddenSize: 8, numExpertsPerTok: 2, normTopkProb: false, router: module(arrays.router), experts: arrays.experts.map(expert) });
+    const out = unnormalised.forward(tc.tensor(Float32Array.from(x.data), { shape: x.shape }));
+    const mistakes = moeMistakes({ normTopkProb: true, sharedExpert: false }, (variant) => f64.moe(x, arrays, variant));
+    expect(failureOf(() => expectGolden(out, f64.moe(x, arrays), { mistakes }))).toMatch(/the k routing weights not renormalised/);
+  });
+});
+
+describe('3.6: tensor parallelism', () => {
+  it("the all-reduce steps of a pass add up, half by half, to the golden layers' outputs", () => {
+    const model = goldenModel('qwen2-tiny');
+    const steps = allReduceSteps(model.float64(), model.prompts[0].ids);
+    expect(steps.map((s) => `${s.layer} ${s.half}`)).toEqual(['0 attention', '0 MLP', '1 attention', '1 MLP']);
+    for (let l = 0; l < model.numLayers; l++) {
+      const [attention, mlp] = [steps[2 * l], steps[2 * l + 1]];
+      const out = attention.residual.data.map((x, i) => x + attention.sum.data[i] + mlp.sum.data[i]);
+      expectValues(out, model.layerOut(l).toArray(), model.layerOut(l).shape, { atol: 1e-5, what: `layer ${l}` });
+    }
+  });
+
+  it('the oracle names a residual added before the all-reduce on every rank', () => {
+    const model = goldenModel('qwen2-tiny');
+    const ids = model.prompts[0].ids;
+    const steps = allReduceSteps(model.float64(), ids);
+    const oracle = new AllReduceOracle(steps, 2);
+    oracle.begin(0, ids.length);
+    // Each rank passes half of the true sum plus the whole residual, as a rank that adds x before reducing.
+    for (const rank of [0, 1]) {
+      const reduce = oracle.allReduceOf(rank);
+      for (const step of steps) reduce(tc.tensor(Float32Array.from(step.sum.data, (v, i) => v / 2 + step.residual.data[i]), { shape: step.sum.shape }));
+    }
+    expect(failureOf(() => oracle.check('a pass', 1e-4))).toMatch(/all-reduce 1 of 4 \(layer 0, attention\)[\s\S]*added the residual before the all-reduce/);
+  });
+
+  it("explains a race's wrong sum by the ranks whose slots were read a round early, late, or never written", () => {
+    // Rank r's element i at round k is k * 2^(r + 4) + i; 3 ranks, round 7, element 5: the sum is 7 * 112 + 15.
+    const expected = 7 * 112 + 15;
+    expect(explainRoundError(3, 7, 5, expected - 32, expected)).toMatch(/rank 1 came from the round before/);
+    expect(explainRoundError(3, 7, 5, expected + 16 + 64, expected)).toMatch(/ranks 0, 2 came from the round after/);
+    expect(explainRoundError(3, 1, 5, 16 + 5, 112 + 15)).toMatch(/slots of ranks 1, 2 read as zeros/);
   });
 });

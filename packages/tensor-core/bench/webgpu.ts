@@ -7,48 +7,16 @@
 //   GEMV M = 1         the decode step's matmul with bf16 and MLX 4-bit weights of a model's MLP shape, in GB/s
 //                      of weights streamed, as a ratio of the read bandwidth
 //   matmul f32 N^3     the tiled kernel, in GFLOP/s
-// and the CPU backend on the same bf16 GEMV and f32 matmul, for the GPU / CPU ratio. GPU times are those of
-// `reps` kernels recorded together and waited for once, best of a few rounds (the machine may be shared).
-import { readFileSync, writeFileSync } from 'node:fs';
+// and the CPU backend on the same bf16 GEMV and f32 matmul, for the GPU / CPU ratio (GPU timing:
+// bench/webgpu-kernels.ts).
+import { writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import * as tc from '../src/index.ts';
 import { bestSeconds, flagsOf } from './native-kernels.ts';
+import { gpuSeconds, matmulGflops, readBandwidthGBs } from './webgpu-kernels.ts';
 
 /** Weights [N, K] of one MLP projection (up/gate): Qwen2-0.5B's and Qwen2-7B's. */
 const SHAPES: Record<string, [number, number]> = { '0.5b': [4864, 896], '7b': [18944, 3584] };
-
-async function gpuSeconds(gpu: tc.WebGPUBackend, run: () => tc.Tensor, reps: number, rounds = 3): Promise<number> {
-  await run().data(); // compile and warm up
-  let best = Infinity;
-  for (let r = 0; r < rounds; r++) {
-    const t0 = performance.now();
-    let last: tc.Tensor | null = null;
-    for (let i = 0; i < reps; i++) {
-      last?.dispose();
-      last = run();
-    }
-    await tc.slice(last!, [[0, 1]]).data(); // waits for every kernel recorded before it
-    best = Math.min(best, (performance.now() - t0) / 1e3 / reps);
-    last!.dispose();
-  }
-  gpu.flush();
-  return best;
-}
-
-async function readBandwidthGBs(gpu: tc.WebGPUBackend, megabytes: number): Promise<number> {
-  const kernel = new tc.WgslKernel('read_bandwidth', readFileSync(new URL('./read_bandwidth.wgsl', import.meta.url), 'utf8'));
-  const floats = (megabytes * 1024 * 1024) / 4;
-  const data = tc.ones([floats], { device: gpu });
-  const threads = 256 * Math.min(4096, gpu.limits.maxComputeWorkgroupsPerDimension);
-  const run = () => {
-    const out = tc.empty([threads], 'float32', gpu);
-    gpu.run(kernel, { tensors: { data, out }, params: { vec4s: floats / 4, threads }, workgroups: threads / 256 });
-    return out;
-  };
-  const seconds = await gpuSeconds(gpu, run, 10);
-  data.dispose();
-  return (floats * 4) / seconds / 1e9;
-}
 
 /** Pseudo-random words: bf16 ones with a small exponent, so that every value is finite, or any uint32. */
 function randomWords(n: number, dtype: 'bfloat16' | 'uint32'): Uint16Array | Uint32Array {
@@ -101,10 +69,9 @@ async function main(): Promise<void> {
   const q4Seconds = await gpuSeconds(gpu, () => tc.fast.quantizedMatmul(xGpu, q4), 20);
   const q4Bytes = (n * k) / 2 + n * (k / 64) * 4;
 
+  const matmulGpu = await matmulGflops(gpu, matmulSize);
   const a = tc.random.uniform([matmulSize, matmulSize], { seed: 1 });
   const b = tc.random.uniform([matmulSize, matmulSize], { seed: 2 });
-  const [aGpu, bGpu] = [a, b].map((t) => tc.tensor(t.toArray(), { shape: t.shape, device: gpu }));
-  const matmulSeconds = await gpuSeconds(gpu, () => tc.matmul(aGpu, bGpu), 3);
   const flops = 2 * matmulSize ** 3;
 
   const bf16Cpu = wordTensor(bf16Words, 'bfloat16', [n, k], tc.cpu);
@@ -116,7 +83,7 @@ async function main(): Promise<void> {
     read_bandwidth_gb_s: bandwidth,
     gemv_bf16_gb_s: (n * k * 2) / bf16Seconds / 1e9,
     gemv_q4_gb_s: q4Bytes / q4Seconds / 1e9,
-    matmul_f32_gflops: flops / matmulSeconds / 1e9,
+    matmul_f32_gflops: matmulGpu,
     cpu_gemv_bf16_gb_s: (n * k * 2) / cpuGemv / 1e9,
     cpu_matmul_f32_gflops: flops / cpuMatmul / 1e9,
   };

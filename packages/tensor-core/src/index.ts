@@ -3,7 +3,7 @@ export { Tensor, type NativeView } from './tensor.ts';
 export { DTYPES, isFloating, itemSize, promoteTypes, type DType } from './dtype.ts';
 export { broadcastShapes, formatShape, sizeOf } from './shape.ts';
 export { tidy, keep } from './scope.ts';
-export type { Backend, Storage } from './backend/backend.ts';
+export { DeviceLimitError, UnsupportedOpError, type Backend, type Storage } from './backend/backend.ts';
 export { cpu, type MatmulPrecision, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
 export { loadExtension } from './extension.ts';
@@ -28,7 +28,7 @@ export {
   readSafetensors, loadSafetensors, saveSafetensors, openCheckpoint, SafetensorsFile, Checkpoint, type TensorInfo,
 } from './io/safetensors.ts';
 export {
-  openModelDir, parseModelConfig, readModelConfig, ModelDir, SUPPORTED_MODEL_TYPES, type ModelConfig, type ModelType,
+  openModelDir, parseModelConfig, readModelConfig, ModelDir, SUPPORTED_MODEL_TYPES, type ModelDirOptions, type ModelConfig, type ModelType,
   type MoeConfig, type QuantizationConfig, type LinearWeights,
 } from './io/model-dir.ts';
 export { QuantizedWeight, dequantize, quantize, type QuantizeOptions } from './io/quantized.ts';

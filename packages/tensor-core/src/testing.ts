@@ -3,7 +3,8 @@
 // sharing no code with the library).
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { expect } from 'vitest';
+import { afterAll, beforeAll, beforeEach, expect } from 'vitest';
+import { initWebGPU, type WebGPUBackend } from './backend/webgpu/index.ts';
 import { readSafetensors } from './io/safetensors.ts';
 import type { Tensor } from './tensor.ts';
 
@@ -118,4 +119,26 @@ export function demoGolden(model: string): { max_new_tokens: number; cases: Demo
   const golden = JSON.parse(readFileSync(`${MODELS_DIR}${model}/golden.json`, 'utf8'));
   if (!Array.isArray(golden.cases) || golden.cases.length === 0) throw new Error(`models/${model}/golden.json has no cases`);
   return golden;
+}
+
+/**
+ * The GPU a test file runs on: whatever adapter initWebGPU finds (here and in CI, Mesa's software GLES).
+ * Registers the suite's set-up and returns the backend (valid inside tests). There is no skip: without an
+ * adapter every test fails with initWebGPU's message.
+ */
+export function useGpu(): () => WebGPUBackend {
+  let gpu: WebGPUBackend | null = null;
+  let initError: unknown = null;
+  beforeAll(async () => {
+    try {
+      gpu = await initWebGPU();
+    } catch (err) {
+      initError = err;
+    }
+  });
+  beforeEach(() => {
+    if (initError) throw initError;
+  });
+  afterAll(() => gpu?.destroy());
+  return () => gpu!;
 }

@@ -1,13 +1,12 @@
 // Whole models on the GPU: a Qwen2/Qwen3 forward pass built from tensor-core's ops (written here, apart from
 // the course's solutions), every weight and activation on the WebGPU backend, against the golden logits of
 // the fixture models (transformers in float64). Weights stay as the checkpoint stores them: bf16 matrices are
-// read by matmul as bf16 words, MLX 4-bit ones by fast.quantizedMatmul. Each prompt runs once as a prefill,
-// and once as a short prefill followed by one-token decode steps over a KV cache (strided copies into
-// preallocated buffers), the way an engine serves it.
+// read by matmul as bf16 words, MLX 4-bit ones by fast.quantizedMatmul; openModelDir uploads each weight as
+// the model asks for it. Each prompt runs once as a prefill, and once as a short prefill followed by one-token
+// decode steps over a KV cache (strided copies into preallocated buffers), the way an engine serves it.
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { FIXTURES_DIR } from '../src/testing.ts';
-import { useGpu } from './gpu.ts';
+import { FIXTURES_DIR, useGpu } from '../src/testing.ts';
 
 const gpu = useGpu();
 
@@ -50,21 +49,17 @@ class GpuQwen {
   readonly norm: tc.Tensor;
   readonly rope: tc.fast.RopeTables;
 
+  /** md hands out its weights on the GPU (openModelDir's device). */
   constructor(md: tc.ModelDir, readonly device: tc.WebGPUBackend) {
     this.config = md.config;
-    const onDevice = <T extends Weight | null>(w: T): T => {
-      if (w instanceof tc.QuantizedWeight) {
-        return new tc.QuantizedWeight(tc.toDevice(w.weight, device), tc.toDevice(w.scales, device), tc.toDevice(w.biases, device), w.groupSize, w.bits) as T;
-      }
-      return (w && tc.toDevice(w, device)) as T;
-    };
-    const weight = (prefix: string) => onDevice(md.linear(prefix).weight);
-    const bias = (prefix: string) => onDevice(md.linear(prefix).bias);
-    const vector = (name: string) => onDevice(md.weight(name));
+    const weight = (prefix: string) => md.linear(prefix).weight;
+    const bias = (prefix: string) => md.linear(prefix).bias;
+    const vector = (name: string) => md.weight(name);
     const optional = (name: string) => (md.has(name) ? vector(name) : null);
     const table = md.linear('model.embed_tokens').weight;
-    this.embedding = onDevice(table instanceof tc.QuantizedWeight ? tc.dequantize(table) : table);
-    this.head = this.config.tieWordEmbeddings ? onDevice(md.linear('model.embed_tokens').weight) : weight('lm_head');
+    // A quantized table is dequantized on the GPU (tc.dequantize runs where its weight is).
+    this.embedding = table instanceof tc.QuantizedWeight ? tc.dequantize(table) : table;
+    this.head = this.config.tieWordEmbeddings ? weight('model.embed_tokens') : weight('lm_head');
     this.norm = vector('model.norm.weight');
     for (let i = 0; i < this.config.numHiddenLayers; i++) {
       const p = `model.layers.${i}`;
@@ -148,7 +143,7 @@ describe.each(MODELS)('%s on the GPU', (name) => {
   const ids = (tokens: number[]) => tc.tensor(tokens, { shape: [1, tokens.length], dtype: 'int32', device: gpu() });
 
   it('prefill: the logits of every prompt match the goldens within 1e-4', async () => {
-    const model = new GpuQwen(tc.openModelDir(dir), gpu());
+    const model = new GpuQwen(tc.openModelDir(dir, { device: gpu() }), gpu());
     for (const [p, tokens] of prompts.entries()) {
       const cache = model.newCache(tokens.length);
       const logits = model.forward(ids(tokens), cache, 0);
@@ -158,7 +153,7 @@ describe.each(MODELS)('%s on the GPU', (name) => {
   });
 
   it('decode: a two-token prefill, then one token at a time over the KV cache, matches every row', async () => {
-    const model = new GpuQwen(tc.openModelDir(dir), gpu());
+    const model = new GpuQwen(tc.openModelDir(dir, { device: gpu() }), gpu());
     const longest = prompts.reduce((a, b) => (b.length > a.length ? b : a));
     const p = prompts.indexOf(longest);
     const cache = model.newCache(longest.length);

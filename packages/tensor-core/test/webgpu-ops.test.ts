@@ -3,8 +3,7 @@
 // not multiples of any workgroup or tile, and empty shapes.
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { expectClose, goldenOp, ravel, relativeError, seeded, unravel } from '../src/testing.ts';
-import { useGpu } from './gpu.ts';
+import { expectClose, goldenOp, ravel, relativeError, seeded, unravel, useGpu } from '../src/testing.ts';
 
 const gpu = useGpu();
 
@@ -353,6 +352,27 @@ describe('sampling on the GPU: the sampling fixture through softmax, topk, argso
       expectClose(await out.data(), f.get(c, 'probs').toArray(), 1e-5);
     });
   }
+
+  it('random.categorical draws what a plain inverse-CDF loop draws with the same uniforms; -inf is never drawn', async () => {
+    const [rows, n] = [64, 300];
+    const logits = seeded(rows * n, 41, 4).map((v, i) => (i % 7 === 3 ? -Infinity : v));
+    const out = tc.random.categorical(gpuTensor(logits, [2, rows / 2, n]), { seed: 5 });
+    expect([out.backend.name, out.dtype, ...out.shape]).toEqual(['webgpu', 'int32', 2, rows / 2]);
+    // The same uniforms: a generator of the same seed, one number per row.
+    const uniforms = new tc.random.Generator(5);
+    const expected = Array.from({ length: rows }, (_, r) => {
+      const row = logits.slice(r * n, (r + 1) * n);
+      const top = Math.max(...row);
+      const weights = row.map((v) => Math.exp(v - top));
+      const target = uniforms.next() * weights.reduce((a, b) => a + b, 0);
+      let acc = 0;
+      return weights.findIndex((w) => (acc += w) > target);
+    });
+    expect(Array.from(await out.data())).toEqual(expected);
+    // A row with one visible logit always draws it.
+    const one = tc.random.categorical(gpuTensor([-Infinity, -Infinity, 2, -Infinity], [1, 4]));
+    expect(Array.from(await one.data())).toEqual([2]);
+  });
 });
 
 describe('gathers on the GPU', () => {
@@ -548,6 +568,19 @@ describe('fast.quantizedMatmul on the GPU for every bit width', () => {
     expectClose(tc.fast.quantizedMatmul(tc.tensor(x, { shape: [m, k] }), cpuWeight).toArray(), expected, 1e-4, 1e-5);
   });
 
+  it('dequantize on the GPU gives the plain unpacking for every bit width: bit for bit with half-precision scales', async () => {
+    const [n, k] = [5, 128];
+    for (const [bits, group, dtype] of [[2, 32, 'bfloat16'], [3, 64, 'float16'], [4, 128, 'bfloat16'], [5, 32, 'bfloat16'], [6, 64, 'float16'], [8, 32, 'float32']] as const) {
+      const q = tc.quantize(tc.tensor(seeded(n * k, bits * 3 + group), { shape: [n, k] }), bits, group, { dtype });
+      const expected = dequantizePlain(q.weight.toArray() as Uint32Array, q.scales.toArray(), q.biases.toArray(), n, k, bits, group).map(f32);
+      const out = tc.dequantize(new tc.QuantizedWeight(onGpu(q.weight), onGpu(q.scales), onGpu(q.biases), group, bits));
+      expect([out.backend.name, ...out.shape], `${bits} bits, group ${group}, ${dtype} scales`).toEqual(['webgpu', n, k]);
+      // q * scale is exact in f32 for bf16 and f16 scales, so both sides round once; f32 scales round twice.
+      if (dtype === 'float32') expectClose(await out.data(), expected, 1e-6, 1e-6);
+      else expect(Array.from(await out.data()), `${bits} bits, group ${group}, ${dtype} scales`).toEqual(expected);
+    }
+  });
+
   it('x with leading dims and bf16 values; scales read at an offset', async () => {
     const [n, k] = [6, 64];
     const full = tc.quantize(tc.tensor(seeded(2 * n * k, 31), { shape: [2 * n, k] }), 4, 32);
@@ -668,6 +701,7 @@ describe('errors on the GPU', () => {
   it('a tensor past maxBufferSize, or a binding past maxStorageBufferBindingSize, names the limit', () => {
     const { maxBufferSize, maxStorageBufferBindingSize } = gpu().limits;
     expect(() => tc.empty([Math.ceil(maxBufferSize / 4) + 1], 'float32', gpu())).toThrow(/exceed this device's maxBufferSize/);
+    expect(() => tc.empty([Math.ceil(maxBufferSize / 4) + 1], 'float32', gpu())).toThrow(tc.DeviceLimitError);
     if (maxStorageBufferBindingSize < maxBufferSize) {
       const big = tc.empty([maxStorageBufferBindingSize / 4 + 1], 'float32', gpu());
       expect(() => tc.exp(big)).toThrow(/exp: binding x0 of \d+ bytes exceeds this device's maxStorageBufferBindingSize/);

@@ -387,6 +387,8 @@ describe('webgpu backend', () => {
       // uint32 values above 2^24 would change in f32 arithmetic, and above 2^31 in i32.
       const u = upload(new Uint32Array([1, 2]), 'uint32', [2]);
       expect(() => gpu.binary('add', u, u, empty('uint32', [2]))).toThrow(/add on uint32 and uint32 into uint32: not implemented on the webgpu backend/);
+      // A typed error, so that a program can tell the user which op and what to run instead.
+      expect(() => gpu.reduce('max', i, empty('int32', []))).toThrow(expect.objectContaining({ name: 'UnsupportedOpError', op: 'max on int32', backend: 'webgpu' }));
     });
 
     it('refuses CPU-side storage and aliased outputs', () => {

@@ -3,8 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
-import { expectClose, seeded } from '../src/testing.ts';
-import { useGpu } from './gpu.ts';
+import { expectClose, seeded, useGpu } from '../src/testing.ts';
 
 const gpu = useGpu();
 const example = new tc.WgslKernel('scale_shift', readFileSync(new URL('../examples/scale_shift.wgsl', import.meta.url), 'utf8'));

@@ -8,31 +8,11 @@ namespace {
 
 using tl::DType;
 
-Napi::Value Connect(const Napi::CallbackInfo& info) {
-  tl::sdk::connect(info.Env(), info[0]);
-  return info.Env().Undefined();
-}
-
 bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
 // Throws `why` as a TypeError naming the op; returns undefined for the binding to return.
 Napi::Value fail(Napi::Env env, const char* op, const std::string& why) {
   Napi::TypeError::New(env, std::string(op) + ": " + why).ThrowAsJavaScriptException();
-  return env.Undefined();
-}
-
-// Runs a kernel, turning what it throws into JavaScript errors: NotImplemented keeps its name and chapter.
-template <class Kernel> Napi::Value run(Napi::Env env, const char* op, const Kernel& kernel) {
-  try {
-    kernel();
-  } catch (const week2::NotImplemented& e) {
-    Napi::Error error = Napi::Error::New(env, e.what());
-    error.Set("name", Napi::String::New(env, "NotImplemented"));
-    error.Set("chapter", Napi::String::New(env, e.chapter));
-    error.ThrowAsJavaScriptException();
-  } catch (const std::exception& e) {
-    Napi::Error::New(env, std::string(op) + ": " + e.what()).ThrowAsJavaScriptException();
-  }
   return env.Undefined();
 }
 
@@ -63,7 +43,7 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
     return fail(env, op, "every operand must be contiguous" + shapes);
   const week2::QuantizedMatmulArgs args{x.data, x.dtype, w.ptr<uint32_t>(), scales.data, biases.data, scales.dtype, M, N, K, G, bits,
                                         out.ptr<float>()};
-  return run(env, op, [&] { week2::quantized_matmul(args); });
+  return tl::run_kernel(env, op, [&] { week2::quantized_matmul(args); });
 }
 
 // flashAttention(q [B, Hq, L, D], k [B, Hkv, S, D], v, mask [B|1, Hq|1, L, S] or null, out [B, Hq, L, D], scale, causal)
@@ -105,11 +85,11 @@ Napi::Value FlashAttention(const Napi::CallbackInfo& info) {
     }
     args.mask = mask.ptr<float>();
   }
-  return run(env, op, [&] { week2::flash_attention(args); });
+  return tl::run_kernel(env, op, [&] { week2::flash_attention(args); });
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports["connect"] = Napi::Function::New(env, Connect);
+  exports["connect"] = Napi::Function::New(env, tl::connect_addon);
   exports["quantizedMatmul"] = Napi::Function::New(env, QuantizedMatmul);
   exports["flashAttention"] = Napi::Function::New(env, FlashAttention);
   return exports;

@@ -3,22 +3,15 @@
 // quantized_matmul.cc (2.2) and flash_attention.cc (2.4). Read their pages in docs/week2/.
 #pragma once
 
-#include <tiny_llm/extension.h>
+#include <tiny_llm/chapter.h>
 
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 
 namespace week2 {
 
-// What a kernel throws until it is written. The binding turns it into the JavaScript error the tests, the
-// grader and the engine recognise as "not started".
-struct NotImplemented : std::runtime_error {
-  std::string chapter;
-  NotImplemented(const std::string& chapter_id, const std::string& what)
-      : std::runtime_error("NotImplemented: " + what + " (chapter " + chapter_id + "). Read docs/week2/ and fill in the stub."),
-        chapter(chapter_id) {}
-};
+// What a kernel throws until it is written (tiny_llm/chapter.h): the binding turns it into the JavaScript error
+// the tests, the grader and the engine recognise as "not started".
+using NotImplemented = tl::NotImplemented;
 
 // Chapter 2.2: out [M, N] = x [M, K] @ dequantize(w).T, every array contiguous and row-major.
 struct QuantizedMatmulArgs {

@@ -108,7 +108,7 @@ export interface SchedulerOptions {
 }
 
 /** A request in the scheduler: waiting, prefilling (its prompt partly in its cache), then decoding. */
-class Sequence<Cache> {
+export class Sequence<Cache> {
   readonly generated: number[] = [];
   /** Prompt tokens in the cache so far. */
   prefilled = 0;
@@ -133,9 +133,9 @@ class Sequence<Cache> {
 
 /** Continuous batching over a BatchModel. */
 export class Scheduler<Cache> {
-  private readonly waiting: Sequence<Cache>[] = [];
+  protected readonly waiting: Sequence<Cache>[] = [];
   /** The running requests, at most maxBatch: prefilling ones first in admission order, then decoding. */
-  private readonly running: Sequence<Cache>[] = [];
+  protected readonly running: Sequence<Cache>[] = [];
   private nextId = 0;
   readonly maxBatch: number;
   readonly prefillChunk: number;
@@ -188,16 +188,18 @@ export class Scheduler<Cache> {
    *    the prompt is done, the last position's logits give the request's first token.
    * 3. Decode: every request that was decoding before this step gets one token, all in one this.model.decode
    *    call (its `next` token at its `position`).
-   * A token is picked with the request's sampler (default greedy, tc.argmax(logits, -1)). A request ends at
-   * one of its stopIds (emit { token: null, finishReason: 'stop' }), at maxTokens, or when its next position
-   * would reach the model's maxPositions ('length'); then retire it: its slot is free at the next step.
+   * A token is picked with the request's sampler (default greedy, tc.argmax(logits, -1)) and read with
+   * `(await chosen.data())[0]`, which works on every backend (on a GPU, reading waits for the device: that is
+   * why step is async). A request ends at one of its stopIds (emit { token: null, finishReason: 'stop' }), at
+   * maxTokens, or when its next position would reach the model's maxPositions ('length'); then retire it: its
+   * slot is free at the next step.
    */
-  step(): StepOutput[] {
+  async step(): Promise<StepOutput[]> {
     throw new NotImplemented('2.6', 'Scheduler.step');
   }
 
   /** Frees a running request's slot and cache. */
-  private retire(index: number): void {
+  protected retire(index: number): void {
     const [sequence] = this.running.splice(index, 1);
     if (sequence.cache) this.model.release(sequence.cache);
     sequence.cache = null;

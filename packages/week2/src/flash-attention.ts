@@ -2,6 +2,7 @@
 // Your kernel is native/flash_attention.cc; flashAttention below (given) checks the arguments and calls it.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
+import { flashAttentionGpu } from './flash-attention-gpu.ts';
 import { week2Kernels } from './native.ts';
 
 export interface FlashAttentionOptions {
@@ -14,9 +15,11 @@ export interface FlashAttentionOptions {
 /**
  * softmax(q @ k^T * scale + mask) @ v for q [B, Hq, L, D] and k, v [B, Hkv, S, D] (Hq a multiple of Hkv: query
  * head h reads kv head h / (Hq / Hkv)), float32 or bfloat16 -> float32 [B, Hq, L, D]. The same function as
- * week 1's scaledDotProductAttentionGrouped, in memory that does not grow with L * S. Given.
+ * week 1's scaledDotProductAttentionGrouped, in memory that does not grow with L * S: your C++ kernel, or on GPU
+ * tensors your WGSL kernel of chapter 2.5. Given.
  */
 export function flashAttention(q: Tensor, k: Tensor, v: Tensor, options: FlashAttentionOptions = {}): Tensor {
+  if (q.backend instanceof tc.WebGPUBackend) return flashAttentionGpu(q, k, v, options);
   const shapes = `q ${q.describe()}, k ${k.describe()}, v ${v.describe()}`;
   if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4) throw new RangeError(`flashAttention: expected q [B, Hq, L, D], k and v [B, Hkv, S, D], got ${shapes}`);
   const dtype = q.dtype === 'bfloat16' && k.dtype === 'bfloat16' && v.dtype === 'bfloat16' ? 'bfloat16' : 'float32';

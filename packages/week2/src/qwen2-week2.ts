@@ -88,8 +88,14 @@ export class Qwen2MultiHeadAttention {
   }
 }
 
+/** What a layer's MLP does: week 2's dense Qwen2MLP, or chapter 3.3's mixture of experts. */
+export interface LayerMlp {
+  /** x [B, L, E] -> [B, L, E]. */
+  forward(x: Tensor): Tensor;
+}
+
 /** The gated MLP with weights as stored: down(silu(gate(x)) * up(x)). */
-export class Qwen2MLP {
+export class Qwen2MLP implements LayerMlp {
   constructor(
     readonly gate: Projection,
     readonly up: Projection,
@@ -105,7 +111,7 @@ export class Qwen2MLP {
 export class Qwen2TransformerBlock {
   constructor(
     readonly selfAttn: Qwen2MultiHeadAttention,
-    readonly mlp: Qwen2MLP,
+    readonly mlp: LayerMlp,
     readonly inputLayerNorm: RMSNorm,
     readonly postAttentionLayerNorm: RMSNorm,
   ) {}
@@ -116,8 +122,14 @@ export class Qwen2TransformerBlock {
   }
 }
 
-/** The model types week 2 runs (qwen2_moe's sparse layers are chapter 3.3's). */
+/** The model types week 2 runs (qwen2_moe's sparse layers are chapter 3.3's: Qwen2ModelWeek3). */
 const WEEK2_MODEL_TYPES = ['qwen2', 'qwen3'];
+
+/** The layer `prefix` (e.g. "model.layers.0.mlp.up_proj") of a checkpoint, its weight as stored. */
+export function projectionOf(modelDir: ModelDir, prefix: string): Projection {
+  const { weight, bias } = modelDir.linear(prefix);
+  return new Projection(weight, bias ?? undefined);
+}
 
 /** Qwen2 (and Qwen3) with a KV cache per layer. */
 export class Qwen2ModelWeek2 {
@@ -134,15 +146,13 @@ export class Qwen2ModelWeek2 {
 
   constructor(modelDir: ModelDir, options: Qwen2Week2Options = {}) {
     const config = modelDir.config;
-    if (!WEEK2_MODEL_TYPES.includes(config.modelType)) {
-      throw new Error(`Qwen2ModelWeek2: ${modelDir.dir} is a ${config.modelType} model; week 2 runs ${WEEK2_MODEL_TYPES.join(' and ')}`);
+    const types = this.modelTypes();
+    if (!types.includes(config.modelType)) {
+      throw new Error(`${new.target.name}: ${modelDir.dir} is a ${config.modelType} model; it runs ${types.join(' and ')}`);
     }
     this.config = config;
     const { hiddenSize, headDim, rmsNormEps } = config;
-    const projection = (prefix: string) => {
-      const { weight, bias } = modelDir.linear(prefix);
-      return new Projection(weight, bias ?? undefined);
-    };
+    const projection = (prefix: string) => projectionOf(modelDir, prefix);
     const norm = (name: string, size: number) => new RMSNorm(size, modelDir.weight(name), rmsNormEps);
 
     const table = modelDir.linear('model.embed_tokens').weight;
@@ -161,13 +171,24 @@ export class Qwen2ModelWeek2 {
       };
       return new Qwen2TransformerBlock(
         new Qwen2MultiHeadAttention(shape, weights, rope, options),
-        new Qwen2MLP(projection(`${p}.mlp.gate_proj`), projection(`${p}.mlp.up_proj`), projection(`${p}.mlp.down_proj`)),
+        this.mlpOf(modelDir, i),
         norm(`${p}.input_layernorm.weight`, hiddenSize),
         norm(`${p}.post_attention_layernorm.weight`, hiddenSize),
       );
     });
     this.norm = norm('model.norm.weight', hiddenSize);
     this.lmHead = config.tieWordEmbeddings ? null : projection('lm_head');
+  }
+
+  /** The model types this model runs (week 3's model adds qwen2_moe). */
+  protected modelTypes(): readonly string[] {
+    return WEEK2_MODEL_TYPES;
+  }
+
+  /** Layer i's MLP (week 3's model puts a mixture of experts in the sparse layers of Qwen2-MoE). */
+  protected mlpOf(modelDir: ModelDir, i: number): LayerMlp {
+    const p = `model.layers.${i}.mlp`;
+    return new Qwen2MLP(projectionOf(modelDir, `${p}.gate_proj`), projectionOf(modelDir, `${p}.up_proj`), projectionOf(modelDir, `${p}.down_proj`));
   }
 
   /** An empty KvCache for each layer. */

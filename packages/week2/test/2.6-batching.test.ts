@@ -38,11 +38,11 @@ describe('2.6 batching: BatchingKvCache', () => {
 });
 
 /** Runs the scheduler to the end, submitting each request at its step; returns every step's outputs. */
-function runSchedule(scheduler: Scheduler<unknown>, arrivals: { step: number; submit: () => number }[]): StepOutput[][] {
+async function runSchedule(scheduler: Scheduler<unknown>, arrivals: { step: number; submit: () => number }[]): Promise<StepOutput[][]> {
   const steps: StepOutput[][] = [];
   for (let step = 0; arrivals.some((a) => a.step >= step) || !scheduler.idle; step++) {
     for (const a of arrivals) if (a.step === step) a.submit();
-    steps.push(scheduler.step());
+    steps.push(await scheduler.step());
     if (step > 10_000) throw new Error('the scheduler never finished');
   }
   return steps;
@@ -53,7 +53,7 @@ describe('2.6 batching: the scheduler', () => {
   let loaded: Week2BatchModel | undefined;
   const model = () => (loaded ??= new Week2BatchModel(Qwen2ModelWeek2.load(`${MODELS_DIR}${DEMO}`)));
 
-  it(`every golden prompt of ${DEMO}, arriving at different steps, 4 at a time: each gets exactly its own greedy golden tokens`, () => {
+  it(`every golden prompt of ${DEMO}, arriving at different steps, 4 at a time: each gets exactly its own greedy golden tokens`, async () => {
     const scheduler = new Scheduler(model(), { maxBatch: 4 });
     const ids = new Map<number, number>(); // request id -> golden case
     const arrivals = golden.cases.map((c, i) => ({
@@ -64,7 +64,7 @@ describe('2.6 batching: the scheduler', () => {
         return id;
       },
     }));
-    const steps = runSchedule(scheduler, arrivals);
+    const steps = await runSchedule(scheduler, arrivals);
     const tokens = new Map<number, number[]>();
     for (const out of steps.flat()) if (out.token !== null) tokens.set(out.id, [...(tokens.get(out.id) ?? []), out.token]);
     for (const [id, i] of ids) {
@@ -77,13 +77,13 @@ describe('2.6 batching: the scheduler', () => {
     expect(Math.max(...steps.map((s) => new Set(s.map((o) => o.id)).size)), 'never more than 4 requests in a step').toBeLessThanOrEqual(4);
   });
 
-  it('a request that finishes early frees its slot: the waiting one starts at the next step', () => {
+  it('a request that finishes early frees its slot: the waiting one starts at the next step', async () => {
     const scheduler = new Scheduler(model(), { maxBatch: 2 });
     const [a, b, c] = golden.cases;
     const short = scheduler.submit({ promptIds: a.ids, maxTokens: 3 });
     const long = scheduler.submit({ promptIds: b.ids, maxTokens: 12 });
     const waiting = scheduler.submit({ promptIds: c.ids, maxTokens: 4 });
-    const steps = runSchedule(scheduler, []);
+    const steps = await runSchedule(scheduler, []);
     const stepOf = (id: number, pick: (outs: number[]) => number) => pick(steps.flatMap((s, i) => (s.some((o) => o.id === id) ? [i] : [])));
     const shortEnds = stepOf(short, (s) => Math.max(...s));
     expect(steps[shortEnds].find((o) => o.id === short)?.finishReason, 'the short request ends with reason "length"').toBe('length');
@@ -91,21 +91,21 @@ describe('2.6 batching: the scheduler', () => {
     expect(stepOf(long, (s) => s.length), 'the long request gets a token at every step from its first to its last').toBe(12);
   });
 
-  it('cancel ends a request at once and frees its slot', () => {
+  it('cancel ends a request at once and frees its slot', async () => {
     const scheduler = new Scheduler(model(), { maxBatch: 1 });
     const first = scheduler.submit({ promptIds: golden.cases[0].ids, maxTokens: 40 });
     const second = scheduler.submit({ promptIds: golden.cases[1].ids, maxTokens: 2 });
-    scheduler.step();
+    await scheduler.step();
     expect(scheduler.cancel(first), 'cancel finds the running request').toBe(true);
-    const next = scheduler.step();
+    const next = await scheduler.step();
     expect(next.map((o) => o.id), 'the next step runs the waiting request').toEqual([second]);
   });
 
-  it('stop ids end a request without emitting them', () => {
+  it('stop ids end a request without emitting them', async () => {
     const c = golden.cases[0];
     const scheduler = new Scheduler(model(), { maxBatch: 2 });
     const id = scheduler.submit({ promptIds: c.ids, maxTokens: 48, stopIds: [c.greedy[5]] });
-    const outs = runSchedule(scheduler, []).flat().filter((o) => o.id === id);
+    const outs = (await runSchedule(scheduler, [])).flat().filter((o) => o.id === id);
     expect(outs.map((o) => o.token), 'the tokens before the first stop id, then null').toEqual([...c.greedy.slice(0, c.greedy.indexOf(c.greedy[5])), null]);
     expect(outs.at(-1)?.finishReason).toBe('stop');
   });

@@ -42,12 +42,12 @@ describe('2.7 chunked prefill: the scheduler', () => {
   let loaded: Week2BatchModel | undefined;
   const model = () => (loaded ??= new Week2BatchModel(Qwen2ModelWeek2.load(`${MODELS_DIR}${DEMO}`)));
 
-  it('every golden prompt with chunks of 16 tokens, 3 at a time: exactly the greedy golden tokens', () => {
+  it('every golden prompt with chunks of 16 tokens, 3 at a time: exactly the greedy golden tokens', async () => {
     const scheduler = new Scheduler(model(), { maxBatch: 3, prefillChunk: 16 });
     const cases = new Map(golden.cases.map((c) => [scheduler.submit({ promptIds: c.ids, maxTokens: 24 }), c]));
     const tokens = new Map<number, number[]>();
     while (!scheduler.idle) {
-      for (const o of scheduler.step()) if (o.token !== null) tokens.set(o.id, [...(tokens.get(o.id) ?? []), o.token]);
+      for (const o of await scheduler.step()) if (o.token !== null) tokens.set(o.id, [...(tokens.get(o.id) ?? []), o.token]);
     }
     for (const [id, c] of cases) {
       const got = tokens.get(id) ?? [];
@@ -56,15 +56,15 @@ describe('2.7 chunked prefill: the scheduler', () => {
     }
   });
 
-  it('while a 2000-token prompt prefills in chunks of 256, every running request gets a token at every step', () => {
+  it('while a 2000-token prompt prefills in chunks of 256, every running request gets a token at every step', async () => {
     const scheduler = new Scheduler(model(), { maxBatch: 4, prefillChunk: 256 });
     const running = golden.cases.slice(0, 3).map((c) => scheduler.submit({ promptIds: c.ids, maxTokens: 40 }));
     // Let them start: three prefills, one per step.
-    for (let i = 0; i < 3; i++) scheduler.step();
+    for (let i = 0; i < 3; i++) await scheduler.step();
     const long = Array.from({ length: 2000 }, (_, i) => golden.cases[i % golden.cases.length].ids[i % 20]);
     const longId = scheduler.submit({ promptIds: long, maxTokens: 4 });
     const steps: StepOutput[][] = [];
-    while (!steps.flat().some((o) => o.id === longId)) steps.push(scheduler.step());
+    while (!steps.flat().some((o) => o.id === longId)) steps.push(await scheduler.step());
     expect(steps.length, 'the long prompt takes ceil(2000 / 256) = 8 steps of prefill').toBe(8);
     for (const [i, outs] of steps.entries()) {
       for (const id of running) {

@@ -1,8 +1,13 @@
-// The KV cache of the engine's model: chapter 2.1's KvCache, plus the two calls of a kernel that writes the
-// new keys and values into the cache itself (the fused decode attention, native/attention_decode.cc).
+// The KV caches of the engine's model: chapter 2.1's KvCache, plus the two calls of a kernel that writes the
+// new keys and values into the cache itself (the fused decode attention, native/attention_decode.cc); or a
+// layer's view of a request's block table in a page pool (chapter 3.1), which that kernel also reads and writes.
 import type * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { KvCache } from '@tiny-llm/reference/week2';
+import type { PagedLayerCache } from '@tiny-llm/reference/week3';
+
+/** One layer's cache of one request: buffers of its own (a session), or its pages in a pool (batch, serve). */
+export type LayerCache = DecodeKvCache | PagedLayerCache;
 
 export class DecodeKvCache extends KvCache {
   /**

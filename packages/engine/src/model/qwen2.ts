@@ -16,12 +16,19 @@
 //   fusion: one native call per projection, quantized or dense), and a one-token step's RoPE, cache append and
 //   attention are one kernel (native/attention_decode.cc). A dense layer is then five native calls instead of
 //   seventeen ops, which on Qwen2-0.5B was a third of a 4-bit decode step.
-// - Qwen2-MoE layers use the mixture-of-experts block (moe.ts).
+// - A layer's cache is the request's own buffers (DecodeKvCache: sessions) or its block table in a page pool
+//   (PagedLayerCache, chapter 3.1: batch and serve); the decode kernel reads and writes either in place.
+// - Qwen2-MoE layers use chapter 3.3's mixture-of-experts block, with the engine's experts (moe.ts).
+// - Tensor parallelism (chapter 3.6, Qwen2LoadOptions.tensorParallel): built from one rank's shard of the weights
+//   (tensor-parallel/shard.ts), each layer's two halves end in an all-reduce of their partial sums. Rank 0 adds
+//   the residual to its partial before the sum, the other ranks do not: the sum is then x + half(x), and the
+//   residual stays fused into o_proj and down_proj. Only rank 0 runs the output head.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import { flashAttention } from '@tiny-llm/reference/week2';
-import { Qwen2MoeBlock } from './moe.ts';
-import { DecodeKvCache } from './kv-cache.ts';
+import { blockTablesTensor, isSparseLayer, PagedLayerCache, type Qwen2MoeBlock } from '@tiny-llm/reference/week3';
+import { loadMoeBlock } from './moe.ts';
+import { DecodeKvCache, type LayerCache } from './kv-cache.ts';
 import { engineKernels } from './native.ts';
 import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type QuantizedPrecision, type Weight } from './linear.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
@@ -51,6 +58,16 @@ export interface Qwen2LoadOptions {
    * (test/int8-activations.test.ts, docs/engine.md).
    */
   exact?: boolean;
+  /** Build a rank of a tensor-parallel model from its shard of the weights (see the top of this file). */
+  tensorParallel?: TensorParallelRank;
+}
+
+/** A rank of a tensor-parallel model (chapter 3.6). */
+export interface TensorParallelRank {
+  /** Rank 0 adds the residual before the all-reduce and runs the output head; the others do neither. */
+  rank: number;
+  /** Sums a partial result over the ranks: every rank passes its partial and gets the same sum back. */
+  allReduce: (partial: Tensor) => Tensor;
 }
 
 const SUPPORTED_MODEL_TYPES = ['qwen2', 'qwen3', 'qwen2_moe'];
@@ -193,11 +210,11 @@ export class Qwen2Attention {
   /**
    * A decode step of B requests, one token each, each with a cache of its own (continuous batching): the
    * projections run once for the B rows (matrix products instead of B vector products, the point of batching),
-   * the attention row by row on each request's cache, in place (no padding, no copy of the caches).
+   * the attention on each request's cache in place (no padding, no copy of the caches).
    */
   forwardRows(
     x: Tensor,
-    caches: readonly DecodeKvCache[],
+    caches: readonly LayerCache[],
     positions: readonly number[],
     rope: tc.fast.RopeTables,
     fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
@@ -212,7 +229,7 @@ export class Qwen2Attention {
     const { numHeads: h, headDim: d } = this.shape;
     const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
     const attn = tc.empty([x.shape[0], 1, h * d], 'float32');
-    caches.forEach((cache, i) => this.attendInKernel(row(qkv, i), cache, rope, row(attn, i)));
+    this.attendInKernel(qkv, caches, rope, attn);
     qkv.dispose();
     const out = this.oProj.forward(attn, { residual });
     attn.dispose();
@@ -223,26 +240,46 @@ export class Qwen2Attention {
     return this.decodeKernel && x.backend === tc.cpu && rope.cos.dtype === 'float32';
   }
 
-  /** native/attention_decode.cc: qkv [B, 1, (Hq + 2 Hkv) * D] of one token per row, at the cache's position. */
-  private attendInKernel(qkv: Tensor, cache: DecodeKvCache, rope: tc.fast.RopeTables, attn: Tensor): void {
+  /**
+   * native/attention_decode.cc: qkv [B, 1, (Hq + 2 Hkv) * D], one token per row at its cache's position, into attn
+   * [B, 1, Hq * D]. Rows in a page pool go in one call through their block tables; caches of their own, a call each.
+   */
+  private attendInKernel(qkv: Tensor, caches: readonly LayerCache[], rope: tc.fast.RopeTables, attn: Tensor): void {
     const { numHeads: h, numKvHeads: hkv, headDim: d, rmsNormEps } = this.shape;
-    const { keys, values, offset: position } = cache.reserve(qkv.shape[0], hkv, d, 1, qkv.backend);
-    engineKernels().attentionDecode(
-      qkv.native(),
-      rope.cos.native(),
-      rope.sin.native(),
-      position,
-      keys.native(),
-      values.native(),
-      attn.native(),
-      h,
-      hkv,
-      this.scale,
-      this.qNorm?.native() ?? null,
-      this.kNorm?.native() ?? null,
-      rmsNormEps,
-    );
-    cache.commit(1);
+    const norms = [this.qNorm?.native() ?? null, this.kNorm?.native() ?? null, rmsNormEps];
+    const paged = caches.filter((c) => c instanceof PagedLayerCache);
+    if (paged.length === caches.length) {
+      const { table: { pool }, layer } = paged[0];
+      tc.tidy(() => {
+        const positions = tc.tensor(Int32Array.from(paged, (c) => c.offset), { dtype: 'int32', shape: [paged.length] });
+        const tables = blockTablesTensor(paged.map((c) => c.table.pages));
+        engineKernels().pagedAttentionDecode(
+          ...[qkv, rope.cos, rope.sin, positions, pool.keys[layer], pool.values[layer], tables, attn].map((t) => t.native()),
+          h,
+          hkv,
+          this.scale,
+          ...norms,
+        );
+      });
+      return;
+    }
+    if (paged.length > 0) throw new Error('Qwen2Attention: a decode step over caches of two kinds (paged and not)');
+    (caches as readonly DecodeKvCache[]).forEach((cache, i) => {
+      const rowOf = (t: Tensor) => (caches.length === 1 ? t : tc.slice(t, [[i, i + 1]]));
+      const { keys, values, offset: position } = cache.reserve(rowOf(qkv).shape[0], hkv, d, 1, qkv.backend);
+      engineKernels().attentionDecode(
+        ...[rowOf(qkv), rope.cos, rope.sin].map((t) => t.native()),
+        position,
+        keys.native(),
+        values.native(),
+        rowOf(attn).native(),
+        h,
+        hkv,
+        this.scale,
+        ...norms,
+      );
+      cache.commit(1);
+    });
   }
 
   /**
@@ -251,7 +288,7 @@ export class Qwen2Attention {
    */
   forward(
     x: Tensor,
-    cache: DecodeKvCache,
+    cache: LayerCache,
     offset: number,
     rope: tc.fast.RopeTables,
     fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
@@ -265,7 +302,7 @@ export class Qwen2Attention {
       // attends over it (the composed form below, for one token, without its dozen ops and views).
       const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
       const attn = tc.empty([b, 1, h * d], 'float32');
-      this.attendInKernel(qkv, cache, rope, attn);
+      this.attendInKernel(qkv, [cache], rope, attn);
       qkv.dispose();
       const out = this.oProj.forward(attn, { residual });
       attn.dispose();
@@ -327,27 +364,47 @@ export class Qwen2Block {
     readonly rmsNormEps: number,
     /** Norms and residual adds fused into the projections (see Qwen2LoadOptions.fusedKernels). */
     readonly fusedKernels = true,
+    readonly tensorParallel: TensorParallelRank | null = null,
   ) {}
 
+  /** The residual a half adds to its output here: none on the tensor-parallel ranks other than 0. */
+  private residualOf(x: Tensor): Tensor | null {
+    return this.tensorParallel && this.tensorParallel.rank !== 0 ? null : x;
+  }
+
+  /** A half's output, or on a tensor-parallel rank its partial sum, all-reduced (the partial is freed). */
+  private reduced(t: Tensor): Tensor {
+    if (!this.tensorParallel) return t;
+    const sum = this.tensorParallel.allReduce(t);
+    t.dispose();
+    return sum;
+  }
+
+  /** residual + out, for a half whose residual is not fused into its last projection. */
+  private withResidual(residual: Tensor, out: Tensor): Tensor {
+    const r = this.residualOf(residual);
+    return r ? tc.add(r, out) : out;
+  }
+
   /** cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only). */
-  forward(x: Tensor, cache: DecodeKvCache | readonly DecodeKvCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
+  forward(x: Tensor, cache: LayerCache | readonly LayerCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
     const eps = this.rmsNormEps;
-    const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor }) =>
+    const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor | null }) =>
       Array.isArray(cache)
         ? this.selfAttn.forwardRows(input, cache, offset as readonly number[], rope, fusion)
-        : this.selfAttn.forward(input, cache as DecodeKvCache, offset as number, rope, fusion);
+        : this.selfAttn.forward(input, cache as LayerCache, offset as number, rope, fusion);
     if (this.fusedKernels) {
       // The norms go into the projections that read them and the residual adds into the ones that end each
       // half (o_proj, down_proj): with quantized weights a dense layer is four native matmul calls and one
       // attention kernel.
-      const h = attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: x });
+      const h = this.reduced(attend(x, { norm: { weight: this.inputLayerNorm, eps }, residual: this.residualOf(x) }));
       let out: Tensor;
       if (this.mlp instanceof GatedMlp) {
-        out = this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: h });
+        out = this.reduced(this.mlp.forward(h, { norm: { weight: this.postAttentionLayerNorm, eps }, residual: this.residualOf(h) }));
       } else {
         const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
         const m = this.mlp.forward(n2);
-        out = tc.add(h, m);
+        out = this.reduced(this.withResidual(h, m));
         n2.dispose();
         m.dispose();
       }
@@ -356,10 +413,10 @@ export class Qwen2Block {
     }
     const n1 = tc.fast.rmsNorm(x, this.inputLayerNorm, eps);
     const a = attend(n1);
-    const h = tc.add(x, a);
+    const h = this.reduced(this.withResidual(x, a));
     const n2 = tc.fast.rmsNorm(h, this.postAttentionLayerNorm, eps);
     const m = this.mlp.forward(n2);
-    const out = tc.add(h, m);
+    const out = this.reduced(this.withResidual(h, m));
     // Free the temporaries now rather than at the end of the pass: their buffers serve the next layer.
     for (const t of [n1, a, h, n2, m]) t.dispose();
     return out;
@@ -427,10 +484,11 @@ export class Qwen2Model {
           attn,
           vector(`${p}.post_attention_layernorm.weight`, hiddenSize),
           isSparseLayer(config, i)
-            ? Qwen2MoeBlock.fromWeights(config, `${p}.mlp`, weight, { fuse: options.fuse, ...precision })
+            ? loadMoeBlock(config, `${p}.mlp`, weight, { fuse: options.fuse, ...precision })
             : denseMlp(config, `${p}.mlp`, need, { fuse: options.fuse !== false, ...precision }),
           rmsNormEps,
           fusedKernels,
+          options.tensorParallel,
         ),
       );
       progress(i + 2);
@@ -452,14 +510,7 @@ export class Qwen2Model {
    */
   static load(dir: string, options: Qwen2LoadOptions = {}): Qwen2Model {
     const md = tc.openModelDir(dir);
-    const weight: WeightSource = (name) => {
-      if (name.endsWith('.weight')) {
-        const prefix = name.slice(0, -'.weight'.length);
-        if (md.isQuantized(prefix)) return md.quantizedWeight(prefix);
-      }
-      return md.has(name) ? md.weight(name) : undefined;
-    };
-    return new Qwen2Model(md.config, weight, { ...options, source: dir });
+    return new Qwen2Model(md.config, modelDirWeights(md), { ...options, source: dir });
   }
 
   /** Builds the model from any weight source (a checkpoint, random weights of a real config for benchmarks). */
@@ -476,24 +527,30 @@ export class Qwen2Model {
    * ids int32 [B, L]: the next L tokens of B sequences that have `offset` tokens cached (default: what the
    * cache holds) -> float32 logits [B, L, vocab]. Appends the L tokens to the cache.
    */
-  forward(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): Tensor {
-    return this.run(ids, cache, offset, false);
+  forward(ids: Tensor, cache: readonly LayerCache[], offset?: number | readonly number[]): Tensor {
+    return this.run(ids, cache, offset, 'all')!;
   }
 
   /** As forward, but only the last position's logits [B, vocab]: the output head runs on one hidden state. */
-  forwardLastLogits(ids: Tensor, cache: DecodeKvCache[], offset?: number | readonly number[]): Tensor {
-    return this.run(ids, cache, offset, true);
+  forwardLastLogits(ids: Tensor, cache: readonly LayerCache[], offset?: number | readonly number[]): Tensor {
+    return this.run(ids, cache, offset, 'last')!;
   }
 
-  private run(ids: Tensor, cache: DecodeKvCache[], offsetArg: number | readonly number[] | undefined, lastOnly: boolean): Tensor {
+  /** As forward, without the output head: the tokens only fill the caches (tensor-parallel ranks other than 0). */
+  advance(ids: Tensor, cache: readonly LayerCache[], offset?: number | readonly number[]): void {
+    this.run(ids, cache, offset, 'none');
+  }
+
+  private run(ids: Tensor, cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, output: HeadOutput): Tensor | null {
     const [b, l] = this.checkIds(ids);
     const offset = this.resolveOffset(cache, offsetArg, b, l);
     const rope = this.ropeTables(offset + l);
     try {
-      return this.pass(ids, (i) => cache[i], offset, rope, l, lastOnly);
+      return this.pass(ids, (i) => cache[i], offset, rope, l, output);
     } catch (err) {
-      // A pass that failed part-way has appended to some caches only: take those tokens back out.
-      for (const c of cache) if (c.offset > offset) c.rewind(c.offset - offset);
+      // A pass that failed part-way has appended to some caches only: take those tokens back out. (A block table
+      // counts its tokens only once a pass is done: what a failed pass wrote in its pages is overwritten later.)
+      for (const c of cache) if (c instanceof DecodeKvCache && c.offset > offset) c.rewind(c.offset - offset);
       throw err;
     }
   }
@@ -502,7 +559,16 @@ export class Qwen2Model {
    * A decode step of B requests with caches of their own (continuous batching, see Qwen2Attention.forwardRows):
    * tokens[b] after the tokens in caches[b] (a cache per layer) -> the logits float32 [B, vocab].
    */
-  decodeRows(tokens: readonly number[], caches: readonly (readonly DecodeKvCache[])[]): Tensor {
+  decodeRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[]): Tensor {
+    return this.runRows(tokens, caches, 'last')!;
+  }
+
+  /** As decodeRows, without the output head (tensor-parallel ranks other than 0). */
+  advanceRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[]): void {
+    this.runRows(tokens, caches, 'none');
+  }
+
+  private runRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[], output: HeadOutput): Tensor | null {
     if (tokens.length === 0 || caches.length !== tokens.length) {
       throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${tokens.length} tokens and ${caches.length} caches`);
     }
@@ -512,10 +578,10 @@ export class Qwen2Model {
       const positions = caches.map((c) => this.resolveOffset(c, undefined, 1, 1));
       const rope = this.ropeTables(Math.max(...positions) + 1);
       try {
-        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, true);
+        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, output);
       } catch (err) {
         caches.forEach((c, row) => {
-          for (const layer of c) if (layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
+          for (const layer of c) if (layer instanceof DecodeKvCache && layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
         });
         throw err;
       }
@@ -526,12 +592,12 @@ export class Qwen2Model {
 
   private pass(
     ids: Tensor,
-    cacheOf: (layer: number) => DecodeKvCache | readonly DecodeKvCache[],
+    cacheOf: (layer: number) => LayerCache | readonly LayerCache[],
     offset: number | readonly number[],
     rope: tc.fast.RopeTables,
     l: number,
-    lastOnly: boolean,
-  ): Tensor {
+    output: HeadOutput,
+  ): Tensor | null {
     return tc.tidy(() => {
       let h = this.embedding.forward(ids); // [B, L, hidden]
       for (let i = 0; i < this.layers.length; i++) {
@@ -542,8 +608,9 @@ export class Qwen2Model {
         h.dispose();
         h = next;
       }
+      if (output === 'none') return null;
       // Only the last position's logits are needed to pick the next token: slice before the final norm.
-      if (lastOnly) h = tc.slice(h, [null, l - 1]); // [B, hidden]
+      if (output === 'last') h = tc.slice(h, [null, l - 1]); // [B, hidden]
       if (this.fusedKernels) {
         // The final norm goes into the output head (quantized: the same native call).
         const norm = { weight: this.norm, eps: this.config.rmsNormEps };
@@ -578,7 +645,7 @@ export class Qwen2Model {
     return [b, l];
   }
 
-  private resolveOffset(cache: readonly DecodeKvCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
+  private resolveOffset(cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
     if (!Array.isArray(cache) || cache.length !== this.layers.length) {
       throw new RangeError(`Qwen2Model.forward: expected one DecodeKvCache per layer (${this.layers.length}), got ${Array.isArray(cache) ? cache.length : typeof cache} (use model.newCache())`);
     }
@@ -637,12 +704,19 @@ export class Qwen2Model {
   }
 }
 
-/** Layer i of a Qwen2-MoE config is sparse unless listed in mlp_only_layers or off the decoder_sparse_step grid. */
-export function isSparseLayer(config: ModelConfig, i: number): boolean {
-  const moe = config.moe;
-  if (!moe || moe.numExperts === 0) return false;
-  return !moe.mlpOnlyLayers.includes(i) && (i + 1) % moe.decoderSparseStep === 0;
+/** The weights of an opened model directory by name, quantized ones as QuantizedWeight. */
+export function modelDirWeights(md: tc.ModelDir): WeightSource {
+  return (name) => {
+    if (name.endsWith('.weight')) {
+      const prefix = name.slice(0, -'.weight'.length);
+      if (md.isQuantized(prefix)) return md.quantizedWeight(prefix);
+    }
+    return md.has(name) ? md.weight(name) : undefined;
+  };
 }
+
+/** Which logits a pass returns: every position's, the last position's, or none (no output head). */
+type HeadOutput = 'all' | 'last' | 'none';
 
 function denseMlp(config: ModelConfig, prefix: string, need: (name: string) => Weight, options: { fuse: boolean } & QuantizedPrecision): GatedMlp {
   const { hiddenSize, intermediateSize } = config;

@@ -9,7 +9,7 @@ import { bodyLimit } from 'hono/body-limit';
 import { streamSSE } from 'hono/streaming';
 import type { ContentfulStatusCode } from 'hono/utils/http-status';
 import type { z } from 'zod';
-import { ToolCallStream, type ParsedBlock } from '../tool-calls.ts';
+import { ToolCallStream, type ParsedBlock } from '@tiny-llm/reference/week3';
 import { startGeneration, type FinishReason, type GenerationParams, type ServerContext } from './generation.ts';
 import { ChatCompletionRequest, CompletionRequest, firstIssue, type Message } from './schemas.ts';
 
@@ -98,6 +98,10 @@ export function createApp(o: AppOptions): Hono<Env> {
   app.get('/metrics', async (c) => {
     o.metrics.running.set(o.worker.running);
     o.metrics.waiting.set(o.worker.waiting);
+    if (o.worker.kvPages) {
+      o.metrics.kvCachePages.set(o.worker.kvPages.used);
+      o.metrics.kvCachePagesTotal.set(o.worker.kvPages.total);
+    }
     return c.text(await o.metrics.registry.metrics(), 200, { 'content-type': o.metrics.registry.contentType });
   });
   app.get('/v1/models', (c) => c.json({ object: 'list', data: [{ id: o.modelName, object: 'model', created: 0, owned_by: 'tiny-llm' }] }));

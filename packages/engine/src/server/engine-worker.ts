@@ -1,27 +1,45 @@
 // The main thread's side of the worker that owns the model: submit a request and receive its tokens as they
 // come, cancel it (a client that disconnects), read the scheduler's counts for the metrics.
-import { Worker } from 'node:worker_threads';
+import { SHARE_ENV, Worker } from 'node:worker_threads';
 import { UserError } from '../errors.ts';
-import type { FromWorker, SamplingOptions, TokenOutput, ToWorker, WorkerOptions } from './protocol.ts';
+import type { FromWorker, KvPages, Prefilled, SubmittedRequest, TokenOutput, ToWorker, WorkerOptions } from './protocol.ts';
 
-export interface EngineRequest {
-  promptIds: number[];
-  maxTokens: number;
-  stopIds: number[];
-  sampling: SamplingOptions;
-}
+export type EngineRequest = SubmittedRequest;
 
 /** What a request hears: each token, then its end (or why the worker refused it). */
 export type RequestEvent = { type: 'token'; output: TokenOutput } | { type: 'rejected'; message: string };
 
-export class EngineWorker {
+/** What the HTTP side asks of the model: one worker (EngineWorker), or a prefill and a decode worker (chapter 3.5). */
+export interface ServingEngine {
+  readonly description: string;
+  readonly maxPositions: number;
+  /** The schedulers' counts after their last step. */
+  readonly running: number;
+  readonly waiting: number;
+  /** The page pools after the last step (null: a model without a pool). */
+  readonly kvPages: KvPages | null;
+  /** Submits a request; `listener` hears its tokens. Returns the request's id, for cancel. */
+  submit(request: EngineRequest, listener: (event: RequestEvent) => void): number;
+  /** Ends a request; nothing more is heard of it. */
+  cancel(id: number): void;
+  close(): Promise<unknown>;
+}
+
+export class EngineWorker implements ServingEngine {
   private readonly listeners = new Map<number, (event: RequestEvent) => void>();
   private nextId = 1;
   /** The scheduler's counts after its last step. */
   running = 0;
   waiting = 0;
+  /** The engine's page pool after the last step (null: a model without a pool). */
+  kvPages: KvPages | null = null;
   /** Set when the worker died: every later request fails with it. */
   private failure: string | null = null;
+  /**
+   * A prefill worker's handoffs (chapter 3.5): a request that leaves this worker prefilled, with the listener
+   * that heard its first token. Nothing more is heard of it here.
+   */
+  onHandoff: ((id: number, prefilled: Prefilled, listener: (event: RequestEvent) => void) => void) | null = null;
 
   private constructor(
     private readonly worker: Worker,
@@ -35,7 +53,9 @@ export class EngineWorker {
 
   /** Starts the worker and waits until its model is loaded. */
   static start(options: WorkerOptions): Promise<EngineWorker> {
-    const worker = new Worker(new URL('./worker-entry.mjs', import.meta.url), { workerData: options });
+    // The process's own environment, not a copy: what the worker sets there reaches native code (a GPU driver
+    // opened there reads EGL_PLATFORM, which initWebGPU sets when there is no display).
+    const worker = new Worker(new URL('./worker-entry.mjs', import.meta.url), { workerData: options, env: SHARE_ENV });
     return new Promise((resolve, reject) => {
       const onMessage = (message: FromWorker) => {
         if (message.type === 'ready') {
@@ -54,13 +74,24 @@ export class EngineWorker {
 
   /** Submits a request; `listener` hears its tokens. Returns the request's id, for cancel. */
   submit(request: EngineRequest, listener: (event: RequestEvent) => void): number {
+    return this.enqueue(listener, (id) => this.send({ type: 'submit', id, ...request }));
+  }
+
+  /** A decode worker's request that another worker prefilled (chapter 3.5); its pages move, not copied. */
+  submitPrefilled(request: EngineRequest, prefilled: Prefilled, listener: (event: RequestEvent) => void): number {
+    const pages = prefilled.transfer.pages.map((p) => p.data.buffer as ArrayBuffer);
+    const { firstToken, transfer } = prefilled;
+    return this.enqueue(listener, (id) => this.send({ type: 'prefilled', id, ...request, firstToken, transfer }, pages));
+  }
+
+  private enqueue(listener: (event: RequestEvent) => void, send: (id: number) => void): number {
     const id = this.nextId++;
     if (this.failure) {
       queueMicrotask(() => listener({ type: 'rejected', message: this.failure! }));
       return id;
     }
     this.listeners.set(id, listener);
-    this.send({ type: 'submit', id, ...request });
+    send(id);
     return id;
   }
 
@@ -74,14 +105,15 @@ export class EngineWorker {
     return this.worker.terminate();
   }
 
-  private send(message: ToWorker): void {
-    this.worker.postMessage(message);
+  private send(message: ToWorker, transfer: ArrayBuffer[] = []): void {
+    this.worker.postMessage(message, transfer);
   }
 
   private receive(message: FromWorker): void {
     if (message.type === 'step') {
       this.running = message.running;
       this.waiting = message.waiting;
+      this.kvPages = message.kvPages;
       for (const output of message.outputs) {
         const listener = this.listeners.get(output.id);
         if (output.finishReason) this.listeners.delete(output.id);
@@ -91,6 +123,11 @@ export class EngineWorker {
       const listener = this.listeners.get(message.id);
       this.listeners.delete(message.id);
       listener?.({ type: 'rejected', message: message.message });
+    } else if (message.type === 'handoff') {
+      const listener = this.listeners.get(message.id);
+      this.listeners.delete(message.id);
+      // A request cancelled while its handoff was on the way is dropped here.
+      if (listener) this.onHandoff?.(message.id, message, listener);
     } else if (message.type === 'failed') {
       this.fail(message.message);
     }

@@ -2,7 +2,7 @@
 // detokenizer (no half characters) and the stop strings (never a partial one), and come out as settled text.
 // The request's metrics (time to first token, time per token, counts) are recorded here.
 import type { TinyTokenizer } from '@tiny-llm/tokenizer';
-import type { EngineWorker } from './engine-worker.ts';
+import type { ServingEngine } from './engine-worker.ts';
 import type { Metrics } from './metrics.ts';
 import type { SamplingOptions } from './protocol.ts';
 import { StopStrings } from './stop-strings.ts';
@@ -24,7 +24,7 @@ export interface GenerationSink {
 }
 
 export interface ServerContext {
-  worker: EngineWorker;
+  worker: ServingEngine;
   tokenizer: TinyTokenizer;
   metrics: Metrics;
   /** The requests in flight and the tokens each one's cache holds (the KV cache gauge). */

@@ -23,4 +23,6 @@ export class Metrics {
   readonly running = new Gauge({ name: 'tiny_llm_requests_running', help: 'Requests in the batch (prefilling or decoding)', registers: [this.registry] });
   readonly waiting = new Gauge({ name: 'tiny_llm_requests_waiting', help: 'Requests waiting for a slot in the batch', registers: [this.registry] });
   readonly kvCacheTokens = new Gauge({ name: 'tiny_llm_kv_cache_tokens', help: 'Tokens held in the KV caches of the requests in flight', registers: [this.registry] });
+  readonly kvCachePages = new Gauge({ name: 'tiny_llm_kv_cache_pages_used', help: "Pages of the engine's KV cache pool held by requests", registers: [this.registry] });
+  readonly kvCachePagesTotal = new Gauge({ name: 'tiny_llm_kv_cache_pages_total', help: "Pages in the engine's KV cache pool", registers: [this.registry] });
 }

@@ -1,13 +1,16 @@
 // The messages between the server's main thread (HTTP, tokenizer, streaming) and the worker thread that owns the
 // model and the scheduler, so that a forward pass never blocks accepting, streaming or /health.
 import type { FinishReason } from '@tiny-llm/reference/week2';
-import type { ModelChoice } from '../registry.ts';
+import type { KvTransfer } from '@tiny-llm/reference/week3';
+import type { KvCacheChoice, ModelChoice, Phase } from '../registry.ts';
 
-export interface WorkerOptions {
+export interface WorkerOptions extends KvCacheChoice {
   modelDir: string;
   choice: ModelChoice;
   maxBatch: number;
   prefillChunk: number;
+  /** Disaggregated serving (chapter 3.5): this worker only prefills, or only decodes; none: it does both. */
+  phase?: Phase;
 }
 
 export interface SamplingOptions {
@@ -16,8 +19,23 @@ export interface SamplingOptions {
   seed?: number;
 }
 
+/** A request as the main thread submits it. */
+export interface SubmittedRequest {
+  promptIds: number[];
+  maxTokens: number;
+  stopIds: number[];
+  sampling: SamplingOptions;
+}
+
+/** A request the prefill worker has prefilled: its first token and its KV cache, on their way to the decode worker. */
+export interface Prefilled {
+  firstToken: number;
+  transfer: KvTransfer;
+}
+
 export type ToWorker =
-  | { type: 'submit'; id: number; promptIds: number[]; maxTokens: number; stopIds: number[]; sampling: SamplingOptions }
+  | ({ type: 'submit'; id: number } & SubmittedRequest)
+  | ({ type: 'prefilled'; id: number } & SubmittedRequest & Prefilled)
   | { type: 'cancel'; id: number };
 
 export interface TokenOutput {
@@ -28,6 +46,13 @@ export interface TokenOutput {
 
 export type FromWorker =
   | { type: 'ready'; description: string; maxPositions: number; vocabSize: number }
-  | { type: 'step'; outputs: TokenOutput[]; running: number; waiting: number }
+  | { type: 'step'; outputs: TokenOutput[]; running: number; waiting: number; kvPages: KvPages | null }
   | { type: 'rejected'; id: number; message: string }
+  | ({ type: 'handoff'; id: number } & Prefilled)
   | { type: 'failed'; message: string };
+
+/** The engine's page pool after a step: pages held by requests, of all (null: a model without a pool). */
+export interface KvPages {
+  used: number;
+  total: number;
+}

@@ -4,12 +4,13 @@ import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
 import { UsageError, UserError } from '../errors.ts';
-import type { ModelChoice } from '../registry.ts';
+import type { KvCacheChoice, ModelChoice } from '../registry.ts';
 import { createApp } from './app.ts';
+import { DisaggregatedEngine } from './disaggregated-engine.ts';
 import { EngineWorker } from './engine-worker.ts';
 import { Metrics } from './metrics.ts';
 
-export interface ServeOptions {
+export interface ServeOptions extends KvCacheChoice {
   modelDir: string;
   /** The name the API reports for the model. */
   modelName: string;
@@ -20,6 +21,8 @@ export interface ServeOptions {
   maxBatch: number;
   prefillChunk: number;
   maxModelLen?: number;
+  /** Prefill and decode in separate workers (chapter 3.5). */
+  disaggregated?: boolean;
   log: (line: string) => void;
 }
 
@@ -31,11 +34,13 @@ export interface RunningServer {
 export async function startServer(options: ServeOptions): Promise<RunningServer> {
   const tokenizer = loadTokenizer(options.modelDir);
   const t0 = performance.now();
-  const worker = await EngineWorker.start({ modelDir: options.modelDir, choice: options.choice, maxBatch: options.maxBatch, prefillChunk: options.prefillChunk });
+  const { modelDir, choice, maxBatch, prefillChunk, kvCacheMb, prefixCaching } = options;
+  const workerOptions = { modelDir, choice, maxBatch, prefillChunk, kvCacheMb, prefixCaching };
+  const worker = options.disaggregated ? await DisaggregatedEngine.start(workerOptions) : await EngineWorker.start(workerOptions);
   const maxModelLen = options.maxModelLen ?? worker.maxPositions;
   if (maxModelLen > worker.maxPositions) {
     await worker.close();
-    throw new UsageError(`serve: --max-model-len ${maxModelLen} is more than the model's ${worker.maxPositions} positions`);
+    throw new UsageError(`serve: --max-model-len ${maxModelLen} is more than the ${worker.maxPositions} positions the model and its KV cache hold`);
   }
   options.log(`loaded ${options.modelName} on ${worker.description} in ${((performance.now() - t0) / 1e3).toFixed(2)} s (max batch ${options.maxBatch}, prefill chunks of ${options.prefillChunk}, context ${maxModelLen})`);
   const app = createApp({ worker, tokenizer, metrics: new Metrics(), inFlight: new Map(), modelName: options.modelName, apiKey: options.apiKey, maxModelLen, log: options.log });

@@ -1,6 +1,6 @@
 // OpenAI's `stop`: the text ends before the first occurrence of any of the stop strings, which are never sent.
 // While streaming, the end of the text that could still become a stop string is held back until it is settled.
-import { partialMarkerLength } from '../tool-calls.ts';
+import { partialMarkerLength } from '@tiny-llm/reference/week3';
 
 export class StopStrings {
   private pending = '';

@@ -150,7 +150,7 @@ export interface SchedulerOptions {
 }
 
 /** A request in the scheduler: waiting, prefilling (its prompt partly in its cache), then decoding. */
-class Sequence<Cache> {
+export class Sequence<Cache> {
   readonly generated: number[] = [];
   /** Prompt tokens in the cache so far. */
   prefilled = 0;
@@ -175,9 +175,9 @@ class Sequence<Cache> {
 
 /** Continuous batching over a BatchModel. */
 export class Scheduler<Cache> {
-  private readonly waiting: Sequence<Cache>[] = [];
+  protected readonly waiting: Sequence<Cache>[] = [];
   /** The running requests, at most maxBatch: prefilling ones first in admission order, then decoding. */
-  private readonly running: Sequence<Cache>[] = [];
+  protected readonly running: Sequence<Cache>[] = [];
   private nextId = 0;
   readonly maxBatch: number;
   readonly prefillChunk: number;
@@ -232,18 +232,19 @@ export class Scheduler<Cache> {
   /**
    * One step: admit waiting requests into free slots, prefill (the whole prompt of the oldest prefilling
    * request, or one chunk of it: chapter 2.7), and decode one token for every request that was decoding
-   * already. Each running request gets at most one token per step.
+   * already. Each running request gets at most one token per step. Asynchronous because the tokens are read
+   * back from the model's device (on a GPU, reading waits for the device).
    */
-  step(): StepOutput[] {
+  async step(): Promise<StepOutput[]> {
     this.admit();
     const decoding = this.running.filter((s) => s.decoding);
     const prefilling = this.running.find((s) => !s.decoding);
     const outputs: StepOutput[] = [];
     if (prefilling) {
-      const first = this.prefillStep(prefilling);
+      const first = await this.prefillStep(prefilling);
       if (first) outputs.push(first);
     }
-    if (decoding.length > 0) outputs.push(...this.decodeStep(decoding));
+    if (decoding.length > 0) outputs.push(...(await this.decodeStep(decoding)));
     return outputs;
   }
 
@@ -257,7 +258,7 @@ export class Scheduler<Cache> {
   }
 
   /** Prefills the next chunk of a request's prompt; the last chunk's logits give its first token. */
-  private prefillStep(sequence: Sequence<Cache>): StepOutput | null {
+  private async prefillStep(sequence: Sequence<Cache>): Promise<StepOutput | null> {
     const prompt = sequence.request.promptIds;
     const end = Math.min(prompt.length, sequence.prefilled + this.prefillChunk);
     const logits = this.model.prefill(prompt.slice(sequence.prefilled, end), sequence.prefilled, sequence.cache!);
@@ -268,7 +269,7 @@ export class Scheduler<Cache> {
   }
 
   /** One token for each of these requests, in one batched pass. */
-  private decodeStep(batch: Sequence<Cache>[]): StepOutput[] {
+  private async decodeStep(batch: Sequence<Cache>[]): Promise<StepOutput[]> {
     const logits = this.model.decode(
       batch.map((s) => s.next),
       batch.map((s) => s.position),
@@ -276,14 +277,17 @@ export class Scheduler<Cache> {
     ); // [B, V]
     const rows = tc.split(logits, batch.length, 0);
     logits.dispose();
-    return batch.map((s, i) => this.accept(s, rows[i]));
+    const outputs: StepOutput[] = [];
+    for (const [i, s] of batch.entries()) outputs.push(await this.accept(s, rows[i]));
+    return outputs;
   }
 
   /** Samples a request's next token from its logits [1, V]; retires the request when it is done. */
-  private accept(sequence: Sequence<Cache>, logits: Tensor): StepOutput {
+  private async accept(sequence: Sequence<Cache>, logits: Tensor): Promise<StepOutput> {
     const { request } = sequence;
     const chosen = request.sampler ? request.sampler(logits) : tc.argmax(logits, -1);
-    const token = chosen.item();
+    // data() reads a tensor on any backend (item() only on the CPU).
+    const token = (await chosen.data())[0];
     chosen.dispose();
     logits.dispose();
     if (request.stopIds?.includes(token)) {
@@ -299,7 +303,7 @@ export class Scheduler<Cache> {
   }
 
   /** Frees a running request's slot and cache. */
-  private retire(index: number): void {
+  protected retire(index: number): void {
     const [sequence] = this.running.splice(index, 1);
     if (sequence.cache) this.model.release(sequence.cache);
     sequence.cache = null;

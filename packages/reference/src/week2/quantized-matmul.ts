@@ -4,12 +4,14 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { week2Kernels } from './native.ts';
+import { quantizedMatmulGpu } from './quantized-matmul-gpu.ts';
 
 /**
  * x [..., K] (float32, bfloat16 or float16) @ dequantize(w).T -> float32 [..., N], for a 2-D quantized weight
- * of logical shape [N, K], through the C++ kernel.
+ * of logical shape [N, K], through the C++ kernel; on GPU tensors through the WGSL kernel of chapter 2.3.
  */
 export function quantizedMatmul(x: Tensor, w: tc.QuantizedWeight): Tensor {
+  if (x.backend instanceof tc.WebGPUBackend) return quantizedMatmulGpu(x, w);
   const k = x.shape[x.ndim - 1];
   if (!(w instanceof tc.QuantizedWeight) || w.shape.length !== 2 || x.ndim === 0 || k !== w.inFeatures) {
     throw new RangeError(`quantizedMatmul: expected x [..., K] and a 2-D QuantizedWeight [N, K], got x ${x.describe()} and w ${String(w)}`);

@@ -1,2 +1,17 @@
-// Week 3 reference solutions: serving at scale. The chapters land here as the course is written.
-export {};
+// Week 3 reference solutions: serving at scale. Each file mirrors the learner's file of the same name.
+export * from './paged-kv-cache.ts';
+export * from './prefix-cache.ts';
+export * from './paged-attention.ts';
+export * from './paged-batch.ts';
+export * from './moe.ts';
+export * from './qwen2-week3.ts';
+export * from './speculative.ts';
+export * from './kv-transfer.ts';
+export * from './disaggregated.ts';
+export * from './all-reduce.ts';
+export * from './tensor-parallel.ts';
+export * from './tool-calls.ts';
+export * from './agent.ts';
+export * from './demo-tools.ts';
+// What the week 3 tests use of week 2's scheduler.
+export type { GenerationRequest, StepOutput } from '../week2/index.ts';

@@ -69,6 +69,11 @@ export interface Backend {
   /** out float32 [M, N] = x [M, K] @ dequantize(w).T for an MLX-quantized weight w of logical shape [N, K]. */
   quantizedMatmul(x: Tensor, w: QuantizedWeight, out: Tensor): void;
   /**
+   * out float32 [...w.shape] = the values w stands for. Optional: the CPU's tc.dequantize computes them in
+   * io/quantized.ts; a backend that holds quantized weights provides it so that they need not come back.
+   */
+  dequantize?(w: QuantizedWeight, out: Tensor): void;
+  /**
    * softmax(q k^T * scale + mask) v in one kernel, for q [..., Hq, L, D] and k, v [..., Hkv, S, D] with q's
    * leading dims; mask is an additive view of shape [..., Hq, L, S], 'causal' (aligned to the bottom right)
    * or null. Optional: without it, fast.sdpa composes matmul and softmax.
@@ -76,7 +81,29 @@ export interface Backend {
   sdpa?(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | 'causal' | null, scale: number, out: Tensor): void;
 }
 
+/** A kernel a backend does not have, naming the op; a program may catch it to say what to run instead. */
+export class UnsupportedOpError extends Error {
+  constructor(
+    readonly backend: string,
+    readonly op: string,
+  ) {
+    super(`${op}: not implemented on the ${backend} backend (move the tensor to the CPU with toCPU())`);
+    this.name = 'UnsupportedOpError';
+  }
+}
+
 /** The error a backend throws for a kernel it does not have. */
 export function unsupported(backend: string, op: string): Error {
-  return new Error(`${op}: not implemented on the ${backend} backend (move the tensor to the CPU with toCPU())`);
+  return new UnsupportedOpError(backend, op);
+}
+
+/** A buffer, binding or grid beyond what the device allows, naming the limit (e.g. maxBufferSize). */
+export class DeviceLimitError extends RangeError {
+  constructor(
+    message: string,
+    readonly limit: string,
+  ) {
+    super(message);
+    this.name = 'DeviceLimitError';
+  }
 }

@@ -6,6 +6,9 @@
 // turns all of them into one typed, camelCase ModelConfig and keeps the original as `raw`.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
+import { cpu } from '../backend/cpu.ts';
+import { toDevice } from '../ops/creation.ts';
 import type { Tensor } from '../tensor.ts';
 import { QUANTIZED_BITS, QUANTIZED_GROUP_SIZES, QuantizedWeight } from './quantized.ts';
 import { openCheckpoint, type Checkpoint } from './safetensors.ts';
@@ -329,8 +332,18 @@ export interface LinearWeights {
   bias: Tensor | null;
 }
 
+export interface ModelDirOptions {
+  /**
+   * The backend the weights are handed out on (default the CPU, as zero-copy views of the mapped files). A GPU
+   * backend gets each weight uploaded when it is asked for, so a model built from the directory runs there.
+   */
+  device?: Backend;
+}
+
 export class ModelDir {
   readonly dir: string;
+  /** Where weight(), quantizedWeight() and linear() put their tensors. */
+  readonly device: Backend;
   readonly config: ModelConfig;
   readonly checkpoint: Checkpoint;
   /** generation_config.json, when the directory has one. */
@@ -338,8 +351,9 @@ export class ModelDir {
   /** Token ids that end generation: generation_config.json's eos_token_id if present, else config.json's. */
   readonly eosTokenIds: number[];
 
-  constructor(dir: string) {
+  constructor(dir: string, options: ModelDirOptions = {}) {
     this.dir = dir;
+    this.device = options.device ?? cpu;
     const configPath = join(dir, 'config.json');
     this.config = readModelConfig(configPath);
     this.generationConfig = readGenerationConfig(join(dir, 'generation_config.json'));
@@ -358,9 +372,12 @@ export class ModelDir {
     return this.checkpoint.has(name);
   }
 
-  /** A tensor by its full name, e.g. "model.norm.weight" (a zero-copy view where the file allows). */
+  /**
+   * A tensor by its full name, e.g. "model.norm.weight", on the directory's device (on the CPU a zero-copy
+   * view where the file allows).
+   */
   weight(name: string): Tensor {
-    return this.checkpoint.get(name);
+    return toDevice(this.checkpoint.get(name), this.device);
   }
 
   /** Whether `prefix` (e.g. "model.layers.0.self_attn.q_proj") is an MLX-quantized layer. */
@@ -420,7 +437,7 @@ export class ModelDir {
  * Opens a model directory: parses its config, opens its weights (single file or shards, memory-mapped), and
  * reads generation_config.json's eos ids when present. Errors say what is wrong and where.
  */
-export function openModelDir(dir: string): ModelDir {
+export function openModelDir(dir: string, options: ModelDirOptions = {}): ModelDir {
   if (!existsSync(dir)) throw new Error(`openModelDir: ${dir} does not exist`);
   if (!statSync(dir).isDirectory()) throw new Error(`openModelDir: ${dir} is a file, not a model directory`);
   if (!existsSync(join(dir, 'config.json'))) {
@@ -428,7 +445,7 @@ export function openModelDir(dir: string): ModelDir {
     const listing = found.length === 0 ? 'it is empty' : `found: ${found.slice(0, 20).join(', ')}${found.length > 20 ? ', ...' : ''}`;
     throw new Error(`openModelDir: ${dir} is not a model directory: it has no config.json (${listing})`);
   }
-  return new ModelDir(dir);
+  return new ModelDir(dir, options);
 }
 
 function readGenerationConfig(path: string): Record<string, unknown> | null {

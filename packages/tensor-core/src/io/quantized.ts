@@ -5,9 +5,11 @@
 // straddles a word (value j of a word sits in bits [j*b, (j+1)*b), lowest first); MLX packs 3, 5 and 6 bits
 // into 3- or 5-byte groups in the same little-endian bit order, so the same formula covers them.
 // Dequantized value = q * scale + bias, with the scale and bias of the value's group.
+import { unsupported } from '../backend/backend.ts';
 import { cpu } from '../backend/cpu.ts';
 import { storageView } from '../dtype.ts';
 import { astype } from '../ops/elementwise.ts';
+import { backendOf, empty } from '../ops/util.ts';
 import { formatShape, sizeOf } from '../shape.ts';
 import { dequantizeInto } from './quantized-layout.ts';
 import { Tensor } from '../tensor.ts';
@@ -89,10 +91,18 @@ function checkShapes(weight: Tensor, scales: Tensor, biases: Tensor, groupSize: 
 }
 
 /**
- * The float32 weight a QuantizedWeight stands for: a plain reference implementation (week 1 dequantizes at
- * load time; the tests compare the kernels with it). Computed in double precision, rounded once to float32.
+ * The float32 weight a QuantizedWeight stands for, on the backend of its tensors: a plain reference
+ * implementation on the CPU (week 1 dequantizes at load time; the tests compare the kernels with it), computed
+ * in double precision and rounded once to float32; the backend's own kernel elsewhere (the same values).
  */
 export function dequantize(qw: QuantizedWeight): Tensor {
+  const backend = backendOf('dequantize', qw.weight, qw.scales, qw.biases);
+  if (backend !== cpu) {
+    if (!backend.dequantize) throw unsupported(backend.name, 'dequantize');
+    const out = empty(qw.shape, 'float32', backend);
+    backend.dequantize(qw, out);
+    return out;
+  }
   const rows = sizeOf(qw.shape) / Math.max(qw.inFeatures, 1);
   const storage = cpu.allocate('float32', rows * qw.inFeatures);
   const out = storageView('float32', storage.buffer, storage.byteOffset, rows * qw.inFeatures) as Float32Array;

@@ -4,8 +4,12 @@ import type { DType } from '../dtype.ts';
 import { checkShape, sizeOf } from '../shape.ts';
 import type { Tensor } from '../tensor.ts';
 import type { Backend } from '../backend/backend.ts';
-import { tensor } from './creation.ts';
-import { softmax } from './reduce.ts';
+import { cpu } from '../backend/cpu.ts';
+import { tidy } from '../scope.ts';
+import { arange, tensor } from './creation.ts';
+import { astype, greater, minimum, mul, sub, where } from './elementwise.ts';
+import { cumsum, max, softmax, sum } from './reduce.ts';
+import { slice } from './shape.ts';
 
 /** A generator of uniform numbers in [0, 1), deterministic for a seed. */
 export class Generator {
@@ -96,6 +100,7 @@ export function normal(shape: readonly number[], options: RandomOptions & { loc?
 export function categorical(logits: Tensor, options: { seed?: number } = {}): Tensor {
   if (logits.ndim === 0) throw new RangeError(`random.categorical: logits must have a last axis, got ${logits.describe()}`);
   const gen = generatorFor(options.seed);
+  if (logits.backend !== cpu) return categoricalOnDevice(logits, gen);
   const probs = softmax(logits, -1);
   const p = probs.toArray();
   probs.dispose();
@@ -104,6 +109,29 @@ export function categorical(logits: Tensor, options: { seed?: number } = {}): Te
   const draws = new Int32Array(rows);
   for (let r = 0; r < rows; r++) draws[r] = drawIndex(p, r * n, n, gen.next());
   return tensor(draws, { shape: logits.shape.slice(0, -1), dtype: 'int32', device: logits.backend });
+}
+
+/**
+ * The same draw on a backend whose values cannot be read synchronously (a GPU), so that only the chosen indices
+ * ever come back: with the row's cumulative probabilities c, the first index whose c exceeds u * total is
+ * n - (how many c exceed it). Rounding may leave u * total at or above the last c; then the last index of
+ * non-zero probability, as on the CPU. The sums run in float32 here (float64 on the CPU): a draw within a
+ * rounding error of a boundary may pick the neighbour.
+ */
+function categoricalOnDevice(logits: Tensor, gen: Generator): Tensor {
+  const lead = logits.shape.slice(0, -1);
+  const n = logits.shape[logits.ndim - 1];
+  const u = Float32Array.from({ length: sizeOf(lead) }, () => gen.next());
+  return tidy(() => {
+    const probs = softmax(logits, -1);
+    const cdf = cumsum(probs, -1);
+    const total = slice(cdf, [...lead.map(() => null), [n - 1, n]]);
+    const target = mul(tensor(u, { shape: [...lead, 1], device: logits.backend }), total);
+    const first = sub(n, sum(astype(greater(cdf, target), 'int32'), -1));
+    const positions = arange(0, n, 1, { dtype: 'float32', device: logits.backend });
+    const lastNonZero = astype(max(where(greater(probs, 0), positions, -1), -1), 'int32');
+    return minimum(first, lastNonZero);
+  });
 }
 
 /** The first index whose cumulative probability exceeds u (scaled by the row's total, which is ~1). */

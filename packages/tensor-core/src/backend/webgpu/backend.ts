@@ -13,7 +13,7 @@ import * as gather from './gather.ts';
 import * as linalg from './matmul.ts';
 import * as rows from './reduce.ts';
 import { GpuRuntime } from './runtime.ts';
-import type { WgslKernel } from './shader.ts';
+import { kernel, type WgslKernel } from './shader.ts';
 import { isContiguous, type View } from './views.ts';
 
 export interface WebGPUBackendOptions {
@@ -193,6 +193,17 @@ export class WebGPUBackend implements Backend {
       this.view(op, out),
     );
     for (const c of copies) this.runtime.destroyLater(c.buffer);
+  }
+  dequantize(w: QuantizedWeight, out: Tensor): void {
+    const count = out.size;
+    if (count === 0) return;
+    const wg = Math.min(256, this.runtime.invocations);
+    this.run(kernel('dequantize'), {
+      tensors: { words: w.weight, scales: w.scales, biases: w.biases, out },
+      params: { count, k: w.inFeatures, bits: w.bits, group_size: w.groupSize },
+      constants: { WG: wg },
+      workgroups: this.runtime.grid(Math.ceil(count / wg)),
+    });
   }
 
   // ---- kernels of other packages

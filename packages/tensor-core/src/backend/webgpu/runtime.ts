@@ -4,6 +4,7 @@
 // Kernels are recorded into one pending compute pass and submitted together (on read, flush(), or every
 // MAX_PENDING dispatches), because a queue submit per op costs more than most small ops themselves.
 // Dispatches within one pass see each other's writes: WebGPU orders them like separate submits.
+import { DeviceLimitError } from '../backend.ts';
 import type { DType } from '../../dtype.ts';
 import { accessors, type ParamValues, type WgslKernel } from './shader.ts';
 
@@ -94,7 +95,7 @@ export class GpuRuntime {
     this.assertAlive(op);
     const size = Math.max(4, roundUp(byteLength, 4));
     if (size > this.limits.maxBufferSize) {
-      throw new RangeError(`${op}: ${byteLength} bytes exceed this device's maxBufferSize (${this.limits.maxBufferSize})`);
+      throw new DeviceLimitError(`${op}: ${byteLength} bytes exceed this device's maxBufferSize (${this.limits.maxBufferSize})`, 'maxBufferSize');
     }
     return this.device.createBuffer({ size, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST });
   }
@@ -136,9 +137,10 @@ export class GpuRuntime {
       if (!given) throw new Error(`${op}: kernel ${kernel.name} needs a buffer for binding ${b.name}`);
       const range = 'buffer' in given ? given : { buffer: given, offset: 0, size: given.size };
       if (range.size > this.limits.maxStorageBufferBindingSize) {
-        throw new RangeError(
+        throw new DeviceLimitError(
           `${op}: binding ${b.name} of ${range.size} bytes exceeds this device's maxStorageBufferBindingSize ` +
             `(${this.limits.maxStorageBufferBindingSize})`,
+          'maxStorageBufferBindingSize',
         );
       }
       (b.kind === 'storage' ? writable : bound).push(range.buffer);
@@ -153,7 +155,10 @@ export class GpuRuntime {
     const [x, y = 1, z = 1] = d.workgroups;
     const maxGroups = this.limits.maxComputeWorkgroupsPerDimension;
     if ([x, y, z].some((g) => g > maxGroups)) {
-      throw new RangeError(`${op}: ${[x, y, z].join(' x ')} workgroups exceed this device's maxComputeWorkgroupsPerDimension (${maxGroups})`);
+      throw new DeviceLimitError(
+        `${op}: ${[x, y, z].join(' x ')} workgroups exceed this device's maxComputeWorkgroupsPerDimension (${maxGroups})`,
+        'maxComputeWorkgroupsPerDimension',
+      );
     }
     if (x * y * z === 0) return;
     if (kernel.paramsBinding) {

@@ -1,4 +1,4 @@
-// Qwen2.5-style tool calls in generated text: the model writes
+// Chapter 3.7: tool calls in generated text. A Qwen2.5-style model writes
 //
 //   <tool_call>
 //   {"name": "calculator", "arguments": {"expression": "37 * 12"}}
@@ -7,6 +7,7 @@
 // once per call (several per turn allowed), around or instead of its answer. parseToolCalls reads a whole
 // reply; ToolCallStream reads one as it is generated, passing plain text through at once and each call when its
 // block closes. A block whose JSON is broken is reported, never thrown: a model's output is not trusted input.
+// The agent loop (agent.ts) and the engine's OpenAI-compatible server both read tool calls with this parser.
 
 export const TOOL_CALL_OPEN = '<tool_call>';
 export const TOOL_CALL_CLOSE = '</tool_call>';

@@ -1,0 +1,72 @@
+// The engine's fused decode attention (native/attention_decode.cc) on a paged KV cache (chapter 3.1: the pages of
+// each row scattered over a pool, read through block tables) against the same kernel on a contiguous cache, at
+// Qwen2-0.5B's attention shape (14 query heads on 2 kv heads of 64), for one and 16 rows.
+//   cd packages/engine && npx tsx bench/paged-attention.ts [--json FILE]
+// Each call is RoPE, the new key and value written into the cache, and attention over every cached token.
+// Interleaved rounds, best of each: the machine is shared, and the two sides must see the same neighbours.
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import * as tc from '@tiny-llm/tensor-core';
+import { blockTablesTensor } from '@tiny-llm/reference/week3';
+import { engineKernels } from '../src/model/native.ts';
+
+const [HEADS, KV_HEADS, DIM, PAGE] = [14, 2, 64, 16];
+const ROUNDS = 9;
+
+interface Row {
+  context: number;
+  batch: number;
+  dense_us: number;
+  paged_us: number;
+  paged_over_dense: number;
+}
+
+function measure(context: number, batch: number): Row {
+  const position = context - 1;
+  const rope = tc.fast.ropeTables(DIM, context, 1_000_000);
+  const qkv = tc.random.normal([batch, 1, (HEADS + 2 * KV_HEADS) * DIM], { seed: 1 });
+  const out = tc.empty([batch, 1, HEADS * DIM]);
+  // The dense cache: every row's buffer [Hkv, context, D] side by side.
+  const keys = tc.random.normal([batch, KV_HEADS, context, DIM], { seed: 2 });
+  const values = tc.random.normal([batch, KV_HEADS, context, DIM], { seed: 3 });
+  // The pool: every row's pages, in an order shuffled over the pool (as pages come back and go out again).
+  const perRow = context / PAGE;
+  const numPages = batch * perRow;
+  const order = Array.from({ length: numPages }, (_, i) => i).sort((a, b) => ((a * 7919) % numPages) - ((b * 7919) % numPages));
+  const tables = blockTablesTensor(Array.from({ length: batch }, (_, b) => order.slice(b * perRow, (b + 1) * perRow)));
+  const keyPages = tc.random.normal([numPages, KV_HEADS, PAGE, DIM], { seed: 4 });
+  const valuePages = tc.random.normal([numPages, KV_HEADS, PAGE, DIM], { seed: 5 });
+  const positions = tc.tensor(new Int32Array(batch).fill(position), { dtype: 'int32' });
+  const kernels = engineKernels();
+  const dense = () => kernels.attentionDecode(...[qkv, rope.cos, rope.sin].map((t) => t.native()), position, keys.native(), values.native(), out.native(), HEADS, KV_HEADS, 0.125);
+  const paged = () => kernels.pagedAttentionDecode(...[qkv, rope.cos, rope.sin, positions, keyPages, valuePages, tables, out].map((t) => t.native()), HEADS, KV_HEADS, 0.125);
+  // A sample is the mean of the calls that fit in 20 ms.
+  const micros = (fn: () => void) => {
+    const t0 = performance.now();
+    let calls = 0;
+    while (performance.now() - t0 < 20) {
+      fn();
+      calls++;
+    }
+    return ((performance.now() - t0) * 1e3) / calls;
+  };
+  micros(dense);
+  micros(paged);
+  const best = { dense: Infinity, paged: Infinity };
+  for (let r = 0; r < ROUNDS; r++) {
+    best.dense = Math.min(best.dense, micros(dense));
+    best.paged = Math.min(best.paged, micros(paged));
+  }
+  return { context, batch, dense_us: best.dense, paged_us: best.paged, paged_over_dense: best.paged / best.dense };
+}
+
+const { values } = parseArgs({ options: { json: { type: 'string' } } });
+const rows = [256, 1024, 4096].flatMap((context) => [1, 16].map((batch) => measure(context, batch)));
+console.log(`decode attention, ${HEADS} query heads on ${KV_HEADS} kv heads of ${DIM}, pages of ${PAGE}, best of ${ROUNDS} (${tc.native.numThreads()} threads)`);
+for (const r of rows) {
+  console.log(
+    `  context ${String(r.context).padStart(4)}, ${String(r.batch).padStart(2)} rows: contiguous ${r.dense_us.toFixed(1)} us, ` +
+      `paged ${r.paged_us.toFixed(1)} us (${r.paged_over_dense.toFixed(2)}x)`,
+  );
+}
+if (values.json) writeFileSync(values.json, `${JSON.stringify(rows, null, 2)}\n`);

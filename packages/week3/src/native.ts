@@ -1,0 +1,5 @@
+// Your week 3 C++ kernels (native/*.cc), built by `pnpm build` (and by this package's `pnpm test`) into
+// build/Release/week3_kernels.node. Given: the chapters' work is in the .cc files.
+import * as tc from '@tiny-llm/tensor-core';
+
+export const week3Kernels = (): any => tc.loadExtension(new URL('../build/Release/week3_kernels.node', import.meta.url), '@tiny-llm/week3');
