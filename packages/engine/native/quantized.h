@@ -1,5 +1,5 @@
 // What the quantized matmul's kernels share (native/quantized_matmul.cc, float activations, and
-// native/quantized_matmul_int8.cc, integer activations): the problem once parsed, the epilogue, reading packed
+// native/quantized_matmul_int16.cc, integer activations): the problem once parsed, the epilogue, reading packed
 // values and per-row scales, the software prefetch distance and the split of weight rows over the pool.
 #pragma once
 
@@ -15,10 +15,9 @@ struct Problem {
   const float* x;      // [M, K] float32 (decode path only; prefill hands the original x to the GEMM)
   const float* xp;     // [M, K] x rearranged for the chunked kernels (step 6), or null
   const float* xsum;   // [M, groups]: sum of x over each group of G columns
-  // x rounded to 8-bit integers, for the integer kernels (quantized_matmul_int8.cc), or null:
-  const int8_t* xq;            // [M, K] int8, in the order the kernel reads (see there)
-  const float* xq_lane_scale;  // [M, K / 32 * 8]: each block's scale, repeated over the 8 lanes of its dot
-  const float* xq_offset;      // [M, groups], or null: a per-group term of the 8-bit AVX2 kernel (see there)
+  // x rounded to 16-bit integers, for the integer kernels (quantized_matmul_int16.cc), or null:
+  const int16_t* xq;      // [M, K] int16, in the order the kernel reads (see there)
+  const float* xq_scale;  // [M, K / 32]: each block's scale
   int64_t M, K, N, groups;
   int G, bits;
   const uint8_t* w;    // packed rows, row_bytes apart
@@ -136,16 +135,16 @@ inline void decode(const Problem& p, RowsFn rows) {
   run_tasks(tasks, [&](int64_t t) { rows(p, t * rows_per_task, std::min(p.N, (t + 1) * rows_per_task)); });
 }
 
-// ---- Integer activations (native/quantized_matmul_int8.cc) --------------------------------------------------------
+// ---- Integer activations (native/quantized_matmul_int16.cc) -------------------------------------------------------
 
 // Whether the integer kernels take weights of `bits` bits (4 and 8; other widths keep float activations).
-bool int8_activations_supported(int bits);
+bool int16_activations_supported(int bits);
 
-// out = x @ dequantize(w).T with x rounded to int8 per block of 32 values: p as for the float decode path (x
+// out = x @ dequantize(w).T with x rounded to int16 per block of 32 values: p as for the float decode path (x
 // float32 [M, K] after any prologue, xsum its group sums). Correct for any M; the binding uses it up to M = 16.
-void matmul_int8(Problem& p);
+void matmul_int16(Problem& p);
 
-// The kernel matmul_int8 runs at this SIMD level for K a multiple of 64: "vnni", "avx2" or "scalar".
-const char* int8_kernel_name();
+// The kernel matmul_int16 runs at this SIMD level: "vnni", "avx2" or "scalar".
+const char* int16_kernel_name();
 
 }  // namespace engine

@@ -1,6 +1,6 @@
 // The engine's quantized matmul on the CPU (chapter 2.2's kernel, taken on for speed), with the SDK.
 //
-//   quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps, int8])
+//   quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps, int16])
 //     x       [..., K]       float32 / bfloat16 / float16, contiguous: M rows of K
 //     w       [N, K*bits/32] uint32, MLX layout: value j of a row is stream bits [j*bits, (j+1)*bits), stream bit i
 //                            is bit i%32 of word i/32 (for 2, 4 and 8 bits: value j of a word sits at j*bits)
@@ -11,8 +11,8 @@
 //   The optional arguments fuse the work around a decode projection (step 9, native/fusion.cc): bias [N] and
 //   residual [M, N] (float32, or null) are added to out; prologue 1 replaces x by rmsNorm(x) * normWeight, and
 //   prologue 2 reads x as [..., 2K] and multiplies by silu(x[:, :K]) * x[:, K:].
-//   int8 true rounds x to 8-bit integers per block of 32 for 4- and 8-bit weights and decode-sized x (M <= 16):
-//   native/quantized_matmul_int8.cc, the engine's default; this file is the float path (the engine's --exact).
+//   int16 true rounds x to 16-bit integers per block of 32 for 4- and 8-bit weights and decode-sized x (M <= 16):
+//   native/quantized_matmul_int16.cc, the engine's default; this file is the float path (the engine's --exact).
 //
 //   dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids of the dequantized w, into out
 //   [..., K] (the quantized embedding's lookup).
@@ -544,12 +544,12 @@ Napi::Value Connect(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps, int8])
+// quantizedMatmul(x, w, scales, biases, out, groupSize, bits[, bias, residual, prologue, normWeight, eps, int16])
 //   x         [..., K] (or [..., 2K] with the swiglu prologue), contiguous; out [..., N] float32, contiguous, as
 //             many rows as x
 //   bias      [N] float32 or null; residual: float32, out's shape, contiguous, or null (may be out itself)
 //   prologue  0 none, 1 rmsNorm with normWeight [K] and eps, 2 swiglu (step 9)
-//   int8      true: x rounded to 8-bit integers per block of 32 (native/quantized_matmul_int8.cc)
+//   int16     true: x rounded to 16-bit integers per block of 32 (native/quantized_matmul_int16.cc)
 Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "quantizedMatmul";
@@ -594,10 +594,10 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
     return fail("every operand must be contiguous");
   if (const char* err = check_fusion(fusion, M, K, N)) return fail(err);
   if (M == 0 || N == 0) return env.Undefined();
-  // The last argument asks for integer activations (native/quantized_matmul_int8.cc), which 4- and 8-bit weights
+  // The last argument asks for integer activations (native/quantized_matmul_int16.cc), which 4- and 8-bit weights
   // have; other widths keep float activations, and so does prefill (M > 16): the GEMM on dequantized blocks beat
-  // the integer tiles there (see quantized_matmul_int8.cc, step 4).
-  const bool int8 = info.Length() > 12 && info[12].ToBoolean().Value() && int8_activations_supported(bits);
+  // the integer tiles there (see quantized_matmul_int16.cc, step 4).
+  const bool int16 = info.Length() > 12 && info[12].ToBoolean().Value() && int16_activations_supported(bits);
 
   Problem p{};
   p.M = M;
@@ -650,8 +650,8 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
     p.x = xf;
     p.xsum = xsum;
     p.xp = nullptr;
-    if (int8) {
-      matmul_int8(p);
+    if (int16) {
+      matmul_int16(p);
       return env.Undefined();
     }
 #ifdef TL_X86_SIMD
@@ -732,7 +732,7 @@ Napi::Value DequantizeRows(const Napi::CallbackInfo& info) {
 Napi::Value CpuFeatures(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
   o.Set("simd", has_avx2_fma());
-  o.Set("int8Kernel", engine::int8_kernel_name());
+  o.Set("int16Kernel", engine::int16_kernel_name());
   return o;
 }
 

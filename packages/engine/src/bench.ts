@@ -277,8 +277,8 @@ export interface BenchReport {
   group_size: number | null;
   /** What ran: "the engine", "the learner's week 1 model", ... */
   runs: string;
-  /** What the quantized matmuls multiply: "int8" activations (the engine's default), or "float32" (--exact, the chapter models, float weights). */
-  activations: 'int8' | 'float32';
+  /** What the quantized matmuls multiply: "int16" activations (the engine's default), or "float32" (--exact, the chapter models, float weights). */
+  activations: 'int16' | 'float32';
   /** Where it ran: "cpu", or "webgpu (the adapter)"; the ceilings are that device's. */
   device: string;
   params: number;
@@ -441,7 +441,7 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     model_type: config.modelType,
     dtype,
     group_size: groupSize,
-    activations: model instanceof EngineQwen2 && groupSize !== null && !choice.exact ? 'int8' : 'float32',
+    activations: model instanceof EngineQwen2 && groupSize !== null && !choice.exact ? 'int16' : 'float32',
     runs: model.description,
     device: model.device,
     params: traffic.params,

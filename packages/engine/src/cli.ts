@@ -116,7 +116,7 @@ export const MODEL_FLAGS = defineFlags({
   },
   exact: {
     kind: 'bool',
-    help: "quantized weights multiply float32 activations, the chapters' arithmetic (default: the engine rounds activations to int8 for 4- and 8-bit weights, as llama.cpp; the chapter models are always exact)",
+    help: "quantized weights multiply float32 activations, the chapters' arithmetic (default: the engine rounds activations to int16 for 4- and 8-bit weights, as llama.cpp does to int8; the chapter models are always exact)",
   },
 });
 type ModelFlags = FlagValues<typeof MODEL_FLAGS>;

@@ -62,7 +62,7 @@ export interface ModelChoice {
   tensorParallel?: number;
   /**
    * The engine multiplies quantized weights by float32 activations, as the chapters' models always do (their
-   * goldens hold to 1e-4), instead of int8 ones (Qwen2LoadOptions.exact).
+   * goldens hold to 1e-4), instead of int16 ones (Qwen2LoadOptions.exact).
    */
   exact?: boolean;
 }

@@ -97,7 +97,7 @@ describe('--exact', () => {
     for (const r of [generated, chat, batch, benchFast, benchExact]) expect(r.code, r.stderr).toBe(0);
     // The same greedy text through continuous batching.
     expect(JSON.parse(batch.stdout).text).toBe(generated.stdout);
-    expect(JSON.parse(readFileSync(join(tmp, 'fast.json'), 'utf8')).activations).toBe('int8');
+    expect(JSON.parse(readFileSync(join(tmp, 'fast.json'), 'utf8')).activations).toBe('int16');
     expect(JSON.parse(readFileSync(join(tmp, 'exact.json'), 'utf8')).activations).toBe('float32');
     // The server, started with it, answers with the same greedy text.
     const server = await spawnServer(['--model', q4, '--exact']);

@@ -1,6 +1,6 @@
 // Chapter 2.2: the CPU quantized matmul with float activations (native/quantized_matmul.cc, `exact: true`)
 // against the golden fixture, against a float64 reference computed from tensor-core's dequantize, on the scalar
-// fallback, and on bad arguments. Integer activations: test/quantized-matmul-int8.test.ts.
+// fallback, and on bad arguments. Integer activations: test/quantized-matmul-int16.test.ts.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';

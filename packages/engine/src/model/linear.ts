@@ -124,7 +124,7 @@ export class Linear {
   private readonly quantized: tc.QuantizedWeight | null;
   /** The bias as float32 (a vector of `out` values: widened once, it costs nothing). */
   readonly bias: Tensor | null;
-  /** A quantized weight multiplies float32 activations (else int8 ones, for 4 and 8 bits). */
+  /** A quantized weight multiplies float32 activations (else int16 ones, for 4 and 8 bits). */
   readonly exact: boolean;
 
   constructor(weight: Weight, bias: Tensor | null = null, readonly name = 'Linear', precision: QuantizedPrecision = {}) {

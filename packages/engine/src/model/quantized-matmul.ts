@@ -1,8 +1,9 @@
 // Chapter 2.2: quantized matmul on the CPU. The week 2 model keeps its weights in the MLX quantized layout
 // (docs/architecture.md, "Model files") and multiplies with them directly: the C++ kernel (native/quantized_matmul.cc) decodes the packed
 // weights as it streams them, so the float32 weight is never materialised and decode reads 4-8x fewer bytes.
-// 4- and 8-bit weights take integer activations by default in decode-sized calls (native/quantized_matmul_int8.cc:
-// x rounded to int8 per block of 32 values, integer dot products, as llama.cpp); `exact: true` keeps x in float32.
+// 4- and 8-bit weights take integer activations by default in decode-sized calls (native/quantized_matmul_int16.cc:
+// x rounded to int16 per block of 32 values, integer dot products, as llama.cpp with int8); `exact: true` keeps x
+// in float32.
 import * as tc from '@tiny-llm/tensor-core';
 import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';
 import { engineKernels } from './native.ts';
@@ -31,8 +32,8 @@ export interface QuantizedMatmulFusion {
 export interface QuantizedMatmulOptions extends QuantizedMatmulFusion {
   /**
    * Keep x in float32 (native/quantized_matmul.cc). Default false: for 4- and 8-bit weights and up to 16 rows of
-   * x, x is rounded to int8 in blocks of 32 values, one scale each, and multiplied with integer dot products
-   * (native/quantized_matmul_int8.cc); an output then moves by at most sum_k |scale * q_k| * dx / 2, dx the scale
+   * x, x is rounded to int16 in blocks of 32 values, one scale each, and multiplied with integer dot products
+   * (native/quantized_matmul_int16.cc); an output then moves by at most sum_k |scale * q_k| * dx / 2, dx the scale
    * of x's block. Other widths, and longer x (a prefill: the GEMM path is faster there), are always exact.
    */
   exact?: boolean;

@@ -53,9 +53,9 @@ export interface Qwen2LoadOptions {
   /**
    * Quantized weights multiply float32 activations (native/quantized_matmul.cc), as the chapters' models do, so
    * that the logits match the float64 goldens. Default false: in decode steps (up to 16 tokens a call), 4- and
-   * 8-bit weights take activations rounded to int8 per block of 32 values and integer dot products
-   * (native/quantized_matmul_int8.cc), as llama.cpp does: faster, within a small KL divergence of the exact path
-   * (test/int8-activations.test.ts, docs/engine.md).
+   * 8-bit weights take activations rounded to int16 per block of 32 values and integer dot products
+   * (native/quantized_matmul_int16.cc), as llama.cpp does with int8, within a small KL divergence of the exact
+   * path (test/int16-activations.test.ts; docs/engine.md compares their speed).
    */
   exact?: boolean;
   /** Build a rank of a tensor-parallel model from its shard of the weights (see the top of this file). */

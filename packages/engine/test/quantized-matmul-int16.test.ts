@@ -1,6 +1,6 @@
-// The quantized matmul with integer activations (native/quantized_matmul_int8.cc), against two computations of
+// The quantized matmul with integer activations (native/quantized_matmul_int16.cc), against two computations of
 // its own, in float64, from the weight's packed words, scales and biases and from x:
-// - the same arithmetic: x rounded to int8 per block of 32 values (dx = max |x| / 127, round to nearest even),
+// - the same arithmetic: x rounded to int16 per block of 32 values (dx = max |x| / 32767, round to nearest even),
 //   the weight part as sum_g scale * sum_blocks dx * sum q * xq, the bias part from the float sums of x. The
 //   kernel may differ only by float32 rounding;
 // - x @ dequantize(w).T, the exact product: the kernel may differ by the activations' rounding, at most
@@ -15,8 +15,8 @@ import { makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
 
 const BLOCK = 32;
 
-/** The int8 kernel this process runs for K a multiple of 64 (native cpuFeatures), checked against the level asked for. */
-function expectedInt8Kernel(): string {
+/** The int16 kernel this process runs (native cpuFeatures), checked against the level asked for. */
+function expectedInt16Kernel(): string {
   const features = tc.cpuFeatures();
   if (features.level === 'avx512' && features.avx512vnni) return 'vnni';
   return features.level === 'scalar' ? 'scalar' : 'avx2';
@@ -29,8 +29,8 @@ function roundHalfEven(v: number): number {
 }
 
 interface Expected {
-  /** The int8 arithmetic in float64, [M, N]. */
-  int8: Float64Array;
+  /** The int16 arithmetic in float64, [M, N]. */
+  int16: Float64Array;
   /** x @ dequantize(w).T in float64, [M, N]. */
   exact: Float64Array;
   /** Per output: the most the activations' rounding may move it. */
@@ -49,21 +49,21 @@ function expected(p: Problem): Expected {
   const groups = K / G;
   const wordsPerRow = (K * bits) / 32;
   const q = (n: number, k: number) => (words[n * wordsPerRow + Math.floor((k * bits) / 32)] >>> ((k * bits) % 32)) & ((1 << bits) - 1);
-  // x to int8 blocks, in float32 steps as the kernels take them.
+  // x to int16 blocks, in float32 steps as the kernels take them.
   const xq = new Float64Array(M * K);
   const dx = new Float64Array((M * K) / BLOCK);
   for (let b = 0; b < (M * K) / BLOCK; b++) {
     let amax = 0;
     for (let j = 0; j < BLOCK; j++) amax = Math.max(amax, Math.abs(x[b * BLOCK + j]));
-    const d = Math.fround(amax / 127);
+    const d = Math.fround(amax / 32767);
     const inv = d !== 0 ? Math.fround(1 / d) : 0;
     dx[b] = d;
     for (let j = 0; j < BLOCK; j++) xq[b * BLOCK + j] = roundHalfEven(Math.fround(x[b * BLOCK + j] * inv));
   }
-  const out = { int8: new Float64Array(M * N), exact: new Float64Array(M * N), bound: new Float64Array(M * N), magnitude: new Float64Array(M * N) };
+  const out = { int16: new Float64Array(M * N), exact: new Float64Array(M * N), bound: new Float64Array(M * N), magnitude: new Float64Array(M * N) };
   for (let m = 0; m < M; m++) {
     for (let n = 0; n < N; n++) {
-      let int8 = 0, exact = 0, bound = 0, magnitude = 0;
+      let int16 = 0, exact = 0, bound = 0, magnitude = 0;
       for (let g = 0; g < groups; g++) {
         const s = scales[n * groups + g], bias = biases[n * groups + g];
         let xsum = 0;
@@ -79,12 +79,12 @@ function expected(p: Problem): Expected {
             bound += (Math.abs(s) * qk * d) / 2;
             magnitude += Math.abs(s * qk * xk) + Math.abs(bias * xk);
           }
-          int8 += s * d * dot;
+          int16 += s * d * dot;
         }
-        int8 += bias * xsum;
+        int16 += bias * xsum;
       }
       const i = m * N + n;
-      out.int8[i] = int8;
+      out.int16[i] = int16;
       out.exact[i] = exact;
       out.bound[i] = bound;
       out.magnitude[i] = magnitude;
@@ -93,16 +93,16 @@ function expected(p: Problem): Expected {
   return out;
 }
 
-/** The kernel's output against both computations; returns the largest error against the int8 arithmetic, relative to magnitude. */
+/** The kernel's output against both computations; returns the largest error against the int16 arithmetic, relative to magnitude. */
 function check(p: Problem, what: string): number {
   const got = quantizedMatmul(p.x, p.w).toArray() as Float32Array;
   const want = expected(p);
   let worst = 0;
   for (let i = 0; i < got.length; i++) {
-    const rounding = Math.abs(got[i] - want.int8[i]) / want.magnitude[i];
+    const rounding = Math.abs(got[i] - want.int16[i]) / want.magnitude[i];
     worst = Math.max(worst, rounding);
     // float32 accumulation over K terms: far below 1e-5 of the terms' magnitudes at these sizes.
-    if (!(rounding <= 1e-5)) expect.fail(`${what}: output ${i} is ${got[i]}, the int8 arithmetic gives ${want.int8[i]} (terms of magnitude ${want.magnitude[i]})`);
+    if (!(rounding <= 1e-5)) expect.fail(`${what}: output ${i} is ${got[i]}, the int16 arithmetic gives ${want.int16[i]} (terms of magnitude ${want.magnitude[i]})`);
     const slack = 1e-5 * want.magnitude[i];
     if (!(Math.abs(got[i] - want.exact[i]) <= want.bound[i] + slack)) {
       expect.fail(`${what}: output ${i} is ${got[i]}, exact ${want.exact[i]}: off by more than the activations' rounding allows (${want.bound[i]})`);
@@ -111,14 +111,13 @@ function check(p: Problem, what: string): number {
   return worst;
 }
 
-describe(`quantizedMatmul with integer activations (${expectedInt8Kernel()} kernel)`, () => {
-  it('this process runs the int8 kernel of the SIMD level asked for', () => {
-    expect(engineKernels().cpuFeatures().int8Kernel).toBe(expectedInt8Kernel());
+describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} kernel)`, () => {
+  it('this process runs the int16 kernel of the SIMD level asked for', () => {
+    expect(engineKernels().cpuFeatures().int16Kernel).toBe(expectedInt16Kernel());
   });
 
   // M = 1 (weight tiles of 4 rows), 2, 3, 5 (x tiles of 4 and a tail), 16 (the largest decode-sized input);
-  // N = 45 leaves a tail of weight rows; K = 96 is not a multiple of 64 (the VNNI kernel's step: the AVX2 kernel
-  // takes it).
+  // N = 45 leaves a tail of weight rows; K = 96 is an odd number of 32-value blocks.
   for (const bits of [4, 8]) {
     for (const group of [32, 64, 128]) {
       for (const k of [96, 384].filter((k) => k % group === 0)) {
@@ -184,9 +183,9 @@ describe(`quantizedMatmul with integer activations (${expectedInt8Kernel()} kern
     expect(quantizedMatmul(p.x, p.w).toArray()).toEqual(exact);
     // K = 80, packed as 10 words a row: no whole number of groups of 32, refused with or without integer activations.
     const [w, scales] = [tc.zeros([16, 10], { dtype: 'uint32' }), tc.zeros([16, 2], { dtype: 'bfloat16' })];
-    for (const int8 of [true, false]) {
+    for (const int16 of [true, false]) {
       expect(() =>
-        engineKernels().quantizedMatmul(tc.zeros([1, 80]).native(), w.native(), scales.native(), scales.native(), tc.zeros([1, 16]).native(), 32, 4, null, null, 0, undefined, undefined, int8),
+        engineKernels().quantizedMatmul(tc.zeros([1, 80]).native(), w.native(), scales.native(), scales.native(), tc.zeros([1, 16]).native(), 32, 4, null, null, 0, undefined, undefined, int16),
       ).toThrow(/K is not a multiple of the group size/);
     }
   });

@@ -1,12 +1,8 @@
-// How far the engine's default for quantized weights, integer activations (native/quantized_matmul_int8.cc), moves
+// How far the engine's default for quantized weights, integer activations (native/quantized_matmul_int16.cc), moves
 // the model's predictions from the exact path (float32 activations, `exact: true`): on the demo model converted to
 // 4 and 8 bits, over the golden prompts of models/tiny-qwen2-py and a Python file of 1,999 tokens
-// (test/fixtures/inventory.py), the next-token distribution of every position from both paths. The mean
-// KL(exact || fast) must stay within 1e-3 nats. The target for the most likely token was agreement at 99% of
-// positions; measured, it is 98.1-98.4%, and the test holds it to 98%: the positions where the two disagree are
-// near-ties of the exact path (median gap between the two tokens' exact logits 0.04), and for scale, 4-bit
-// weights against the bf16 model they came from agree at 87.5% with a KL of 3.3e-2 nats on the Python file,
-// 30 times this one.
+// (test/fixtures/inventory.py), the next-token distribution of every position from both paths. The requirement:
+// mean KL(exact || fast) at most 1e-3 nats, and the same most likely token at 99% of positions or more.
 // The sequences run in chunks of 16 tokens, the most that one call takes with integer activations (longer ones,
 // prefills, keep float activations), so every position's logits come from the integer kernels. The figures are
 // printed (docs/engine.md quotes them).
@@ -30,7 +26,7 @@ const converted: Record<number, string> = {};
 let sequences: number[][] = [];
 
 beforeAll(() => {
-  tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-int8-'));
+  tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-int16-'));
   for (const bits of [4, 8] as const) {
     converted[bits] = join(tmp, `q${bits}`);
     convertModel(DEMO, converted[bits], { bits, groupSize: 64 });
@@ -71,7 +67,7 @@ const argmax = (v: ArrayLike<number>) => {
 
 describe('integer activations against the exact path, on the demo model quantized', () => {
   for (const bits of [4, 8]) {
-    it(`${bits}-bit: mean KL(exact || fast) <= 1e-3 nats, the same top-1 token at >= 98% of positions`, () => {
+    it(`${bits}-bit: mean KL(exact || fast) <= 1e-3 nats, the same top-1 token at >= 99% of positions`, () => {
       const fast = Qwen2Model.load(converted[bits]);
       const exact = Qwen2Model.load(converted[bits], { exact: true });
       let positions = 0, klSum = 0, klMax = 0, top1Same = 0;
@@ -96,12 +92,14 @@ describe('integer activations against the exact path, on the demo model quantize
       const top1 = top1Same / positions;
       console.log(
         `${bits}-bit, group 64: ${positions} positions (${sequences.length} sequences): mean KL ${klMean.toExponential(2)} nats, ` +
-          `max ${klMax.toExponential(2)}; top-1 equal at ${(100 * top1).toFixed(2)}% ` +
-          `(where not, the exact logits of the two tokens are ${tieGaps.sort((x, y) => x - y)[tieGaps.length >> 1]?.toFixed(3)} apart, median)`,
+          `max ${klMax.toExponential(2)}; top-1 equal at ${(100 * top1).toFixed(2)}%` +
+          (tieGaps.length === 0
+            ? ''
+            : ` (where not, the exact logits of the two tokens are ${tieGaps.sort((x, y) => x - y)[tieGaps.length >> 1].toFixed(3)} apart, median)`),
       );
       expect(klMean, 'the integer path ran (it differs from the exact one)').toBeGreaterThan(0);
       expect(klMean).toBeLessThanOrEqual(1e-3);
-      expect(top1).toBeGreaterThanOrEqual(0.98);
+      expect(top1).toBeGreaterThanOrEqual(0.99);
     });
   }
 });
