@@ -76,7 +76,8 @@ export function solutionPathOf(learnerPath: string, env: NodeJS.ProcessEnv = pro
   const parts = /^packages\/(week\d)\/(src|native)\/(.+)$/.exec(learnerPath);
   if (!parts) throw new Error(`solutionPathOf: ${learnerPath} is not a file of a week package (packages/weekN/src/...)`);
   const [, week, folder, file] = parts;
-  const path = solutionOf(env) === 'reference' ? `packages/reference/${folder}/${week}/${file}` : (replacedFiles(env).get(learnerPath) ?? learnerPath);
+  const path =
+    solutionOf(env) === 'reference' ? `packages/reference/${folder}/${week}/${file}` : (replacedFiles(env).get(learnerPath) ?? learnerPath);
   return join(ROOT, path);
 }
 

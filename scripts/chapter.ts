@@ -19,7 +19,7 @@ function paths(chapter: Chapter, file: string) {
  * paths ('../week1/index.ts'), the learner's packages by name ('@tiny-llm/week1').
  */
 function asLearnerFile(source: string): string {
-  return source.replace(/(['"])\.\.\/(week\d)\/index\.ts\1/g, "$1@tiny-llm/$2$1");
+  return source.replace(/(['"])\.\.\/(week\d)\/index\.ts\1/g, '$1@tiny-llm/$2$1');
 }
 
 function solve(id: string): void {

@@ -36,7 +36,11 @@ export function allChapters(): Chapter[] {
 export function findChapter(id: string): Chapter {
   const chapter = allChapters().find((c) => c.id === id);
   if (!chapter) {
-    throw new Error(`unknown chapter "${id}"; the chapters are ${allChapters().map((c) => c.id).join(', ')}`);
+    throw new Error(
+      `unknown chapter "${id}"; the chapters are ${allChapters()
+        .map((c) => c.id)
+        .join(', ')}`,
+    );
   }
   return chapter;
 }

@@ -39,7 +39,8 @@ for (const module of (output as ICruiseResult).modules) {
   if (!from) continue;
   for (const dep of module.dependencies) {
     const to = packageOf(dep.resolved);
-    if (to && to !== from && !packages.get(from)!.imports.has(to)) packages.get(from)!.imports.set(to, `${module.source} imports ${dep.module}`);
+    if (to && to !== from && !packages.get(from)!.imports.has(to))
+      packages.get(from)!.imports.set(to, `${module.source} imports ${dep.module}`);
   }
 }
 
@@ -47,7 +48,8 @@ const problems: string[] = [];
 for (const [folder, pkg] of packages) {
   for (const [to, example] of pkg.imports) {
     const name = packages.get(to)!.name;
-    if (!pkg.declared.has(name)) problems.push(`${pkg.name} imports ${name} without listing it in packages/${folder}/package.json (${example})`);
+    if (!pkg.declared.has(name))
+      problems.push(`${pkg.name} imports ${name} without listing it in packages/${folder}/package.json (${example})`);
   }
 }
 

@@ -136,7 +136,8 @@ function gradeInChild(chapter: Chapter, solution: Solution, seconds: number): Pr
   return new Promise((resolve) => {
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      if (timedOut) return resolve({ ...row, detail: `no result after ${seconds} s (a kernel that never returns?): its tests were stopped` });
+      if (timedOut)
+        return resolve({ ...row, detail: `no result after ${seconds} s (a kernel that never returns?): its tests were stopped` });
       const last = stdout.trim().split('\n').at(-1) ?? '';
       try {
         resolve(JSON.parse(last) as ChapterProgress);
@@ -149,11 +150,15 @@ function gradeInChild(chapter: Chapter, solution: Solution, seconds: number): Pr
 
 function printTable(rows: ChapterProgress[], solution: Solution): void {
   const log = (line = '') => process.stderr.write(`${line}\n`);
-  log(`\nProgress of the ${solution} solution${solution === 'learner' ? " (each chapter graded on the reference's other chapters)" : ''}\n`);
+  log(
+    `\nProgress of the ${solution} solution${solution === 'learner' ? " (each chapter graded on the reference's other chapters)" : ''}\n`,
+  );
   log(`${'chapter'.padEnd(11)}${'title'.padEnd(28)}${'tests'.padEnd(9)}status`);
   for (const r of rows) {
     const tests = r.total ? `${r.passed}/${r.total}` : '-';
-    log(`${r.id.padEnd(11)}${r.title.padEnd(28)}${tests.padEnd(9)}${r.status}${r.detail && r.status !== 'not started' ? `: ${r.detail}` : ''}`);
+    log(
+      `${r.id.padEnd(11)}${r.title.padEnd(28)}${tests.padEnd(9)}${r.status}${r.detail && r.status !== 'not started' ? `: ${r.detail}` : ''}`,
+    );
   }
   const done = rows.filter((r) => r.status === 'passed').length;
   log(`\n${done} of ${rows.length} chapters pass.`);
@@ -194,13 +199,19 @@ async function main(): Promise<number> {
   printTable(rows, solution);
   if (!checkStubs) return 0;
   if (process.env.TINY_LLM_TEST_REPORT) {
-    const results = rows.map((r) => ({ title: `chapter ${r.id} is a stub`, passed: r.status === 'not started', message: `${r.status}: ${r.detail ?? ''}` }));
+    const results = rows.map((r) => ({
+      title: `chapter ${r.id} is a stub`,
+      passed: r.status === 'not started',
+      message: `${r.status}: ${r.detail ?? ''}`,
+    }));
     writeReport(process.env.TINY_LLM_TEST_REPORT, 'stub-check', 'scripts/grade.ts --check-stubs', results);
   }
   const bad = rows.filter((r) => r.status !== 'not started');
   for (const r of bad) {
     const why = r.detail ? ` (${r.detail})` : '';
-    process.stderr.write(`stub check: chapter ${r.id} is "${r.status}" with the learner stubs${why}; each of its tests must fail with its own NotImplemented\n`);
+    process.stderr.write(
+      `stub check: chapter ${r.id} is "${r.status}" with the learner stubs${why}; each of its tests must fail with its own NotImplemented\n`,
+    );
   }
   return bad.length ? 1 : 0;
 }

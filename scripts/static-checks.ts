@@ -1,6 +1,7 @@
 // pnpm check: the checks that read the code without running it, each one a line of CI's count.
 //   typecheck   tsc on every package and on these scripts (pnpm typecheck)
 //   deps        no cycle between packages, every import declared (pnpm check:deps)
+//   lint        Biome's lint rules and formatting (pnpm lint; pnpm format fixes what it can)
 // Each check's output is printed only when it fails.
 import { spawnSync } from 'node:child_process';
 import { ROOT } from './chapters.ts';
@@ -9,6 +10,7 @@ import { writeReport, type CheckResult } from './report.ts';
 const CHECKS: { title: string; command: string[] }[] = [
   { title: 'typecheck: tsc finds no error in any package or script', command: ['pnpm', 'typecheck'] },
   { title: 'deps: no cycle between packages, every import declared', command: ['pnpm', 'check:deps'] },
+  { title: 'lint: Biome finds no lint error and nothing to format', command: ['pnpm', 'lint'] },
 ];
 
 const results: CheckResult[] = [];

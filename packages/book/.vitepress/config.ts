@@ -21,7 +21,8 @@ function vueFromThisPackage(): Plugin {
   };
 }
 
-const ICON = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#3451b2"/><text x="8" y="12" font-size="10" font-family="sans-serif" text-anchor="middle" fill="#fff">t</text></svg>';
+const ICON =
+  '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#3451b2"/><text x="8" y="12" font-size="10" font-family="sans-serif" text-anchor="middle" fill="#fff">t</text></svg>';
 
 export default defineConfig({
   title: 'tiny-llm',

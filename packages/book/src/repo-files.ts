@@ -48,8 +48,7 @@ const testOf = (c: Chapter) => learnerFile(c, c.test);
 export function chapterFilesSection(page: string): string {
   const chapters = chaptersByPage().get(relative(ROOT, page));
   if (!chapters) return '';
-  const links = (paths: string[]) =>
-    [...new Set(paths)].map((p) => `[${p}](${relative(dirname(page), join(ROOT, p))})`).join(', ');
+  const links = (paths: string[]) => [...new Set(paths)].map((p) => `[${p}](${relative(dirname(page), join(ROOT, p))})`).join(', ');
   return [
     '',
     '## Files of this chapter',
@@ -121,8 +120,21 @@ export function repoPaths(): string[] {
 }
 
 const LANGUAGES: Record<string, string> = {
-  '.ts': 'ts', '.js': 'js', '.mjs': 'js', '.json': 'json', '.md': 'md', '.py': 'python', '.sh': 'sh',
-  '.h': 'cpp', '.hpp': 'cpp', '.cc': 'cpp', '.cpp': 'cpp', '.c': 'c', '.yaml': 'yaml', '.txt': 'txt', '.wgsl': 'wgsl',
+  '.ts': 'ts',
+  '.js': 'js',
+  '.mjs': 'js',
+  '.json': 'json',
+  '.md': 'md',
+  '.py': 'python',
+  '.sh': 'sh',
+  '.h': 'cpp',
+  '.hpp': 'cpp',
+  '.cc': 'cpp',
+  '.cpp': 'cpp',
+  '.c': 'c',
+  '.yaml': 'yaml',
+  '.txt': 'txt',
+  '.wgsl': 'wgsl',
 };
 
 /** Above this a text file (a tokenizer.json of megabytes) is described, not shown. */

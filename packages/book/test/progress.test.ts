@@ -7,14 +7,20 @@ const script = (code: string) => ['-e', code];
 
 describe('the progress endpoint', () => {
   it("passes the grader's report on", async () => {
-    const report = { solution: 'learner', chapters: [{ id: '1.1', title: 'Attention', week: 'week1', passed: 2, total: 23, status: 'in progress' }] };
+    const report = {
+      solution: 'learner',
+      chapters: [{ id: '1.1', title: 'Attention', week: 'week1', passed: 2, total: 23, status: 'in progress' }],
+    };
     const answer = await runGrader(process.execPath, script(`console.log(${JSON.stringify(JSON.stringify(report))})`));
     expect(answer.status).toBe(200);
     expect(JSON.parse(answer.body)).toEqual(report);
   });
 
   it('says why when the grader prints no report', async () => {
-    const answer = await runGrader(process.execPath, script('console.log("a table"); console.error("the addon is not built"); process.exit(1)'));
+    const answer = await runGrader(
+      process.execPath,
+      script('console.log("a table"); console.error("the addon is not built"); process.exit(1)'),
+    );
     expect(answer.status).toBe(500);
     expect(JSON.parse(answer.body).error).toMatch(/exited with code 1 without a progress report.*the addon is not built/s);
   });

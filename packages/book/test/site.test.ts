@@ -32,7 +32,9 @@ function pagesWithFormulas(dir = join(ROOT, 'docs')): string[] {
     if (entry.isDirectory()) return entry.name === 'code' ? [] : pagesWithFormulas(path);
     if (!entry.name.endsWith('.md')) return [];
     // Code (fenced or inline) may hold a "$" of its own: only the prose counts.
-    const prose = readFileSync(path, 'utf8').replace(/^ *(`{3,}|~{3,})[^]*?^ *\1/gm, '').replace(/`[^`\n]*`/g, '');
+    const prose = readFileSync(path, 'utf8')
+      .replace(/^ *(`{3,}|~{3,})[\s\S]*?^ *\1/gm, '')
+      .replace(/`[^`\n]*`/g, '');
     return prose.includes('$') ? [linkOf(relative(join(ROOT, 'docs'), path))] : [];
   });
 }
@@ -50,8 +52,14 @@ beforeAll(async () => {
     executablePath: CHROMIUM,
     timeout: 30_000,
     // This machine's network is closed: Chromium's background connections would only fail, noisily.
-    args: ['--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
+    args: [
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.setDefaultTimeout(15_000);
@@ -64,7 +72,11 @@ afterAll(async () => {
 /** Each address fetched once: its status and its HTML, for the links of every page that point at it. */
 const fetched = new Map<string, Promise<{ status: number; html: string }>>();
 function fetchOnce(url: string) {
-  if (!fetched.has(url)) fetched.set(url, fetch(url).then(async (r) => ({ status: r.status, html: await r.text() })));
+  if (!fetched.has(url))
+    fetched.set(
+      url,
+      fetch(url).then(async (r) => ({ status: r.status, html: await r.text() })),
+    );
   return fetched.get(url)!;
 }
 

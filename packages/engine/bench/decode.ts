@@ -135,8 +135,10 @@ function profileStep(model: Qwen2Model, prompt: number[]): void {
     }
     console.log(`    ${k.padEnd(16)} ${(s.n / steps).toFixed(0).padStart(5)} calls  ${(s.ms / steps).toFixed(3)} ms`);
   }
-  console.log(`  ${(calls / steps).toFixed(0)} kernel calls per token, ${(kernelMs / steps).toFixed(3)} ms in kernels, ` +
-    `${((total - kernelMs / steps)).toFixed(3)} ms elsewhere (JS: op wrappers, tidy, views)`);
+  console.log(
+    `  ${(calls / steps).toFixed(0)} kernel calls per token, ${(kernelMs / steps).toFixed(3)} ms in kernels, ` +
+      `${(total - kernelMs / steps).toFixed(3)} ms elsewhere (JS: op wrappers, tidy, views)`,
+  );
 }
 
 function bestOf<T extends { rate: number }>(runs: number, fn: () => T): T {
@@ -158,16 +160,20 @@ if (!flags['skip-tiny']) {
   const loadMs = performance.now() - t0;
   decodeRate(model, prompt, 16); // warm-up: page in the weights, fill the buffer pool
   const r = bestOf(5, () => decodeRate(model, prompt, TOKENS));
-  console.log(`tiny-qwen2-py (bf16, 15.7M params): load ${loadMs.toFixed(0)} ms; prompt ${prompt.length} tokens, prefill ` +
-    `${r.prefillMs.toFixed(1)} ms; decode ${TOKENS} tokens: ${r.rate.toFixed(0)} tokens/s (${(1e3 / r.rate).toFixed(2)} ms/token)`);
+  console.log(
+    `tiny-qwen2-py (bf16, 15.7M params): load ${loadMs.toFixed(0)} ms; prompt ${prompt.length} tokens, prefill ` +
+      `${r.prefillMs.toFixed(1)} ms; decode ${TOKENS} tokens: ${r.rate.toFixed(0)} tokens/s (${(1e3 / r.rate).toFixed(2)} ms/token)`,
+  );
   const floor = projectionsFloor(model, 20);
   console.log(`  the projections alone: ${floor.toFixed(2)} ms per step; the rest of a step: ${(1e3 / r.rate - floor).toFixed(2)} ms`);
   // With the cache, a step attends over the context but projects one token: its cost grows linearly, and
   // slowly, with the context (without the cache every step would rerun the whole sequence).
   const long = Array.from({ length: 1024 }, (_, i) => prompt[i % prompt.length]);
   const rl = bestOf(3, () => decodeRate(model, long, 64));
-  console.log(`  after a ${long.length}-token prompt (prefill ${rl.prefillMs.toFixed(0)} ms): decode ${rl.rate.toFixed(0)} tokens/s ` +
-    `(${(1e3 / rl.rate).toFixed(2)} ms/token)`);
+  console.log(
+    `  after a ${long.length}-token prompt (prefill ${rl.prefillMs.toFixed(0)} ms): decode ${rl.rate.toFixed(0)} tokens/s ` +
+      `(${(1e3 / rl.rate).toFixed(2)} ms/token)`,
+  );
   if (flags.profile) profileStep(model, prompt);
   if (flags.profile) profileStep(model, long);
 }
@@ -215,7 +221,7 @@ function randomWeights(config: tc.ModelConfig, bits: number | null): { weights: 
     bytes += words.byteLength;
     const packed = new tc.Tensor(tc.cpu.wrap(words.buffer), 'uint32', [rows, (cols * bits) / 32]);
     const scales = tc.astype(tc.full([rows, cols / g], 2 ** -8), 'bfloat16');
-    const biases = tc.astype(tc.full([rows, cols / g], -(2 ** -8) * (2 ** (bits - 1))), 'bfloat16');
+    const biases = tc.astype(tc.full([rows, cols / g], -(2 ** -8) * 2 ** (bits - 1)), 'bfloat16');
     bytes += 2 * scales.size * 2;
     return new tc.QuantizedWeight(packed, scales, biases, g, bits);
   };

@@ -34,9 +34,18 @@ function measure(length: number): Row {
   const zeros = tc.zeros([length, length]);
   const best = { flash: Infinity, zero: Infinity, sdpa: Infinity };
   for (let r = 0; r < ROUNDS; r++) {
-    best.flash = Math.min(best.flash, seconds(() => flashAttention(q, k, v, { mask: 'causal' })));
-    best.zero = Math.min(best.zero, seconds(() => flashAttention(q, k, v, { mask: zeros })));
-    best.sdpa = Math.min(best.sdpa, seconds(() => tc.fast.sdpa(q, k, v, { mask: 'causal' })));
+    best.flash = Math.min(
+      best.flash,
+      seconds(() => flashAttention(q, k, v, { mask: 'causal' })),
+    );
+    best.zero = Math.min(
+      best.zero,
+      seconds(() => flashAttention(q, k, v, { mask: zeros })),
+    );
+    best.sdpa = Math.min(
+      best.sdpa,
+      seconds(() => tc.fast.sdpa(q, k, v, { mask: 'causal' })),
+    );
   }
   return {
     length,
@@ -50,7 +59,9 @@ function measure(length: number): Row {
 
 const { values } = parseArgs({ options: { json: { type: 'string' } } });
 const rows = [512, 1024, 2048].map(measure);
-console.log(`flash attention, ${HEADS} query heads on ${KV_HEADS} kv heads of ${DIM}, best of ${ROUNDS} (${tc.native.numThreads()} threads)`);
+console.log(
+  `flash attention, ${HEADS} query heads on ${KV_HEADS} kv heads of ${DIM}, best of ${ROUNDS} (${tc.native.numThreads()} threads)`,
+);
 for (const r of rows) {
   console.log(
     `  L = S = ${r.length}: causal ${(r.flash_causal_s * 1e3).toFixed(1)} ms, zero mask ${(r.flash_zero_mask_s * 1e3).toFixed(1)} ms ` +

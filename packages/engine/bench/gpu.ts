@@ -70,20 +70,35 @@ async function kernels(gpu: tc.WebGPUBackend): Promise<KernelRow[]> {
   for (const m of [1, 64]) {
     const x = tc.random.normal([m, k], { seed: 2, ...cpu });
     const xGpu = onGpu(x);
-    await compare(`quantized matmul 4-bit ${n}x${k}, M = ${m} (2.2 vs 2.3)`, () => quantizedMatmul(x, w), () => quantizedMatmulGpu(xGpu, wGpu), m === 1 ? 10 : 3);
+    await compare(
+      `quantized matmul 4-bit ${n}x${k}, M = ${m} (2.2 vs 2.3)`,
+      () => quantizedMatmul(x, w),
+      () => quantizedMatmulGpu(xGpu, wGpu),
+      m === 1 ? 10 : 3,
+    );
   }
 
   // 14 query heads on 2 kv heads of 64: a causal prefill of 256 tokens, and a decode step over 1024 keys.
-  for (const [l, s] of [[256, 256], [1, 1024]]) {
+  for (const [l, s] of [
+    [256, 256],
+    [1, 1024],
+  ]) {
     const q = tc.random.normal([1, 14, l, 64], { seed: 3, ...cpu });
     const kv = [4, 5].map((seed) => tc.random.normal([1, 2, s, 64], { seed, ...cpu }));
     const [qG, kG, vG] = [q, ...kv].map(onGpu);
-    await compare(`flash attention L = ${l}, S = ${s}, causal (2.4 vs 2.5)`, () => flashAttention(q, kv[0], kv[1], { mask: 'causal' }), () => flashAttentionGpu(qG, kG, vG, { mask: 'causal' }), 3);
+    await compare(
+      `flash attention L = ${l}, S = ${s}, causal (2.4 vs 2.5)`,
+      () => flashAttention(q, kv[0], kv[1], { mask: 'causal' }),
+      () => flashAttentionGpu(qG, kG, vG, { mask: 'causal' }),
+      3,
+    );
   }
   return rows;
 }
 
-const { values } = parseArgs({ options: { json: { type: 'string' }, 'prompt-len': { type: 'string', default: '64' }, gen: { type: 'string', default: '32' } } });
+const { values } = parseArgs({
+  options: { json: { type: 'string' }, 'prompt-len': { type: 'string', default: '64' }, gen: { type: 'string', default: '32' } },
+});
 const [promptLen, gen] = [Number(values['prompt-len']), Number(values.gen)];
 const modelRows = await models(promptLen, gen);
 const gpu = (await deviceBackend('webgpu')) as tc.WebGPUBackend;
@@ -94,11 +109,21 @@ console.log(`adapter: ${gpu.adapterName}\n`);
 const f = (x: number, d = 1) => x.toFixed(d);
 const [, plain, onGpu] = modelRows;
 console.log(`the demo model (models/tiny-qwen2-py), prefill ${promptLen} tokens, decode ${gen}:`);
-for (const r of modelRows) console.log(`  ${r.runs.padEnd(38)} prefill ${f(r.prefill_tokens_per_s).padStart(7)} tok/s   decode ${f(r.decode_tokens_per_s).padStart(7)} tok/s`);
+for (const r of modelRows)
+  console.log(
+    `  ${r.runs.padEnd(38)} prefill ${f(r.prefill_tokens_per_s).padStart(7)} tok/s   decode ${f(r.decode_tokens_per_s).padStart(7)} tok/s`,
+  );
 console.log(
   `  webgpu / cpu (the same model):          prefill ${f(onGpu.prefill_tokens_per_s / plain.prefill_tokens_per_s, 3)}x      ` +
     `decode ${f(onGpu.decode_tokens_per_s / plain.decode_tokens_per_s, 3)}x\n`,
 );
 console.log('the chapter kernels (reference solutions), best of a few rounds:');
-for (const r of kernelRows) console.log(`  ${r.kernel.padEnd(58)} cpu ${f(r.cpu_s * 1e3, 2).padStart(8)} ms   gpu ${f(r.gpu_s * 1e3, 2).padStart(8)} ms   gpu / cpu speed ${f(r.gpu_speedup, 3)}x`);
-if (values.json) writeFileSync(values.json, `${JSON.stringify({ adapter: gpu.adapterName, prompt_len: promptLen, gen, models: modelRows, kernels: kernelRows }, null, 2)}\n`);
+for (const r of kernelRows)
+  console.log(
+    `  ${r.kernel.padEnd(58)} cpu ${f(r.cpu_s * 1e3, 2).padStart(8)} ms   gpu ${f(r.gpu_s * 1e3, 2).padStart(8)} ms   gpu / cpu speed ${f(r.gpu_speedup, 3)}x`,
+  );
+if (values.json)
+  writeFileSync(
+    values.json,
+    `${JSON.stringify({ adapter: gpu.adapterName, prompt_len: promptLen, gen, models: modelRows, kernels: kernelRows }, null, 2)}\n`,
+  );

@@ -38,8 +38,24 @@ function measure(context: number, batch: number): Row {
   const valuePages = tc.random.normal([numPages, KV_HEADS, PAGE, DIM], { seed: 5 });
   const positions = tc.tensor(new Int32Array(batch).fill(position), { dtype: 'int32' });
   const kernels = engineKernels();
-  const dense = () => kernels.attentionDecode(...[qkv, rope.cos, rope.sin].map((t) => t.native()), position, keys.native(), values.native(), out.native(), HEADS, KV_HEADS, 0.125);
-  const paged = () => kernels.pagedAttentionDecode(...[qkv, rope.cos, rope.sin, positions, keyPages, valuePages, tables, out].map((t) => t.native()), HEADS, KV_HEADS, 0.125);
+  const dense = () =>
+    kernels.attentionDecode(
+      ...[qkv, rope.cos, rope.sin].map((t) => t.native()),
+      position,
+      keys.native(),
+      values.native(),
+      out.native(),
+      HEADS,
+      KV_HEADS,
+      0.125,
+    );
+  const paged = () =>
+    kernels.pagedAttentionDecode(
+      ...[qkv, rope.cos, rope.sin, positions, keyPages, valuePages, tables, out].map((t) => t.native()),
+      HEADS,
+      KV_HEADS,
+      0.125,
+    );
   // A sample is the mean of the calls that fit in 20 ms.
   const micros = (fn: () => void) => {
     const t0 = performance.now();
@@ -62,7 +78,9 @@ function measure(context: number, batch: number): Row {
 
 const { values } = parseArgs({ options: { json: { type: 'string' } } });
 const rows = [256, 1024, 4096].flatMap((context) => [1, 16].map((batch) => measure(context, batch)));
-console.log(`decode attention, ${HEADS} query heads on ${KV_HEADS} kv heads of ${DIM}, pages of ${PAGE}, best of ${ROUNDS} (${tc.native.numThreads()} threads)`);
+console.log(
+  `decode attention, ${HEADS} query heads on ${KV_HEADS} kv heads of ${DIM}, pages of ${PAGE}, best of ${ROUNDS} (${tc.native.numThreads()} threads)`,
+);
 for (const r of rows) {
   console.log(
     `  context ${String(r.context).padStart(4)}, ${String(r.batch).padStart(2)} rows: contiguous ${r.dense_us.toFixed(1)} us, ` +

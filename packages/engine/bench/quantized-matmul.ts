@@ -50,19 +50,25 @@ export function randomQuantizedWeight(n: number, k: number, bits: number, groupS
 
 /** Bytes a call streams: the packed weight and its scales and biases. */
 function weightBytes(w: QuantizedWeight): number {
-  return (w.weight.size * 4 + w.scales.size * 2 + w.biases.size * 2);
+  return w.weight.size * 4 + w.scales.size * 2 + w.biases.size * 2;
 }
 
 /** Decode rate (M = 1) in GB/s of packed weights + scales + biases streamed per call. */
 export function benchQuantizedGemv(n: number, k: number, bits: number, groupSize: number, reps?: number): { gbPerS: number } {
   const w = randomQuantizedWeight(n, k, bits, groupSize);
-  const x = tc.tensor(Array.from({ length: k }, (_, i) => Math.sin(i)), { shape: [1, k] });
+  const x = tc.tensor(
+    Array.from({ length: k }, (_, i) => Math.sin(i)),
+    { shape: [1, k] },
+  );
   const bytes = weightBytes(w);
   // Small weights: batches of calls, so that the clock's resolution and the call cost do not dominate.
   const calls = Math.max(1, Math.floor(32e6 / bytes));
-  const s = bestSeconds(() => {
-    for (let i = 0; i < calls; i++) quantizedMatmul(x, w).dispose();
-  }, reps ?? (bytes > 32e6 ? 8 : 20));
+  const s = bestSeconds(
+    () => {
+      for (let i = 0; i < calls; i++) quantizedMatmul(x, w).dispose();
+    },
+    reps ?? (bytes > 32e6 ? 8 : 20),
+  );
   x.dispose();
   return { gbPerS: (bytes * calls) / s / 1e9 };
 }
@@ -70,7 +76,10 @@ export function benchQuantizedGemv(n: number, k: number, bits: number, groupSize
 /** Prefill rate in GFLOP/s (2 * M * N * K per call). */
 export function benchQuantizedPrefill(m: number, n: number, k: number, bits: number, groupSize: number, reps = 8): { gflops: number } {
   const w = randomQuantizedWeight(n, k, bits, groupSize);
-  const x = tc.tensor(Array.from({ length: m * k }, (_, i) => Math.sin(i)), { shape: [m, k] });
+  const x = tc.tensor(
+    Array.from({ length: m * k }, (_, i) => Math.sin(i)),
+    { shape: [m, k] },
+  );
   const s = bestSeconds(() => quantizedMatmul(x, w).dispose(), reps);
   x.dispose();
   return { gflops: (2 * m * n * k) / s / 1e9 };
@@ -84,8 +93,14 @@ function main(): void {
   console.log(`quantized matmul (reference, chapter 2.2): ${tc.native.numThreads()} threads, simd=${tc.native.cpuFeatures().simd}`);
   // The machine is shared: the ceiling and the kernels are measured in alternating rounds, best of each kept,
   // so that someone else's burst of work does not land on one side of a ratio only.
-  const shapes: [number, number][] = [[4864, 896], [151936, 896]];
-  const configs: [number, number][] = [[4, 64], [8, 64]];
+  const shapes: [number, number][] = [
+    [4864, 896],
+    [151936, 896],
+  ];
+  const configs: [number, number][] = [
+    [4, 64],
+    [8, 64],
+  ];
   let bw = 0;
   const gemv = new Map<string, number>();
   for (const [n, k] of shapes) {
@@ -113,7 +128,9 @@ function main(): void {
       console.log(`GEMV M=1 ${key} (${f(mb)} MB): ${f(g)} GB/s  (${f(g / bw, 2)} of read bandwidth)${note}`);
     }
   }
-  console.log(`prefill M=256 4864x896 q4/g64:           ${f(prefill)} GFLOP/s  (${f(prefill / gemm, 2)} of the f32 GEMM, ${f(gemm)} GFLOP/s on that shape)`);
+  console.log(
+    `prefill M=256 4864x896 q4/g64:           ${f(prefill)} GFLOP/s  (${f(prefill / gemm, 2)} of the f32 GEMM, ${f(gemm)} GFLOP/s on that shape)`,
+  );
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {

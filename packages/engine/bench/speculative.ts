@@ -17,7 +17,14 @@ import { generate, generateSpeculative } from '../src/generate.ts';
 import { loadModel } from '../src/registry.ts';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const { values } = parseArgs({ options: { tokens: { type: 'string', default: '128' }, reps: { type: 'string', default: '5' }, k: { type: 'string', default: '1,2,3,4,6' }, json: { type: 'string' } } });
+const { values } = parseArgs({
+  options: {
+    tokens: { type: 'string', default: '128' },
+    reps: { type: 'string', default: '5' },
+    k: { type: 'string', default: '1,2,3,4,6' },
+    json: { type: 'string' },
+  },
+});
 const tokens = Number(values.tokens);
 const reps = Number(values.reps);
 const ks = values.k.split(',').map(Number);
@@ -101,7 +108,10 @@ for (const k of ks) {
 
 // What a round costs: the target's pass over k + 1 tokens against its decode step, after a 100-token prompt.
 const costs: Record<string, number> = {};
-for (const [name, m] of [['target', target.decoding!], ['draft', draft.decoding!]] as const) {
+for (const [name, m] of [
+  ['target', target.decoding!],
+  ['draft', draft.decoding!],
+] as const) {
   const cache = m.newCache();
   const ids = (n: number) => tc.tensor([Array.from({ length: n }, (_, i) => 10 + i)], { dtype: 'int32' });
   const pass = (n: number) => () => {

@@ -24,7 +24,11 @@ export class EngineBatchModel extends PagedModelBase {
     readonly model: Qwen2Model,
     options: EngineBatchOptions,
   ) {
-    super(model.config, { numPages: options.numPages, pageSize: options.pageSize, prefixCache: options.prefixCaching === false ? null : new PrefixCache() });
+    super(model.config, {
+      numPages: options.numPages,
+      pageSize: options.pageSize,
+      prefixCache: options.prefixCaching === false ? null : new PrefixCache(),
+    });
   }
 
   /** The pages of `pageSize` tokens that `megabytes` hold for a model of this config (keys and values of every layer, float32). */
@@ -47,7 +51,10 @@ export class EngineBatchModel extends PagedModelBase {
 
   decode(tokens: readonly number[], positions: readonly number[], tables: readonly BlockTable[]): Tensor {
     tables.forEach((t, i) => {
-      if (t.length !== positions[i]) throw new RangeError(`EngineBatchModel.decode: row ${i} is at position ${positions[i]}, ${t.owner}'s block table holds ${t.length} tokens`);
+      if (t.length !== positions[i])
+        throw new RangeError(
+          `EngineBatchModel.decode: row ${i} is at position ${positions[i]}, ${t.owner}'s block table holds ${t.length} tokens`,
+        );
     });
     this.pool.prepare(tables, 1);
     const logits = this.model.decodeRows(

@@ -51,7 +51,8 @@ export function readPrompts(path: string, defaultMaxTokens: number): BatchPrompt
     } catch (err) {
       throw new UserError(`${where}: not JSON (${(err as Error).message})`);
     }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new UserError(`${where}: expected an object like {"prompt": "..."}`);
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      throw new UserError(`${where}: expected an object like {"prompt": "..."}`);
     const record = value as Record<string, unknown>;
     for (const [key, v] of Object.entries(record)) {
       const ok = FIELDS[key];
@@ -106,7 +107,12 @@ export async function runBatch(
     if (promptIds.length === 0) throw new UserError(`prompt ${index}: the prompt is empty: there is no token to continue from`);
     let id: number;
     try {
-      id = scheduler.submit({ promptIds, maxTokens: p.maxTokens, stopIds: p.ignoreEos ? [] : tokenizer.eosTokenIds, sampler: samplerOf(p) });
+      id = scheduler.submit({
+        promptIds,
+        maxTokens: p.maxTokens,
+        stopIds: p.ignoreEos ? [] : tokenizer.eosTokenIds,
+        sampler: samplerOf(p),
+      });
     } catch (err) {
       throw new UserError(`prompt ${index}: ${(err as Error).message.replace(/^\w*Scheduler\.submit: /, '')}`);
     }

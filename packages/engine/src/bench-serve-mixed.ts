@@ -47,7 +47,10 @@ function longPrompt(tokenizer: TinyTokenizer, text: string, n: number): string {
 }
 
 /** `clients` clients stream `requests` chats of `maxTokens`; meanwhile LONG_CLIENTS clients send long prompts. */
-async function runMixedLoad(url: string, o: { clients: number; requests: number; maxTokens: number; chats: string[]; longText: string; tokenizer: TinyTokenizer }): Promise<MixedLoadResult> {
+async function runMixedLoad(
+  url: string,
+  o: { clients: number; requests: number; maxTokens: number; chats: string[]; longText: string; tokenizer: TinyTokenizer },
+): Promise<MixedLoadResult> {
   const ttft: number[] = [];
   const tpot: number[] = [];
   const longTtft: number[] = [];
@@ -112,12 +115,18 @@ export async function runBenchDisaggregated(o: BenchDisaggregatedOptions): Promi
       await server.stop();
     }
   }
-  o.log(`  ${'engine'.padEnd(14)} ${'TTFT p50'.padStart(8)} ${'TTFT p99'.padStart(8)} ${'TPOT p50'.padStart(8)} ${'TPOT p99'.padStart(8)}   long prompts: TTFT p50`);
+  o.log(
+    `  ${'engine'.padEnd(14)} ${'TTFT p50'.padStart(8)} ${'TTFT p99'.padStart(8)} ${'TPOT p50'.padStart(8)} ${'TPOT p99'.padStart(8)}   long prompts: TTFT p50`,
+  );
   for (const [engine, r] of Object.entries(results)) {
-    o.log(`  ${engine.padEnd(14)} ${ms(r.ttft.p50)} ${ms(r.ttft.p99)} ${ms(r.tpot.p50)} ${ms(r.tpot.p99)}   ${r.longPrompts} in ${r.seconds.toFixed(1)} s: ${ms(r.longTtft.p50).trim()}`);
+    o.log(
+      `  ${engine.padEnd(14)} ${ms(r.ttft.p50)} ${ms(r.ttft.p99)} ${ms(r.tpot.p50)} ${ms(r.tpot.p99)}   ${r.longPrompts} in ${r.seconds.toFixed(1)} s: ${ms(r.longTtft.p50).trim()}`,
+    );
   }
   const ratio = results.colocated.tpot.p99 / results.disaggregated.tpot.p99;
-  o.log(`  the chats' TPOT p99: the separated engine's is ${ratio >= 1 ? `${ratio.toFixed(2)}x lower` : `${(1 / ratio).toFixed(2)}x higher`} than the colocated engine's`);
+  o.log(
+    `  the chats' TPOT p99: the separated engine's is ${ratio >= 1 ? `${ratio.toFixed(2)}x lower` : `${(1 / ratio).toFixed(2)}x higher`} than the colocated engine's`,
+  );
   if (o.json) writeFileSync(o.json, `${JSON.stringify(results, null, 2)}\n`);
   return results;
 }

@@ -17,7 +17,8 @@ export interface LoadResult {
   health: { p50: number; p99: number; max: number };
 }
 
-export const percentile = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : 0);
+export const percentile = (sorted: number[], p: number) =>
+  sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] : 0;
 
 /** One streaming completion; its TTFT, TPOT and token count. */
 export async function streamOne(url: string, prompt: string, maxTokens: number): Promise<{ ttft: number; tpot: number; tokens: number }> {

@@ -184,10 +184,18 @@ function batchScheduler(model: EngineQwen2 | TensorParallelModel, batch: number,
  * step), then `steps` steps of pure decode, each giving every request a token, are timed. Batching turns decode's
  * matrix-vector products into matrix products, so its ceiling is the prefill rate.
  */
-export async function measureBatchDecode(model: EngineQwen2 | TensorParallelModel, batch: number, promptLen: number, steps: number, seed = 0): Promise<{ tokensPerS: number; seconds: number }> {
+export async function measureBatchDecode(
+  model: EngineQwen2 | TensorParallelModel,
+  batch: number,
+  promptLen: number,
+  steps: number,
+  seed = 0,
+): Promise<{ tokensPerS: number; seconds: number }> {
   const maxTokens = steps + batch + 2;
   const scheduler = batchScheduler(model, batch, promptLen + maxTokens);
-  const ids = Array.from({ length: batch }, (_, i) => scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens }));
+  const ids = Array.from({ length: batch }, (_, i) =>
+    scheduler.submit({ promptIds: promptIds(promptLen, model.config.vocabSize, seed + i), maxTokens }),
+  );
   // After `batch` steps every request is prefilled; the next step is the first where all of them decode.
   for (let i = 0; i <= batch; i++) await scheduler.step();
   const t0 = performance.now();
@@ -331,14 +339,20 @@ function checkpointDtype(config: ModelConfig, entries: WeightEntry[], dir: strin
       counts.set(dt, (counts.get(dt) ?? 0) + e.bytes);
     }
     const top = [...counts].sort((a, b) => b[1] - a[1])[0];
-    return top ? ({ float32: 'f32', bfloat16: 'bf16', float16: 'f16' } as Record<string, string>)[top[0]] ?? top[0] : '?';
+    return top ? (({ float32: 'f32', bfloat16: 'bf16', float16: 'f16' } as Record<string, string>)[top[0]] ?? top[0]) : '?';
   } catch {
     return config.dtype ?? '?';
   }
 }
 
 export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<BenchReport> {
-  const choice: ModelChoice = { solution: flags.solution, week: flags.week, device: flags.device, tensorParallel: flags['tensor-parallel'], exact: flags.exact };
+  const choice: ModelChoice = {
+    solution: flags.solution,
+    week: flags.week,
+    device: flags.device,
+    tensorParallel: flags['tensor-parallel'],
+    exact: flags.exact,
+  };
   const ranks = choice.tensorParallel ?? 1;
   // 256-token prompts, as the prefill target is stated; 128 decoded tokens, as llama.cpp's llama-bench (tg128), the
   // peer. With 32, the figure was mostly the first steps after the prefill, which run slower (0.66 against 0.51
@@ -347,7 +361,8 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   const gen = flags.gen ?? 128;
   const reps = flags.reps ?? 2;
   const seed = flags.seed ?? 0;
-  if (flags.config !== undefined && flags.model !== undefined) throw new UsageError('bench: give --model DIR or --config CONFIG.json, not both');
+  if (flags.config !== undefined && flags.model !== undefined)
+    throw new UsageError('bench: give --model DIR or --config CONFIG.json, not both');
   if (flags.dtype !== undefined && flags.config === undefined) {
     throw new UsageError("bench: --dtype picks the dtype of --config's random weights; a --model runs in its checkpoint's dtype");
   }
@@ -362,7 +377,9 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   const bytesBefore = tc.cpu.memory().liveBytes;
   if (flags.config !== undefined) {
     if (choice.solution !== undefined || choice.week !== undefined || (choice.device ?? 'cpu') !== 'cpu') {
-      throw new UsageError('bench: --config builds random weights for the engine on the CPU; a chapter model (--solution, --week, --device webgpu) runs with --model DIR');
+      throw new UsageError(
+        'bench: --config builds random weights for the engine on the CPU; a chapter model (--solution, --week, --device webgpu) runs with --model DIR',
+      );
     }
     const path = h.resolveInput(flags.config);
     try {
@@ -380,7 +397,10 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
     try {
       model =
         ranks > 1
-          ? await TensorParallelModel.start({ weights: { config, dtype: randomDtype, seed }, code: 'engine', worldSize: ranks, exact: choice.exact }, `the engine on ${ranks} tensor-parallel ranks`)
+          ? await TensorParallelModel.start(
+              { weights: { config, dtype: randomDtype, seed }, code: 'engine', worldSize: ranks, exact: choice.exact },
+              `the engine on ${ranks} tensor-parallel ranks`,
+            )
           : new EngineQwen2(Qwen2Model.fromWeights(config, weights.get, { exact: choice.exact }));
     } catch (err) {
       throw new UserError(`--config ${h.displayPath(path)}: cannot build the model: ${oneLine(err)}`, { cause: err });
@@ -417,18 +437,23 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   const speed = await measureSpeed(model, promptLen, gen, reps, seed);
   let batched: { tokensPerS: number } | null = null;
   if (batch !== undefined) {
-    if (!(model instanceof EngineQwen2 || model instanceof TensorParallelModel)) throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+    if (!(model instanceof EngineQwen2 || model instanceof TensorParallelModel))
+      throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
     batched = await measureBatchDecode(model, batch, promptLen, gen, seed);
   }
   let allReduce: AllReduceTiming[] | null = null;
   if (model instanceof TensorParallelModel) {
-    process.stderr.write(`measuring: one all-reduce over ${ranks} ranks, of [1, ${config.hiddenSize}] and [${promptLen}, ${config.hiddenSize}] float32...\n`);
+    process.stderr.write(
+      `measuring: one all-reduce over ${ranks} ranks, of [1, ${config.hiddenSize}] and [${promptLen}, ${config.hiddenSize}] float32...\n`,
+    );
     allReduce = measureAllReduce(model, [1, promptLen]);
   }
   const rss = peakRssMB();
   const backend = await deviceBackend(choice.device);
-  process.stderr.write(`measuring the ceilings of ${model.device} (read bandwidth, ${backend === tc.cpu ? 'GEMM, FMA peak' : 'matmul'})...\n`);
+  process.stderr.write(
+    `measuring the ceilings of ${model.device} (read bandwidth, ${backend === tc.cpu ? 'GEMM, FMA peak' : 'matmul'})...\n`,
+  );
   const ceilings = backend instanceof tc.WebGPUBackend ? await measureGpuCeilings(backend) : measureCeilings();
 
   const modelTensorBytes = tc.cpu.memory().liveBytes - bytesBefore;
@@ -504,7 +529,9 @@ export function formatReport(r: BenchReport): string {
       `${f(r.decode_gb_s, 2)} GB/s of weights: ${f(r.decode_ratio, 2)} of read bandwidth ` +
       `(ceiling ${f(r.decode_ceiling_tokens_per_s)} tok/s)`,
     ...(r.batch !== null
-      ? [`  decode at batch ${r.batch}: ${f(r.batch_decode_tokens_per_s!)} tok/s aggregate = ${f(r.batch_decode_ratio_to_prefill!, 2)} of the prefill rate`]
+      ? [
+          `  decode at batch ${r.batch}: ${f(r.batch_decode_tokens_per_s!)} tok/s aggregate = ${f(r.batch_decode_ratio_to_prefill!, 2)} of the prefill rate`,
+        ]
       : []),
     ...(r.all_reduce
       ? [

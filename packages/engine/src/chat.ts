@@ -130,12 +130,7 @@ export interface ChatIo {
   err: NodeJS.WritableStream;
 }
 
-async function streamReply(
-  conversation: Conversation,
-  text: string,
-  generation: GenerateOptions,
-  io: ChatIo,
-): Promise<GenerateResult> {
+async function streamReply(conversation: Conversation, text: string, generation: GenerateOptions, io: ChatIo): Promise<GenerateResult> {
   const it = conversation.reply(text, generation);
   for (;;) {
     const step = await it.next();

@@ -14,7 +14,15 @@ import { fileURLToPath } from 'node:url';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
-import { checkPromptFits, formatSpeculative, formatStats, generate, generateSpeculative, makeSampler, type GenerateOptions } from './generate.ts';
+import {
+  checkPromptFits,
+  formatSpeculative,
+  formatStats,
+  generate,
+  generateSpeculative,
+  makeSampler,
+  type GenerateOptions,
+} from './generate.ts';
 import {
   checkModelDir,
   closeDevice,
@@ -83,7 +91,9 @@ interface Command {
 }
 
 /** Declares a command whose `run` receives its flags typed by their declaration. */
-function command<const S extends FlagSpecs>(spec: Omit<Command, 'flags' | 'run'> & { flags: S; run: (flags: FlagValues<S>) => Promise<void> }): Command {
+function command<const S extends FlagSpecs>(
+  spec: Omit<Command, 'flags' | 'run'> & { flags: S; run: (flags: FlagValues<S>) => Promise<void> },
+): Command {
   return { ...spec, run: (name, args) => spec.run(parseFlags(name, args, spec.flags)) };
 }
 
@@ -219,7 +229,11 @@ export async function generationOptions(
 const GENERATE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   prompt: { kind: 'string', value: 'TEXT', help: 'the text to continue (required)' },
-  'draft-model': { kind: 'string', value: 'DIR', help: 'speculative decoding (chapter 3.4): a small model of the same tokenizer drafts for --model' },
+  'draft-model': {
+    kind: 'string',
+    value: 'DIR',
+    help: 'speculative decoding (chapter 3.4): a small model of the same tokenizer drafts for --model',
+  },
   'num-draft': { kind: 'int', value: 'K', help: 'tokens the draft proposes per round', default: '4', check: atLeast(1) },
   ...SAMPLING_FLAGS,
   'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
@@ -227,7 +241,8 @@ const GENERATE_FLAGS = defineFlags({
 
 async function runGenerate(flags: FlagValues<typeof GENERATE_FLAGS>): Promise<void> {
   if (flags.prompt === undefined) throw new UsageError('generate: --prompt TEXT is required (see tiny-llm generate --help)');
-  if (flags['num-draft'] !== undefined && flags['draft-model'] === undefined) throw new UsageError('generate: --num-draft needs --draft-model DIR');
+  if (flags['num-draft'] !== undefined && flags['draft-model'] === undefined)
+    throw new UsageError('generate: --num-draft needs --draft-model DIR');
   const dir = modelDirOf(flags);
   const tokenizer = loadTokenizerOf(dir);
   // A draft that cannot be used is said before anything loads or runs.
@@ -236,7 +251,8 @@ async function runGenerate(flags: FlagValues<typeof GENERATE_FLAGS>): Promise<vo
   const options = await generationOptions(flags, 256);
   const ids = tokenizer.encode(flags.prompt);
   checkPromptFits(model, ids);
-  if (draftDir !== undefined) return runSpeculative(flags, model, await loadWithProgress(draftDir, choiceOf(flags)), tokenizer, ids, options);
+  if (draftDir !== undefined)
+    return runSpeculative(flags, model, await loadWithProgress(draftDir, choiceOf(flags)), tokenizer, ids, options);
   const session = model.newSession();
   const result = await generate(model, session, tokenizer, ids, options, (text) => process.stdout.write(text));
   session.dispose();
@@ -296,7 +312,10 @@ const CHAT_FLAGS = defineFlags({
   message: { kind: 'string', value: 'TEXT', help: 'one user turn: print the reply and exit' },
   system: { kind: 'string', value: 'TEXT', help: "a system message (else the template's default)" },
   tools: { kind: 'string', value: 'FILE.json', help: 'a JSON list of OpenAI-style function schemas the model may call' },
-  'run-tools': { kind: 'bool', help: 'run the calls with the built-in demo tools and feed the results back until the model answers (chapter 3.7)' },
+  'run-tools': {
+    kind: 'bool',
+    help: 'run the calls with the built-in demo tools and feed the results back until the model answers (chapter 3.7)',
+  },
   ...SAMPLING_FLAGS,
   'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], default: '512' },
   'print-prompt': { kind: 'bool', help: 'print the rendered prompt of --message and exit (no model run)' },
@@ -389,7 +408,13 @@ const BATCH_FLAGS = defineFlags({
     help: 'one JSON object per line: {"prompt": "...", "max_tokens": 48, "temperature": 0, "top_k", "top_p", "min_p", "seed", "ignore_eos"}',
   },
   'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
-  'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  'prefill-chunk': {
+    kind: 'int',
+    value: 'T',
+    help: 'prompt tokens prefilled per step (chunked prefill)',
+    default: '256',
+    check: atLeast(1),
+  },
   ...KV_CACHE_FLAGS,
   'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
   out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
@@ -410,7 +435,7 @@ async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<v
   const samplerOf = (p: { temperature: number; topK?: number; topP?: number; minP?: number; seed?: number }) =>
     p.temperature > 0 ? make({ temperature: p.temperature, topK: p.topK, topP: p.topP, minP: p.minP, seed: p.seed }) : undefined;
   const { results, seconds, generated } = await runBatch(scheduler, tokenizer, prompts, samplerOf);
-  const lines = results.map((r) => JSON.stringify(r)).join('\n') + '\n';
+  const lines = `${results.map((r) => JSON.stringify(r)).join('\n')}\n`;
   if (flags.out !== undefined) {
     const out = resolveOutput(flags.out);
     try {
@@ -426,26 +451,48 @@ async function runBatchCommand(flags: FlagValues<typeof BATCH_FLAGS>): Promise<v
 
 /** Chapter 3.5: prefill and decode in separate workers (serve and bench-serve). */
 const DISAGGREGATED_FLAGS = defineFlags({
-  disaggregated: { kind: 'bool', help: "prefill and decode in separate worker threads, each with the engine's model and a page pool of --kv-cache-mb; a request's pages move to the decode worker after its first token" },
+  disaggregated: {
+    kind: 'bool',
+    help: "prefill and decode in separate worker threads, each with the engine's model and a page pool of --kv-cache-mb; a request's pages move to the decode worker after its first token",
+  },
 });
 
 /** --disaggregated runs the engine's paged model: the chapter models (--week, --solution learner) keep a cache per request. */
 function checkDisaggregated(command: string, flags: ModelFlags & FlagValues<typeof DISAGGREGATED_FLAGS>): void {
   if (!flags.disaggregated) return;
   if (flags.week !== undefined || flags.solution === 'learner') {
-    throw new UsageError(`${command}: --disaggregated runs the engine (the reference solution's paged model); it does not combine with --week or --solution learner`);
+    throw new UsageError(
+      `${command}: --disaggregated runs the engine (the reference solution's paged model); it does not combine with --week or --solution learner`,
+    );
   }
 }
 
 const SERVE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   host: { kind: 'string', value: 'HOST', help: 'the address to listen on (0.0.0.0 for every interface)', default: '127.0.0.1' },
-  port: { kind: 'int', value: 'PORT', help: 'the port (0: any free one, printed when listening)', default: '8000', check: inRange(0, 65535) },
+  port: {
+    kind: 'int',
+    value: 'PORT',
+    help: 'the port (0: any free one, printed when listening)',
+    default: '8000',
+    check: inRange(0, 65535),
+  },
   'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
   'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
-  'prefill-chunk': { kind: 'int', value: 'T', help: 'prompt tokens prefilled per step (chunked prefill)', default: '256', check: atLeast(1) },
+  'prefill-chunk': {
+    kind: 'int',
+    value: 'T',
+    help: 'prompt tokens prefilled per step (chunked prefill)',
+    default: '256',
+    check: atLeast(1),
+  },
   ...KV_CACHE_FLAGS,
-  'max-model-len': { kind: 'int', value: 'N', help: "the most tokens of a request, prompt and reply (default the model's context)", check: atLeast(2) },
+  'max-model-len': {
+    kind: 'int',
+    value: 'N',
+    help: "the most tokens of a request, prompt and reply (default the model's context)",
+    check: atLeast(2),
+  },
   ...DISAGGREGATED_FLAGS,
 });
 
@@ -472,7 +519,13 @@ async function runServeCommand(flags: FlagValues<typeof SERVE_FLAGS>): Promise<v
 const BENCH_SERVE_FLAGS = defineFlags({
   ...MODEL_FLAGS,
   url: { kind: 'string', value: 'URL', help: 'a running server (default: start one for the run, with the model flags)' },
-  clients: { kind: 'int', value: 'N', help: 'concurrent clients, each streaming its requests one after another', default: '64; 8 with --disaggregated', check: atLeast(1) },
+  clients: {
+    kind: 'int',
+    value: 'N',
+    help: 'concurrent clients, each streaming its requests one after another',
+    default: '64; 8 with --disaggregated',
+    check: atLeast(1),
+  },
   requests: { kind: 'int', value: 'N', help: 'requests in all', default: '4 x clients', check: atLeast(1) },
   'max-tokens': { kind: 'int', value: 'N', help: 'tokens per request', default: '64', check: atLeast(1) },
   'max-batch': { kind: 'int', value: 'N', help: "the started server's batch", default: 'the clients', check: atLeast(1) },
@@ -535,14 +588,23 @@ async function runBenchServeCommand(flags: FlagValues<typeof BENCH_SERVE_FLAGS>)
 
 const BENCH_FLAGS = defineFlags({
   ...MODEL_FLAGS,
-  config: { kind: 'string', value: 'CONFIG.json', help: 'random weights of this config.json shape instead of a model (e.g. fixtures/configs/Qwen2-0.5B-Instruct.json)' },
+  config: {
+    kind: 'string',
+    value: 'CONFIG.json',
+    help: 'random weights of this config.json shape instead of a model (e.g. fixtures/configs/Qwen2-0.5B-Instruct.json)',
+  },
   dtype: { kind: 'string', choices: RANDOM_DTYPES, help: 'the random weights dtype (q4/q8: MLX layout, group 64)', default: 'bf16' },
   'prompt-len': { kind: 'int', value: 'N', help: 'prompt tokens to prefill', default: '256', check: atLeast(1) },
   gen: { kind: 'int', value: 'N', help: 'tokens to decode', default: '128', check: atLeast(1) },
   reps: { kind: 'int', value: 'N', help: 'measure N times and keep the best', default: '2', check: atLeast(1) },
   seed: { kind: 'int', value: 'S', help: 'the random weights and prompt', default: '0' },
   json: { kind: 'string', value: 'FILE', help: 'also write the figures as JSON' },
-  batch: { kind: 'int', value: 'N', help: 'also measure the aggregate decode rate of N requests batched together (the engine)', check: atLeast(1) },
+  batch: {
+    kind: 'int',
+    value: 'N',
+    help: 'also measure the aggregate decode rate of N requests batched together (the engine)',
+    check: atLeast(1),
+  },
 });
 export type BenchFlags = FlagValues<typeof BENCH_FLAGS>;
 
@@ -569,7 +631,7 @@ async function runConvertCommand(flags: FlagValues<typeof CONVERT_FLAGS>): Promi
   const groupSize = flags['group-size'] ?? 64;
   const bar = progressBar(`quantizing ${displayPath(dir)} to ${bits} bits, groups of ${groupSize}`);
   const t0 = performance.now();
-  let report;
+  let report: ReturnType<typeof convertModel>;
   try {
     report = convertModel(dir, out, { bits, groupSize, onProgress: (done, total) => bar.update(done, total) });
   } finally {
@@ -577,7 +639,9 @@ async function runConvertCommand(flags: FlagValues<typeof CONVERT_FLAGS>): Promi
   }
   if (report.ungrouped.length > 0) {
     const names = report.ungrouped.slice(0, 4).join(', ') + (report.ungrouped.length > 4 ? ', ...' : '');
-    log(`${report.ungrouped.length} matrices stay in float: their columns do not split into groups of ${groupSize} (${names}); a smaller --group-size quantizes them`);
+    log(
+      `${report.ungrouped.length} matrices stay in float: their columns do not split into groups of ${groupSize} (${names}); a smaller --group-size quantizes them`,
+    );
   }
   const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
   log(
@@ -595,14 +659,15 @@ export const COMMANDS: Record<string, Command> = {
     notes:
       'stdout carries exactly the generated text; the stats (prompt and generated tokens, prefill and decode\n' +
       'tokens/s) go to stderr. Example:\n  pnpm tiny-llm generate --prompt "def fibonacci(n):" --max-tokens 64\n' +
-      'With --draft-model, the output is the target\'s own (greedy: exactly; sampled: in distribution); the stats\n' +
+      "With --draft-model, the output is the target's own (greedy: exactly; sampled: in distribution); the stats\n" +
       'add the share of drafted tokens the target accepted, then the target alone on the same prompt for the speed-up:\n' +
       '  pnpm tiny-llm generate --draft-model models/tiny-qwen2-py-draft --prompt "def fibonacci(n):" --max-tokens 128',
     run: runGenerate,
   }),
   chat: command({
-    summary: "talk to the model through its chat template: one turn with --message, else an interactive session",
-    usage: 'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--run-tools] [--max-tokens N] [sampling flags]',
+    summary: 'talk to the model through its chat template: one turn with --message, else an interactive session',
+    usage:
+      'tiny-llm chat [--model DIR] [--message TEXT] [--system TEXT] [--tools FILE.json] [--run-tools] [--max-tokens N] [sampling flags]',
     flags: CHAT_FLAGS,
     notes:
       'The reply stops at <|im_end|> (or another end-of-sequence token). A tool call is printed as the model\n' +
@@ -621,7 +686,8 @@ export const COMMANDS: Record<string, Command> = {
   }),
   batch: command({
     summary: 'many prompts through continuous batching (chapters 2.6, 2.7): JSON lines in, JSON lines out',
-    usage: 'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-tokens N] [--out FILE.jsonl]',
+    usage:
+      'tiny-llm batch --prompts FILE.jsonl [--model DIR] [--max-batch N] [--prefill-chunk T] [--kv-cache-mb MB] [--no-prefix-cache] [--max-tokens N] [--out FILE.jsonl]',
     flags: BATCH_FLAGS,
     notes:
       'Each output line is {"index", "text", "tokens", "finish_reason"}, in the order of the input lines; the aggregate\n' +
@@ -643,7 +709,8 @@ export const COMMANDS: Record<string, Command> = {
   }),
   'bench-serve': command({
     summary: 'the server under load: throughput, time to first token and per output token (p50, p99), /health latency',
-    usage: 'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ... [--disaggregated]] [--json FILE]',
+    usage:
+      'tiny-llm bench-serve [--clients N] [--requests N] [--max-tokens N] [--url URL | --model DIR --max-batch N ... [--disaggregated]] [--json FILE]',
     flags: BENCH_SERVE_FLAGS,
     notes:
       "The clients send the demo model's golden prompts (code and chat), greedy. The same load with one client is measured first.\n" +
@@ -663,7 +730,8 @@ export const COMMANDS: Record<string, Command> = {
   }),
   bench: command({
     summary: 'prefill and decode tokens/s next to the memory-bandwidth and GEMM ceilings measured in the same run',
-    usage: 'tiny-llm bench [--model DIR | --config CONFIG.json [--dtype f32|bf16|q4|q8]] [--prompt-len N] [--gen N] [--batch N] [--json FILE]',
+    usage:
+      'tiny-llm bench [--model DIR | --config CONFIG.json [--dtype f32|bf16|q4|q8]] [--prompt-len N] [--gen N] [--batch N] [--json FILE]',
     flags: BENCH_FLAGS,
     notes:
       'decode ratio = decode tok/s x bytes of weights read per token / read bandwidth (decode is memory-bound);\n' +

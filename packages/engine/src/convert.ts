@@ -75,7 +75,9 @@ export function convertModel(sourceDir: string, outDir: string, options: Convert
 
   const total = plan.reduce((sum, t) => sum + t.bytes, 0);
   let done = 0;
-  const files = shards.map((_, i) => (shards.length === 1 ? 'model.safetensors' : `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`));
+  const files = shards.map((_, i) =>
+    shards.length === 1 ? 'model.safetensors' : `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`,
+  );
   const weightMap: Record<string, string> = {};
   shards.forEach((shard, i) => {
     const tensors = new Map<string, Tensor>();
@@ -91,7 +93,10 @@ export function convertModel(sourceDir: string, outDir: string, options: Convert
     for (const tensor of tensors.values()) tensor.dispose();
   });
   if (files.length > 1) {
-    writeFileSync(join(outDir, 'model.safetensors.index.json'), `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`);
+    writeFileSync(
+      join(outDir, 'model.safetensors.index.json'),
+      `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`,
+    );
   }
   writeConfig(sourceDir, outDir, options);
   for (const file of COMPANION_FILES) if (existsSync(join(sourceDir, file))) copyFileSync(join(sourceDir, file), join(outDir, file));
@@ -118,7 +123,12 @@ function planTensors(source: tc.ModelDir, { bits, groupSize }: ConvertOptions): 
     const grouped = columns % groupSize === 0;
     const quantize = isMatrix && grouped && isFloat(info.dtype);
     const groupBytes = tc.itemSize(info.dtype) * 2 * rows * (columns / groupSize);
-    return { name, quantize, ungrouped: isMatrix && !grouped, bytes: quantize ? (rows * columns * bits) / 8 + groupBytes : info.byteLength };
+    return {
+      name,
+      quantize,
+      ungrouped: isMatrix && !grouped,
+      bytes: quantize ? (rows * columns * bits) / 8 + groupBytes : info.byteLength,
+    };
   });
 }
 
@@ -160,8 +170,12 @@ function convertTensor(source: tc.ModelDir, t: PlannedTensor, { bits, groupSize 
 function writeConfig(sourceDir: string, outDir: string, { bits, groupSize }: ConvertOptions): void {
   const config = JSON.parse(readFileSync(join(sourceDir, 'config.json'), 'utf8'));
   const quantization = { group_size: groupSize, bits };
-  writeFileSync(join(outDir, 'config.json'), `${JSON.stringify({ ...config, quantization, quantization_config: quantization }, null, 2)}\n`);
+  writeFileSync(
+    join(outDir, 'config.json'),
+    `${JSON.stringify({ ...config, quantization, quantization_config: quantization }, null, 2)}\n`,
+  );
 }
 
-const isFloat = (dtype: tc.DType): dtype is 'float32' | 'bfloat16' | 'float16' => dtype === 'float32' || dtype === 'bfloat16' || dtype === 'float16';
+const isFloat = (dtype: tc.DType): dtype is 'float32' | 'bfloat16' | 'float16' =>
+  dtype === 'float32' || dtype === 'bfloat16' || dtype === 'float16';
 const pad = (n: number) => String(n).padStart(5, '0');

@@ -69,7 +69,7 @@ async function demo(argv: string[]): Promise<void> {
   out(`${dim(`[${statsLine(codeStats)}]`)}\n\n`);
 
   const toolsPath = resolve(dir, 'tools.json');
-  let tools;
+  let tools: ReturnType<typeof readToolsFile> | undefined;
   try {
     tools = readToolsFile(toolsPath);
   } catch {

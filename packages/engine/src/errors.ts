@@ -44,10 +44,9 @@ export function isNotImplemented(err: unknown): err is Error & { chapter: string
 /** Turns a learner stub's NotImplemented into the plain sentence the CLI prints. */
 export function learnerNotImplemented(err: Error & { chapter: string }): UserError {
   const file = learnerFilesOf(err.chapter) ?? `the week ${err.chapter.split('.')[0]} stubs`;
-  return new UserError(
-    `the learner's chapter ${err.chapter} is not implemented yet; run with --solution reference or finish ${file}`,
-    { cause: err },
-  );
+  return new UserError(`the learner's chapter ${err.chapter} is not implemented yet; run with --solution reference or finish ${file}`, {
+    cause: err,
+  });
 }
 
 /** Runs fn and turns a learner stub's NotImplemented into a UserError. */
@@ -70,7 +69,9 @@ export function withLearnerErrors<T>(fn: () => T): T {
  */
 export function deviceErrorOf(err: unknown): unknown {
   if (err instanceof tc.UnsupportedOpError && err.backend !== 'cpu') {
-    return new UserError(`${err.op} is not implemented on the ${err.backend} backend, which runs this model; run it with --device cpu`, { cause: err });
+    return new UserError(`${err.op} is not implemented on the ${err.backend} backend, which runs this model; run it with --device cpu`, {
+      cause: err,
+    });
   }
   if (err instanceof tc.DeviceLimitError) {
     return new UserError(`the model does not fit this GPU's ${err.limit}: ${err.message}; run it with --device cpu`, { cause: err });

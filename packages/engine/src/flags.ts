@@ -38,13 +38,22 @@ export type FlagValues<S extends FlagSpecs> = { [N in keyof S]?: ValueOf<S[N]> }
 export const defineFlags = <const S extends FlagSpecs>(spec: S): S => spec;
 
 export const atLeast = (min: number) => (v: number) => (v >= min ? undefined : `must be >= ${min}`);
-export const inRange = (lo: number, hi: number, loOpen = false) => (v: number) =>
-  (loOpen ? v > lo : v >= lo) && v <= hi ? undefined : `must be in ${loOpen ? '(' : '['}${lo}, ${hi}]`;
+export const inRange =
+  (lo: number, hi: number, loOpen = false) =>
+  (v: number) =>
+    (loOpen ? v > lo : v >= lo) && v <= hi ? undefined : `must be in ${loOpen ? '(' : '['}${lo}, ${hi}]`;
 
 /** Parses a command's arguments; every problem is a UsageError that names the flag and says how to see the help. */
-export function parseFlags<S extends FlagSpecs>(command: string, args: readonly string[], spec: S, helpCommand = `tiny-llm ${command}`): FlagValues<S> {
+export function parseFlags<S extends FlagSpecs>(
+  command: string,
+  args: readonly string[],
+  spec: S,
+  helpCommand = `tiny-llm ${command}`,
+): FlagValues<S> {
   const hint = `(see ${helpCommand} --help)`;
-  const options = Object.fromEntries(Object.entries(spec).map(([name, f]) => [name, { type: f.kind === 'bool' ? 'boolean' : 'string' } as const]));
+  const options = Object.fromEntries(
+    Object.entries(spec).map(([name, f]) => [name, { type: f.kind === 'bool' ? 'boolean' : 'string' } as const]),
+  );
   // Not strict: parseArgs then reports what it found as tokens, and the checks below say what is wrong in the
   // command's own words (strict mode would throw its own messages, and refuse every value that starts with -).
   const { tokens } = parseArgs({ args: [...args], options, strict: false, allowPositionals: true, tokens: true });
@@ -58,12 +67,12 @@ export function parseFlags<S extends FlagSpecs>(command: string, args: readonly 
     const flag = Object.hasOwn(spec, name) ? spec[name] : undefined;
     if (!flag || !token.rawName.startsWith('--')) throw new UsageError(`${command}: unknown flag ${token.rawName} ${hint}`);
     if (name in values) throw new UsageError(`${command}: --${name} is given twice`);
-    values[name] = valueOf(command, name, flag, token.value, token.inlineValue, spec);
+    values[name] = parsedValue(command, name, flag, token.value, token.inlineValue, spec);
   }
   return values as FlagValues<S>;
 }
 
-function valueOf(command: string, name: string, flag: FlagSpec, raw: string | undefined, inline: boolean | undefined, spec: FlagSpecs) {
+function parsedValue(command: string, name: string, flag: FlagSpec, raw: string | undefined, inline: boolean | undefined, spec: FlagSpecs) {
   if (flag.kind === 'bool') {
     if (raw !== undefined) throw new UsageError(`${command}: --${name} takes no value`);
     return true;
@@ -74,11 +83,19 @@ function valueOf(command: string, name: string, flag: FlagSpec, raw: string | un
   if (flag.kind === 'string') return checked(command, name, raw, raw, flag.choices, flag.check);
   const value = Number(raw);
   const ok = raw.trim() !== '' && Number.isFinite(value) && (flag.kind === 'number' || Number.isSafeInteger(value));
-  if (!ok) throw new UsageError(`${command}: --${name} expects ${flag.kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(raw)}`);
+  if (!ok)
+    throw new UsageError(`${command}: --${name} expects ${flag.kind === 'int' ? 'an integer' : 'a number'}, got ${JSON.stringify(raw)}`);
   return checked(command, name, raw, value, flag.choices, flag.check);
 }
 
-function checked<T extends string | number>(command: string, name: string, raw: string, value: T, choices?: readonly T[], check?: (v: T) => string | undefined): T {
+function checked<T extends string | number>(
+  command: string,
+  name: string,
+  raw: string,
+  value: T,
+  choices?: readonly T[],
+  check?: (v: T) => string | undefined,
+): T {
   const problem = choices && !choices.includes(value) ? `must be one of ${choices.join(', ')}` : check?.(value);
   if (problem) throw new UsageError(`${command}: --${name} ${problem}, got ${raw}`);
   return value;
@@ -105,7 +122,7 @@ export function flagsHelp(spec: FlagSpecs): string[] {
 export function scriptFlags<S extends FlagSpecs>(script: string, summary: string, spec: S): FlagValues<S> {
   const args = process.argv.slice(2);
   if (args.includes('--help')) {
-    process.stdout.write([`${script}: ${summary}`, '', 'flags:', ...flagsHelp(spec)].join('\n') + '\n');
+    process.stdout.write(`${[`${script}: ${summary}`, '', 'flags:', ...flagsHelp(spec)].join('\n')}\n`);
     process.exit(0);
   }
   try {

@@ -87,9 +87,7 @@ export function checkPromptFits(model: EngineModel, promptIds: readonly number[]
   const context = model.config.maxPositionEmbeddings;
   if (promptIds.length === 0) throw new UserError('the prompt is empty: there is no token to continue from');
   if (promptIds.length > context) {
-    throw new UserError(
-      `the prompt has ${promptIds.length} tokens, more than the model's context of ${context} (max_position_embeddings)`,
-    );
+    throw new UserError(`the prompt has ${promptIds.length} tokens, more than the model's context of ${context} (max_position_embeddings)`);
   }
   const vocab = model.config.vocabSize;
   const bad = promptIds.find((id) => !Number.isInteger(id) || id < 0 || id >= vocab);
@@ -118,7 +116,12 @@ export async function* generateTokens(
 }
 
 /** The token after each of the session's, one at a time; done when the next one would be past the context. */
-async function* sessionTokens(session: Session, newPromptIds: readonly number[], sampler: Sampler, context: number): AsyncGenerator<number, void> {
+async function* sessionTokens(
+  session: Session,
+  newPromptIds: readonly number[],
+  sampler: Sampler,
+  context: number,
+): AsyncGenerator<number, void> {
   // The one value read back per token (the logits stay on the model's device).
   const pick = async (logits: Tensor): Promise<number> => {
     let chosen: Tensor | undefined;
@@ -162,8 +165,12 @@ export async function* generateSpeculative(
   const maxTokens = checkMaxTokens(options);
   checkPromptFits(target, promptIds);
   const numDraft = options.numDraft ?? 4;
-  for (const [which, m] of [['target', target], ['draft', draft]] as const) {
-    if (!m.decoding) throw new UserError(`speculative decoding needs models with a KV cache to rewind in place; the ${which} (${m.description}) has none`);
+  for (const [which, m] of [
+    ['target', target],
+    ['draft', draft],
+  ] as const) {
+    if (!m.decoding)
+      throw new UserError(`speculative decoding needs models with a KV cache to rewind in place; the ${which} (${m.description}) has none`);
     if (m.device !== 'cpu') throw new UserError(`speculative decoding runs on the CPU; the ${which} runs on ${m.device}`);
   }
   const decode = options.decode ?? speculativeDecode;
@@ -190,7 +197,12 @@ export async function* generateSpeculative(
     }
   }
   const start = performance.now();
-  const result = yield* emitTokens(tokensOf(), tokenizer, { ...options, maxTokens }, { start, promptTokens: promptIds.length, reusedTokens: 0 });
+  const result = yield* emitTokens(
+    tokensOf(),
+    tokenizer,
+    { ...options, maxTokens },
+    { start, promptTokens: promptIds.length, reusedTokens: 0 },
+  );
   return { ...result, stats: { ...result.stats, speculative } };
 }
 
@@ -303,7 +315,9 @@ export function formatStats(s: GenerateStats): string {
   const reused = s.reusedTokens > 0 ? ` (${s.reusedTokens} reused from the cache)` : '';
   const prefill = `prefill ${s.prefillTokensPerS.toFixed(1)} tok/s`;
   const decode = s.generatedTokens > 1 ? `decode ${s.decodeTokensPerS.toFixed(1)} tok/s` : 'decode -';
-  const reason = { eos: 'end of sequence', length: 'max tokens', context: "the model's context is full", aborted: 'interrupted' }[s.stopReason];
+  const reason = { eos: 'end of sequence', length: 'max tokens', context: "the model's context is full", aborted: 'interrupted' }[
+    s.stopReason
+  ];
   return `prompt ${s.promptTokens} tokens${reused}, generated ${s.generatedTokens} tokens; ${prefill}, ${decode}; stopped: ${reason}`;
 }
 

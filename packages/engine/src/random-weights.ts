@@ -50,7 +50,11 @@ export function weightShapes(config: ModelConfig): Map<string, WeightShape> {
     const p = `model.layers.${i}`;
     add(`${p}.input_layernorm.weight`, [h], 'norm');
     add(`${p}.post_attention_layernorm.weight`, [h], 'norm');
-    for (const [proj, rows] of [['q_proj', nh * d], ['k_proj', nkv * d], ['v_proj', nkv * d]] as const) {
+    for (const [proj, rows] of [
+      ['q_proj', nh * d],
+      ['k_proj', nkv * d],
+      ['v_proj', nkv * d],
+    ] as const) {
       add(`${p}.self_attn.${proj}.weight`, [rows, h], 'matrix');
       if (config.attentionBias) add(`${p}.self_attn.${proj}.bias`, [rows], 'bias');
     }
@@ -274,7 +278,9 @@ export class RandomWeights {
     const seed = seedOf(name, this.seed);
     const f32 = this.dtype === 'f32';
     if (role === 'norm') {
-      return f32 ? tensorOver(new Float32Array(n).fill(1), 'float32', shape) : tensorOver(new Uint16Array(n).fill(0x3f80), 'bfloat16', shape);
+      return f32
+        ? tensorOver(new Float32Array(n).fill(1), 'float32', shape)
+        : tensorOver(new Uint16Array(n).fill(0x3f80), 'bfloat16', shape);
     }
     if (this.isQuantized(name)) return this.buildQuantized(name, shape, seed);
     if (f32) {

@@ -22,7 +22,6 @@ import type { Sampler, SamplerOptions } from '@tiny-llm/reference/week1';
 import type { KvCache as ReferenceKvCache } from '@tiny-llm/reference/week2';
 import type { KvCache as LearnerKvCache } from '@tiny-llm/week2';
 import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UserError, withLearnerErrors } from './errors.ts';
-import type { ModelConfig } from '@tiny-llm/tensor-core';
 import type { SchedulerOptions } from '@tiny-llm/reference/week2';
 import {
   DecodeScheduler,
@@ -40,7 +39,7 @@ import type { ToolRunner } from './chat.ts';
 import { EngineBatchModel } from './batch-model.ts';
 import { DeviceQwen2 } from './model/dense-moe.ts';
 import { Qwen2Model } from './model/qwen2.ts';
-import { EngineQwen2, Week1Session, Week2Session, type EngineModel, type Week1Model, type Week2Model } from './session.ts';
+import { EngineQwen2, Week1Session, Week2Session, type EngineModel } from './session.ts';
 import { TensorParallelBatchModel, TensorParallelModel } from './tensor-parallel/parallel-model.ts';
 
 export type Solution = 'learner' | 'reference';
@@ -96,7 +95,9 @@ export async function deviceBackend(device: Device = 'cpu'): Promise<tc.Backend>
     try {
       gpu = await tc.initWebGPU();
     } catch (err) {
-      throw new UserError(`--device webgpu: ${oneLine(err).replace(/^initWebGPU: /, '')} (docs/gpu.md says what each platform needs)`, { cause: err });
+      throw new UserError(`--device webgpu: ${oneLine(err).replace(/^initWebGPU: /, '')} (docs/gpu.md says what each platform needs)`, {
+        cause: err,
+      });
     }
     tc.setDefaultBackend(gpu);
   }
@@ -148,13 +149,15 @@ async function loadEngineOnDevice(dir: string, device: Device): Promise<EngineMo
 /** Chapter 3.3's block decides the routing on the host, reading it back: week 3 runs Qwen2-MoE on the CPU only. */
 function checkWeek3Device(week: Week | undefined, modelDir: tc.ModelDir, backend: tc.Backend): void {
   if (week === 3 && modelDir.config.moe && backend !== tc.cpu) {
-    throw new UserError("--week 3 runs Qwen2-MoE on the CPU only (chapter 3.3's block reads the routing back); on a GPU, the engine (no --week) runs it");
+    throw new UserError(
+      "--week 3 runs Qwen2-MoE on the CPU only (chapter 3.3's block reads the routing back); on a GPU, the engine (no --week) runs it",
+    );
   }
 }
 
 /** Loads week `week`'s model of a solution on a device, wrapped for the engine. */
 async function loadChapterModel(dir: string, solution: Solution, week: Week, device: Device = 'cpu'): Promise<EngineModel> {
-  let description = `the ${solution === 'learner' ? "learner's" : 'reference'} week ${week} model`;
+  const description = `the ${solution === 'learner' ? "learner's" : 'reference'} week ${week} model`;
   const backend = await deviceBackend(device);
   const place = placeOf(backend);
   try {
@@ -202,12 +205,19 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
 async function loadTensorParallel(dir: string, choice: ModelChoice): Promise<TensorParallelModel> {
   const n = choice.tensorParallel!;
   if (choice.week !== undefined) {
-    throw new UserError(`--tensor-parallel ${n} splits the engine's model, or with --solution learner your chapter 3.6 model: leave out --week`);
+    throw new UserError(
+      `--tensor-parallel ${n} splits the engine's model, or with --solution learner your chapter 3.6 model: leave out --week`,
+    );
   }
   const learner = choice.solution === 'learner';
-  const description = learner ? `the learner's chapter 3.6 model on ${n} tensor-parallel ranks` : `the engine on ${n} tensor-parallel ranks`;
+  const description = learner
+    ? `the learner's chapter 3.6 model on ${n} tensor-parallel ranks`
+    : `the engine on ${n} tensor-parallel ranks`;
   try {
-    return await TensorParallelModel.start({ weights: { modelDir: dir }, code: learner ? 'learner' : 'engine', worldSize: n, exact: choice.exact }, description);
+    return await TensorParallelModel.start(
+      { weights: { modelDir: dir }, code: learner ? 'learner' : 'engine', worldSize: n, exact: choice.exact },
+      description,
+    );
   } catch (err) {
     if (err instanceof UserError) throw err;
     throw new UserError(`cannot load the model in ${dir} on ${n} tensor-parallel ranks: ${oneLine(err)}`, { cause: err });
@@ -256,18 +266,26 @@ interface AgentModule<Registry> {
  * each must be a built-in tool), or all of them.
  */
 export async function loadToolRunner(solution: Solution, schemas?: readonly ToolSchema[]): Promise<ToolRunner> {
-  return solution === 'learner' ? toolRunnerOf(await MODULES.learner.week3(), schemas) : toolRunnerOf(await MODULES.reference.week3(), schemas);
+  return solution === 'learner'
+    ? toolRunnerOf(await MODULES.learner.week3(), schemas)
+    : toolRunnerOf(await MODULES.reference.week3(), schemas);
 }
 
 function toolRunnerOf<Registry>(week3: AgentModule<Registry>, schemas?: readonly ToolSchema[]): ToolRunner {
   const builtIn = new Map(withLearnerErrors(() => week3.demoTools()).map((tool) => [tool.schema.function.name, tool]));
   const tools = (schemas ?? [...builtIn.values()].map((t) => t.schema)).map((schema) => {
     const tool = builtIn.get(schema.function.name);
-    if (!tool) throw new UserError(`--run-tools: no built-in tool runs "${schema.function.name}" (the built-in tools are ${[...builtIn.keys()].join(', ')})`);
+    if (!tool)
+      throw new UserError(
+        `--run-tools: no built-in tool runs "${schema.function.name}" (the built-in tools are ${[...builtIn.keys()].join(', ')})`,
+      );
     return { schema, run: tool.run };
   });
   const registry = withLearnerErrors(() => new week3.ToolRegistry(tools));
-  return { schemas: registry.schemas, run: (model, messages, options) => withLearnerErrors(() => week3.runAgent(model, registry, messages, options)) };
+  return {
+    schemas: registry.schemas,
+    run: (model, messages, options) => withLearnerErrors(() => week3.runAgent(model, registry, messages, options)),
+  };
 }
 
 /** A scheduler (chapter 2.6) over the chosen model: what `batch`, `bench --batch` and the server drive. */
@@ -304,7 +322,10 @@ function loadEngineBatchModel(dir: string, kv: KvCacheChoice, exact?: boolean): 
   const numPages = EngineBatchModel.pagesIn(model.config, megabytes);
   if (numPages < 1) throw new UserError(`--kv-cache-mb ${megabytes}: too small for one page of 16 tokens of this model`);
   const paged = new EngineBatchModel(model, { numPages, prefixCaching: kv.prefixCaching });
-  return { paged, cache: `a KV cache of ${numPages} pages of 16 tokens (${megabytes} MB)${paged.pool.prefixCache ? ' with prefix caching' : ''}` };
+  return {
+    paged,
+    cache: `a KV cache of ${numPages} pages of 16 tokens (${megabytes} MB)${paged.pool.prefixCache ? ' with prefix caching' : ''}`,
+  };
 }
 
 /** The two halves of disaggregated serving (chapter 3.5): a worker's scheduler prefills, or decodes. */
@@ -323,7 +344,9 @@ export function loadPhaseScheduler<P extends Phase>(
 ): LoadedScheduler<InstanceType<(typeof PHASE_SCHEDULERS)[P]>> {
   checkModelDir(dir);
   const { paged, cache } = loadEngineBatchModel(dir, phase === 'decode' ? { ...options, prefixCaching: false } : options, exact);
-  const scheduler = new PHASE_SCHEDULERS[phase](paged, { maxBatch: options.maxBatch, prefillChunk: options.prefillChunk }) as InstanceType<(typeof PHASE_SCHEDULERS)[P]>;
+  const scheduler = new PHASE_SCHEDULERS[phase](paged, { maxBatch: options.maxBatch, prefillChunk: options.prefillChunk }) as InstanceType<
+    (typeof PHASE_SCHEDULERS)[P]
+  >;
   return { scheduler, config: paged.config, description: `the engine's ${phase} worker, ${cache}`, pool: paged.pool };
 }
 
@@ -343,13 +366,20 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
   if (choice.week === undefined && solution === 'reference' && device === 'cpu' && !tensorParallel) {
     const { paged, cache } = loadEngineBatchModel(dir, options, choice.exact);
     try {
-      return { scheduler: new PagedScheduler(paged, { maxBatch, prefillChunk }), config: paged.config, description: `the engine, ${cache}`, pool: paged.pool };
+      return {
+        scheduler: new PagedScheduler(paged, { maxBatch, prefillChunk }),
+        config: paged.config,
+        description: `the engine, ${cache}`,
+        pool: paged.pool,
+      };
     } catch (err) {
       throw schedulerError(err);
     }
   }
   if (options.kvCacheMb !== undefined || options.prefixCaching === false) {
-    throw new UserError("--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache; the chapter models and tensor-parallel ranks keep a cache per request");
+    throw new UserError(
+      "--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache; the chapter models and tensor-parallel ranks keep a cache per request",
+    );
   }
   if (tensorParallel) {
     // The course's scheduler over the group, whichever code the ranks run (the chapter under test is 3.6).
@@ -369,12 +399,24 @@ export async function loadScheduler(dir: string, choice: ModelChoice, options: S
       const week2 = await MODULES.reference.week2();
       const week3 = await MODULES.reference.week3();
       const model =
-        choice.week === undefined ? new DeviceQwen2(modelDir) : choice.week === 3 ? new week3.Qwen2ModelWeek3(modelDir) : new week2.Qwen2ModelWeek2(modelDir);
-      return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), { maxBatch, prefillChunk }), config: model.config, description };
+        choice.week === undefined
+          ? new DeviceQwen2(modelDir)
+          : choice.week === 3
+            ? new week3.Qwen2ModelWeek3(modelDir)
+            : new week2.Qwen2ModelWeek2(modelDir);
+      return {
+        scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), { maxBatch, prefillChunk }),
+        config: model.config,
+        description,
+      };
     }
     const week2 = await MODULES.learner.week2();
     const model = choice.week === 3 ? new (await MODULES.learner.week3()).Qwen2ModelWeek3(modelDir) : new week2.Qwen2ModelWeek2(modelDir);
-    return { scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), { maxBatch, prefillChunk }), config: model.config, description };
+    return {
+      scheduler: new week2.Scheduler(new week2.Week2BatchModel(model), { maxBatch, prefillChunk }),
+      config: model.config,
+      description,
+    };
   } catch (err) {
     throw loadError(err, dir, description);
   }

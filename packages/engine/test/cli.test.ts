@@ -3,7 +3,18 @@
 // runs (spawned from the repository root, as `pnpm tiny-llm` runs it) for the output formats, the logits
 // parity check and the errors. A spawn costs ~0.7 s, so most prompts run in-process and a few go through
 // the CLI.
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as tc from '@tiny-llm/tensor-core';
@@ -62,7 +73,9 @@ describe('generate: the golden greedy text of every prompt of the demo models (i
         expect(ids, 'prompt ids').toEqual(c.ids);
         const chunks: string[] = [];
         const session = model.newSession();
-        const r = await generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) => chunks.push(t));
+        const r = await generate(model, session, tokenizer, ids, { maxTokens: g.max_new_tokens, ignoreEos: true, temperature: 0 }, (t) =>
+          chunks.push(t),
+        );
         session.dispose();
         expect(r.tokens, `${name}: ${JSON.stringify(c.prompt.slice(-40))}`).toEqual(c.greedy);
         expect(r.text).toBe(c.greedy_text);
@@ -103,11 +116,20 @@ describe('the sessions of every model the registry runs', () => {
     expect(r.text).toBe(c.greedy_text);
   });
 
-  for (const [what, choice] of [['the engine', {}], ['the reference week 1 model', { solution: 'reference', week: 1 }], ['the reference week 2 model', { solution: 'reference', week: 2 }]] as [string, ModelChoice][]) {
+  for (const [what, choice] of [
+    ['the engine', {}],
+    ['the reference week 1 model', { solution: 'reference', week: 1 }],
+    ['the reference week 2 model', { solution: 'reference', week: 2 }],
+  ] as [string, ModelChoice][]) {
     it(`${what}: allLogits of every fixture prompt equal the golden logits (1e-4)`, async () => {
       const golden = goldenModel('qwen2-tiny');
       const model = await loadModel(golden.dir, choice);
-      for (const p of golden.prompts) expectGolden(tc.expandDims(model.allLogits(p.ids), 0), tc.expandDims(p.logits, 0), { atol: 1e-4, what: `prompt ${p.index}`, axes: ['b', 'l', 'v'] });
+      for (const p of golden.prompts)
+        expectGolden(tc.expandDims(model.allLogits(p.ids), 0), tc.expandDims(p.logits, 0), {
+          atol: 1e-4,
+          what: `prompt ${p.index}`,
+          axes: ['b', 'l', 'v'],
+        });
     });
   }
 });
@@ -141,7 +163,19 @@ describe('the CLI (spawned)', () => {
     runs.push(['tiny-qwen2-py', golden('tiny-qwen2-py').cases[2], ['--solution', 'reference', '--week', '2']]);
     const results = await Promise.all(
       runs.map(([model, c, choice]) =>
-        cli(['generate', '--model', `models/${model}`, ...choice, '--prompt', c.prompt, '--temperature', '0', '--ignore-eos', '--max-tokens', '48']),
+        cli([
+          'generate',
+          '--model',
+          `models/${model}`,
+          ...choice,
+          '--prompt',
+          c.prompt,
+          '--temperature',
+          '0',
+          '--ignore-eos',
+          '--max-tokens',
+          '48',
+        ]),
       ),
     );
     for (const [i, [, c]] of runs.entries()) {
@@ -175,10 +209,14 @@ describe('the CLI (spawned)', () => {
       cli(['chat', '--tools', unknown, '--run-tools', '--message', 'Hello!']),
     ]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toBe('<tool_call>\n{"name": "calculator", "arguments": {"expression": "37 * 12"}}\n</tool_call>\n[calculator: 444]\n37 times 12 is 444.\n');
+    expect(r.stdout).toBe(
+      '<tool_call>\n{"name": "calculator", "arguments": {"expression": "37 * 12"}}\n</tool_call>\n[calculator: 444]\n37 times 12 is 444.\n',
+    );
     expect(r.stderr, 'the second reply reuses the cache of the first').toMatch(/\(\d+ reused from the cache\)/);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/^tiny-llm: --run-tools: no built-in tool runs "send_email" \(the built-in tools are calculator, get_weather, get_time\)\n$/);
+    expect(refused.stderr).toMatch(
+      /^tiny-llm: --run-tools: no built-in tool runs "send_email" \(the built-in tools are calculator, get_weather, get_time\)\n$/,
+    );
   });
 
   it('logits --ids writes [L, vocab] float32 equal to the fixture golden logits (atol 1e-4)', async () => {
@@ -216,21 +254,41 @@ describe('the CLI (spawned)', () => {
       ['missing model', ['generate', '--prompt', 'x', '--model', join(tmp, 'nowhere')], 1, /--model .*nowhere: no such directory/],
       ['not a model', ['generate', '--prompt', 'x', '--model', 'packages'], 1, /--model packages: not a model directory \(no config.json/],
       ['truncated shard', ['generate', '--prompt', 'x', '--model', truncated], 1, /model-00002-of-00003\.safetensors.*truncated/],
-      ['id outside the vocabulary', ['logits', '--model', 'fixtures/models/qwen2-tiny', '--ids', '1,2,512'], 1, /token id 512 is outside the vocabulary \(0\.\.511\)/],
-      ['prompt longer than the context', ['generate', '--model', shortContext, '--prompt', 'x = 1\n'.repeat(20)], 1, /the prompt has \d+ tokens, more than the model's context of 16/],
+      [
+        'id outside the vocabulary',
+        ['logits', '--model', 'fixtures/models/qwen2-tiny', '--ids', '1,2,512'],
+        1,
+        /token id 512 is outside the vocabulary \(0\.\.511\)/,
+      ],
+      [
+        'prompt longer than the context',
+        ['generate', '--model', shortContext, '--prompt', 'x = 1\n'.repeat(20)],
+        1,
+        /the prompt has \d+ tokens, more than the model's context of 16/,
+      ],
       ['a boolean flag given a value', ['generate', '--prompt', 'x', '--ignore-eos=yes'], 2, /--ignore-eos takes no value/],
       ['no --prompt', ['generate', '--max-tokens', '3'], 2, /generate: --prompt TEXT is required/],
       ['an empty prompt', ['generate', '--prompt', ''], 1, /the prompt is empty/],
       ['--print-prompt without --message', ['chat', '--print-prompt'], 2, /--print-prompt needs --message TEXT/],
       ['logits without ids', ['logits'], 2, /give the tokens as --ids 1,2,3 or as --prompt TEXT/],
       ['logits with malformed ids', ['logits', '--ids', '1,two,3'], 2, /--ids: expected a comma-separated list of token ids/],
-      ['an unwritable --out', ['logits', '--ids', '1,2', '--out', join(tmp, 'no', 'such', 'dir', 'x.safetensors')], 1, /--out .*x\.safetensors: cannot write it/],
+      [
+        'an unwritable --out',
+        ['logits', '--ids', '1,2', '--out', join(tmp, 'no', 'such', 'dir', 'x.safetensors')],
+        1,
+        /--out .*x\.safetensors: cannot write it/,
+      ],
       ['a missing --tools file', ['chat', '--message', 'hi', '--tools', join(tmp, 'nowhere.json')], 1, /--tools .*nowhere\.json/],
       ['a --tools file that is not a list of tools', ['chat', '--message', 'hi', '--tools', badTools], 1, /--tools .*bad-tools\.json/],
       ['--week 4', ['generate', '--prompt', 'x', '--week', '4'], 2, /--week must be one of 1, 2, 3/],
       ['convert without --out', ['convert', '--quantize', 'q4'], 2, /--quantize q4\|q8 and --out DIR are required/],
       ['convert to 3 bits', ['convert', '--quantize', 'q3', '--out', join(tmp, 'q3')], 2, /--quantize must be one of q4, q8, got q3/],
-      ['convert of a quantized model', ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')], 1, /already quantized \(4 bits, group 64\)/],
+      [
+        'convert of a quantized model',
+        ['convert', '--model', 'fixtures/models/qwen2-tiny-4bit', '--quantize', 'q8', '--out', join(tmp, 'q8')],
+        1,
+        /already quantized \(4 bits, group 64\)/,
+      ],
     ];
     const results = await Promise.all(cases.map(([, args]) => cli(args)));
     for (const [i, [what, , code, message]] of cases.entries()) {
@@ -253,7 +311,9 @@ describe('the CLI (spawned)', () => {
         expect(r.stderr, what).toMatch(/generated \d+ tokens/);
       } else {
         expect(r.code, what).toBe(1);
-        expect(r.stderr, what).toMatch(/^(loaded .*\n)?tiny-llm: the learner's chapter \d\.\d is not implemented yet; run with --solution reference or finish packages\/week\d\/src\/[\w-]+\.ts/);
+        expect(r.stderr, what).toMatch(
+          /^(loaded .*\n)?tiny-llm: the learner's chapter \d\.\d is not implemented yet; run with --solution reference or finish packages\/week\d\/src\/[\w-]+\.ts/,
+        );
       }
     }
   });
@@ -262,7 +322,7 @@ describe('the CLI (spawned)', () => {
 describe('batch: many prompts through continuous batching', () => {
   const jsonl = (rows: object[]) => {
     const path = join(tmp, `prompts-${Math.random().toString(36).slice(2)}.jsonl`);
-    writeFileSync(path, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    writeFileSync(path, `${rows.map((r) => JSON.stringify(r)).join('\n')}\n`);
     return path;
   };
 
@@ -272,7 +332,10 @@ describe('batch: many prompts through continuous batching', () => {
     for (const choice of [[], ['--solution', 'reference', '--week', '2']]) {
       const r = await cli(['batch', ...choice, '--prompts', prompts, '--max-batch', '4', '--prefill-chunk', '64']);
       expect(r.code, r.stderr).toBe(0);
-      const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+      const lines = r.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       expect(lines.map((l) => l.index)).toEqual(g.cases.map((_, i) => i));
       lines.forEach((l, i) => {
         expect(l.text, `line ${i} (${choice.join(' ') || 'the engine'})`).toBe(g.cases[i].greedy_text);
@@ -286,12 +349,24 @@ describe('batch: many prompts through continuous batching', () => {
     const cases: [string, string[], RegExp][] = [
       ['no --prompts', ['batch'], /--prompts FILE.jsonl is required/],
       ['a missing file', ['batch', '--prompts', join(tmp, 'nowhere.jsonl')], /nowhere.jsonl: cannot read it \(ENOENT\)/],
-      ['an unknown field', ['batch', '--prompts', jsonl([{ prompt: 'a' }, { prompt: 'b', max_token: 3 }])], /line 2: unknown field "max_token"/],
+      [
+        'an unknown field',
+        ['batch', '--prompts', jsonl([{ prompt: 'a' }, { prompt: 'b', max_token: 3 }])],
+        /line 2: unknown field "max_token"/,
+      ],
       ['a bad value', ['batch', '--prompts', jsonl([{ prompt: 'a', temperature: -1 }])], /line 1: bad value for "temperature": -1/],
       ['an empty prompt', ['batch', '--prompts', jsonl([{ prompt: '' }])], /prompt 0: the prompt is empty/],
       ['week 1 has no cache', ['batch', '--week', '1', '--prompts', jsonl([{ prompt: 'a' }])], /batching needs a model with a KV cache/],
-      ['a KV cache too small for a request', ['batch', '--kv-cache-mb', '1', '--prompts', jsonl([{ prompt: 'a', max_tokens: 300 }])], /prompt 0: the request may reach 301 tokens .* the pool has 8 pages in all/],
-      ['KV cache flags on week 2', ['batch', '--week', '2', '--no-prefix-cache', '--prompts', jsonl([{ prompt: 'a' }])], /--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache/],
+      [
+        'a KV cache too small for a request',
+        ['batch', '--kv-cache-mb', '1', '--prompts', jsonl([{ prompt: 'a', max_tokens: 300 }])],
+        /prompt 0: the request may reach 301 tokens .* the pool has 8 pages in all/,
+      ],
+      [
+        'KV cache flags on week 2',
+        ['batch', '--week', '2', '--no-prefix-cache', '--prompts', jsonl([{ prompt: 'a' }])],
+        /--kv-cache-mb and --no-prefix-cache set the engine's paged KV cache/,
+      ],
     ];
     const broken = join(tmp, 'broken.jsonl');
     writeFileSync(broken, '{"prompt": "a"}\n{"prompt": \n');
@@ -327,8 +402,16 @@ describe('flags, random weights, the bench accounting', () => {
 
   it('random weights of every dtype build a model whose logits are finite; q4/q8 dequantize to ~N(0, 0.02)', () => {
     const config = tc.parseModelConfig({
-      model_type: 'qwen2', hidden_size: 128, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4,
-      num_key_value_heads: 2, vocab_size: 320, max_position_embeddings: 64, tie_word_embeddings: true, rope_theta: 1e6,
+      model_type: 'qwen2',
+      hidden_size: 128,
+      intermediate_size: 256,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: 320,
+      max_position_embeddings: 64,
+      tie_word_embeddings: true,
+      rope_theta: 1e6,
     });
     for (const dtype of ['f32', 'bf16', 'q4', 'q8'] as const) {
       const weights = new RandomWeights(config, { dtype, seed: 3 });

@@ -33,7 +33,8 @@ describe('convert --quantize', () => {
     expect(ours.names.sort()).toEqual(theirs.names.sort());
     for (const name of theirs.names) {
       expect(ours.checkpoint.info(name).shape, name).toEqual(theirs.checkpoint.info(name).shape);
-      if (name.endsWith('.weight') && theirs.checkpoint.info(name).dtype === 'uint32') expect(ours.checkpoint.info(name).dtype, name).toBe('uint32');
+      if (name.endsWith('.weight') && theirs.checkpoint.info(name).dtype === 'uint32')
+        expect(ours.checkpoint.info(name).dtype, name).toBe('uint32');
     }
     const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'));
     const fixtureConfig = JSON.parse(readFileSync(join(MLX_FIXTURE, 'config.json'), 'utf8'));
@@ -43,7 +44,10 @@ describe('convert --quantize', () => {
   });
 
   it('every quantized value is within one step of the float weight, and most within half a step', () => {
-    for (const [bits, groupSize] of [[4, 32], [8, 64]] as const) {
+    for (const [bits, groupSize] of [
+      [4, 32],
+      [8, 64],
+    ] as const) {
       const converted = tc.openModelDir(convertTo(`bound-${bits}-${groupSize}`, bits, groupSize));
       const source = tc.openModelDir(SOURCE);
       for (const prefix of ['model.embed_tokens', 'model.layers.0.self_attn.k_proj', 'model.layers.1.mlp.down_proj']) {
@@ -59,7 +63,9 @@ describe('convert --quantize', () => {
             const value = float64.unpackQuantized(words, (r * k * bits) / 32, j, bits) * scales[g] + biases[g];
             const error = Math.abs(value - w[r * k + j]);
             if (error > Math.abs(scales[g]) * (1 + 1e-6)) {
-              expect.fail(`${prefix} [${r}, ${j}] (${bits} bits, group ${groupSize}): ${value} for ${w[r * k + j]}, more than the step ${scales[g]} away`);
+              expect.fail(
+                `${prefix} [${r}, ${j}] (${bits} bits, group ${groupSize}): ${value} for ${w[r * k + j]}, more than the step ${scales[g]} away`,
+              );
             }
             if (error <= Math.abs(scales[g]) / 2 + 1e-7) halfStep++;
           }
@@ -73,7 +79,9 @@ describe('convert --quantize', () => {
   it('the engine and a float64 reader of the converted files agree on the logits; sharded files load the same', async () => {
     const single = convertTo('q8-g64', 8, 64);
     const sharded = convertTo('q8-g64-sharded', 8, 64, 64 * 1024);
-    expect(JSON.parse(readFileSync(join(sharded, 'model.safetensors.index.json'), 'utf8')).weight_map['model.norm.weight']).toMatch(/^model-\d{5}-of-\d{5}\.safetensors$/);
+    expect(JSON.parse(readFileSync(join(sharded, 'model.safetensors.index.json'), 'utf8')).weight_map['model.norm.weight']).toMatch(
+      /^model-\d{5}-of-\d{5}\.safetensors$/,
+    );
     const ids = [1, 17, 300, 5, 42, 9, 11];
     const reference = new Float64Qwen2(single).logits(ids);
     for (const dir of [single, sharded]) {
@@ -98,7 +106,9 @@ describe('convert --quantize', () => {
   });
 
   it('refuses an already quantized checkpoint and an output directory that is not empty', () => {
-    expect(() => convertModel(MLX_FIXTURE, join(tmp, 'again'), { bits: 4, groupSize: 64 })).toThrow(/already quantized \(4 bits, group 64\)/);
+    expect(() => convertModel(MLX_FIXTURE, join(tmp, 'again'), { bits: 4, groupSize: 64 })).toThrow(
+      /already quantized \(4 bits, group 64\)/,
+    );
     const out = convertTo('taken', 4, 64);
     expect(() => convertModel(SOURCE, out, { bits: 8, groupSize: 64 })).toThrow(/already exists and is not empty/);
   });

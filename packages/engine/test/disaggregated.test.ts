@@ -23,7 +23,11 @@ function expectedText(c: DemoGoldenCase): string {
 }
 
 const complete = async (url: string, body: Record<string, unknown>) => {
-  const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
   expect(res.status, await res.clone().text()).toBe(200);
   return (await res.json()) as { choices: { text: string; finish_reason: string }[]; usage: { prompt_tokens: number } };
 };
@@ -43,7 +47,9 @@ afterAll(() => server?.stop());
 
 describe('serve --disaggregated', () => {
   it('every golden prompt at once: exactly the golden text, each prompt counted whole', async () => {
-    const results = await Promise.all(golden.cases.map((c) => complete(server.url, { prompt: c.prompt, max_tokens: golden.max_new_tokens, temperature: 0 })));
+    const results = await Promise.all(
+      golden.cases.map((c) => complete(server.url, { prompt: c.prompt, max_tokens: golden.max_new_tokens, temperature: 0 })),
+    );
     results.forEach((r, i) => {
       const c = golden.cases[i];
       expect(r.choices[0].text, `case ${i}, a ${c.kind} prompt of ${c.ids.length} tokens`).toBe(expectedText(c));
@@ -87,9 +93,15 @@ describe('serve --disaggregated', () => {
 
   it('--disaggregated with flags it does not combine with: a usage error naming them', async () => {
     const cases: [string[], RegExp][] = [
-      [['serve', '--disaggregated', '--week', '2'], /serve: --disaggregated runs the engine .* does not combine with --week or --solution learner/],
+      [
+        ['serve', '--disaggregated', '--week', '2'],
+        /serve: --disaggregated runs the engine .* does not combine with --week or --solution learner/,
+      ],
       [['serve', '--disaggregated', '--solution', 'learner'], /serve: --disaggregated runs the engine/],
-      [['bench-serve', '--disaggregated', '--url', 'http://127.0.0.1:1'], /bench-serve: --disaggregated starts the two servers it compares; it does not combine with --url/],
+      [
+        ['bench-serve', '--disaggregated', '--url', 'http://127.0.0.1:1'],
+        /bench-serve: --disaggregated starts the two servers it compares; it does not combine with --url/,
+      ],
     ];
     const results = await Promise.all(cases.map(([args]) => cli(args)));
     cases.forEach(([args, message], i) => {

@@ -23,7 +23,11 @@ vi.setConfig({ testTimeout: 600_000 });
 /** Runs the CLI from the repository root, as `pnpm tiny-llm` does. */
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...process.env, TINY_LLM_DEBUG: '' }, timeout: 300_000 });
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+      cwd: ROOT,
+      env: { ...process.env, TINY_LLM_DEBUG: '' },
+      timeout: 300_000,
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

@@ -16,7 +16,13 @@ const KINDS: string[][] = [['bias'], ['residual'], ['norm'], ['swiglu'], ['norm'
 describe('quantizedMatmul with fused work', () => {
   // M = 1 and 3: the decode kernels (one and several x rows); M = 37: prefill (the GEMM on dequantized blocks).
   // K = 2048 at 4 bits: rows of 1 KB, which take the two-row tiles; K = 256: the four-row tiles.
-  for (const [bits, group, k] of [[4, 64, 256], [4, 64, 2048], [8, 32, 256], [2, 64, 256], [3, 64, 192]]) {
+  for (const [bits, group, k] of [
+    [4, 64, 256],
+    [4, 64, 2048],
+    [8, 32, 256],
+    [2, 64, 256],
+    [3, 64, 192],
+  ]) {
     for (const kinds of KINDS) {
       it(`${bits}-bit, group ${group}, K = ${k}: ${kinds.join(' + ')} (M = 1, 3, 37)`, () => {
         for (const m of [1, 3, 37]) {
@@ -43,7 +49,7 @@ describe('quantizedMatmul with fused work', () => {
   });
 });
 
-describe('Linear with dense weights: the same fusion through tensor-core\'s matmul', () => {
+describe("Linear with dense weights: the same fusion through tensor-core's matmul", () => {
   for (const dtype of ['float32', 'bfloat16'] as const) {
     for (const kinds of KINDS) {
       it(`${dtype} weight: ${kinds.join(' + ')} (M = 1, 3, 37)`, () => {
@@ -117,7 +123,16 @@ describe('fused decode kernels against the composed ops, on the fixture models',
     const both = m.newCache();
     const one = m.newCache();
     const two = m.newCache();
-    m.forward(tc.tensor([[3, 4, 5], [9, 8, 7]], { dtype: 'int32' }), both);
+    m.forward(
+      tc.tensor(
+        [
+          [3, 4, 5],
+          [9, 8, 7],
+        ],
+        { dtype: 'int32' },
+      ),
+      both,
+    );
     m.forward(tc.tensor([[3, 4, 5]], { dtype: 'int32' }), one);
     m.forward(tc.tensor([[9, 8, 7]], { dtype: 'int32' }), two);
     const batched = m.forwardLastLogits(tc.tensor([[6], [1]], { dtype: 'int32' }), both).toArray() as Float32Array;

@@ -70,7 +70,10 @@ describe('integer activations against the exact path, on the demo model quantize
     it(`${bits}-bit: mean KL(exact || fast) <= 1e-3 nats, the same top-1 token at >= 99% of positions`, () => {
       const fast = Qwen2Model.load(converted[bits]);
       const exact = Qwen2Model.load(converted[bits], { exact: true });
-      let positions = 0, klSum = 0, klMax = 0, top1Same = 0;
+      let positions = 0,
+        klSum = 0,
+        klMax = 0,
+        top1Same = 0;
       const tieGaps: number[] = []; // where the top-1 tokens differ: the exact logit of exact's top-1 minus fast's
       for (const ids of sequences) {
         const p = allLogits(exact, ids);

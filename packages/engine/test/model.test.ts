@@ -89,10 +89,12 @@ for (const name of FIXTURE_MODELS) {
         const cache = m.newCache();
         const generated: number[] = [];
         let logits = m.forwardLastLogits(ids2d([ids]), cache); // [1, vocab]
-        expectLogits('last-position logits of the prompt', logits, goldenRows(golden.get(`prompt${i}.logits`), ids.length - 1, ids.length), [
-          1,
-          m.config.vocabSize,
-        ]);
+        expectLogits(
+          'last-position logits of the prompt',
+          logits,
+          goldenRows(golden.get(`prompt${i}.logits`), ids.length - 1, ids.length),
+          [1, m.config.vocabSize],
+        );
         for (let step = 0; step < newTokens; step++) {
           const next = tc.tidy(() => tc.argmax(logits, -1).item());
           logits.dispose();
@@ -145,10 +147,17 @@ describe('Qwen2Model.decodeRows: requests of different lengths, each with its ow
         m.forward(ids2d([p.ids.slice(0, -1)]), cache).dispose();
         return cache;
       });
-      const logits = m.decodeRows(prompts.map((p) => p.ids.at(-1)!), caches); // [B, V]
+      const logits = m.decodeRows(
+        prompts.map((p) => p.ids.at(-1)!),
+        caches,
+      ); // [B, V]
       prompts.forEach((p, row) => {
         const n = p.ids.length;
-        expectGolden(tc.slice(logits, [[row, row + 1]]), tc.slice(p.logits, [[n - 1, n]]), { atol: ATOL, what: `row ${row} (prompt ${p.index}, position ${n - 1})`, axes: ['b', 'v'] });
+        expectGolden(tc.slice(logits, [[row, row + 1]]), tc.slice(p.logits, [[n - 1, n]]), {
+          atol: ATOL,
+          what: `row ${row} (prompt ${p.index}, position ${n - 1})`,
+          axes: ['b', 'v'],
+        });
         expect(caches[row][0].offset, `row ${row}'s caches hold its ${n} tokens`).toBe(n);
       });
     });
@@ -186,8 +195,16 @@ describe('Qwen2Model: memory of a prefill', () => {
   // the CPU backend's byte counts, on random weights of 1 and 6 layers.
   const transientBytes = (layers: number): number => {
     const config = tc.parseModelConfig({
-      model_type: 'qwen2', hidden_size: 128, intermediate_size: 256, num_hidden_layers: layers, num_attention_heads: 4,
-      num_key_value_heads: 2, vocab_size: 320, max_position_embeddings: 256, tie_word_embeddings: true, rope_theta: 1e6,
+      model_type: 'qwen2',
+      hidden_size: 128,
+      intermediate_size: 256,
+      num_hidden_layers: layers,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: 320,
+      max_position_embeddings: 256,
+      tie_word_embeddings: true,
+      rope_theta: 1e6,
     });
     const model = Qwen2Model.fromWeights(config, new RandomWeights(config, { dtype: 'f32', seed: 1 }).get);
     const cache = model.newCache();
@@ -209,7 +226,7 @@ describe('Qwen2Model: memory of a prefill', () => {
   });
 });
 
-describe('DecodeKvCache (chapter 2.1\'s KvCache): buffers', () => {
+describe("DecodeKvCache (chapter 2.1's KvCache): buffers", () => {
   const kv = (b: number, h: number, l: number, d: number, seed: number) => tc.random.normal([b, h, l, d], { seed });
 
   it('appends along the sequence axis and returns everything so far', () => {
@@ -309,7 +326,9 @@ describe('Qwen2Model: errors', () => {
     const max = m.config.maxPositionEmbeddings;
     const cache = m.newCache();
     const long = tc.zeros([1, max + 1], { dtype: 'int32' });
-    expect(() => m.forward(long, cache)).toThrow(new RegExp(`${max + 1} tokens after 0 cached ones reach position ${max}.*max_position_embeddings ${max}`));
+    expect(() => m.forward(long, cache)).toThrow(
+      new RegExp(`${max + 1} tokens after 0 cached ones reach position ${max}.*max_position_embeddings ${max}`),
+    );
     // The same limit counts the cached tokens.
     m.forward(ids2d([[1, 2, 3]]), cache);
     expect(() => m.forward(tc.zeros([1, max - 2], { dtype: 'int32' }), cache)).toThrow(/after 3 cached ones/);
@@ -343,7 +362,9 @@ describe('Qwen2Model: errors', () => {
     cpSync(`${FIXTURES_DIR}models/qwen2-tiny`, dir, { recursive: true });
     const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, intermediate_size: 96 }));
-    expect(() => Qwen2Model.load(dir)).toThrow(/model\.layers\.0\.mlp\.gate_proj: expected a weight of shape \[96, 64\], got float32\[128, 64\]/);
+    expect(() => Qwen2Model.load(dir)).toThrow(
+      /model\.layers\.0\.mlp\.gate_proj: expected a weight of shape \[96, 64\], got float32\[128, 64\]/,
+    );
     rmSync(dir, { recursive: true, force: true });
   });
 

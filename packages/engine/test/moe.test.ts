@@ -19,7 +19,10 @@ function weightsOf(dir: string): (name: string) => Weight | undefined {
 }
 
 describe("the engine's MoE block = the plain block of the week 3 model, on the checkpoints' layers", () => {
-  for (const [what, dir] of [['qwen2-moe-tiny (float32)', `${FIXTURES_DIR}models/qwen2-moe-tiny`], ['tiny-qwen2-moe-py (bf16, read in place)', `${MODELS_DIR}tiny-qwen2-moe-py`]]) {
+  for (const [what, dir] of [
+    ['qwen2-moe-tiny (float32)', `${FIXTURES_DIR}models/qwen2-moe-tiny`],
+    ['tiny-qwen2-moe-py (bf16, read in place)', `${MODELS_DIR}tiny-qwen2-moe-py`],
+  ]) {
     for (const fuse of [true, false]) {
       it(`${what}, every layer${fuse ? '' : ', gate and up unfused'}: prefill rows and one decode row`, () => {
         const plain = Qwen2ModelWeek3.load(dir);
@@ -30,7 +33,11 @@ describe("the engine's MoE block = the plain block of the week 3 model, on the c
           const reference = plain.layers[i].mlp as Qwen2MoeBlock;
           for (const t of [7, 1]) {
             const x = tc.tensor(seeded(t * config.hiddenSize, 10 * i + t, 1), { shape: [1, t, config.hiddenSize] });
-            expectGolden(engine.forward(x), f64.toND(reference.forward(x)), { atol: 1e-5, what: `layer ${i}, ${t} tokens`, axes: ['b', 'l', 'e'] });
+            expectGolden(engine.forward(x), f64.toND(reference.forward(x)), {
+              atol: 1e-5,
+              what: `layer ${i}, ${t} tokens`,
+              axes: ['b', 'l', 'e'],
+            });
           }
         }
       });
@@ -43,7 +50,11 @@ describe("the engine's MoE block = the plain block of the week 3 model, on the c
     const md = tc.openModelDir(dir);
     const p = 'model.layers.0.mlp';
     const nd = (name: string) => f64.toND(md.weight(name));
-    const gated = (prefix: string) => ({ gate: nd(`${prefix}.gate_proj.weight`), up: nd(`${prefix}.up_proj.weight`), down: nd(`${prefix}.down_proj.weight`) });
+    const gated = (prefix: string) => ({
+      gate: nd(`${prefix}.gate_proj.weight`),
+      up: nd(`${prefix}.up_proj.weight`),
+      down: nd(`${prefix}.down_proj.weight`),
+    });
     const moe = md.config.moe!;
     const arrays: f64.MoeArrays = {
       router: nd(`${p}.gate.weight`),
@@ -123,7 +134,9 @@ describe("the engine's MoE block: loading", () => {
       /no model\.layers\.0\.mlp\.experts\.2\.up_proj\.weight/,
     );
     const badRouter = new Map(names).set(`${p}.gate.weight`, random(3, 16, 50));
-    expect(() => loadMoeBlock(cfg, p, (n) => badRouter.get(n))).toThrow(/model\.layers\.0\.mlp\.gate: expected a weight of shape \[4, 16\]/);
+    expect(() => loadMoeBlock(cfg, p, (n) => badRouter.get(n))).toThrow(
+      /model\.layers\.0\.mlp\.gate: expected a weight of shape \[4, 16\]/,
+    );
     const badExpert = new Map(names).set(`${p}.experts.1.gate_proj.weight`, random(8, 15, 51));
     expect(() => loadMoeBlock(cfg, p, (n) => badExpert.get(n))).toThrow(/experts\.1/);
     expect(() => loadMoeBlock(config({ numExpertsPerTok: 4, numExperts: 4 }), p, (n) => names.get(n))).not.toThrow();

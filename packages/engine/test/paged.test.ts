@@ -12,7 +12,14 @@ import { Qwen2Model } from '../src/model/qwen2.ts';
 import { engineKernels } from '../src/model/native.ts';
 
 const ATOL = 1e-4;
-const random = (shape: number[], seed: number) => tc.tensor(seeded(shape.reduce((a, b) => a * b), seed), { shape });
+const random = (shape: number[], seed: number) =>
+  tc.tensor(
+    seeded(
+      shape.reduce((a, b) => a * b),
+      seed,
+    ),
+    { shape },
+  );
 
 describe('pagedAttentionDecode: RoPE, the cache write and attention through block tables, in one call', () => {
   for (const norms of [false, true]) {
@@ -28,7 +35,16 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
       const out = tc.empty([3, 1, hq * d]);
       const eps = 1e-6;
       engineKernels().pagedAttentionDecode(
-        ...[qkv, rope.cos, rope.sin, tc.tensor(Int32Array.from(positions), { dtype: 'int32' }), keys, values, blockTablesTensor(tables), out].map((t) => t.native()),
+        ...[
+          qkv,
+          rope.cos,
+          rope.sin,
+          tc.tensor(Int32Array.from(positions), { dtype: 'int32' }),
+          keys,
+          values,
+          blockTablesTensor(tables),
+          out,
+        ].map((t) => t.native()),
         hq,
         hkv,
         0.25,
@@ -40,7 +56,8 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
       const heads = f64.toND(tc.reshape(qkv, [3, 1, hq + 2 * hkv, d]));
       const part = (from: number, n: number, norm: tc.Tensor | null) => {
         const slice = { shape: [3, 1, n, d], data: new Float64Array(3 * n * d) };
-        for (let b = 0; b < 3; b++) slice.data.set(heads.data.subarray((b * (hq + 2 * hkv) + from) * d, (b * (hq + 2 * hkv) + from + n) * d), b * n * d);
+        for (let b = 0; b < 3; b++)
+          slice.data.set(heads.data.subarray((b * (hq + 2 * hkv) + from) * d, (b * (hq + 2 * hkv) + from + n) * d), b * n * d);
         return norm ? f64.rmsNorm(slice, f64.toND(norm), eps) : slice;
       };
       const turned = (x: f64.NDArray) => f64.rope(x, { base, traditional: false, offsets: positions });
@@ -55,7 +72,14 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
       });
       expectGolden(keys, before[0], { atol: 1e-5, what: 'the key pages after the write', axes: ['page', 'g', 'slot', 'd'] });
       expectGolden(values, before[1], { atol: 0, what: 'the value pages after the write', axes: ['page', 'g', 'slot', 'd'] });
-      const expected = f64.pagedAttention(f64.reshapeND(q, [3, hq, d]), before[0], before[1], tables, positions.map((n) => n + 1), { scale: 0.25 });
+      const expected = f64.pagedAttention(
+        f64.reshapeND(q, [3, hq, d]),
+        before[0],
+        before[1],
+        tables,
+        positions.map((n) => n + 1),
+        { scale: 0.25 },
+      );
       expectGolden(out, f64.reshapeND(expected, [3, 1, hq * d]), { atol: 1e-5, what: 'the attention output', axes: ['b', 'l', 'hd'] });
     });
   }
@@ -64,7 +88,16 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
     const rope = tc.fast.ropeTables(8, 16);
     const call = (table: number[]) => () =>
       engineKernels().pagedAttentionDecode(
-        ...[random([1, 1, 32], 1), rope.cos, rope.sin, tc.tensor([5], { dtype: 'int32' }), tc.zeros([2, 1, 4, 8]), tc.zeros([2, 1, 4, 8]), blockTablesTensor([table]), tc.empty([1, 1, 16])].map((t) => t.native()),
+        ...[
+          random([1, 1, 32], 1),
+          rope.cos,
+          rope.sin,
+          tc.tensor([5], { dtype: 'int32' }),
+          tc.zeros([2, 1, 4, 8]),
+          tc.zeros([2, 1, 4, 8]),
+          blockTablesTensor([table]),
+          tc.empty([1, 1, 16]),
+        ].map((t) => t.native()),
         2,
         1,
         0.5,
@@ -76,7 +109,10 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
 
 describe('EngineBatchModel: the fixture models through paged prefill and decode', () => {
   // The fused kernels (the default), and the composed ops, which read the pages through PagedLayerCache.
-  const runs = [...['qwen2-tiny', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny'].map((name) => ({ name, fusedKernels: true })), { name: 'qwen3-tiny', fusedKernels: false }];
+  const runs = [
+    ...['qwen2-tiny', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny'].map((name) => ({ name, fusedKernels: true })),
+    { name: 'qwen3-tiny', fusedKernels: false },
+  ];
   for (const { name, fusedKernels } of runs) {
     it(`${name}${fusedKernels ? '' : ', composed ops'}: every golden prompt prefilled to half, then decoded together in pages of 4: the logits of every position`, () => {
       const golden = goldenModel(name);
@@ -85,12 +121,20 @@ describe('EngineBatchModel: the fixture models through paged prefill and decode'
       const tables = prompts.map(() => model.newRequestCache());
       const half = prompts.map((p) => Math.ceil(p.ids.length / 2));
       const expectRow = (logits: tc.Tensor, i: number, position: number) =>
-        expectGolden(logits, tc.slice(prompts[i].logits, [[position, position + 1]]), { atol: ATOL, what: `prompt ${prompts[i].index}, position ${position}`, axes: ['b', 'v'] });
+        expectGolden(logits, tc.slice(prompts[i].logits, [[position, position + 1]]), {
+          atol: ATOL,
+          what: `prompt ${prompts[i].index}, position ${position}`,
+          axes: ['b', 'v'],
+        });
       prompts.forEach((p, i) => expectRow(model.prefill(p.ids.slice(0, half[i]), 0, tables[i]), i, half[i] - 1));
       for (let position = 1; prompts.some((p) => p.ids.length > position); position++) {
         const rows = prompts.flatMap((p, i) => (position >= half[i] && position < p.ids.length ? [i] : []));
         if (rows.length === 0) continue;
-        const logits = model.decode(rows.map((i) => prompts[i].ids[position]), rows.map(() => position), rows.map((i) => tables[i]));
+        const logits = model.decode(
+          rows.map((i) => prompts[i].ids[position]),
+          rows.map(() => position),
+          rows.map((i) => tables[i]),
+        );
         rows.forEach((i, r) => expectRow(tc.slice(logits, [[r, r + 1]]), i, position));
       }
       tables.forEach((t) => model.release(t));
@@ -106,7 +150,8 @@ describe('EngineBatchModel: the demo model through PagedScheduler, with prefix c
     const scheduler = new PagedScheduler(model, { maxBatch: 4, prefillChunk: 64 });
     const cases = new Map(golden.cases.map((c) => [scheduler.submit({ promptIds: c.ids, maxTokens: golden.max_new_tokens }), c]));
     const tokens = new Map<number, number[]>();
-    while (!scheduler.idle) for (const o of await scheduler.step()) if (o.token !== null) tokens.set(o.id, [...(tokens.get(o.id) ?? []), o.token]);
+    while (!scheduler.idle)
+      for (const o of await scheduler.step()) if (o.token !== null) tokens.set(o.id, [...(tokens.get(o.id) ?? []), o.token]);
     for (const [id, c] of cases) expect(tokens.get(id), `a ${c.kind} prompt of ${c.ids.length} tokens`).toEqual(c.greedy);
     expect(scheduler.preemptions, 'the pool ran short').toBeGreaterThan(0);
     expect(model.pool.usedPages, 'every page back in the pool').toBe(0);

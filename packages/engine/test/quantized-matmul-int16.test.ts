@@ -60,19 +60,29 @@ function expected(p: Problem): Expected {
     dx[b] = d;
     for (let j = 0; j < BLOCK; j++) xq[b * BLOCK + j] = roundHalfEven(Math.fround(x[b * BLOCK + j] * inv));
   }
-  const out = { int16: new Float64Array(M * N), exact: new Float64Array(M * N), bound: new Float64Array(M * N), magnitude: new Float64Array(M * N) };
+  const out = {
+    int16: new Float64Array(M * N),
+    exact: new Float64Array(M * N),
+    bound: new Float64Array(M * N),
+    magnitude: new Float64Array(M * N),
+  };
   for (let m = 0; m < M; m++) {
     for (let n = 0; n < N; n++) {
-      let int16 = 0, exact = 0, bound = 0, magnitude = 0;
+      let int16 = 0,
+        exact = 0,
+        bound = 0,
+        magnitude = 0;
       for (let g = 0; g < groups; g++) {
-        const s = scales[n * groups + g], bias = biases[n * groups + g];
+        const s = scales[n * groups + g],
+          bias = biases[n * groups + g];
         let xsum = 0;
         for (let b = (g * G) / BLOCK; b < ((g + 1) * G) / BLOCK; b++) {
           const d = dx[m * (K / BLOCK) + b];
           let dot = 0;
           for (let j = 0; j < BLOCK; j++) {
             const k = b * BLOCK + j;
-            const qk = q(n, k), xk = x[m * K + k];
+            const qk = q(n, k),
+              xk = x[m * K + k];
             dot += qk * xq[m * K + k];
             exact += (s * qk + bias) * xk;
             xsum += xk;
@@ -102,10 +112,15 @@ function check(p: Problem, what: string): number {
     const rounding = Math.abs(got[i] - want.int16[i]) / want.magnitude[i];
     worst = Math.max(worst, rounding);
     // float32 accumulation over K terms: far below 1e-5 of the terms' magnitudes at these sizes.
-    if (!(rounding <= 1e-5)) expect.fail(`${what}: output ${i} is ${got[i]}, the int16 arithmetic gives ${want.int16[i]} (terms of magnitude ${want.magnitude[i]})`);
+    if (!(rounding <= 1e-5))
+      expect.fail(
+        `${what}: output ${i} is ${got[i]}, the int16 arithmetic gives ${want.int16[i]} (terms of magnitude ${want.magnitude[i]})`,
+      );
     const slack = 1e-5 * want.magnitude[i];
     if (!(Math.abs(got[i] - want.exact[i]) <= want.bound[i] + slack)) {
-      expect.fail(`${what}: output ${i} is ${got[i]}, exact ${want.exact[i]}: off by more than the activations' rounding allows (${want.bound[i]})`);
+      expect.fail(
+        `${what}: output ${i} is ${got[i]}, exact ${want.exact[i]}: off by more than the activations' rounding allows (${want.bound[i]})`,
+      );
     }
   }
   return worst;
@@ -145,7 +160,12 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
   });
 
   it('sizes that split across the pool (N = 1100, K = 2048; M = 1, 7, 16)', () => {
-    for (const [m, bits] of [[1, 4], [7, 8], [16, 4]]) check(makeProblem(m, 1100, 2048, bits, 64), `M = ${m}, ${bits}-bit`);
+    for (const [m, bits] of [
+      [1, 4],
+      [7, 8],
+      [16, 4],
+    ])
+      check(makeProblem(m, 1100, 2048, bits, 64), `M = ${m}, ${bits}-bit`);
   });
 
   it('a prefill (M > 16) keeps float activations: the GEMM path, faster there', () => {
@@ -158,12 +178,21 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
   it('the fused prologue (rmsNorm, swiglu) rounds the prepared x; the epilogue (bias, residual) adds in float', () => {
     const p = makeProblem(3, 40, 256, 4, 64);
     const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
-    const residual = tc.tensor(Float32Array.from({ length: 120 }, (_, i) => Math.sin(i)), { shape: [3, 40] });
+    const residual = tc.tensor(
+      Float32Array.from({ length: 120 }, (_, i) => Math.sin(i)),
+      { shape: [3, 40] },
+    );
     const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
-    const gateUp = tc.tensor(Float32Array.from({ length: 3 * 512 }, (_, i) => Math.cos(i * 0.37) * 2), { shape: [3, 512] });
+    const gateUp = tc.tensor(
+      Float32Array.from({ length: 3 * 512 }, (_, i) => Math.cos(i * 0.37) * 2),
+      { shape: [3, 512] },
+    );
     const cases = [
       { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
-      { fusion: { residual, swiglu: true }, prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])) },
+      {
+        fusion: { residual, swiglu: true },
+        prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])),
+      },
     ];
     for (const { fusion, prepared } of cases) {
       const what = Object.keys(fusion).join(' + ');
@@ -185,7 +214,21 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
     const [w, scales] = [tc.zeros([16, 10], { dtype: 'uint32' }), tc.zeros([16, 2], { dtype: 'bfloat16' })];
     for (const int16 of [true, false]) {
       expect(() =>
-        engineKernels().quantizedMatmul(tc.zeros([1, 80]).native(), w.native(), scales.native(), scales.native(), tc.zeros([1, 16]).native(), 32, 4, null, null, 0, undefined, undefined, int16),
+        engineKernels().quantizedMatmul(
+          tc.zeros([1, 80]).native(),
+          w.native(),
+          scales.native(),
+          scales.native(),
+          tc.zeros([1, 16]).native(),
+          32,
+          4,
+          null,
+          null,
+          0,
+          undefined,
+          undefined,
+          int16,
+        ),
       ).toThrow(/K is not a multiple of the group size/);
     }
   });

@@ -49,7 +49,12 @@ describe('quantizedMatmul against dequantize in float64', () => {
 
   // The AVX2 kernels take whole 32-byte chunks of packed words (64 values at 4 bits, 128 at 2 bits) when K is a
   // multiple of that, and a kernel of 8 values at a time otherwise: K = 96 and 160 at 4 bits, 192 at 2 bits.
-  for (const [bits, group, k] of [[4, 32, 96], [4, 32, 160], [2, 64, 192], [2, 32, 160]]) {
+  for (const [bits, group, k] of [
+    [4, 32, 96],
+    [4, 32, 160],
+    [2, 64, 192],
+    [2, 32, 160],
+  ]) {
     it(`${bits}-bit, group ${group}, K = ${k} (not whole chunks): M = 1, 3, 5, 37`, () => {
       for (const m of [1, 3, 5, 37]) {
         const p = makeProblem(m, 29, k, bits, group);
@@ -59,7 +64,12 @@ describe('quantizedMatmul against dequantize in float64', () => {
   }
 
   it('sizes that split across the pool and, for prefill, over several weight blocks (N = 1100, K = 2048)', () => {
-    for (const [m, bits] of [[1, 4], [7, 8], [37, 4], [64, 2]]) {
+    for (const [m, bits] of [
+      [1, 4],
+      [7, 8],
+      [37, 4],
+      [64, 2],
+    ]) {
       const p = makeProblem(m, 1100, 2048, bits, 64);
       const y = quantizedMatmul(p.x, p.w, EXACT);
       expect(scaledError(y.toArray(), reference(p)), `M = ${m}, ${bits}-bit`).toBeLessThan(1e-4);
@@ -97,7 +107,9 @@ describe('quantizedMatmul: bad arguments', () => {
     expect(() => quantizedMatmul(tc.zeros([2, 64]), p.w)).toThrow(
       /quantizedMatmul: x's last dimension 64 is not the weight's 128 input features \(x float32\[2, 64\], w QuantizedWeight\(\[16, 128\], 4-bit, group 64\)\)/,
     );
-    expect(() => quantizedMatmul(tc.zeros([2, 128], { dtype: 'int32' }), p.w)).toThrow(/quantizedMatmul: x must be float32, bfloat16 or float16/);
+    expect(() => quantizedMatmul(tc.zeros([2, 128], { dtype: 'int32' }), p.w)).toThrow(
+      /quantizedMatmul: x must be float32, bfloat16 or float16/,
+    );
     expect(() => quantizedMatmul(tc.zeros([]), p.w)).toThrow(/quantizedMatmul: x must have at least one dimension/);
     const batched = tc.quantize(tc.zeros([2, 16, 128]), 4, 64);
     expect(() => quantizedMatmul(tc.zeros([2, 128]), batched)).toThrow(/quantizedMatmul: the weight must be 2-D/);

@@ -39,7 +39,9 @@ async function completionsServed(replica: ServerProcess): Promise<number> {
   const text = await (await fetch(`${replica.url}/metrics`)).text();
   return text
     .split('\n')
-    .filter((line) => line.startsWith('tiny_llm_requests_total{') && line.includes('path="/v1/completions"') && line.includes('status="200"'))
+    .filter(
+      (line) => line.startsWith('tiny_llm_requests_total{') && line.includes('path="/v1/completions"') && line.includes('status="200"'),
+    )
     .reduce((sum, line) => sum + Number(line.split(' ').at(-1)), 0);
 }
 
@@ -96,7 +98,10 @@ describe('replicas behind HAProxy (deploy/haproxy.cfg)', () => {
     // Ready once a request gets through to a replica.
     for (let attempt = 0; ; attempt++) {
       if (balancer.exitCode !== null) throw new Error(`haproxy exited (${balancer.exitCode}):\n${log.join('')}`);
-      const ok = await fetch(`${url}/health`).then((r) => r.ok, () => false);
+      const ok = await fetch(`${url}/health`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (ok) break;
       if (attempt > 200) throw new Error(`haproxy does not answer on ${url}:\n${log.join('')}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -117,7 +122,9 @@ describe('replicas behind HAProxy (deploy/haproxy.cfg)', () => {
     const before = await Promise.all(replicas.map(completionsServed));
     const runs = Array.from({ length: 8 }, (_, i) => ({ c: cases[i % cases.length], stream: i % 2 === 0 }));
     const results = await Promise.all(runs.map(({ c, stream }) => complete(url, c, stream)));
-    results.forEach((r, i) => expect(r.text, `request ${i} (${runs[i].stream ? 'streamed' : 'not streamed'})`).toBe(expectedText(runs[i].c)));
+    results.forEach((r, i) =>
+      expect(r.text, `request ${i} (${runs[i].stream ? 'streamed' : 'not streamed'})`).toBe(expectedText(runs[i].c)),
+    );
     const served = (await Promise.all(replicas.map(completionsServed))).map((n, i) => n - before[i]);
     expect(served[0] + served[1], 'completions the replicas counted').toBe(8);
     expect(Math.min(...served), `completions per replica: ${served.join(' and ')}`).toBeGreaterThan(0);

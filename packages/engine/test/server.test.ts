@@ -21,7 +21,11 @@ function expectedText(c: DemoGoldenCase, maxTokens = golden.max_new_tokens): str
 }
 
 const post = (url: string, path: string, body: unknown, headers: Record<string, string> = {}) =>
-  fetch(`${url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
+  fetch(`${url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
 
 /** The counter or gauge `name` in a Prometheus text exposition (summed over its label sets). */
 function metric(text: string, name: string, labels = ''): number {
@@ -40,14 +44,20 @@ beforeAll(async () => {
 afterAll(() => server?.stop());
 
 /** A golden chat case's messages, as the client sends them. */
-const chatMessages = (c: DemoGoldenCase) => c.messages!.map((m) => ({ role: m.role, content: m.content }) as OpenAI.ChatCompletionMessageParam);
+const chatMessages = (c: DemoGoldenCase) =>
+  c.messages!.map((m) => ({ role: m.role, content: m.content }) as OpenAI.ChatCompletionMessageParam);
 
 describe('serve: the openai client', () => {
   const chatCase = golden.cases.find((c) => c.kind === 'chat' && c.messages?.at(-1)?.content === 'Hello!')!;
   const codeCase = golden.cases.find((c) => c.kind === 'text')!;
 
   it('chat, not streamed: the golden reply, finish_reason "stop", usage counts', async () => {
-    const r = await client.chat.completions.create({ model: MODEL, messages: chatMessages(chatCase), tools: chatCase.tools ? TOOLS : undefined, temperature: 0 });
+    const r = await client.chat.completions.create({
+      model: MODEL,
+      messages: chatMessages(chatCase),
+      tools: chatCase.tools ? TOOLS : undefined,
+      temperature: 0,
+    });
     expect(r.choices[0].message.content).toBe(expectedText(chatCase));
     expect(r.choices[0].finish_reason).toBe('stop');
     expect(r.usage?.prompt_tokens, 'the prompt tokens of the rendered chat').toBe(chatCase.ids.length);
@@ -81,7 +91,13 @@ describe('serve: the openai client', () => {
     expect(whole.choices[0].text).toBe(expectedText(codeCase, 16));
     expect(whole.choices[0].finish_reason).toBe('length');
     let text = '';
-    for await (const chunk of await client.completions.create({ model: MODEL, prompt: codeCase.prompt, temperature: 0, max_tokens: 16, stream: true })) {
+    for await (const chunk of await client.completions.create({
+      model: MODEL,
+      prompt: codeCase.prompt,
+      temperature: 0,
+      max_tokens: 16,
+      stream: true,
+    })) {
       text += chunk.choices[0]?.text ?? '';
     }
     expect(text).toBe(expectedText(codeCase, 16));
@@ -97,11 +113,19 @@ describe('serve: the openai client', () => {
     expect(call?.id).toMatch(/^call_/);
     const deltas: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
     let finish: string | null = null;
-    for await (const chunk of await client.chat.completions.create({ model: MODEL, messages, tools: TOOLS, temperature: 0, stream: true })) {
+    for await (const chunk of await client.chat.completions.create({
+      model: MODEL,
+      messages,
+      tools: TOOLS,
+      temperature: 0,
+      stream: true,
+    })) {
       deltas.push(...(chunk.choices[0]?.delta.tool_calls ?? []));
       finish = chunk.choices[0]?.finish_reason ?? finish;
     }
-    expect(deltas.map((d) => [d.index, d.function?.name, JSON.parse(d.function?.arguments ?? 'null')])).toEqual([[0, 'calculator', { expression: '37 * 12' }]]);
+    expect(deltas.map((d) => [d.index, d.function?.name, JSON.parse(d.function?.arguments ?? 'null')])).toEqual([
+      [0, 'calculator', { expression: '37 * 12' }],
+    ]);
     expect(finish).toBe('tool_calls');
   });
 
@@ -112,25 +136,37 @@ describe('serve: the openai client', () => {
       tools: TOOLS,
       messages: [
         { role: 'user', content: 'What is 37 times 12?' },
-        { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'calculator', arguments: '{"expression": "37 * 12"}' } }] },
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'calculator', arguments: '{"expression": "37 * 12"}' } }],
+        },
         { role: 'tool', tool_call_id: 'call_1', content: '444' },
       ],
       max_tokens: 24,
     });
     expect(r.choices[0].message.content, 'the answer after the tool result').toMatch(/444/);
-    const none = await client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'What is 37 times 12?' }], tools: TOOLS, tool_choice: 'none', temperature: 0, max_tokens: 24 });
+    const none = await client.chat.completions.create({
+      model: MODEL,
+      messages: [{ role: 'user', content: 'What is 37 times 12?' }],
+      tools: TOOLS,
+      tool_choice: 'none',
+      temperature: 0,
+      max_tokens: 24,
+    });
     expect(none.choices[0].message.tool_calls).toBeUndefined();
     expect(none.choices[0].finish_reason).not.toBe('tool_calls');
   });
 
-  it('a bad request surfaces as the client\'s BadRequestError, with the parameter named', async () => {
+  it("a bad request surfaces as the client's BadRequestError, with the parameter named", async () => {
     const bad = client.chat.completions.create({ model: MODEL, messages: [{ role: 'user', content: 'hi' }], n: 2 } as never);
     await expect(bad).rejects.toBeInstanceOf(OpenAI.BadRequestError);
     await expect(bad).rejects.toMatchObject({ status: 400, param: 'n' });
   });
 
   it('same seed, same tokens; temperature 0 is greedy', async () => {
-    const ask = (seed: number) => client.completions.create({ model: MODEL, prompt: codeCase.prompt, temperature: 1, top_p: 0.95, seed, max_tokens: 24 });
+    const ask = (seed: number) =>
+      client.completions.create({ model: MODEL, prompt: codeCase.prompt, temperature: 1, top_p: 0.95, seed, max_tokens: 24 });
     const [a, b, c] = await Promise.all([ask(7), ask(7), ask(8)]);
     expect(a.choices[0].text).toBe(b.choices[0].text);
     expect(c.choices[0].text).not.toBe(a.choices[0].text);
@@ -139,7 +175,11 @@ describe('serve: the openai client', () => {
 
 describe('serve: the golden texts', () => {
   it('every golden prompt through /v1/completions at temperature 0, all at once: each its golden text to the first end-of-sequence token', async () => {
-    const results = await Promise.all(golden.cases.map((c) => client.completions.create({ model: MODEL, prompt: c.prompt, temperature: 0, max_tokens: golden.max_new_tokens })));
+    const results = await Promise.all(
+      golden.cases.map((c) =>
+        client.completions.create({ model: MODEL, prompt: c.prompt, temperature: 0, max_tokens: golden.max_new_tokens }),
+      ),
+    );
     results.forEach((r, i) => expect(r.choices[0].text, `case ${i} (${golden.cases[i].kind})`).toBe(expectedText(golden.cases[i])));
   });
 
@@ -148,11 +188,25 @@ describe('serve: the golden texts', () => {
     const full = expectedText(c);
     const stop = full.slice(20, 26);
     const cut = full.slice(0, full.indexOf(stop));
-    const whole = await client.completions.create({ model: MODEL, prompt: c.prompt, temperature: 0, max_tokens: 48, stop: [stop, 'never appears'] });
+    const whole = await client.completions.create({
+      model: MODEL,
+      prompt: c.prompt,
+      temperature: 0,
+      max_tokens: 48,
+      stop: [stop, 'never appears'],
+    });
     expect(whole.choices[0].text).toBe(cut);
     expect(whole.choices[0].finish_reason).toBe('stop');
     const pieces: string[] = [];
-    for await (const chunk of await client.completions.create({ model: MODEL, prompt: c.prompt, temperature: 0, max_tokens: 48, stop, stream: true })) pieces.push(chunk.choices[0]?.text ?? '');
+    for await (const chunk of await client.completions.create({
+      model: MODEL,
+      prompt: c.prompt,
+      temperature: 0,
+      max_tokens: 48,
+      stop,
+      stream: true,
+    }))
+      pieces.push(chunk.choices[0]?.text ?? '');
     expect(pieces.join('')).toBe(cut);
   });
 });
@@ -177,7 +231,10 @@ describe('serve: load', () => {
           return null;
         }
       }
-      const texts = raw.split('\n\n').filter((e) => e.startsWith('data: {')).map((e) => JSON.parse(e.slice(6)).choices[0]?.text ?? '');
+      const texts = raw
+        .split('\n\n')
+        .filter((e) => e.startsWith('data: {'))
+        .map((e) => JSON.parse(e.slice(6)).choices[0]?.text ?? '');
       expect(raw.trimEnd().endsWith('data: [DONE]'), 'the stream ends with [DONE]').toBe(true);
       return texts.join('');
     };
@@ -192,7 +249,10 @@ describe('serve: load', () => {
     expect(metric(metrics, 'tiny_llm_kv_cache_tokens'), 'tokens held in KV caches after the load').toBe(0);
     expect(metric(metrics, 'tiny_llm_kv_cache_pages_used'), "pages of the KV cache's pool held after the load").toBe(0);
     expect(metric(metrics, 'tiny_llm_kv_cache_pages_total'), "the pool's pages").toBeGreaterThan(0);
-    expect(metric(metrics, 'tiny_llm_requests_total', 'path="/v1/completions",status="499"'), 'the disconnects, logged as 499').toBeGreaterThanOrEqual(16);
+    expect(
+      metric(metrics, 'tiny_llm_requests_total', 'path="/v1/completions",status="499"'),
+      'the disconnects, logged as 499',
+    ).toBeGreaterThanOrEqual(16);
     const after = await client.completions.create({ model: MODEL, prompt: golden.cases[0].prompt, temperature: 0, max_tokens: 8 });
     expect(after.choices[0].text, 'a request after the load').toBe(expectedText(golden.cases[0], 8));
   });
@@ -211,18 +271,36 @@ describe('serve: bad requests', () => {
     const chat = (extra: object) => ({ messages: [{ role: 'user', content: 'hi' }], ...extra });
     await expectError(await post(server.url, '/v1/chat/completions', '{"messages": ['), 400, /not valid JSON/);
     await expectError(await post(server.url, '/v1/chat/completions', chat({ temperature: 'hot' })), 400, /temperature/, 'temperature');
-    await expectError(await post(server.url, '/v1/chat/completions', chat({ frequency_penalty: 0.5 })), 400, /unknown or unsupported field: frequency_penalty/, 'frequency_penalty');
+    await expectError(
+      await post(server.url, '/v1/chat/completions', chat({ frequency_penalty: 0.5 })),
+      400,
+      /unknown or unsupported field: frequency_penalty/,
+      'frequency_penalty',
+    );
     await expectError(await post(server.url, '/v1/chat/completions', chat({ n: 3 })), 400, /only n = 1 is supported/, 'n');
-    await expectError(await post(server.url, '/v1/chat/completions', chat({ tool_choice: 'required' })), 400, /tool_choice must be "auto" or "none"/);
+    await expectError(
+      await post(server.url, '/v1/chat/completions', chat({ tool_choice: 'required' })),
+      400,
+      /tool_choice must be "auto" or "none"/,
+    );
     await expectError(await post(server.url, '/v1/chat/completions', { messages: [] }), 400, /messages/);
     await expectError(await post(server.url, '/v1/completions', { prompt: '' }), 400, /the prompt is empty/);
-    await expectError(await post(server.url, '/v1/completions', { prompt: 'x = 1\n'.repeat(3000) }), 400, /more than the model's context of 2048/, 'messages');
+    await expectError(
+      await post(server.url, '/v1/completions', { prompt: 'x = 1\n'.repeat(3000) }),
+      400,
+      /more than the model's context of 2048/,
+      'messages',
+    );
     await expectError(await post(server.url, '/v1/completions', { prompt: 'x', max_tokens: 1e30 }), 400, /max_tokens/);
   });
 
   it('404 for an unknown route, 413 for a body over the limit', async () => {
     await expectError(await fetch(`${server.url}/v2/nothing`), 404, /no route GET \/v2\/nothing/);
-    await expectError(await post(server.url, '/v1/completions', JSON.stringify({ prompt: 'x'.repeat(5 * 1024 * 1024) })), 413, /larger than/);
+    await expectError(
+      await post(server.url, '/v1/completions', JSON.stringify({ prompt: 'x'.repeat(5 * 1024 * 1024) })),
+      413,
+      /larger than/,
+    );
   });
 
   it('fuzz: thousands of broken bodies all get a 4xx, and the server is alive and correct afterwards', async () => {
@@ -275,7 +353,11 @@ describe('serve: bad requests', () => {
     for (let i = 0; i < bodies.length; i += 32) {
       const batch = await Promise.all(
         bodies.slice(i, i + 32).map(async (body) => {
-          const res = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+          const res = await fetch(`${server.url}/v1/chat/completions`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body,
+          });
           await res.arrayBuffer();
           return res.status;
         }),
@@ -304,7 +386,9 @@ describe('serve: --api-key, metrics, the log', () => {
     expect((await post(keyed.url, '/v1/completions', body, { authorization: 'Bearer wrong' })).status).toBe(401);
     expect((await post(keyed.url, '/v1/completions', body, { authorization: 'Bearer sesame' })).status).toBe(200);
     expect((await fetch(`${keyed.url}/health`)).status).toBe(200);
-    await expect(new OpenAI({ baseURL: `${keyed.url}/v1`, apiKey: 'wrong' }).models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError);
+    await expect(new OpenAI({ baseURL: `${keyed.url}/v1`, apiKey: 'wrong' }).models.list()).rejects.toBeInstanceOf(
+      OpenAI.AuthenticationError,
+    );
   });
 
   it('/metrics counts requests by status, tokens, and the latency histograms', async () => {

@@ -29,7 +29,9 @@ describe('generateSpeculative: tiny-qwen2-py-draft drafting for tiny-qwen2-py (t
     const [target, draft] = await Promise.all([loadModel(TARGET), loadModel(DRAFT)]);
     const tokenizer = loadTokenizer(TARGET);
     for (const c of golden.cases) {
-      const r = await runAll(generateSpeculative(target, draft, tokenizer, c.ids, { maxTokens: golden.max_new_tokens, ignoreEos: true, numDraft: 4 }));
+      const r = await runAll(
+        generateSpeculative(target, draft, tokenizer, c.ids, { maxTokens: golden.max_new_tokens, ignoreEos: true, numDraft: 4 }),
+      );
       expect(r.tokens, `${c.kind} prompt of ${c.ids.length} tokens`).toEqual(c.greedy);
       expect(r.text).toBe(c.greedy_text);
       const s = r.stats.speculative!;
@@ -45,18 +47,25 @@ describe('generateSpeculative: tiny-qwen2-py-draft drafting for tiny-qwen2-py (t
     const tokenizer = loadTokenizer(TARGET);
     const c = golden.cases[0];
     for (const week of [2, 3] as const) {
-      const [target, draft] = await Promise.all([loadModel(TARGET, { solution: 'reference', week }), loadModel(DRAFT, { solution: 'reference', week })]);
+      const [target, draft] = await Promise.all([
+        loadModel(TARGET, { solution: 'reference', week }),
+        loadModel(DRAFT, { solution: 'reference', week }),
+      ]);
       const r = await runAll(generateSpeculative(target, draft, tokenizer, c.ids, { maxTokens: 24, ignoreEos: true, numDraft: 3 }));
       expect(r.tokens, `week ${week}`).toEqual(c.greedy.slice(0, 24));
     }
     const [target, draft] = await Promise.all([loadModel(TARGET), loadModel(DRAFT)]);
-    const sampled = async () => (await runAll(generateSpeculative(target, draft, tokenizer, c.ids, { maxTokens: 32, temperature: 0.8, seed: 5, numDraft: 3 }))).tokens;
+    const sampled = async () =>
+      (await runAll(generateSpeculative(target, draft, tokenizer, c.ids, { maxTokens: 32, temperature: 0.8, seed: 5, numDraft: 3 })))
+        .tokens;
     expect(await sampled(), 'the same seed, the same tokens').toEqual(await sampled());
   });
 
   it('a model without a KV cache cannot be rewound: a clear error', async () => {
     const [target, draft] = await Promise.all([loadModel(TARGET), loadModel(DRAFT, { solution: 'reference', week: 1 })]);
-    await expect(generateSpeculative(target, draft, loadTokenizer(TARGET), [1, 2], { numDraft: 2 }).next()).rejects.toThrow(/needs models with a KV cache/);
+    await expect(generateSpeculative(target, draft, loadTokenizer(TARGET), [1, 2], { numDraft: 2 }).next()).rejects.toThrow(
+      /needs models with a KV cache/,
+    );
   });
 });
 
@@ -66,6 +75,7 @@ const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-speculative-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 /** A copy of the draft model with one of its JSON files changed. */
+// biome-ignore lint/suspicious/noExplicitAny: a model file's JSON, changed field by field
 function draftWith(name: string, file: string, change: (json: Record<string, any>) => void): string {
   const dir = join(tmp, name);
   mkdirSync(dir, { recursive: true });
@@ -79,7 +89,18 @@ function draftWith(name: string, file: string, change: (json: Record<string, any
 describe('tiny-llm generate --draft-model (spawned)', () => {
   it('prints the golden text, then the acceptance and the speed-up over the target alone', async () => {
     const c = golden.cases[2];
-    const r = await cli(['generate', '--draft-model', 'models/tiny-qwen2-py-draft', '--num-draft', '3', '--prompt', c.prompt, '--max-tokens', '48', '--ignore-eos']);
+    const r = await cli([
+      'generate',
+      '--draft-model',
+      'models/tiny-qwen2-py-draft',
+      '--num-draft',
+      '3',
+      '--prompt',
+      c.prompt,
+      '--max-tokens',
+      '48',
+      '--ignore-eos',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe(c.greedy_text);
     expect(r.stderr).toMatch(/generated 48 tokens; prefill [\d.]+ tok\/s, decode [\d.]+ tok\/s/);
@@ -97,15 +118,26 @@ describe('tiny-llm generate --draft-model (spawned)', () => {
     // The fixture model of 512 tokens with the demo tokenizer: the tokenizers agree, the vocabularies do not.
     const otherVocab = join(tmp, 'other-vocab');
     mkdirSync(otherVocab);
-    for (const f of readdirSync(join(ROOT, 'fixtures/models/qwen2-tiny'))) copyFileSync(join(ROOT, 'fixtures/models/qwen2-tiny', f), join(otherVocab, f));
+    for (const f of readdirSync(join(ROOT, 'fixtures/models/qwen2-tiny')))
+      copyFileSync(join(ROOT, 'fixtures/models/qwen2-tiny', f), join(otherVocab, f));
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(DRAFT, f), join(otherVocab, f));
     const cases: [string, string[], number, RegExp][] = [
       ['k = 0', ['--draft-model', 'models/tiny-qwen2-py-draft', '--num-draft', '0'], 2, /--num-draft must be >= 1/],
       ['--num-draft alone', ['--num-draft', '2'], 2, /--num-draft needs --draft-model DIR/],
       ['no such draft', ['--draft-model', join(tmp, 'nowhere')], 1, /--draft-model .*nowhere: no such directory/],
-      ['another tokenizer', ['--draft-model', otherTokenizer], 1, /--draft-model .*other-tokenizer: its tokenizer is not the one of models\/tiny-qwen2-py/],
+      [
+        'another tokenizer',
+        ['--draft-model', otherTokenizer],
+        1,
+        /--draft-model .*other-tokenizer: its tokenizer is not the one of models\/tiny-qwen2-py/,
+      ],
       ['another vocabulary size', ['--draft-model', otherVocab], 1, /the draft model's vocabulary has 512 tokens, the target's 8192/],
-      ['a week 1 draft', ['--draft-model', 'models/tiny-qwen2-py-draft', '--solution', 'reference', '--week', '1'], 1, /needs models with a KV cache/],
+      [
+        'a week 1 draft',
+        ['--draft-model', 'models/tiny-qwen2-py-draft', '--solution', 'reference', '--week', '1'],
+        1,
+        /needs models with a KV cache/,
+      ],
     ];
     const results = await Promise.all(cases.map(([, args]) => cli(['generate', '--prompt', 'def f(x):', ...args])));
     cases.forEach(([what, , code, message], i) => {

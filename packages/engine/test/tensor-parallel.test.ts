@@ -25,7 +25,8 @@ const FIXTURE_MODELS = ['qwen2-tiny', 'qwen2-tiny-untied', 'qwen2-tiny-bf16', 'q
 
 // Quantized weights take float32 activations (exact) on both sides: the split is under test, and a rank's shard
 // of a 4-bit matrix can have groups too short for the integer path, which would then differ by its rounding.
-const startGroup = (dir: string, code: RankCode = 'engine') => TensorParallelModel.start({ weights: { modelDir: dir }, code, worldSize: 2, exact: true }, `${code} on 2 ranks`);
+const startGroup = (dir: string, code: RankCode = 'engine') =>
+  TensorParallelModel.start({ weights: { modelDir: dir }, code, worldSize: 2, exact: true }, `${code} on 2 ranks`);
 const loadWhole = (dir: string) => new EngineQwen2(Qwen2Model.load(dir, { exact: true }));
 
 /** Greedy tokens of a session: the prompt, then one token per step. */
@@ -48,12 +49,18 @@ function greedy(model: EngineModel, ids: readonly number[], steps: number): { to
 /** The two models' logits of a prompt's every position, and of a prefill followed by decode steps. */
 function expectSameLogits(parallel: EngineModel, single: EngineModel, ids: readonly number[], what: string): void {
   const [a, b] = [parallel.allLogits(ids), single.allLogits(ids)];
-  expectValues(a.toArray(), b.toArray(), b.shape, { atol: ATOL, what: `${what}: every position's logits, 2 ranks against 1`, axes: ['l', 'v'] });
+  expectValues(a.toArray(), b.toArray(), b.shape, {
+    atol: ATOL,
+    what: `${what}: every position's logits, 2 ranks against 1`,
+    axes: ['l', 'v'],
+  });
   const [p, s] = [greedy(parallel, ids, 6), greedy(single, ids, 6)];
-  s.logits.forEach((want, step) => expectValues(p.logits[step], want, [1, want.length], { atol: ATOL, what: `${what}: decode step ${step}`, axes: ['b', 'v'] }));
+  s.logits.forEach((want, step) =>
+    expectValues(p.logits[step], want, [1, want.length], { atol: ATOL, what: `${what}: decode step ${step}`, axes: ['b', 'v'] }),
+  );
 }
 
-describe('tensor parallelism over 2 ranks: the logits of every fixture model equal the single model\'s (1e-5)', () => {
+describe("tensor parallelism over 2 ranks: the logits of every fixture model equal the single model's (1e-5)", () => {
   for (const name of FIXTURE_MODELS) {
     it(`${name}: every golden prompt, whole and as a prefill then decode steps`, async () => {
       const dir = `${FIXTURES_DIR}models/${name}`;
@@ -61,7 +68,8 @@ describe('tensor parallelism over 2 ranks: the logits of every fixture model equ
       const single = loadWhole(dir);
       const parallel = await startGroup(dir);
       try {
-        for (let i = 0; i < Number(golden.metadata.prompts); i++) expectSameLogits(parallel, single, Array.from(golden.get(`prompt${i}`).toArray()), `prompt ${i}`);
+        for (let i = 0; i < Number(golden.metadata.prompts); i++)
+          expectSameLogits(parallel, single, Array.from(golden.get(`prompt${i}`).toArray()), `prompt ${i}`);
       } finally {
         await parallel.close();
       }
@@ -80,7 +88,7 @@ describe('tensor parallelism over 2 ranks: the logits of every fixture model equ
   });
 });
 
-describe('tensor parallelism over 2 ranks: the demo model\'s goldens', () => {
+describe("tensor parallelism over 2 ranks: the demo model's goldens", () => {
   const name = 'tiny-qwen2-py';
   const dir = `${MODELS_DIR}${name}`;
   const golden = demoGolden(name);
@@ -94,7 +102,14 @@ describe('tensor parallelism over 2 ranks: the demo model\'s goldens', () => {
     const tokenizer = loadTokenizer(dir);
     for (const c of golden.cases) {
       const session = parallel.newSession();
-      const r = await generate(parallel, session, tokenizer, c.ids, { maxTokens: golden.max_new_tokens, ignoreEos: true, temperature: 0 }, () => {});
+      const r = await generate(
+        parallel,
+        session,
+        tokenizer,
+        c.ids,
+        { maxTokens: golden.max_new_tokens, ignoreEos: true, temperature: 0 },
+        () => {},
+      );
       session.dispose();
       expect(r.tokens, JSON.stringify(c.prompt.slice(-40))).toEqual(c.greedy);
     }
@@ -111,7 +126,9 @@ describe('tensor parallelism over 2 ranks: the demo model\'s goldens', () => {
 
 describe('tensor parallelism: what does not split, and ranks that fail', () => {
   it('3 ranks of the demo model (6 heads, 2 kv heads): refused, naming num_key_value_heads', async () => {
-    await expect(loadModel(`${MODELS_DIR}tiny-qwen2-py`, { tensorParallel: 3 })).rejects.toThrow(/num_key_value_heads 2 does not divide by 3/);
+    await expect(loadModel(`${MODELS_DIR}tiny-qwen2-py`, { tensorParallel: 3 })).rejects.toThrow(
+      /num_key_value_heads 2 does not divide by 3/,
+    );
   });
 
   it('--week with --tensor-parallel: refused, saying what runs split', async () => {
@@ -130,7 +147,8 @@ describe('tensor parallelism: what does not split, and ranks that fail', () => {
     afterAll(() => parallel?.close());
 
     for (const how of ['throw', 'exit'] as const) {
-      const failure = how === 'throw' ? /rank 1 failed: a fault planted in rank 1 at its all-reduce 3/ : /rank 1 died \(its thread exited with code 1\)/;
+      const failure =
+        how === 'throw' ? /rank 1 failed: a fault planted in rank 1 at its all-reduce 3/ : /rank 1 died \(its thread exited with code 1\)/;
       it(`rank 1 ${how === 'throw' ? 'throws' : "'s thread exits"} at its 3rd all-reduce: the call fails with that error; the session and the group then work again`, () => {
         const session = parallel.newSession();
         session.feed(ids.slice(0, 4)).dispose();
@@ -186,9 +204,15 @@ describe('tensor parallelism from the command line', () => {
       const tokenizer = loadTokenizer(`${MODELS_DIR}tiny-qwen2-py`);
       for (const c of demoGolden('tiny-qwen2-py').cases.filter((k) => k.kind === 'text')) {
         const body = { prompt: c.prompt, max_tokens: 48, temperature: 0 };
-        const r = await fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        const r = await fetch(`${server.url}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+        });
         const eos = c.greedy.findIndex((t) => tokenizer.eosTokenIds.includes(t));
-        expect(((await r.json()) as { choices: { text: string }[] }).choices[0].text).toBe(tokenizer.decode(eos < 0 ? c.greedy : c.greedy.slice(0, eos)));
+        expect(((await r.json()) as { choices: { text: string }[] }).choices[0].text).toBe(
+          tokenizer.decode(eos < 0 ? c.greedy : c.greedy.slice(0, eos)),
+        );
       }
     } finally {
       await server.stop();

@@ -50,7 +50,11 @@ describe('the logits of every fixture model on the GPU, through the engine, with
         expect(model.device, 'the model runs on the GPU').toMatch(/^webgpu \(/);
         for (const p of golden.prompts) {
           const logits = await computeLogits(model, p.ids);
-          expectGolden(tc.expandDims(logits, 0), tc.expandDims(p.logits, 0), { atol: 1e-4, what: `prompt ${p.index}`, axes: ['b', 'l', 'v'] });
+          expectGolden(tc.expandDims(logits, 0), tc.expandDims(p.logits, 0), {
+            atol: 1e-4,
+            what: `prompt ${p.index}`,
+            axes: ['b', 'l', 'v'],
+          });
         }
       });
     }
@@ -77,7 +81,10 @@ async function expectGoldenText(model: EngineModel, name: string, c: DemoGoldenC
   replay.dispose();
   const [got, want] = [r.tokens[step], c.greedy[step]];
   const margin = Math.abs(row[got] - row[want]);
-  expect(margin, `token ${step} is ${got} (logit ${row[got]}), the golden ${want} (logit ${row[want]}): a margin of ${margin}`).toBeLessThan(1e-4);
+  expect(
+    margin,
+    `token ${step} is ${got} (logit ${row[got]}), the golden ${want} (logit ${row[want]}): a margin of ${margin}`,
+  ).toBeLessThan(1e-4);
 }
 
 for (const name of DEMO_MODELS) {
@@ -103,7 +110,9 @@ describe('every command with --device webgpu (spawned)', () => {
     const r = await cli(['generate', ...model, '--prompt', code.prompt, '--temperature', '0', '--ignore-eos', '--max-tokens', '48']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toBe(code.greedy_text);
-    expect(ownLines(r.stderr)).toMatch(/^loaded models\/tiny-qwen2-py-draft \(.*; the reference week 2 model, on webgpu \(.+\)\) in [\d.]+ s\n\[prompt \d+ tokens, generated 48 tokens/);
+    expect(ownLines(r.stderr)).toMatch(
+      /^loaded models\/tiny-qwen2-py-draft \(.*; the reference week 2 model, on webgpu \(.+\)\) in [\d.]+ s\n\[prompt \d+ tokens, generated 48 tokens/,
+    );
   });
 
   it('chat --message: the golden reply, up to <|im_end|>', async () => {
@@ -117,21 +126,49 @@ describe('every command with --device webgpu (spawned)', () => {
     const ids = Array.from(g.get('prompt1')!.toArray());
     for (const week of ['1', '2']) {
       const out = join(tmp, `logits-${week}.safetensors`);
-      const r = await cli(['logits', '--model', 'fixtures/models/qwen2-tiny-bf16', '--device', 'webgpu', '--week', week, '--ids', ids.join(','), '--out', out]);
+      const r = await cli([
+        'logits',
+        '--model',
+        'fixtures/models/qwen2-tiny-bf16',
+        '--device',
+        'webgpu',
+        '--week',
+        week,
+        '--ids',
+        ids.join(','),
+        '--out',
+        out,
+      ]);
       expect(r.code, r.stderr).toBe(0);
       expect(r.stderr).toMatch(new RegExp(`the reference week ${week} model(, no KV cache)?, on webgpu`));
-      expectGolden(tc.expandDims(tc.loadSafetensors(out).get('logits')!, 0), tc.expandDims(g.get('prompt1.logits')!, 0), { atol: 1e-4, what: `week ${week}`, axes: ['b', 'l', 'v'] });
+      expectGolden(tc.expandDims(tc.loadSafetensors(out).get('logits')!, 0), tc.expandDims(g.get('prompt1.logits')!, 0), {
+        atol: 1e-4,
+        what: `week ${week}`,
+        axes: ['b', 'l', 'v'],
+      });
     }
   });
 
   it('batch: two golden prompts batched, each its golden text; demo: the code completion and the chat turns run', async () => {
     const prompts = join(tmp, 'prompts.jsonl');
-    writeFileSync(prompts, golden.cases.slice(0, 2).map((c) => JSON.stringify({ prompt: c.prompt, max_tokens: 12, ignore_eos: true })).join('\n') + '\n');
+    writeFileSync(
+      prompts,
+      `${golden.cases
+        .slice(0, 2)
+        .map((c) => JSON.stringify({ prompt: c.prompt, max_tokens: 12, ignore_eos: true }))
+        .join('\n')}\n`,
+    );
     const tokenizer = loadTokenizer(join(ROOT, 'models', DRAFT));
-    const [batch, demo] = await Promise.all([cli(['batch', ...model, '--prompts', prompts]), runScript('packages/engine/src/demo.ts', model)]);
+    const [batch, demo] = await Promise.all([
+      cli(['batch', ...model, '--prompts', prompts]),
+      runScript('packages/engine/src/demo.ts', model),
+    ]);
     expect(batch.code, batch.stderr).toBe(0);
     expect(batch.stderr).toMatch(/batch: 2 prompts on the reference week 2 model and scheduler, on webgpu/);
-    const lines = batch.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const lines = batch.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     lines.forEach((l, i) => expect(l.text, `line ${i}`).toBe(tokenizer.decode(golden.cases[i].greedy.slice(0, 12))));
     expect(demo.code, demo.stderr).toBe(0);
     expect(demo.stdout).toMatch(/on the reference week 2 model \(with a KV cache\) on webgpu/);
@@ -139,7 +176,24 @@ describe('every command with --device webgpu (spawned)', () => {
   });
 
   it('sampling draws on the GPU what it draws on the CPU for a seed (top-p, temperature 0.8)', async () => {
-    const sampled = ['generate', '--model', `models/${DRAFT}`, '--week', '2', '--prompt', code.prompt, '--temperature', '0.8', '--top-p', '0.9', '--seed', '7', '--max-tokens', '24', '--ignore-eos'];
+    const sampled = [
+      'generate',
+      '--model',
+      `models/${DRAFT}`,
+      '--week',
+      '2',
+      '--prompt',
+      code.prompt,
+      '--temperature',
+      '0.8',
+      '--top-p',
+      '0.9',
+      '--seed',
+      '7',
+      '--max-tokens',
+      '24',
+      '--ignore-eos',
+    ];
     const [onCpu, onGpu] = await Promise.all([cli(sampled), cli([...sampled, '--device', 'webgpu'])]);
     expect(onCpu.code, onCpu.stderr).toBe(0);
     expect(onGpu.code, onGpu.stderr).toBe(0);
@@ -152,11 +206,13 @@ describe('every command with --device webgpu (spawned)', () => {
       expect(r.stderr).toMatch(/the learner's week \d model.*, on webgpu/);
     } else {
       expect(r.code, r.stderr).toBe(1);
-      expect(ownLines(r.stderr)).toMatch(/^tiny-llm: the learner's chapter \d\.\d is not implemented yet; run with --solution reference or finish packages\/week\d\//);
+      expect(ownLines(r.stderr)).toMatch(
+        /^tiny-llm: the learner's chapter \d\.\d is not implemented yet; run with --solution reference or finish packages\/week\d\//,
+      );
     }
   });
 
-  it('serve: the model and its scheduler on the GPU in the server\'s worker; a completion is the golden text', async () => {
+  it("serve: the model and its scheduler on the GPU in the server's worker; a completion is the golden text", async () => {
     const server = await spawnServer(model);
     try {
       const response = await fetch(`${server.url}/v1/completions`, {
@@ -177,10 +233,13 @@ describe('every command with --device webgpu (spawned)', () => {
     const json = join(tmp, 'bench.json');
     const r = await cli(['bench', ...model, '--prompt-len', '8', '--gen', '4', '--reps', '1', '--json', json]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/the reference week 2 model, on webgpu .*\n {2}ceilings \(measured now, on the GPU\): read bandwidth [\d.]+ GB\/s, GEMM f32 512\^3 [\d.]+ GFLOP\/s/);
+    expect(r.stdout).toMatch(
+      /the reference week 2 model, on webgpu .*\n {2}ceilings \(measured now, on the GPU\): read bandwidth [\d.]+ GB\/s, GEMM f32 512\^3 [\d.]+ GFLOP\/s/,
+    );
     const report = JSON.parse(readFileSync(json, 'utf8'));
     expect(report.device).toMatch(/^webgpu/);
-    for (const key of ['prefill_tokens_per_s', 'decode_tokens_per_s', 'bandwidth_gb_s', 'gemm_gflops']) expect(report[key], key).toBeGreaterThan(0);
+    for (const key of ['prefill_tokens_per_s', 'decode_tokens_per_s', 'bandwidth_gb_s', 'gemm_gflops'])
+      expect(report[key], key).toBeGreaterThan(0);
   });
 });
 
@@ -199,7 +258,8 @@ describe('errors with --device webgpu: one line, no stack trace, never a hang', 
     const vocab = Math.ceil(limit / (4 * hidden) / 64) * 64 + 64;
     const words = new Uint32Array((vocab * hidden) / 8).fill(0x76543210);
     const groups = (vocab * hidden) / group;
-    const half = (v: number) => tc.tensor(new Float32Array(groups).fill(v), { shape: [vocab, hidden / group], dtype: 'bfloat16', device: tc.cpu });
+    const half = (v: number) =>
+      tc.tensor(new Float32Array(groups).fill(v), { shape: [vocab, hidden / group], dtype: 'bfloat16', device: tc.cpu });
     const norm = tc.tensor(new Float32Array(hidden).fill(1), { device: tc.cpu });
     tc.saveSafetensors(join(dir, 'model.safetensors'), {
       'model.embed_tokens.weight': tc.tensor(words, { shape: [vocab, hidden / 8], dtype: 'uint32', device: tc.cpu }),
@@ -208,9 +268,18 @@ describe('errors with --device webgpu: one line, no stack trace, never a hang', 
       'model.norm.weight': norm,
     });
     const config = {
-      model_type: 'qwen2', hidden_size: hidden, intermediate_size: 256, num_hidden_layers: 1, num_attention_heads: 2,
-      num_key_value_heads: 1, vocab_size: vocab, max_position_embeddings: 64, tie_word_embeddings: true, rope_theta: 10000,
-      rms_norm_eps: 1e-6, quantization: { group_size: group, bits: 4 },
+      model_type: 'qwen2',
+      hidden_size: hidden,
+      intermediate_size: 256,
+      num_hidden_layers: 1,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+      vocab_size: vocab,
+      max_position_embeddings: 64,
+      tie_word_embeddings: true,
+      rope_theta: 10000,
+      rms_norm_eps: 1e-6,
+      quantization: { group_size: group, bits: 4 },
     };
     writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
     return dir;
@@ -219,11 +288,35 @@ describe('errors with --device webgpu: one line, no stack trace, never a hang', 
   it('no adapter, a model past the largest binding, a bad --device: each a one-line message naming the cause', async () => {
     const tooBig = await modelPastTheBindingLimit();
     const cases: [string, string[], Record<string, string>, number, RegExp][] = [
-      ['no adapter', ['logits', '--device', 'webgpu', '--ids', '1,2'], { TINY_LLM_WEBGPU_BACKEND: 'd3d12' }, 1, /--device webgpu: no WebGPU adapter found \(tried d3d12: .*docs\/gpu\.md/],
-      ['past the largest binding', ['logits', '--model', tooBig, '--device', 'webgpu', '--ids', '1,2'], {}, 1, /the model does not fit this GPU's maxStorageBufferBindingSize: dequantize: binding out of \d+ bytes exceeds .*; run it with --device cpu/],
+      [
+        'no adapter',
+        ['logits', '--device', 'webgpu', '--ids', '1,2'],
+        { TINY_LLM_WEBGPU_BACKEND: 'd3d12' },
+        1,
+        /--device webgpu: no WebGPU adapter found \(tried d3d12: .*docs\/gpu\.md/,
+      ],
+      [
+        'past the largest binding',
+        ['logits', '--model', tooBig, '--device', 'webgpu', '--ids', '1,2'],
+        {},
+        1,
+        /the model does not fit this GPU's maxStorageBufferBindingSize: dequantize: binding out of \d+ bytes exceeds .*; run it with --device cpu/,
+      ],
       ['a bad --device', ['generate', '--prompt', 'x', '--device', 'cuda'], {}, 2, /--device must be one of cpu, webgpu, got cuda/],
-      ['--config on the GPU', ['bench', '--config', 'fixtures/configs/Qwen2-0.5B-Instruct.json', '--device', 'webgpu'], {}, 2, /--config builds random weights for the engine on the CPU/],
-      ['--batch on the GPU', ['bench', '--model', `models/${DRAFT}`, '--device', 'webgpu', '--batch', '2'], {}, 2, /--batch measures the engine on the CPU/],
+      [
+        '--config on the GPU',
+        ['bench', '--config', 'fixtures/configs/Qwen2-0.5B-Instruct.json', '--device', 'webgpu'],
+        {},
+        2,
+        /--config builds random weights for the engine on the CPU/,
+      ],
+      [
+        '--batch on the GPU',
+        ['bench', '--model', `models/${DRAFT}`, '--device', 'webgpu', '--batch', '2'],
+        {},
+        2,
+        /--batch measures the engine on the CPU/,
+      ],
     ];
     const results = await Promise.all(cases.map(([, args, env]) => cli(args, env)));
     for (const [i, [what, , , exit, message]] of cases.entries()) {
@@ -245,6 +338,8 @@ describe('errors with --device webgpu: one line, no stack trace, never a hang', 
     }
     const err = deviceErrorOf(caught);
     expect(err).toBeInstanceOf(UserError);
-    expect((err as Error).message).toBe('max on int32 is not implemented on the webgpu backend, which runs this model; run it with --device cpu');
+    expect((err as Error).message).toBe(
+      'max on int32 is not implemented on the webgpu backend, which runs this model; run it with --device cpu',
+    );
   });
 });

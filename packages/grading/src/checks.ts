@@ -97,7 +97,12 @@ export function expectWellFormed(actual: Tensor, expectedShape: readonly number[
 const formatTolerance = (x: number) => (x !== 0 && x < 1e-3 ? x.toExponential() : String(x));
 
 /** Checks values against a golden; a failure names the worst coordinates and, if it can, the mistake. */
-export function expectValues(actual: ArrayLike<number>, expected: ArrayLike<number>, shape: readonly number[], check: GoldenCheck = {}): void {
+export function expectValues(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  shape: readonly number[],
+  check: GoldenCheck = {},
+): void {
   const { atol = 1e-5, rtol = 0, what = 'output', axes, mistakes = [] } = check;
   expect(actual.length, `${what}: ${actual.length} values, expected ${expected.length}`).toBe(expected.length);
   const worst = worstMismatch(actual, expected, atol, rtol);
@@ -124,7 +129,11 @@ export function expectGolden(actual: Tensor, expected: Tensor | NDArray, check: 
  * For half-precision inputs: ||actual - expected|| / ||expected|| below `bound`. An error between 1e-4 and 1e-2
  * is the signature of a computation rounded to bf16 along the way (bf16 keeps ~3 significant digits).
  */
-export function expectRelativeError(actual: Tensor, expected: Tensor, check: { bound: number; what?: string; mistakes?: readonly Mistake[] }): void {
+export function expectRelativeError(
+  actual: Tensor,
+  expected: Tensor,
+  check: { bound: number; what?: string; mistakes?: readonly Mistake[] },
+): void {
   const { bound, what = 'output', mistakes = [] } = check;
   const values = expectWellFormed(actual, expected.shape, what);
   const golden = expected.toArray();
@@ -140,7 +149,9 @@ export function expectRelativeError(actual: Tensor, expected: Tensor, check: { b
   const mistake = diagnose(values, mistakes, bound * Math.sqrt(den / golden.length));
   if (mistake) lines.push(`It matches a known mistake: ${mistake.explanation}`);
   else if (error > 1e-4 && error < 1e-2) {
-    lines.push('An error of this size is what rounding intermediate results to bf16 gives: widen the input to float32 first (tc.astype) and compute in float32.');
+    lines.push(
+      'An error of this size is what rounding intermediate results to bf16 gives: widen the input to float32 first (tc.astype) and compute in float32.',
+    );
   }
   assert.fail(lines.join('\n'));
 }

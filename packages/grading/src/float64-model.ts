@@ -4,7 +4,22 @@
 // well above the tolerance). Tiny models only: it is written to be obviously right, not fast.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, ModelDir } from '@tiny-llm/tensor-core';
-import { attention, causalMask, linear, mlp, moe, reshapeND, rmsNorm, rope, swapMiddle, toND, type MlpArrays, type MoeArrays, type MoeVariant, type NDArray } from './float64.ts';
+import {
+  attention,
+  causalMask,
+  linear,
+  mlp,
+  moe,
+  reshapeND,
+  rmsNorm,
+  rope,
+  swapMiddle,
+  toND,
+  type MlpArrays,
+  type MoeArrays,
+  type MoeVariant,
+  type NDArray,
+} from './float64.ts';
 
 /** What a model pass may do differently from the real model: the known mistakes of chapters 1.5, 2.1 and 3.3. */
 export interface Float64Variant {
@@ -81,7 +96,8 @@ export class Float64Qwen2 {
     });
     // Qwen2-MoE: every decoder_sparse_step-th layer is sparse, except those in mlp_only_layers.
     const settings = md.config.moe;
-    const sparse = (i: number) => settings !== null && settings.numExperts > 0 && !settings.mlpOnlyLayers.includes(i) && (i + 1) % settings.decoderSparseStep === 0;
+    const sparse = (i: number) =>
+      settings !== null && settings.numExperts > 0 && !settings.mlpOnlyLayers.includes(i) && (i + 1) % settings.decoderSparseStep === 0;
     const mixture = (prefix: string): MoeArrays => ({
       router: matrix(`${prefix}.gate`).w,
       experts: Array.from({ length: settings!.numExperts }, (_, e) => gated(`${prefix}.experts.${e}`)),

@@ -21,7 +21,12 @@ function zerosND(shape: number[]): NDArray {
 /** Broadcasts `a` against a result of rank idx.length and reads it at idx. */
 function at(a: NDArray, idx: number[]): number {
   const lead = idx.length - a.shape.length;
-  return a.data[ravel(a.shape.map((d, i) => (d === 1 ? 0 : idx[lead + i])), a.shape)];
+  return a.data[
+    ravel(
+      a.shape.map((d, i) => (d === 1 ? 0 : idx[lead + i])),
+      a.shape,
+    )
+  ];
 }
 
 /**
@@ -207,7 +212,7 @@ export function rope(x: NDArray, { base, traditional, offsets }: RopeOptions): N
       for (let hi = 0; hi < h; hi++) {
         const row = ((bi * l + li) * h + hi) * d;
         for (let i = 0; i < half; i++) {
-          const angle = position * Math.pow(base, (-2 * i) / d);
+          const angle = position * base ** ((-2 * i) / d);
           const [i1, i2] = traditional ? [2 * i, 2 * i + 1] : [i, i + half];
           const x1 = x.data[row + i1];
           const x2 = x.data[row + i2];

@@ -46,7 +46,9 @@ export function goldenModel(name: string): GoldenModel {
   const count = golden.names.filter((n) => /^prompt\d+$/.test(n)).length;
   const numLayers = golden.names.filter((n) => /^prompt0\.layer\d+\.in$/.test(n)).length;
   if (count === 0 || String(count) !== golden.metadata.prompts || numLayers === 0) {
-    throw new Error(`${dir}/golden.safetensors: expected ${golden.metadata.prompts} prompts and per-layer goldens, found ${count} prompts and ${numLayers} layers`);
+    throw new Error(
+      `${dir}/golden.safetensors: expected ${golden.metadata.prompts} prompts and per-layer goldens, found ${count} prompts and ${numLayers} layers`,
+    );
   }
   const ints = (t: Tensor) => Array.from(t.toArray());
   const prompts = Array.from({ length: count }, (_, i) => ({
@@ -110,7 +112,9 @@ export function expectGreedyTokens(generated: readonly number[], model: GoldenMo
     const [got, want] = [generated[t], prompt.greedy[t]];
     if (got === want) continue;
     if (margin < SAFE_MARGIN) return; // a near-tie: either pick is within tolerance
-    const why = argmaxAxisMistake(generated, prompt.ids.length) ?? 'the logits at this position are wrong, or the pick is not the argmax over the vocabulary (the last axis).';
+    const why =
+      argmaxAxisMistake(generated, prompt.ids.length) ??
+      'the logits at this position are wrong, or the pick is not the argmax over the vocabulary (the last axis).';
     assert.fail(
       `greedy token ${t} (position ${position}): got ${got}, expected ${want}, which leads the runner-up by ${margin.toPrecision(3)} ` +
         `in the golden logits (far above the tolerance ${LOGITS_ATOL}): ${why}`,

@@ -60,7 +60,8 @@ export function multiHeadAttentionMistakes(
   };
   const mistakes: Mistake[] = [
     {
-      explanation: 'the heads split by reshaping [N, L, E] straight to [N, H, L, D]: reshape to [N, L, H, D], then transpose to [N, H, L, D] (and back before merging).',
+      explanation:
+        'the heads split by reshaping [N, L, E] straight to [N, H, L, D]: reshape to [N, L, H, D], then transpose to [N, H, L, D] (and back before merging).',
       values: lazy(splitWithoutTranspose),
     },
   ];
@@ -111,7 +112,13 @@ export function causalMaskMistakes(l: number, s: number): Mistake[] {
 }
 
 /** Grouped-query attention: the other head mapping, and a top-left causal mask. */
-export function gqaMistakes(q: NDArray, k: NDArray, v: NDArray, scale: number | undefined, mask: NDArray | 'causal' | undefined): Mistake[] {
+export function gqaMistakes(
+  q: NDArray,
+  k: NDArray,
+  v: NDArray,
+  scale: number | undefined,
+  mask: NDArray | 'causal' | undefined,
+): Mistake[] {
   const options: f64.AttentionOptions = { scale, mask: mask === 'causal' ? 'bottom-right' : mask, kvHeadOf: f64.groupedHead };
   const rank = q.shape.length;
   const [hq, hkv] = [q.shape[rank - 3], k.shape[rank - 3]];
@@ -125,7 +132,8 @@ export function gqaMistakes(q: NDArray, k: NDArray, v: NDArray, scale: number | 
       values: lazy(() => f64.attention(q, k, v, { ...options, kvHeadOf: (h, _, n) => h % n })),
     });
   }
-  if (mask === 'causal') mistakes.push({ explanation: TOP_LEFT, values: lazy(() => f64.attention(q, k, v, { ...options, mask: 'top-left' })) });
+  if (mask === 'causal')
+    mistakes.push({ explanation: TOP_LEFT, values: lazy(() => f64.attention(q, k, v, { ...options, mask: 'top-left' })) });
   return [...mistakes, ...attentionMistakes(q, k, v, options)];
 }
 
@@ -181,7 +189,9 @@ export function rmsNormMistakes(x: NDArray, weight: NDArray, eps: number): Mista
 export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Variant) => NDArray): Mistake[] {
   const moe = model.config.moe;
   const mistakes: Mistake[] = moe
-    ? moeMistakes({ normTopkProb: moe.normTopkProb, sharedExpert: moe.sharedExpertIntermediateSize > 0 }, (variant) => compute({ moe: variant }))
+    ? moeMistakes({ normTopkProb: moe.normTopkProb, sharedExpert: moe.sharedExpertIntermediateSize > 0 }, (variant) =>
+        compute({ moe: variant }),
+      )
     : [];
   if (model.config.ropeTheta !== 10000) {
     mistakes.push({
@@ -202,16 +212,20 @@ export function modelMistakes(model: Float64Qwen2, compute: (variant: Float64Var
  * The mixture-of-experts block of chapter 3.3: the k weights normalised the other way than normTopkProb says,
  * and (when the block has one) the shared expert's gate or the shared expert itself left out.
  */
-export function moeMistakes(block: { normTopkProb: boolean; sharedExpert: boolean }, compute: (variant: f64.MoeVariant) => NDArray): Mistake[] {
+export function moeMistakes(
+  block: { normTopkProb: boolean; sharedExpert: boolean },
+  compute: (variant: f64.MoeVariant) => NDArray,
+): Mistake[] {
   const mistakes: Mistake[] = [
     block.normTopkProb
       ? {
-          explanation: "the k routing weights not renormalised: with norm_topk_prob true, divide the chosen experts' probabilities by their sum.",
+          explanation:
+            "the k routing weights not renormalised: with norm_topk_prob true, divide the chosen experts' probabilities by their sum.",
           values: lazy(() => compute({ renormalize: false })),
         }
       : {
           explanation:
-            "the k routing weights sum to 1 (renormalised, or a softmax over the k chosen logits only): with norm_topk_prob false, each chosen expert weighs its probability under the softmax over all the experts.",
+            'the k routing weights sum to 1 (renormalised, or a softmax over the k chosen logits only): with norm_topk_prob false, each chosen expert weighs its probability under the softmax over all the experts.',
           values: lazy(() => compute({ renormalize: true })),
         },
   ];
@@ -222,7 +236,8 @@ export function moeMistakes(block: { normTopkProb: boolean; sharedExpert: boolea
         values: lazy(() => compute({ sharedGate: false })),
       },
       {
-        explanation: 'the shared expert left out: every token also goes through mlp.shared_expert (scaled by its sigmoid gate), added to the routed experts.',
+        explanation:
+          'the shared expert left out: every token also goes through mlp.shared_expert (scaled by its sigmoid gate), added to the routed experts.',
         values: lazy(() => compute({ sharedExpert: false })),
       },
     );
@@ -238,15 +253,18 @@ export function cacheMistakes(model: Float64Qwen2, ids: readonly number[], lengt
   const run = (variant: Float64Variant) => lazy(() => model.logitsInCalls(ids, lengths, variant));
   return [
     {
-      explanation: 'each call turned its tokens from position 0: RoPE needs their absolute positions, offset, offset + 1, ... (offset = the tokens already cached).',
+      explanation:
+        'each call turned its tokens from position 0: RoPE needs their absolute positions, offset, offset + 1, ... (offset = the tokens already cached).',
       values: run({ ignoreOffset: true }),
     },
     {
-      explanation: "each call attended to its own tokens only: updateAndFetch must return every cached key and value, the earlier calls' too.",
+      explanation:
+        "each call attended to its own tokens only: updateAndFetch must return every cached key and value, the earlier calls' too.",
       values: run({ forgetCache: true }),
     },
     {
-      explanation: "a top-left causal mask after cached tokens: the L new tokens are the last L of S, so query i sees keys up to i + S - L ('causal' means that).",
+      explanation:
+        "a top-left causal mask after cached tokens: the L new tokens are the last L of S, so query i sees keys up to i + S - L ('causal' means that).",
       values: run({ topLeftMask: true }),
     },
   ];
@@ -256,7 +274,8 @@ export function cacheMistakes(model: Float64Qwen2, ids: readonly number[], lengt
 export function quantizedMatmulMistakes(x: NDArray, w: f64.QuantizedArrays): Mistake[] {
   return [
     {
-      explanation: 'the bias of each group left out: a value dequantizes to q * scale + bias (in the factored form, + bias * sum(x) per group).',
+      explanation:
+        'the bias of each group left out: a value dequantizes to q * scale + bias (in the factored form, + bias * sum(x) per group).',
       values: lazy(() => f64.quantizedMatmul(x, w, { withBias: false })),
     },
     {
@@ -308,14 +327,19 @@ export function pagedAttentionMistakes(
 ): Mistake[] {
   const [b, hq, d] = q.shape;
   const [, hkv, p] = keyPages.shape;
-  const run = (options: Parameters<typeof f64.pagedAttention>[5]) => lazy(() => f64.pagedAttention(q, keyPages, valuePages, tables, lengths, { scale, ...options }));
+  const run = (options: Parameters<typeof f64.pagedAttention>[5]) =>
+    lazy(() => f64.pagedAttention(q, keyPages, valuePages, tables, lengths, { scale, ...options }));
   const mistakes: Mistake[] = [];
   // Row 0's block table misread for every row: computable where it lists as many pages as any row reads.
   if (b > 1 && lengths.every((n) => Math.ceil(n / p) <= tables[0].length)) {
-    mistakes.push({ explanation: "every row read row 0's block table: row b's pages are block_tables[b * max_blocks + j].", values: run({ variant: { firstTable: true } }) });
+    mistakes.push({
+      explanation: "every row read row 0's block table: row b's pages are block_tables[b * max_blocks + j].",
+      values: run({ variant: { firstTable: true } }),
+    });
   }
   mistakes.push({
-    explanation: 'block j read as page j, the block table ignored: token t of row b is in page block_tables[b * max_blocks + t / P], slot t % P.',
+    explanation:
+      'block j read as page j, the block table ignored: token t of row b is in page block_tables[b * max_blocks + t / P], slot t % P.',
     values: run({ variant: { ignoreTable: true } }),
   });
   if (lengths.some((n) => n % p !== 0)) {
@@ -326,7 +350,8 @@ export function pagedAttentionMistakes(
   }
   if (hkv > 1) {
     mistakes.push({
-      explanation: 'the pages read as [N, P, Hkv, D]: a page is [Hkv, P, D], so token t of kv head g is at ((page * Hkv + g) * P + t % P) * D.',
+      explanation:
+        'the pages read as [N, P, Hkv, D]: a page is [Hkv, P, D], so token t of kv head g is at ((page * Hkv + g) * P + t % P) * D.',
       values: run({ variant: { slotsBeforeHeads: true } }),
     });
   }

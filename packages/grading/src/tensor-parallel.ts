@@ -88,7 +88,9 @@ export class AllReduceOracle {
       const where = `${what}, all-reduce ${k + 1} of ${n} (layer ${step.layer}, ${step.half})`;
       this.shapes.forEach((s, rank) => {
         if (s[k].join() !== shape.join()) {
-          assert.fail(`${where}: rank ${rank} all-reduced a tensor of shape ${tc.formatShape(s[k])}; the ranks sum the half's output, [B, L, hidden] = ${tc.formatShape(shape)}.`);
+          assert.fail(
+            `${where}: rank ${rank} all-reduced a tensor of shape ${tc.formatShape(s[k])}; the ranks sum the half's output, [B, L, hidden] = ${tc.formatShape(shape)}.`,
+          );
         }
       });
       const total = new Float64Array(this.partials[0][k].length);
@@ -173,16 +175,22 @@ export function explainRoundError(worldSize: number, round: number, index: numbe
     const shift = ranks.reduce((s, r) => s + 2 ** (r + 4), 0);
     const unwritten = ranks.reduce((s, r) => s + round * 2 ** (r + 4) + index, 0);
     if (error === -unwritten) {
-      return `the slot${ranks.length > 1 ? 's' : ''} of ${listRanks(ranks)} read as zeros, before ${ranks.length > 1 ? 'they were' : 'it was'} ever written: ` +
-        "a rank read its peers' slots before they had written. Wait at a barrier after writing your slot, before reading the others.";
+      return (
+        `the slot${ranks.length > 1 ? 's' : ''} of ${listRanks(ranks)} read as zeros, before ${ranks.length > 1 ? 'they were' : 'it was'} ever written: ` +
+        "a rank read its peers' slots before they had written. Wait at a barrier after writing your slot, before reading the others."
+      );
     }
     if (error === -shift) {
-      return `the values of ${listRanks(ranks)} came from the round before: a rank read its peers' slots before they had written ` +
-        "this round's values. Wait at a barrier after writing your slot, before reading the others.";
+      return (
+        `the values of ${listRanks(ranks)} came from the round before: a rank read its peers' slots before they had written ` +
+        "this round's values. Wait at a barrier after writing your slot, before reading the others."
+      );
     }
     if (error === shift) {
-      return `the values of ${listRanks(ranks)} came from the round after: a rank wrote its next values into its slot before every ` +
-        'peer had read this round. Wait at a barrier after reading, before the next write.';
+      return (
+        `the values of ${listRanks(ranks)} came from the round after: a rank wrote its next values into its slot before every ` +
+        'peer had read this round. Wait at a barrier after reading, before the next write.'
+      );
     }
   }
   return 'the sum is no mix of rounds: the slots were read while being written, or a rank was left out of the sum.';

@@ -9,12 +9,41 @@ import type { Tensor } from '@tiny-llm/tensor-core';
 import { goldenOp, seeded } from '@tiny-llm/tensor-core/testing';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@tiny-llm/reference/week1';
-import { KvCache, quantizedMatmul, Qwen2ModelWeek2, Qwen2TransformerBlock, type AttentionCache, type LayerMlp } from '@tiny-llm/reference/week2';
+import {
+  KvCache,
+  quantizedMatmul,
+  Qwen2ModelWeek2,
+  Qwen2TransformerBlock,
+  type AttentionCache,
+  type LayerMlp,
+} from '@tiny-llm/reference/week2';
 import { Qwen2MoeBlock, Qwen2ModelWeek3 } from '@tiny-llm/reference/week3';
 import {
-  AllReduceOracle, allReduceSteps, explainRoundError,
-  attentionMistakes, cacheMistakes, causalMaskMistakes, pagedAttentionMistakes, quantizedMatmulMistakes, describeValues, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits,
-  expectRelativeError, expectValues, float64 as f64, formatAt, goldenModel, gqaMistakes, linearMistakes, mlpMistakes, moeMistakes, multiHeadAttentionMistakes, rmsNormMistakes, ropeMistakes,
+  AllReduceOracle,
+  allReduceSteps,
+  explainRoundError,
+  attentionMistakes,
+  cacheMistakes,
+  causalMaskMistakes,
+  pagedAttentionMistakes,
+  quantizedMatmulMistakes,
+  describeValues,
+  expectGolden,
+  expectGreedyTokens,
+  expectLayerOutput,
+  expectPromptLogits,
+  expectRelativeError,
+  expectValues,
+  float64 as f64,
+  formatAt,
+  goldenModel,
+  gqaMistakes,
+  linearMistakes,
+  mlpMistakes,
+  moeMistakes,
+  multiHeadAttentionMistakes,
+  rmsNormMistakes,
+  ropeMistakes,
   softmaxMistakes,
 } from '../src/index.ts';
 
@@ -86,8 +115,12 @@ describe('1.1: softmax and attention', () => {
     expect(failureOf(() => expectGolden(attend(q, k, v, 1 / Math.sqrt(d), mask), f.get(c, 'out'), { mistakes: mistakes() }))).toMatch(
       /the default scale 1\/sqrt\(D\) where this case gives scale = 0.3/,
     );
-    expect(failureOf(() => expectGolden(attend(q, k, v, c.scale as number), f.get(c, 'out'), { mistakes: mistakes() }))).toMatch(/the mask ignored/);
-    expect(failureOf(() => expectGolden(attend(q, k, v, 1, mask), f.get(c, 'out'), { mistakes: mistakes() }))).toMatch(/scores not scaled at all/);
+    expect(failureOf(() => expectGolden(attend(q, k, v, c.scale as number), f.get(c, 'out'), { mistakes: mistakes() }))).toMatch(
+      /the mask ignored/,
+    );
+    expect(failureOf(() => expectGolden(attend(q, k, v, 1, mask), f.get(c, 'out'), { mistakes: mistakes() }))).toMatch(
+      /scores not scaled at all/,
+    );
     const plain = f.cases.find((x) => x.name === 'plain1')!;
     const [pq, pk, pv] = ['q', 'k', 'v'].map((n) => f.get(plain, n));
     const byD = attend(pq, pk, pv, 1 / pq.shape[3]);
@@ -109,7 +142,9 @@ describe('1.1: multi-head attention', () => {
   it('the heads split without the transpose', () => {
     const heads = (w: Tensor) => tc.reshape(lin(x, w), [n, h, l, e / h]);
     const wrong = lin(tc.reshape(attend(heads(wq), heads(wk), heads(wv), 1 / Math.sqrt(e / h)), [n, l, e]), wo);
-    const message = failureOf(() => expectGolden(wrong, f.get(c, 'out'), { mistakes: multiHeadAttentionMistakes(nd(x), nd(x), nd(x), weights, h) }));
+    const message = failureOf(() =>
+      expectGolden(wrong, f.get(c, 'out'), { mistakes: multiHeadAttentionMistakes(nd(x), nd(x), nd(x), weights, h) }),
+    );
     expect(message).toMatch(/reshape to \[N, L, H, D\], then transpose/);
   });
 
@@ -119,7 +154,9 @@ describe('1.1: multi-head attention', () => {
     const heads = (w: Tensor) => tc.transpose(tc.reshape(lin(x, w), [n, l, h, e / h]), [0, 2, 1, 3]);
     const attended = attend(heads(wq), heads(wk), heads(wv), 1 / Math.sqrt(e / h));
     const wrong = lin(tc.reshape(tc.transpose(attended, [0, 2, 1, 3]), [n, l, e]), wo);
-    const message = failureOf(() => expectGolden(wrong, expected, { mistakes: multiHeadAttentionMistakes(nd(x), nd(x), nd(x), weights, h, mask) }));
+    const message = failureOf(() =>
+      expectGolden(wrong, expected, { mistakes: multiHeadAttentionMistakes(nd(x), nd(x), nd(x), weights, h, mask) }),
+    );
     expect(message).toMatch(/the mask ignored: pass it on/);
   });
 });
@@ -141,7 +178,9 @@ describe('1.2: RoPE', () => {
 
   it('the other pairing convention, both ways', () => {
     const qwen = f.cases.find((c) => c.name === 'c2')!;
-    expect(check(qwen, ropeWith(qwen, true, 0))).toMatch(/RoPE on adjacent pairs \(2i, 2i\+1\); this case pairs the halves \(i, i \+ D\/2\)/);
+    expect(check(qwen, ropeWith(qwen, true, 0))).toMatch(
+      /RoPE on adjacent pairs \(2i, 2i\+1\); this case pairs the halves \(i, i \+ D\/2\)/,
+    );
     const traditional = f.cases.find((c) => c.name === 'c1')!;
     expect(check(traditional, ropeWith(traditional, false, 0))).toMatch(/RoPE on the halves .*; this case pairs adjacent pairs/);
   });
@@ -166,7 +205,11 @@ describe('1.3: the causal mask and grouped-query attention', () => {
     const f = goldenOp('causal_mask');
     const c = f.cases.find((k) => k.name === 'c4')!; // L = 4, S = 9
     const [l, s] = [c.L as number, c.S as number];
-    const topLeft = tc.where(tc.greater(tc.reshape(tc.arange(s), [1, s]), tc.reshape(tc.arange(l), [l, 1])), tc.full([l, s], -Infinity), tc.zeros([l, s]));
+    const topLeft = tc.where(
+      tc.greater(tc.reshape(tc.arange(s), [1, s]), tc.reshape(tc.arange(l), [l, 1])),
+      tc.full([l, s], -Infinity),
+      tc.zeros([l, s]),
+    );
     const message = failureOf(() => expectGolden(topLeft, f.get(c, 'out'), { axes: ['row', 'col'], mistakes: causalMaskMistakes(l, s) }));
     expect(message).toMatch(/the worst at \[row=0, col=1\]: got -Infinity where the golden is finite \(0\)/);
     expect(message).toMatch(/query i must see keys up to i \+ S - L/);
@@ -180,7 +223,9 @@ describe('1.3: the causal mask and grouped-query attention', () => {
     // Tiling K and V: concat puts kv head j at query heads j, j + Hkv, ... (the interleaved mapping).
     const tile = (t: Tensor) => tc.concat(new Array<Tensor>(groups).fill(t), 1);
     const wrong = attend(q, tile(k), tile(v), 1 / Math.sqrt(q.shape[3]));
-    const message = failureOf(() => expectGolden(wrong, f.get(c, 'out'), { mistakes: gqaMistakes(nd(q), nd(k), nd(v), undefined, undefined) }));
+    const message = failureOf(() =>
+      expectGolden(wrong, f.get(c, 'out'), { mistakes: gqaMistakes(nd(q), nd(k), nd(v), undefined, undefined) }),
+    );
     expect(message).toMatch(/query head h reading kv head h % Hkv/);
   });
 
@@ -190,10 +235,22 @@ describe('1.3: the causal mask and grouped-query attention', () => {
     const [q, k, v] = ['q', 'k', 'v'].map((n) => f.get(c, n));
     const [l, s] = [q.shape[2], k.shape[2]];
     const groups = q.shape[1] / k.shape[1];
-    const byHead = (t: Tensor) => tc.reshape(tc.broadcastTo(tc.expandDims(t, 2), [t.shape[0], t.shape[1], groups, s, t.shape[3]]), [t.shape[0], q.shape[1], s, t.shape[3]]);
-    const topLeft = tc.where(tc.greater(tc.reshape(tc.arange(s), [1, s]), tc.reshape(tc.arange(l), [l, 1])), tc.full([l, s], -Infinity), tc.zeros([l, s]));
+    const byHead = (t: Tensor) =>
+      tc.reshape(tc.broadcastTo(tc.expandDims(t, 2), [t.shape[0], t.shape[1], groups, s, t.shape[3]]), [
+        t.shape[0],
+        q.shape[1],
+        s,
+        t.shape[3],
+      ]);
+    const topLeft = tc.where(
+      tc.greater(tc.reshape(tc.arange(s), [1, s]), tc.reshape(tc.arange(l), [l, 1])),
+      tc.full([l, s], -Infinity),
+      tc.zeros([l, s]),
+    );
     const wrong = attend(q, byHead(k), byHead(v), 1 / Math.sqrt(q.shape[3]), topLeft);
-    const message = failureOf(() => expectGolden(wrong, f.get(c, 'out'), { mistakes: gqaMistakes(nd(q), nd(k), nd(v), undefined, 'causal') }));
+    const message = failureOf(() =>
+      expectGolden(wrong, f.get(c, 'out'), { mistakes: gqaMistakes(nd(q), nd(k), nd(v), undefined, 'causal') }),
+    );
     expect(message).toMatch(/a top-left causal mask/);
   });
 });
@@ -203,7 +260,9 @@ describe('1.1 and 1.4: linear and the MLP', () => {
     const f = goldenOp('linear');
     const c = f.cases.find((k) => k.name === 'c0')!;
     const [x, w, b] = ['x', 'w', 'b'].map((n) => f.get(c, n));
-    const message = failureOf(() => expectGolden(tc.matmul(x, tc.transpose(w)), f.get(c, 'out'), { mistakes: linearMistakes(nd(x), nd(w), nd(b)) }));
+    const message = failureOf(() =>
+      expectGolden(tc.matmul(x, tc.transpose(w)), f.get(c, 'out'), { mistakes: linearMistakes(nd(x), nd(w), nd(b)) }),
+    );
     expect(message).toMatch(/the bias left out/);
   });
 
@@ -227,9 +286,9 @@ describe('1.4: RMSNorm', () => {
     const message = failureOf(() => expectGolden(wrong, f.get(c, 'out'), { mistakes: rmsNormMistakes(nd(x), nd(w), c.eps as number) }));
     expect(message).toMatch(/the sum of the squares where their mean belongs: divide by the width 16/);
     const unweighted = tc.mul(x, tc.rsqrt(tc.add(tc.mean(tc.mul(x, x), -1, { keepdims: true }), c.eps as number)));
-    expect(failureOf(() => expectGolden(unweighted, f.get(c, 'out'), { mistakes: rmsNormMistakes(nd(x), nd(w), c.eps as number) }))).toMatch(
-      /the weight left out/,
-    );
+    expect(
+      failureOf(() => expectGolden(unweighted, f.get(c, 'out'), { mistakes: rmsNormMistakes(nd(x), nd(w), c.eps as number) })),
+    ).toMatch(/the weight left out/);
   });
 });
 
@@ -259,10 +318,14 @@ describe('1.5: the model', () => {
     writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...config, rope_theta: 10000 }));
     const wrong = Qwen2ModelWeek1.load(dir);
     const layer = wrong.layers[0].forward(tc.expandDims(model.layerIn(0), 0), 'causal');
-    expect(failureOf(() => expectLayerOutput(layer, model, 0))).toMatch(/RoPE with its default base 10000; this model's base is config.ropeTheta = 1000000/);
+    expect(failureOf(() => expectLayerOutput(layer, model, 0))).toMatch(
+      /RoPE with its default base 10000; this model's base is config.ropeTheta = 1000000/,
+    );
     const prompt = model.prompts[1];
     const logits = wrong.forward(tc.tensor([prompt.ids], { dtype: 'int32' }));
-    expect(failureOf(() => expectPromptLogits(logits, model, prompt))).toMatch(/the worst at \[b=0, l=\d+, v=\d+\].*\n.*default base 10000/);
+    expect(failureOf(() => expectPromptLogits(logits, model, prompt))).toMatch(
+      /the worst at \[b=0, l=\d+, v=\d+\].*\n.*default base 10000/,
+    );
   });
 
   it('the q/k/v biases left out', () => {
@@ -270,7 +333,9 @@ describe('1.5: the model', () => {
     const dir = join(tmp, 'no-bias');
     cpSync(model.dir, dir, { recursive: true });
     const weights = tc.readSafetensors(join(model.dir, 'model.safetensors'));
-    const kept = Object.fromEntries(weights.names.map((n) => [n, /_proj\.bias$/.test(n) ? tc.zeros(weights.get(n).shape) : weights.get(n)]));
+    const kept = Object.fromEntries(
+      weights.names.map((n) => [n, /_proj\.bias$/.test(n) ? tc.zeros(weights.get(n).shape) : weights.get(n)]),
+    );
     tc.saveSafetensors(join(dir, 'model.safetensors'), kept);
     const wrong = Qwen2ModelWeek1.load(dir);
     const layer = wrong.layers[1].forward(tc.expandDims(model.layerIn(1), 0), 'causal');
@@ -290,7 +355,9 @@ describe('1.5: the model', () => {
     const model = goldenModel('qwen2-tiny');
     const prompt = model.prompts[3];
     const overPositions = prompt.greedy.map((_, i) => prompt.ids.length - 1 + i); // the last position, each step
-    expect(failureOf(() => expectGreedyTokens(overPositions, model, prompt))).toMatch(/as from an argmax over the positions \(axis 1 of \[1, L, V\]\)/);
+    expect(failureOf(() => expectGreedyTokens(overPositions, model, prompt))).toMatch(
+      /as from an argmax over the positions \(axis 1 of \[1, L, V\]\)/,
+    );
   });
 
   it('greedy tokens: a different pick at a near-tie is accepted', () => {
@@ -333,7 +400,9 @@ describe('2.1: the KV cache', () => {
     return tc.concat(parts, 1);
   };
   const check = (logits: Tensor) =>
-    failureOf(() => expectGolden(logits, tc.expandDims(prompt.logits, 0), { atol: 1e-4, mistakes: cacheMistakes(model.float64(), prompt.ids, lengths) }));
+    failureOf(() =>
+      expectGolden(logits, tc.expandDims(prompt.logits, 0), { atol: 1e-4, mistakes: cacheMistakes(model.float64(), prompt.ids, lengths) }),
+    );
 
   it('the offset ignored: every call at position 0', () => {
     expect(check(run(week2.newCache(), () => 0))).toMatch(/each call turned its tokens from position 0/);
@@ -392,7 +461,11 @@ describe('2.2: quantized matmul', () => {
 describe('3.1: paged attention', () => {
   const [p, hq, hkv, d] = [4, 4, 2, 8];
   const lengths = [10, 6, 3]; // none fills its last page
-  const tables = [[2, 6, 3], [0, 7], [5, 1]];
+  const tables = [
+    [2, 6, 3],
+    [0, 7],
+    [5, 1],
+  ];
   const keys = tc.tensor(seeded(8 * hkv * p * d, 41), { shape: [8, hkv, p, d] });
   const values = tc.tensor(seeded(8 * hkv * p * d, 42), { shape: [8, hkv, p, d] });
   const q = tc.tensor(seeded(3 * hq * d, 43), { shape: [3, hq, d] });
@@ -401,16 +474,33 @@ describe('3.1: paged attention', () => {
    * Paged decode attention with tensor ops, as a learner writes it: each row's keys and values gathered page by
    * page, then attention with query head h on kv head kvHeadOf(h). The options each make one known mistake.
    */
-  function paged(options: { tableOf?: (row: number) => number[]; pageOf?: (table: number[], block: number) => number; wholePages?: boolean; slotsFirst?: boolean; kvHeadOf?: (h: number) => number; scale?: number }): Tensor {
-    const { tableOf = (row) => tables[row], pageOf = (table, block) => table[block], kvHeadOf = (h) => Math.floor(h / (hq / hkv)), scale = 1 / Math.sqrt(d) } = options;
+  function paged(options: {
+    tableOf?: (row: number) => number[];
+    pageOf?: (table: number[], block: number) => number;
+    wholePages?: boolean;
+    slotsFirst?: boolean;
+    kvHeadOf?: (h: number) => number;
+    scale?: number;
+  }): Tensor {
+    const {
+      tableOf = (row) => tables[row],
+      pageOf = (table, block) => table[block],
+      kvHeadOf = (h) => Math.floor(h / (hq / hkv)),
+      scale = 1 / Math.sqrt(d),
+    } = options;
     const pageView = (all: Tensor, page: number) =>
-      options.slotsFirst ? tc.transpose(tc.slice(tc.reshape(all, [8, p, hkv, d]), [[page, page + 1]]), [0, 2, 1, 3]) : tc.slice(all, [[page, page + 1]]);
+      options.slotsFirst
+        ? tc.transpose(tc.slice(tc.reshape(all, [8, p, hkv, d]), [[page, page + 1]]), [0, 2, 1, 3])
+        : tc.slice(all, [[page, page + 1]]);
     const rows = lengths.map((length, row) => {
       const n = options.wholePages ? Math.ceil(length / p) * p : length;
       const gather = (all: Tensor) => {
         const blocks = Array.from({ length: Math.ceil(n / p) }, (_, j) => pageView(all, pageOf(tableOf(row), j)));
         const kv = tc.slice(tc.concat(blocks, 2), [null, null, [0, n]]); // [1, Hkv, n, D]
-        return tc.concat(Array.from({ length: hq }, (_, h) => tc.slice(kv, [null, [kvHeadOf(h), kvHeadOf(h) + 1]])), 1); // [1, Hq, n, D]
+        return tc.concat(
+          Array.from({ length: hq }, (_, h) => tc.slice(kv, [null, [kvHeadOf(h), kvHeadOf(h) + 1]])),
+          1,
+        ); // [1, Hq, n, D]
       };
       return attend(tc.reshape(tc.slice(q, [[row, row + 1]]), [1, hq, 1, d]), gather(keys), gather(values), scale);
     });
@@ -418,7 +508,12 @@ describe('3.1: paged attention', () => {
   }
   const check = (out: Tensor) => {
     const [nq, nk, nv] = [q, keys, values].map(nd);
-    return failureOf(() => expectGolden(out, f64.pagedAttention(nq, nk, nv, tables, lengths), { atol: 1e-5, mistakes: pagedAttentionMistakes(nq, nk, nv, tables, lengths) }));
+    return failureOf(() =>
+      expectGolden(out, f64.pagedAttention(nq, nk, nv, tables, lengths), {
+        atol: 1e-5,
+        mistakes: pagedAttentionMistakes(nq, nk, nv, tables, lengths),
+      }),
+    );
   };
 
   it('the right read passes', () => {
@@ -433,7 +528,7 @@ describe('3.1: paged attention', () => {
     expect(check(paged({ pageOf: (_, block) => block }))).toMatch(/block j read as page j, the block table ignored/);
   });
 
-  it('whole pages read, past a row\'s length', () => {
+  it("whole pages read, past a row's length", () => {
     expect(check(paged({ wholePages: true }))).toMatch(/whole pages read/);
   });
 
@@ -454,7 +549,12 @@ describe('3.3: mixture of experts', () => {
   /** The reference block of layer l rebuilt with one thing changed: a learner's block with that mistake. */
   const changed = (l: number, change: Partial<ConstructorParameters<typeof Qwen2MoeBlock>[0]>) => {
     const b = blockOf(l);
-    const options = { ...b, experts: [...b.experts], sharedExpert: b.sharedExpert ?? undefined, sharedExpertGate: b.sharedExpertGate ?? undefined };
+    const options = {
+      ...b,
+      experts: [...b.experts],
+      sharedExpert: b.sharedExpert ?? undefined,
+      sharedExpertGate: b.sharedExpertGate ?? undefined,
+    };
     return new Qwen2MoeBlock({ ...options, ...change });
   };
   /** Layer l with `mlp` in place of its block, on its golden input. */
@@ -465,7 +565,9 @@ describe('3.3: mixture of experts', () => {
   };
 
   it('the k routing weights renormalised where norm_topk_prob is false (layer and logits)', () => {
-    expect(failureOf(() => expectLayerOutput(layerWith(1, changed(1, { normTopkProb: true })), model, 1))).toMatch(/the k routing weights sum to 1/);
+    expect(failureOf(() => expectLayerOutput(layerWith(1, changed(1, { normTopkProb: true })), model, 1))).toMatch(
+      /the k routing weights sum to 1/,
+    );
     // The whole model with every block renormalising: its prompt logits.
     const wrong = Qwen2ModelWeek3.load(model.dir);
     wrong.layers.forEach((layer, l) => Object.assign(layer, { mlp: changed(l, { normTopkProb: true }) }));
@@ -497,9 +599,19 @@ describe('3.3: mixture of experts', () => {
       normTopkProb: true,
     };
     const x = nd(tc.tensor(seeded(5 * 8, 22, 1), { shape: [5, 8] }));
-    const module = (w: f64.NDArray) => ({ forward: (t: Tensor) => tc.matmul(t, tc.transpose(tc.tensor(Float32Array.from(w.data), { shape: w.shape }))) });
-    const expert = (w: f64.MlpArrays) => ({ forward: (t: Tensor) => module(w.down).forward(tc.mul(tc.silu(module(w.gate).forward(t)), module(w.up).forward(t))) });
-    const unnormalised = new Qwen2MoeBlock({ hiddenSize: 8, numExpertsPerTok: 2, normTopkProb: false, router: module(arrays.router), experts: arrays.experts.map(expert) });
+    const module = (w: f64.NDArray) => ({
+      forward: (t: Tensor) => tc.matmul(t, tc.transpose(tc.tensor(Float32Array.from(w.data), { shape: w.shape }))),
+    });
+    const expert = (w: f64.MlpArrays) => ({
+      forward: (t: Tensor) => module(w.down).forward(tc.mul(tc.silu(module(w.gate).forward(t)), module(w.up).forward(t))),
+    });
+    const unnormalised = new Qwen2MoeBlock({
+      hiddenSize: 8,
+      numExpertsPerTok: 2,
+      normTopkProb: false,
+      router: module(arrays.router),
+      experts: arrays.experts.map(expert),
+    });
     const out = unnormalised.forward(tc.tensor(Float32Array.from(x.data), { shape: x.shape }));
     const mistakes = moeMistakes({ normTopkProb: true, sharedExpert: false }, (variant) => f64.moe(x, arrays, variant));
     expect(failureOf(() => expectGolden(out, f64.moe(x, arrays), { mistakes }))).toMatch(/the k routing weights not renormalised/);
@@ -527,9 +639,17 @@ describe('3.6: tensor parallelism', () => {
     // Each rank passes half of the true sum plus the whole residual, as a rank that adds x before reducing.
     for (const rank of [0, 1]) {
       const reduce = oracle.allReduceOf(rank);
-      for (const step of steps) reduce(tc.tensor(Float32Array.from(step.sum.data, (v, i) => v / 2 + step.residual.data[i]), { shape: step.sum.shape }));
+      for (const step of steps)
+        reduce(
+          tc.tensor(
+            Float32Array.from(step.sum.data, (v, i) => v / 2 + step.residual.data[i]),
+            { shape: step.sum.shape },
+          ),
+        );
     }
-    expect(failureOf(() => oracle.check('a pass', 1e-4))).toMatch(/all-reduce 1 of 4 \(layer 0, attention\)[\s\S]*added the residual before the all-reduce/);
+    expect(failureOf(() => oracle.check('a pass', 1e-4))).toMatch(
+      /all-reduce 1 of 4 \(layer 0, attention\)[\s\S]*added the residual before the all-reduce/,
+    );
   });
 
   it("explains a race's wrong sum by the ranks whose slots were read a round early, late, or never written", () => {

@@ -24,7 +24,10 @@ describe('float64 references reproduce the fixtures', () => {
       const [q, k, v] = ['q', 'k', 'v'].map((n) => nd(f.get(c, n)));
       const mask = c.mask === 'tensor' ? nd(f.get(c, 'mask')) : undefined;
       const out = f.get(c, 'out');
-      expectValues(f64.attention(q, k, v, { scale: c.scale as number | undefined, mask }).data, out.toArray(), out.shape, { atol: 1e-6, what: c.name });
+      expectValues(f64.attention(q, k, v, { scale: c.scale as number | undefined, mask }).data, out.toArray(), out.shape, {
+        atol: 1e-6,
+        what: c.name,
+      });
     }
   });
 

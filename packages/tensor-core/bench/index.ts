@@ -15,9 +15,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import * as tc from '../src/index.ts';
 import type { SimdLevel } from '../src/index.ts';
-import {
-  benchDecodeStep, benchGemm, benchGemmBf16, benchGemv, bestSeconds, flagsOf, readBandwidthGBs,
-} from './native-kernels.ts';
+import { benchDecodeStep, benchGemm, benchGemmBf16, benchGemv, bestSeconds, flagsOf, readBandwidthGBs } from './native-kernels.ts';
 
 const features = tc.cpuFeatures();
 const LEVELS: SimdLevel[] = process.env.TINY_LLM_SIMD
@@ -55,9 +53,12 @@ function opGBs(op: () => tc.Tensor, bytes: number, level: SimdLevel): number {
 
 /** Rows per second of argmax over one row of LM-head logits (151936), as the greedy step does every token. */
 function argmaxRowsPerSecond(logits: tc.Tensor, level: SimdLevel): number {
-  const seconds = bestSeconds(() => {
-    for (let i = 0; i < 100; i++) tc.argmax(logits, -1).dispose();
-  }, reps(level, 5));
+  const seconds = bestSeconds(
+    () => {
+      for (let i = 0; i < 100; i++) tc.argmax(logits, -1).dispose();
+    },
+    reps(level, 5),
+  );
   return 100 / seconds;
 }
 
@@ -72,9 +73,13 @@ function bf16Products(measure: () => number): number {
 
 function microseconds(fn: () => void, calls: number): number {
   for (let i = 0; i < 1000; i++) fn();
-  return (bestSeconds(() => {
-    for (let i = 0; i < calls; i++) fn();
-  }, 5) * 1e6) / calls;
+  return (
+    (bestSeconds(() => {
+      for (let i = 0; i < calls; i++) fn();
+    }, 5) *
+      1e6) /
+    calls
+  );
 }
 
 function cpuModel(): string {
@@ -177,7 +182,7 @@ function main(): void {
       napi_call_us: napiCallUs,
       small_op_us: smallOpUs,
     };
-    writeFileSync(jsonPath, JSON.stringify(results, null, 2) + '\n');
+    writeFileSync(jsonPath, `${JSON.stringify(results, null, 2)}\n`);
     console.log(`\nwrote ${jsonPath}`);
   }
 }

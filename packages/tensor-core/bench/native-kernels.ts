@@ -93,9 +93,12 @@ export function benchGemv(n: number, k: number, reps?: number, m = 1): number {
   const bytes = n * k * 2;
   // Small weights: time batches of calls so the clock's resolution and the call cost do not dominate.
   const calls = Math.max(1, Math.floor(32e6 / bytes));
-  const s = bestSeconds(() => {
-    for (let i = 0; i < calls; i++) native.matmul(xv, wv, ov);
-  }, reps ?? (bytes > 64e6 ? 8 : 20));
+  const s = bestSeconds(
+    () => {
+      for (let i = 0; i < calls; i++) native.matmul(xv, wv, ov);
+    },
+    reps ?? (bytes > 64e6 ? 8 : 20),
+  );
   return (bytes * calls) / s / 1e9;
 }
 
@@ -124,8 +127,11 @@ function makeDecodeStep() {
     const w = new Uint16Array(n * k);
     for (let j = 0; j < w.length; j++) w[j] = 0x3c00 + ((i + j) & 127);
     bytes += w.byteLength;
-    const x = filled(k, i), out = new Float32Array(n);
-    const xv = view(x, F32, [1, k], [k, 1]), wv = view(w, BF16, [k, n], [1, k]), ov = view(out, F32, [1, n], [n, 1]);
+    const x = filled(k, i),
+      out = new Float32Array(n);
+    const xv = view(x, F32, [1, k], [k, 1]),
+      wv = view(w, BF16, [k, n], [1, k]),
+      ov = view(out, F32, [1, n], [n, 1]);
     return () => native.matmul(xv, wv, ov);
   });
   return { calls, bytes };

@@ -35,7 +35,11 @@ const wordTensor = (words: Uint16Array | Uint32Array, dtype: tc.DType, shape: nu
 
 async function main(): Promise<void> {
   const usage = `bench:webgpu [--shapes ${Object.keys(SHAPES).join('|')}] [--matmul N] [--json FILE]`;
-  const flags = flagsOf(usage, { shapes: { type: 'string', default: '0.5b' }, matmul: { type: 'string', default: '512' }, json: { type: 'string' } });
+  const flags = flagsOf(usage, {
+    shapes: { type: 'string', default: '0.5b' },
+    matmul: { type: 'string', default: '512' },
+    json: { type: 'string' },
+  });
   const shapeName = flags.shapes;
   const matmulSize = Number(flags.matmul);
   const jsonPath = flags.json;
@@ -90,14 +94,26 @@ async function main(): Promise<void> {
   const f = (v: number, d = 1) => v.toFixed(d);
   const rows: [string, string, string][] = [
     [`read bandwidth (${megabytes} MB)`, `${f(bandwidth)} GB/s`, 'the ceiling of memory-bound kernels'],
-    [`GEMV bf16 ${n}x${k}`, `${f(results.gemv_bf16_gb_s)} GB/s`, `${f(results.gemv_bf16_gb_s / bandwidth, 2)} of read bandwidth; ${f(results.gemv_bf16_gb_s / results.cpu_gemv_bf16_gb_s, 2)}x the CPU's ${f(results.cpu_gemv_bf16_gb_s)} GB/s`],
-    [`GEMV 4-bit ${n}x${k}`, `${f(results.gemv_q4_gb_s)} GB/s`, `${f(results.gemv_q4_gb_s / bandwidth, 2)} of read bandwidth (words, scales and biases)`],
-    [`matmul f32 ${matmulSize}^3`, `${f(results.matmul_f32_gflops)} GFLOP/s`, `${f(results.matmul_f32_gflops / results.cpu_matmul_f32_gflops, 2)}x the CPU's ${f(results.cpu_matmul_f32_gflops)} GFLOP/s`],
+    [
+      `GEMV bf16 ${n}x${k}`,
+      `${f(results.gemv_bf16_gb_s)} GB/s`,
+      `${f(results.gemv_bf16_gb_s / bandwidth, 2)} of read bandwidth; ${f(results.gemv_bf16_gb_s / results.cpu_gemv_bf16_gb_s, 2)}x the CPU's ${f(results.cpu_gemv_bf16_gb_s)} GB/s`,
+    ],
+    [
+      `GEMV 4-bit ${n}x${k}`,
+      `${f(results.gemv_q4_gb_s)} GB/s`,
+      `${f(results.gemv_q4_gb_s / bandwidth, 2)} of read bandwidth (words, scales and biases)`,
+    ],
+    [
+      `matmul f32 ${matmulSize}^3`,
+      `${f(results.matmul_f32_gflops)} GFLOP/s`,
+      `${f(results.matmul_f32_gflops / results.cpu_matmul_f32_gflops, 2)}x the CPU's ${f(results.cpu_matmul_f32_gflops)} GFLOP/s`,
+    ],
   ];
   for (const [name, value, note] of rows) console.log(`${name.padEnd(26)}${value.padEnd(16)}${note}`);
   if (jsonPath) {
     const path = resolve(process.env.INIT_CWD ?? process.cwd(), jsonPath);
-    writeFileSync(path, JSON.stringify(results, null, 2) + '\n');
+    writeFileSync(path, `${JSON.stringify(results, null, 2)}\n`);
     console.log(`\nwrote ${path}`);
   }
   gpu.destroy();

@@ -13,6 +13,7 @@ const loaded = new Map<string, unknown>();
  * The addon at `url` (a .node file an SDK package builds), connected to the pool. `owner` names the package for
  * the message when it is not built. Untyped, as `native`: each package wraps its kernels in typed functions.
  */
+// biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
 export function loadExtension(url: URL | string, owner: string): any {
   const path = typeof url === 'string' ? url : fileURLToPath(url);
   let addon = loaded.get(path);

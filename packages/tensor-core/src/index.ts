@@ -12,24 +12,71 @@ export { getDefaultBackend, setDefaultBackend, empty } from './ops/util.ts';
 
 export { tensor, full, zeros, ones, arange, toDevice, toCPU, type CreateOptions } from './ops/creation.ts';
 export {
-  add, sub, mul, div, neg, exp, log, sqrt, rsqrt, sigmoid, silu, maximum, minimum, where, equal, less, greater,
-  abs, tanh, cos, sin, pow, astype, contiguous,
+  add,
+  sub,
+  mul,
+  div,
+  neg,
+  exp,
+  log,
+  sqrt,
+  rsqrt,
+  sigmoid,
+  silu,
+  maximum,
+  minimum,
+  where,
+  equal,
+  less,
+  greater,
+  abs,
+  tanh,
+  cos,
+  sin,
+  pow,
+  astype,
+  contiguous,
 } from './ops/elementwise.ts';
 export { sum, mean, max, min, argmax, logsumexp, softmax, cumsum, argsort, sort, topk, takeAlongAxis } from './ops/reduce.ts';
 export { matmul, take, tril, triu } from './ops/linalg.ts';
 export {
-  reshape, transpose, swapaxes, moveaxis, expandDims, squeeze, broadcastTo, slice, concat, stack, split,
+  reshape,
+  transpose,
+  swapaxes,
+  moveaxis,
+  expandDims,
+  squeeze,
+  broadcastTo,
+  slice,
+  concat,
+  stack,
+  split,
   type SliceSpec,
 } from './ops/shape.ts';
 export * as random from './ops/random.ts';
 export * as fast from './ops/fast.ts';
 
 export {
-  readSafetensors, loadSafetensors, saveSafetensors, openCheckpoint, SafetensorsFile, Checkpoint, type TensorInfo,
+  readSafetensors,
+  loadSafetensors,
+  saveSafetensors,
+  openCheckpoint,
+  SafetensorsFile,
+  Checkpoint,
+  type TensorInfo,
 } from './io/safetensors.ts';
 export {
-  openModelDir, parseModelConfig, readModelConfig, ModelDir, SUPPORTED_MODEL_TYPES, type ModelDirOptions, type ModelConfig, type ModelType,
-  type MoeConfig, type QuantizationConfig, type LinearWeights,
+  openModelDir,
+  parseModelConfig,
+  readModelConfig,
+  ModelDir,
+  SUPPORTED_MODEL_TYPES,
+  type ModelDirOptions,
+  type ModelConfig,
+  type ModelType,
+  type MoeConfig,
+  type QuantizationConfig,
+  type LinearWeights,
 } from './io/model-dir.ts';
 export { QuantizedWeight, dequantize, quantize, type QuantizeOptions } from './io/quantized.ts';
 
@@ -41,5 +88,11 @@ export function fromSafetensors(path: string, name: string) {
 
 // The GPU backend; `webgpu` (Dawn) is loaded only when initWebGPU is called.
 export {
-  initWebGPU, WebGPUBackend, GpuStorage, WgslKernel, type WebGPUOptions, type KernelArgs, type ParamValues,
+  initWebGPU,
+  WebGPUBackend,
+  GpuStorage,
+  WgslKernel,
+  type WebGPUOptions,
+  type KernelArgs,
+  type ParamValues,
 } from './backend/webgpu/index.ts';

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 const require = createRequire(import.meta.url);
 const buildDir = fileURLToPath(new URL('../build/Release/', import.meta.url));
 
+// biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
 function loadAddon(name: string): any {
   const path = `${buildDir}${name}.node`;
   if (!existsSync(path)) {
@@ -18,9 +19,11 @@ function loadAddon(name: string): any {
 }
 
 /** The tensor-core addon. Untyped on purpose: only src/backend/cpu.ts and the bench call it. */
+// biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
 export const native: any = loadAddon('tensor_core');
 
 /** Loads another addon from tensor-core's build folder (the SDK example). */
+// biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
 export function loadBuiltAddon(name: string): any {
   return loadAddon(name);
 }

@@ -61,11 +61,31 @@ function testInputs(format: typeof F16): Float32Array {
     values.push(a, b, (a + b) / 2, -(a + b) / 2, Math.fround((a + b) / 2) * (1 + 2 ** -20));
   }
   const max = format.values[format.values.length - 1];
-  values.push(0, -0, Infinity, -Infinity, NaN, max, (max + format.overflow) / 2, 1e-45, -1e-45, 2 ** -149, 1e-8, 6e-8, 3e-8, 65519, 65520, 3.4e38);
+  values.push(
+    0,
+    -0,
+    Infinity,
+    -Infinity,
+    NaN,
+    max,
+    (max + format.overflow) / 2,
+    1e-45,
+    -1e-45,
+    2 ** -149,
+    1e-8,
+    6e-8,
+    3e-8,
+    65519,
+    65520,
+    3.4e38,
+  );
   return Float32Array.from(values);
 }
 
-for (const [name, format] of [['float16', F16], ['bfloat16', BF16]] as const) {
+for (const [name, format] of [
+  ['float16', F16],
+  ['bfloat16', BF16],
+] as const) {
   describe(`${name} conversions`, () => {
     it(`every ${name} pattern widens to the exact float32 value`, () => {
       const words = new Uint16Array(65536).map((_, i) => i);

@@ -72,7 +72,10 @@ describe('fast.rope matches the fixture (per-row offsets included) and the compo
 function composedRope(x: tc.Tensor, tables: tc.fast.RopeTables, offset: number | number[], traditional: boolean): tc.Tensor {
   const [b, l, h, d] = x.shape;
   const offsets = typeof offset === 'number' ? new Array(b).fill(offset) : offset;
-  const positions = tc.tensor(offsets.flatMap((o: number) => Array.from({ length: l }, (_, i) => o + i)), { shape: [b, l], dtype: 'int32' });
+  const positions = tc.tensor(
+    offsets.flatMap((o: number) => Array.from({ length: l }, (_, i) => o + i)),
+    { shape: [b, l], dtype: 'int32' },
+  );
   const cos = tc.expandDims(tc.take(tables.cos, positions), 2); // [b, l, 1, d/2]
   const sin = tc.expandDims(tc.take(tables.sin, positions), 2);
   let x1: tc.Tensor, x2: tc.Tensor;

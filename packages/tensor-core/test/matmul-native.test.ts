@@ -118,7 +118,8 @@ function checkMatmul(a: Operand, b: Operand): void {
   native.matmul(a.view, b.view, out.view);
   let item = 0;
   for (const bi of batchIndices(batch)) {
-    const a0 = batchOffset(a, bi), b0 = batchOffset(b, bi);
+    const a0 = batchOffset(a, bi),
+      b0 = batchOffset(b, bi);
     for (let i = 0; i < M; i++) {
       for (let j = 0; j < N; j++) {
         let s = 0;
@@ -141,8 +142,12 @@ function checkMatmul(a: Operand, b: Operand): void {
 
 // a [M, K] and b [K, N] in the given layouts: 'row' (row-major), 'trans' (stored transposed; for b that is the
 // linear-layer weight layout W[N][K]).
-function pair(M: number, K: number, N: number, opts: { aLayout?: 'row' | 'trans'; bLayout?: 'row' | 'trans';
-  aDtype?: Dtype; bDtype?: Dtype; seed?: number } = {}): [Operand, Operand] {
+function pair(
+  M: number,
+  K: number,
+  N: number,
+  opts: { aLayout?: 'row' | 'trans'; bLayout?: 'row' | 'trans'; aDtype?: Dtype; bDtype?: Dtype; seed?: number } = {},
+): [Operand, Operand] {
   const { aLayout = 'row', bLayout = 'row', aDtype = F32, bDtype = F32, seed = M * 1000003 + K * 1009 + N } = opts;
   const as = aLayout === 'row' ? rowMajor([M, K]) : transposedLast2([M, K]);
   const bs = bLayout === 'row' ? rowMajor([K, N]) : transposedLast2([K, N]);
@@ -153,9 +158,17 @@ function pair(M: number, K: number, N: number, opts: { aLayout?: 'row' | 'trans'
 
 describe('native.matmul: packed GEMM', () => {
   const shapes: [number, number, number][] = [
-    [1, 1, 1], [7, 13, 5], [6, 16, 16], [12, 32, 32], [17, 9, 33], [37, 300, 129], [64, 64, 64], [150, 260, 70],
+    [1, 1, 1],
+    [7, 13, 5],
+    [6, 16, 16],
+    [12, 32, 32],
+    [17, 9, 33],
+    [37, 300, 129],
+    [64, 64, 64],
+    [150, 260, 70],
     // The AVX-512 tile (12 x 32): exact multiples, one row and one half-panel over, K a multiple of 8 across blocks.
-    [24, 512, 64], [13, 64, 48],
+    [24, 512, 64],
+    [13, 64, 48],
   ];
   for (const [M, K, N] of shapes) {
     it(`${M}x${K}x${N}, b contiguous and in weight layout`, () => {
@@ -186,7 +199,9 @@ describe('native.matmul: packed GEMM', () => {
 
   it('general strides: gaps, negative strides, a view that starts inside its buffer', () => {
     // a: every other column of a wider matrix; b: rows walked backwards.
-    const M = 29, K = 41, N = 35;
+    const M = 29,
+      K = 41,
+      N = 35;
     const a = operand([M, K], [2 * K + 3, 2], F32, 1);
     const b = operand([K, N], [-N, 1], F32, 2, (K - 1) * N);
     checkMatmul(a, b);
@@ -207,7 +222,8 @@ describe('native.matmul: packed GEMM', () => {
 
 describe('native.matmul: skinny paths (M <= 16, decode)', () => {
   it('M = 1..16 against a weight in (N, K) layout, f32 and bf16 (GEMV, W streamed once)', () => {
-    const K = 896, N = 523;
+    const K = 896,
+      N = 523;
     for (let M = 1; M <= 16; M++) {
       checkMatmul(...pair(M, K, N, { bLayout: 'trans', bDtype: M % 2 ? BF16 : F32 }));
     }
@@ -219,14 +235,27 @@ describe('native.matmul: skinny paths (M <= 16, decode)', () => {
   });
 
   it('K not a multiple of 8 or 32, N not a multiple of 4, transposed and bf16 a', () => {
-    for (const [M, K, N] of [[1, 7, 3], [2, 33, 5], [3, 100, 9], [5, 61, 6], [16, 257, 11]]) {
+    for (const [M, K, N] of [
+      [1, 7, 3],
+      [2, 33, 5],
+      [3, 100, 9],
+      [5, 61, 6],
+      [16, 257, 11],
+    ]) {
       checkMatmul(...pair(M, K, N, { bLayout: 'trans' }));
       checkMatmul(...pair(M, K, N, { bLayout: 'trans', aLayout: 'trans', aDtype: BF16, bDtype: F16 }));
     }
   });
 
   it('b contiguous [K, N] (axpy form), all M, N with 16-, 8- and scalar-column tails', () => {
-    for (const [M, K, N] of [[1, 300, 64], [1, 64, 77], [3, 50, 100], [6, 20, 31], [7, 33, 130], [16, 129, 15]]) {
+    for (const [M, K, N] of [
+      [1, 300, 64],
+      [1, 64, 77],
+      [3, 50, 100],
+      [6, 20, 31],
+      [7, 33, 130],
+      [16, 129, 15],
+    ]) {
       checkMatmul(...pair(M, K, N));
       checkMatmul(...pair(M, K, N, { bDtype: BF16 }));
       checkMatmul(...pair(M, K, N, { bDtype: F16, aLayout: 'trans' }));
@@ -236,7 +265,9 @@ describe('native.matmul: skinny paths (M <= 16, decode)', () => {
 
 describe('native.matmul: batches', () => {
   it('attention-like: 14 heads of 64x64 @ 64x64, k in weight layout and v contiguous', () => {
-    const H = 14, T = 64, D = 64;
+    const H = 14,
+      T = 64,
+      D = 64;
     const q = operand([H, T, D], rowMajor([H, T, D]), F32, 1);
     const kT = operand([H, D, T], [T * D, 1, D], F32, 2); // k stored [H, T, D], used as k^T
     checkMatmul(q, kT);
@@ -309,7 +340,12 @@ describe('native.matmul: bfloat16 products (cpu.setMatmulPrecision, opt-in)', ()
       cpu.setMatmulPrecision('bfloat16');
       expect(cpu.matmulPrecision()).toBe('bfloat16');
       // K odd, within one block and past it (512 k), M and N past whole tiles.
-      for (const [M, K, N] of [[37, 301, 131], [24, 512, 64], [17, 16, 40], [30, 601, 70]]) {
+      for (const [M, K, N] of [
+        [37, 301, 131],
+        [24, 512, 64],
+        [17, 16, 40],
+        [30, 601, 70],
+      ]) {
         const p = problem(M, K, N);
         p.run();
         // Float32 sums of the products: the rounding of the activations changes these sums by ~1e-4.
@@ -339,7 +375,9 @@ describe('native.matmul: bfloat16 products (cpu.setMatmulPrecision, opt-in)', ()
   });
 
   it('rejects an unknown precision', () => {
-    expect(() => cpu.setMatmulPrecision('float16' as never)).toThrow('setMatmulPrecision: "float16" is not a precision (float32 or bfloat16)');
+    expect(() => cpu.setMatmulPrecision('float16' as never)).toThrow(
+      'setMatmulPrecision: "float16" is not a precision (float32 or bfloat16)',
+    );
   });
 });
 

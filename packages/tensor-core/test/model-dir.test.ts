@@ -127,15 +127,30 @@ describe('fixture model directories', () => {
   it('the configs parse into the expected fields', () => {
     const config = (name: string) => readModelConfig(join(modelsDir, name, 'config.json'));
     expect(config('qwen2-tiny')).toMatchObject({
-      modelType: 'qwen2', hiddenSize: 64, headDim: 16, numKeyValueHeads: 2, ropeTheta: 1e6, rmsNormEps: 1e-6,
-      tieWordEmbeddings: true, attentionBias: true, qkNorm: false, dtype: 'float32', moe: null, quantization: null,
+      modelType: 'qwen2',
+      hiddenSize: 64,
+      headDim: 16,
+      numKeyValueHeads: 2,
+      ropeTheta: 1e6,
+      rmsNormEps: 1e-6,
+      tieWordEmbeddings: true,
+      attentionBias: true,
+      qkNorm: false,
+      dtype: 'float32',
+      moe: null,
+      quantization: null,
     });
     expect(config('qwen2-tiny-untied')).toMatchObject({ tieWordEmbeddings: false, ropeTheta: 10000, headDim: 16 });
     expect(config('qwen3-tiny')).toMatchObject({ modelType: 'qwen3', headDim: 32, attentionBias: false, qkNorm: true });
     expect(config('qwen2-tiny-4bit')).toMatchObject({ dtype: 'bfloat16', quantization: { groupSize: 64, bits: 4, layers: {} } });
     expect(config('qwen2-moe-tiny').moe).toEqual({
-      numExperts: 8, numExpertsPerTok: 2, moeIntermediateSize: 32, sharedExpertIntermediateSize: 96,
-      normTopkProb: false, decoderSparseStep: 1, mlpOnlyLayers: [],
+      numExperts: 8,
+      numExpertsPerTok: 2,
+      moeIntermediateSize: 32,
+      sharedExpertIntermediateSize: 96,
+      normTopkProb: false,
+      decoderSparseStep: 1,
+      mlpOnlyLayers: [],
     });
   });
 });
@@ -151,7 +166,9 @@ describe('the 4-bit model', () => {
     expect(q.bias?.shape).toEqual([64]);
     expect(model.linear('model.embed_tokens').weight).toBeInstanceOf(QuantizedWeight);
     expect(model.isQuantized('model.norm')).toBe(false);
-    expect(() => model.quantizedWeight('model.norm')).toThrow(/model.norm has no quantized weight: it is not MLX-quantized \(model.norm.weight is bfloat16/);
+    expect(() => model.quantizedWeight('model.norm')).toThrow(
+      /model.norm has no quantized weight: it is not MLX-quantized \(model.norm.weight is bfloat16/,
+    );
     expect(() => model.quantizedWeight('model.nope')).toThrow(/there is no model.nope.weight/);
   });
 
@@ -169,14 +186,32 @@ describe('config parsing', () => {
   it('the Qwen2 release configs', () => {
     const read = (name: string) => readModelConfig(join(configsDir, `${name}.json`));
     expect(read('Qwen2-0.5B-Instruct')).toMatchObject({
-      modelType: 'qwen2', architectures: ['Qwen2ForCausalLM'], hiddenSize: 896, intermediateSize: 4864,
-      numHiddenLayers: 24, numAttentionHeads: 14, numKeyValueHeads: 2, headDim: 64, vocabSize: 151936,
-      ropeTheta: 1e6, maxPositionEmbeddings: 32768, tieWordEmbeddings: true, dtype: 'bfloat16',
-      bosTokenId: 151643, eosTokenIds: [151645], slidingWindow: null, ropeScaling: null,
+      modelType: 'qwen2',
+      architectures: ['Qwen2ForCausalLM'],
+      hiddenSize: 896,
+      intermediateSize: 4864,
+      numHiddenLayers: 24,
+      numAttentionHeads: 14,
+      numKeyValueHeads: 2,
+      headDim: 64,
+      vocabSize: 151936,
+      ropeTheta: 1e6,
+      maxPositionEmbeddings: 32768,
+      tieWordEmbeddings: true,
+      dtype: 'bfloat16',
+      bosTokenId: 151643,
+      eosTokenIds: [151645],
+      slidingWindow: null,
+      ropeScaling: null,
     });
     expect(read('Qwen2-1.5B-Instruct')).toMatchObject({ hiddenSize: 1536, numAttentionHeads: 12, headDim: 128, tieWordEmbeddings: true });
     expect(read('Qwen2-7B-Instruct')).toMatchObject({
-      hiddenSize: 3584, numAttentionHeads: 28, numKeyValueHeads: 4, headDim: 128, vocabSize: 152064, tieWordEmbeddings: false,
+      hiddenSize: 3584,
+      numAttentionHeads: 28,
+      numKeyValueHeads: 4,
+      headDim: 128,
+      vocabSize: 152064,
+      tieWordEmbeddings: false,
     });
   });
 
@@ -201,8 +236,15 @@ describe('config parsing', () => {
     const dir = modelDir(config, { eos_token_id: [7, 9], bos_token_id: 3 });
     const model = openModelDir(dir);
     expect(model.config).toMatchObject({
-      modelType: 'qwen3', dtype: 'bfloat16', headDim: 128, ropeTheta: 5e6, ropeScaling: null, rmsNormEps: 1e-5,
-      eosTokenIds: [7], attentionBias: false, qkNorm: true,
+      modelType: 'qwen3',
+      dtype: 'bfloat16',
+      headDim: 128,
+      ropeTheta: 5e6,
+      ropeScaling: null,
+      rmsNormEps: 1e-5,
+      eosTokenIds: [7],
+      attentionBias: false,
+      qkNorm: true,
     });
     expect(model.eosTokenIds).toEqual([7, 9]);
     expect(model.config.raw.transformers_version).toBe('5.17.0');
@@ -212,14 +254,29 @@ describe('config parsing', () => {
   it('an older config: rope_theta, torch_dtype ("torch." prefix), defaults for what is left out', () => {
     const c = parseModelConfig({ ...qwen2Base, num_key_value_heads: undefined, torch_dtype: 'torch.float16', rope_theta: 123 });
     expect(c).toMatchObject({
-      ropeTheta: 123, dtype: 'float16', numKeyValueHeads: 4, headDim: 16, rmsNormEps: 1e-6, tieWordEmbeddings: false,
-      maxPositionEmbeddings: 32768, eosTokenIds: [], bosTokenId: null, quantization: null,
+      ropeTheta: 123,
+      dtype: 'float16',
+      numKeyValueHeads: 4,
+      headDim: 16,
+      rmsNormEps: 1e-6,
+      tieWordEmbeddings: false,
+      maxPositionEmbeddings: 32768,
+      eosTokenIds: [],
+      bosTokenId: null,
+      quantization: null,
     });
   });
 
   it('model type from architectures when model_type is absent; RoPE scaling is surfaced', () => {
     const { model_type: _, ...rest } = qwen2Base;
-    const c = parseModelConfig({ ...rest, architectures: ['Qwen2MoeForCausalLM'], num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 8, rope_scaling: { type: 'yarn', factor: 4 } });
+    const c = parseModelConfig({
+      ...rest,
+      architectures: ['Qwen2MoeForCausalLM'],
+      num_experts: 4,
+      num_experts_per_tok: 2,
+      moe_intermediate_size: 8,
+      rope_scaling: { type: 'yarn', factor: 4 },
+    });
     expect(c.modelType).toBe('qwen2_moe');
     expect(c.moe).toMatchObject({ numExperts: 4, sharedExpertIntermediateSize: 0, decoderSparseStep: 1 });
     expect(c.ropeScaling).toEqual({ type: 'yarn', factor: 4 });
@@ -230,7 +287,7 @@ describe('config parsing', () => {
     expect(c.quantization).toEqual({ groupSize: 32, bits: 8, layers: {} });
     const mixed = parseModelConfig({
       ...qwen2Base,
-      quantization: { group_size: 64, bits: 4, 'model.layers.0.mlp.down_proj': { group_size: 64, bits: 8 }, 'lm_head': false },
+      quantization: { group_size: 64, bits: 4, 'model.layers.0.mlp.down_proj': { group_size: 64, bits: 8 }, lm_head: false },
     });
     expect(mixed.quantization?.layers).toEqual({ 'model.layers.0.mlp.down_proj': { groupSize: 64, bits: 8 }, lm_head: false });
   });
@@ -238,7 +295,9 @@ describe('config parsing', () => {
   it('errors name the field and the file', () => {
     const { hidden_size: _, ...noHidden } = qwen2Base;
     expect(() => parseModelConfig(noHidden, 'my/config.json')).toThrow('my/config.json: hidden_size is missing (a required field)');
-    expect(() => parseModelConfig({ ...qwen2Base, vocab_size: '512' }, 'c.json')).toThrow('c.json: vocab_size must be a positive integer, got "512"');
+    expect(() => parseModelConfig({ ...qwen2Base, vocab_size: '512' }, 'c.json')).toThrow(
+      'c.json: vocab_size must be a positive integer, got "512"',
+    );
     expect(() => parseModelConfig({ ...qwen2Base, model_type: 'llama' }, 'c.json')).toThrow(
       'c.json: unsupported model_type "llama" (supported: qwen2, qwen3, qwen2_moe)',
     );
@@ -247,19 +306,25 @@ describe('config parsing', () => {
       /unsupported architecture LlamaForCausalLM \(supported: Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen2MoeForCausalLM\)/,
     );
     expect(() => parseModelConfig(noType, 'c.json')).toThrow(/model_type is missing/);
-    expect(() => parseModelConfig({ ...qwen2Base, num_key_value_heads: 3 }, 'c.json')).toThrow(/must be a multiple of num_key_value_heads \(3\)/);
+    expect(() => parseModelConfig({ ...qwen2Base, num_key_value_heads: 3 }, 'c.json')).toThrow(
+      /must be a multiple of num_key_value_heads \(3\)/,
+    );
     expect(() => parseModelConfig({ ...qwen2Base, hidden_act: 'gelu' }, 'c.json')).toThrow(/unsupported hidden_act "gelu"/);
     expect(() => parseModelConfig({ ...qwen2Base, model_type: 'qwen2_moe' }, 'c.json')).toThrow('c.json: num_experts is missing');
-    expect(() => parseModelConfig({ ...qwen2Base, quantization_config: { quant_method: 'gptq', bits: 4, group_size: 128 } }, 'c.json')).toThrow(
-      /c.json: quantization_config: unsupported quantization method "gptq"/,
+    expect(() =>
+      parseModelConfig({ ...qwen2Base, quantization_config: { quant_method: 'gptq', bits: 4, group_size: 128 } }, 'c.json'),
+    ).toThrow(/c.json: quantization_config: unsupported quantization method "gptq"/);
+    expect(() => parseModelConfig({ ...qwen2Base, quantization: { group_size: 64 } }, 'c.json')).toThrow(
+      'c.json: quantization: bits is missing',
     );
-    expect(() => parseModelConfig({ ...qwen2Base, quantization: { group_size: 64 } }, 'c.json')).toThrow('c.json: quantization: bits is missing');
     expect(() => parseModelConfig({ ...qwen2Base, quantization: { group_size: 64, bits: 7 } }, 'c.json')).toThrow(/unsupported bits 7/);
     expect(() => parseModelConfig({ ...qwen2Base, hidden_size: 130 }, 'c.json')).toThrow(
       'c.json: hidden_size (130) is not a multiple of num_attention_heads (4) and there is no head_dim',
     );
     const moe = { ...qwen2Base, model_type: 'qwen2_moe', num_experts: 4, moe_intermediate_size: 32, shared_expert_intermediate_size: 64 };
-    expect(() => parseModelConfig({ ...moe, num_experts_per_tok: 5 }, 'c.json')).toThrow('c.json: num_experts_per_tok (5) exceeds num_experts (4)');
+    expect(() => parseModelConfig({ ...moe, num_experts_per_tok: 5 }, 'c.json')).toThrow(
+      'c.json: num_experts_per_tok (5) exceeds num_experts (4)',
+    );
   });
 });
 
@@ -292,7 +357,10 @@ describe('openModelDir errors', () => {
     mkdirSync(dir);
     writeFileSync(join(dir, 'config.json'), JSON.stringify(qwen2Base));
     expect(() => openModelDir(dir)).toThrow(/has no .safetensors file/);
-    writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { 'model.norm.weight': 'model-00001-of-00001.safetensors' } }));
+    writeFileSync(
+      join(dir, 'model.safetensors.index.json'),
+      JSON.stringify({ weight_map: { 'model.norm.weight': 'model-00001-of-00001.safetensors' } }),
+    );
     expect(() => openModelDir(dir)).toThrow(/model.safetensors.index.json: shard model-00001-of-00001.safetensors is missing/);
   });
 

@@ -15,9 +15,17 @@ function broadcastReference(a: NDArray, b: NDArray, shape: number[], f: (x: numb
 
 describe('elementwise binary ops broadcast like numpy', () => {
   const cases: [number[], number[], number[]][] = [
-    [[2, 3], [2, 3], [2, 3]],
+    [
+      [2, 3],
+      [2, 3],
+      [2, 3],
+    ],
     [[2, 3], [3], [2, 3]],
-    [[4, 1, 5], [3, 1], [4, 3, 5]],
+    [
+      [4, 1, 5],
+      [3, 1],
+      [4, 3, 5],
+    ],
     [[1], [7, 2], [7, 2]],
     [[], [2, 2], [2, 2]],
     [[5, 40000], [40000], [5, 40000]], // long rows are split across threads
@@ -38,7 +46,12 @@ describe('elementwise binary ops broadcast like numpy', () => {
         const b = nd(sb, (i) => seeded(1, i + 101)[0] * 4 + 0.01);
         const out = op(t(a), t(b));
         expect(out.shape).toEqual(sout);
-        expectClose(out.toArray(), broadcastReference(a, b, sout, (x, y) => Math.fround(f(Math.fround(x), Math.fround(y)))), 1e-5, 1e-6);
+        expectClose(
+          out.toArray(),
+          broadcastReference(a, b, sout, (x, y) => Math.fround(f(Math.fround(x), Math.fround(y)))),
+          1e-5,
+          1e-6,
+        );
       }
     });
   }
@@ -48,7 +61,10 @@ describe('elementwise binary ops broadcast like numpy', () => {
     const b = tc.tensor([[2], [3]]);
     const lt = tc.less(a, b);
     expect(lt.dtype).toBe('bool');
-    expect(lt.toList()).toEqual([[1, 0, 0, 0], [1, 1, 0, 0]]);
+    expect(lt.toList()).toEqual([
+      [1, 0, 0, 0],
+      [1, 1, 0, 0],
+    ]);
     expect(tc.greater(a, 2).toList()).toEqual([0, 0, 1, 1]);
     expect(tc.equal(a, tc.tensor([1, 0, 3, 0])).toList()).toEqual([1, 0, 1, 0]);
   });
@@ -77,7 +93,10 @@ describe('elementwise binary ops broadcast like numpy', () => {
   it('where selects with broadcasting, between tensors or numbers', () => {
     const cond = tc.tensor([[true, false, true]]);
     const out = tc.where(cond, tc.tensor([[1], [2]]), -1);
-    expect(out.toList()).toEqual([[1, -1, 1], [2, -1, 2]]);
+    expect(out.toList()).toEqual([
+      [1, -1, 1],
+      [2, -1, 2],
+    ]);
     const mask = tc.where(cond, -Infinity, 0); // two numbers: a float32 result of cond's shape
     expect(mask.dtype).toBe('float32');
     expect(mask.toList()).toEqual([[-Infinity, 0, -Infinity]]);
@@ -102,7 +121,14 @@ describe('elementwise unary ops', () => {
     ['sin', tc.sin, Math.sin],
   ];
   for (const [name, op, f] of ops) {
-    it(name, () => expectClose(op(x).toArray(), xs.map((v) => f(Math.fround(v))), 1e-5, 1e-5));
+    it(name, () =>
+      expectClose(
+        op(x).toArray(),
+        xs.map((v) => f(Math.fround(v))),
+        1e-5,
+        1e-5,
+      ),
+    );
   }
 
   it('silu keeps the far negative tail and saturates the positive one', () => {
@@ -132,7 +158,12 @@ describe('elementwise unary ops', () => {
 
   it('work on strided views and on bf16 with correct rounding', () => {
     const m = tc.reshape(tc.arange(12, undefined, 1, { dtype: 'float32' }), [3, 4]);
-    expect(tc.neg(tc.transpose(m)).toList()).toEqual([[-0, -4, -8], [-1, -5, -9], [-2, -6, -10], [-3, -7, -11]]);
+    expect(tc.neg(tc.transpose(m)).toList()).toEqual([
+      [-0, -4, -8],
+      [-1, -5, -9],
+      [-2, -6, -10],
+      [-3, -7, -11],
+    ]);
     const b = tc.exp(tc.tensor([1], { dtype: 'bfloat16' }));
     expect(b.dtype).toBe('bfloat16');
     expect(b.toArray()[0]).toBe(2.71875); // e = 2.71828..., nearest bf16 is 2.71875
@@ -160,11 +191,28 @@ describe('reductions', () => {
   for (const axis of [0, 1, 2]) {
     it(`sum/mean/max/min/argmax/logsumexp along axis ${axis}`, () => {
       expectClose(tc.sum(x, axis).toArray(), reference(axis, sum), 1e-4);
-      expectClose(tc.mean(x, axis).toArray(), reference(axis, (v) => sum(v) / v.length), 1e-5);
-      expectClose(tc.max(x, axis).toArray(), reference(axis, (v) => Math.max(...v)));
-      expectClose(tc.min(x, axis).toArray(), reference(axis, (v) => Math.min(...v)));
-      expectClose(tc.argmax(x, axis).toArray(), reference(axis, (v) => v.indexOf(Math.max(...v))));
-      expectClose(tc.logsumexp(x, axis).toArray(), reference(axis, (v) => Math.log(sum(v.map(Math.exp)))), 1e-4);
+      expectClose(
+        tc.mean(x, axis).toArray(),
+        reference(axis, (v) => sum(v) / v.length),
+        1e-5,
+      );
+      expectClose(
+        tc.max(x, axis).toArray(),
+        reference(axis, (v) => Math.max(...v)),
+      );
+      expectClose(
+        tc.min(x, axis).toArray(),
+        reference(axis, (v) => Math.min(...v)),
+      );
+      expectClose(
+        tc.argmax(x, axis).toArray(),
+        reference(axis, (v) => v.indexOf(Math.max(...v))),
+      );
+      expectClose(
+        tc.logsumexp(x, axis).toArray(),
+        reference(axis, (v) => Math.log(sum(v.map(Math.exp)))),
+        1e-4,
+      );
     });
   }
 
@@ -256,10 +304,42 @@ describe('scans and sorting', () => {
     expect(Array.from(tc.argsort(tc.tensor(v), -1, { descending: true }).toArray())).toEqual([5, 7, 4, 2, 0, 6, 1, 3]);
     expect(Array.from(tc.sort(tc.tensor(v)).toArray())).toEqual([1, 1, 2, 3, 4, 5, 6, 9]);
     const { values, indices } = tc.topk(tc.tensor([v, v.map((x) => -x)]), 3);
-    expect(values.toList()).toEqual([[9, 6, 5], [-1, -1, -2]]);
-    expect(indices.toList()).toEqual([[5, 7, 4], [1, 3, 6]]);
-    expect(tc.cumsum(tc.tensor([[1, 2], [3, 4]]), 0).toList()).toEqual([[1, 2], [4, 6]]);
-    expect(tc.sort(tc.tensor([[3, 1], [2, 4]]), 0).toList()).toEqual([[2, 1], [3, 4]]);
+    expect(values.toList()).toEqual([
+      [9, 6, 5],
+      [-1, -1, -2],
+    ]);
+    expect(indices.toList()).toEqual([
+      [5, 7, 4],
+      [1, 3, 6],
+    ]);
+    expect(
+      tc
+        .cumsum(
+          tc.tensor([
+            [1, 2],
+            [3, 4],
+          ]),
+          0,
+        )
+        .toList(),
+    ).toEqual([
+      [1, 2],
+      [4, 6],
+    ]);
+    expect(
+      tc
+        .sort(
+          tc.tensor([
+            [3, 1],
+            [2, 4],
+          ]),
+          0,
+        )
+        .toList(),
+    ).toEqual([
+      [2, 1],
+      [3, 4],
+    ]);
   });
 });
 
@@ -293,7 +373,8 @@ describe('shape ops are views where they can be', () => {
     expect(tr.storage).toBe(base.storage);
     expect(tr.shape).toEqual([4, 2, 3]);
     const flat = tr.toArray();
-    for (let k = 0; k < 4; k++) for (let i = 0; i < 2; i++) for (let j = 0; j < 3; j++) expect(flat[k * 6 + i * 3 + j]).toBe(value(i, j, k));
+    for (let k = 0; k < 4; k++)
+      for (let i = 0; i < 2; i++) for (let j = 0; j < 3; j++) expect(flat[k * 6 + i * 3 + j]).toBe(value(i, j, k));
     expect(tc.swapaxes(x, 0, 2).shape).toEqual([4, 3, 2]);
     expect(tc.moveaxis(x, 0, -1).shape).toEqual([3, 4, 2]);
     expect(tc.reshape(x, [-1, 4]).shape).toEqual([6, 4]);
@@ -308,7 +389,11 @@ describe('shape ops are views where they can be', () => {
   it('slice with steps, negative indices and dropped dimensions', () => {
     const s = tc.slice(x, [1, [null, null, -1], [1, 4, 2]]);
     expect(s.shape).toEqual([3, 2]);
-    expect(s.toList()).toEqual([[value(1, 2, 1), value(1, 2, 3)], [value(1, 1, 1), value(1, 1, 3)], [value(1, 0, 1), value(1, 0, 3)]]);
+    expect(s.toList()).toEqual([
+      [value(1, 2, 1), value(1, 2, 3)],
+      [value(1, 1, 1), value(1, 1, 3)],
+      [value(1, 0, 1), value(1, 0, 3)],
+    ]);
     expect(s.storage).toBe(base.storage);
     expect(tc.slice(x, [[-1]]).shape).toEqual([1, 3, 4]);
     expect(tc.slice(x, [[5, 9]]).shape).toEqual([0, 3, 4]);
@@ -318,16 +403,38 @@ describe('shape ops are views where they can be', () => {
   it('broadcastTo repeats with stride 0', () => {
     const b = tc.broadcastTo(tc.tensor([1, 2, 3]), [2, 3]);
     expect(b.strides).toEqual([0, 1]);
-    expect(b.toList()).toEqual([[1, 2, 3], [1, 2, 3]]);
+    expect(b.toList()).toEqual([
+      [1, 2, 3],
+      [1, 2, 3],
+    ]);
     expect(() => tc.broadcastTo(tc.tensor([1, 2]), [3])).toThrow(/broadcastTo: cannot broadcast int32\[2\] to \[3\]/);
   });
 
   it('concat, stack and split', () => {
-    const a = tc.tensor([[1, 2], [3, 4]]);
+    const a = tc.tensor([
+      [1, 2],
+      [3, 4],
+    ]);
     const b = tc.tensor([[5, 6]]);
-    expect(tc.concat([a, b], 0).toList()).toEqual([[1, 2], [3, 4], [5, 6]]);
-    expect(tc.concat([a, tc.transpose(a)], 1).toList()).toEqual([[1, 2, 1, 3], [3, 4, 2, 4]]);
-    expect(tc.stack([a, a], -1).toList()).toEqual([[[1, 1], [2, 2]], [[3, 3], [4, 4]]]);
+    expect(tc.concat([a, b], 0).toList()).toEqual([
+      [1, 2],
+      [3, 4],
+      [5, 6],
+    ]);
+    expect(tc.concat([a, tc.transpose(a)], 1).toList()).toEqual([
+      [1, 2, 1, 3],
+      [3, 4, 2, 4],
+    ]);
+    expect(tc.stack([a, a], -1).toList()).toEqual([
+      [
+        [1, 1],
+        [2, 2],
+      ],
+      [
+        [3, 3],
+        [4, 4],
+      ],
+    ]);
     const [p, q] = tc.split(tc.arange(6), [2], 0);
     expect(p.toList()).toEqual([0, 1]);
     expect(q.toList()).toEqual([2, 3, 4, 5]);
@@ -336,9 +443,29 @@ describe('shape ops are views where they can be', () => {
 
   it('take gathers rows (embeddings) and along other axes, and rejects bad indices', () => {
     const table = tc.reshape(tc.arange(12, undefined, 1, { dtype: 'float32' }), [4, 3]);
-    const ids = tc.tensor([[3, 0], [1, 1]], { dtype: 'int32' });
-    expect(tc.take(table, ids).toList()).toEqual([[[9, 10, 11], [0, 1, 2]], [[3, 4, 5], [3, 4, 5]]]);
-    expect(tc.take(table, tc.tensor([2, 0], { dtype: 'int32' }), 1).toList()).toEqual([[2, 0], [5, 3], [8, 6], [11, 9]]);
+    const ids = tc.tensor(
+      [
+        [3, 0],
+        [1, 1],
+      ],
+      { dtype: 'int32' },
+    );
+    expect(tc.take(table, ids).toList()).toEqual([
+      [
+        [9, 10, 11],
+        [0, 1, 2],
+      ],
+      [
+        [3, 4, 5],
+        [3, 4, 5],
+      ],
+    ]);
+    expect(tc.take(table, tc.tensor([2, 0], { dtype: 'int32' }), 1).toList()).toEqual([
+      [2, 0],
+      [5, 3],
+      [8, 6],
+      [11, 9],
+    ]);
     expect(tc.take(tc.transpose(table), tc.tensor([1], { dtype: 'int32' })).toList()).toEqual([[1, 4, 7, 10]]);
     expect(() => tc.take(table, tc.tensor([4], { dtype: 'int32' }))).toThrow(/take: index 4 .* out of range for a table of 4 rows/);
     expect(() => tc.take(table, tc.tensor([-1], { dtype: 'int32' }))).toThrow(/out of range/);
@@ -347,16 +474,36 @@ describe('shape ops are views where they can be', () => {
 
   it('tril and triu', () => {
     const m = tc.ones([3, 4]);
-    expect(tc.tril(m).toList()).toEqual([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]);
-    expect(tc.triu(m, 1).toList()).toEqual([[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]);
-    expect(tc.tril(m, -1).toList()).toEqual([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]);
+    expect(tc.tril(m).toList()).toEqual([
+      [1, 0, 0, 0],
+      [1, 1, 0, 0],
+      [1, 1, 1, 0],
+    ]);
+    expect(tc.triu(m, 1).toList()).toEqual([
+      [0, 1, 1, 1],
+      [0, 0, 1, 1],
+      [0, 0, 0, 1],
+    ]);
+    expect(tc.tril(m, -1).toList()).toEqual([
+      [0, 0, 0, 0],
+      [1, 0, 0, 0],
+      [1, 1, 0, 0],
+    ]);
   });
 });
 
 describe('creation', () => {
   it('tensor, full, zeros, ones, arange', () => {
-    expect(tc.tensor([[1, 2], [3, 4]]).shape).toEqual([2, 2]);
-    expect(tc.tensor([1, 2, 3, 4], { shape: [2, 2], dtype: 'int32' }).toList()).toEqual([[1, 2], [3, 4]]);
+    expect(
+      tc.tensor([
+        [1, 2],
+        [3, 4],
+      ]).shape,
+    ).toEqual([2, 2]);
+    expect(tc.tensor([1, 2, 3, 4], { shape: [2, 2], dtype: 'int32' }).toList()).toEqual([
+      [1, 2],
+      [3, 4],
+    ]);
     expect(tc.full([2], 7, { dtype: 'uint8' }).toList()).toEqual([7, 7]);
     expect(tc.zeros([2, 1]).toList()).toEqual([[0], [0]]);
     expect(tc.ones([1], { dtype: 'bfloat16' }).toList()).toEqual([1]);
@@ -379,7 +526,20 @@ describe('creation', () => {
       [new Int32Array([1, 2]), 'int32'],
     ];
     for (const [data, dtype] of cases) expect(tc.tensor(data).dtype, JSON.stringify(Array.from(data as ArrayLike<number>))).toBe(dtype);
-    expect(tc.take(tc.tensor([[1.5, 2.5], [3.5, 4.5]]), tc.tensor([1, 0])).toList()).toEqual([[3.5, 4.5], [1.5, 2.5]]);
+    expect(
+      tc
+        .take(
+          tc.tensor([
+            [1.5, 2.5],
+            [3.5, 4.5],
+          ]),
+          tc.tensor([1, 0]),
+        )
+        .toList(),
+    ).toEqual([
+      [3.5, 4.5],
+      [1.5, 2.5],
+    ]);
   });
 });
 
@@ -395,7 +555,9 @@ describe('random', () => {
     const u = Array.from(tc.random.uniform([10000], { seed: 1, low: 2, high: 4 }).toArray());
     expect(Math.min(...u)).toBeGreaterThanOrEqual(2);
     expect(Math.max(...u)).toBeLessThan(4);
-    expect(Array.from(tc.random.uniform([5], { seed: 2 }).toArray())).not.toEqual(Array.from(tc.random.uniform([5], { seed: 3 }).toArray()));
+    expect(Array.from(tc.random.uniform([5], { seed: 2 }).toArray())).not.toEqual(
+      Array.from(tc.random.uniform([5], { seed: 3 }).toArray()),
+    );
   });
 
   it('categorical follows softmax(logits) and never draws a -inf logit', () => {
@@ -415,7 +577,9 @@ describe('random', () => {
 describe('errors name the op and the shapes', () => {
   it('broadcast and matmul mismatches, disposed tensors, mixed inputs', () => {
     expect(() => tc.add(tc.ones([2, 3]), tc.ones([4]))).toThrow('add: shapes [2, 3] and [4] cannot be broadcast together');
-    expect(() => tc.matmul(tc.ones([2, 3]), tc.ones([4, 2]))).toThrow(/matmul: inner dimensions differ \(3 vs 4\) \(got float32\[2, 3\], float32\[4, 2\]\)/);
+    expect(() => tc.matmul(tc.ones([2, 3]), tc.ones([4, 2]))).toThrow(
+      /matmul: inner dimensions differ \(3 vs 4\) \(got float32\[2, 3\], float32\[4, 2\]\)/,
+    );
     expect(() => tc.matmul(tc.ones([2, 3], { dtype: 'int32' }), tc.ones([3, 2]))).toThrow(/matmul: operands must be floating point/);
     const d = tc.ones([2]);
     d.dispose();
@@ -435,7 +599,10 @@ describe('tidy', () => {
       return tc.reshape(doubled, [2, 2]);
     });
     expect(inner!.isDisposed).toBe(true);
-    expect(kept.toList()).toEqual([[2, 2], [2, 2]]);
+    expect(kept.toList()).toEqual([
+      [2, 2],
+      [2, 2],
+    ]);
     expect(() => tc.tidy(() => Promise.resolve(1))).toThrow(/tidy: the function returned a Promise/);
   });
 

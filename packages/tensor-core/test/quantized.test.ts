@@ -55,7 +55,9 @@ describe('a QuantizedWeight passed where a Tensor belongs', () => {
     const file = readSafetensors(fixture);
     const qw = new QuantizedWeight(file.get('f32_0.w'), file.get('f32_0.scales'), file.get('f32_0.biases'), 64, 4);
     const asTensor = qw as unknown as tc.Tensor;
-    expect(() => tc.astype(asTensor, 'float32')).toThrow(/^astype: expected a Tensor, got QuantizedWeight\(\[16, 64\], 4-bit, group 64\), a quantized weight: tc\.dequantize\(w\) gives its float32 tensor$/);
+    expect(() => tc.astype(asTensor, 'float32')).toThrow(
+      /^astype: expected a Tensor, got QuantizedWeight\(\[16, 64\], 4-bit, group 64\), a quantized weight: tc\.dequantize\(w\) gives its float32 tensor$/,
+    );
     expect(() => tc.contiguous(asTensor)).toThrow(/^contiguous: expected a Tensor, got QuantizedWeight/);
     expect(() => tc.matmul(tc.zeros([1, 64]), asTensor)).toThrow(/matmul: .*QuantizedWeight.*tc\.dequantize/);
   });
@@ -177,9 +179,7 @@ describe('QuantizedWeight checks', () => {
       /layer.q_proj: scales should be \[4, 1\] \(weight uint32\[4, 8\], scales float32\[4, 2\]/,
     );
     expect(() => new QuantizedWeight(s([4, 8]), s([4, 1]), s([4, 1]), 64, 4)).toThrow(/packed weight must be uint32/);
-    expect(() => new QuantizedWeight(w(), s([4, 1]), make('bfloat16', [4, 1], new Uint16Array(4)), 64, 4)).toThrow(
-      /same dtype/,
-    );
+    expect(() => new QuantizedWeight(w(), s([4, 1]), make('bfloat16', [4, 1], new Uint16Array(4)), 64, 4)).toThrow(/same dtype/);
     expect(() => new QuantizedWeight(w(), s([4, 1]), s([4, 1]), 64, 7)).toThrow(/unsupported quantization bits 7/);
     expect(() => new QuantizedWeight(w(), s([4, 1]), s([4, 1]), 48, 4)).toThrow(/unsupported quantization group size 48/);
     // 8 words of 8 bits are 32 columns: not a whole number of groups of 64.

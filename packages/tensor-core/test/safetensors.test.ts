@@ -3,7 +3,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, truncateSync, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cpu, CpuStorage } from '../src/backend/cpu.ts';
+import { cpu, type CpuStorage } from '../src/backend/cpu.ts';
 import { itemSize, type DType, type StorageArray } from '../src/dtype.ts';
 import { loadSafetensors, openCheckpoint, readSafetensors, saveSafetensors } from '../src/io/safetensors.ts';
 import { native } from '../src/native.ts';
@@ -312,7 +312,9 @@ describe('bad safetensors files', () => {
     );
     expect(() => readSafetensors(file({ x: { dtype: 'F32', shape: [-2], data_offsets: [0, 8] } }))).toThrow(/shape must be/);
     expect(() => readSafetensors(file({ x: { dtype: 'F32', shape: [2], data_offsets: [8, 0] } }))).toThrow(/out of range/);
-    expect(() => readSafetensors(file({ x: { dtype: 'F32', shape: [2], data_offsets: [0] } }))).toThrow(/data_offsets must be \[begin, end\]/);
+    expect(() => readSafetensors(file({ x: { dtype: 'F32', shape: [2], data_offsets: [0] } }))).toThrow(
+      /data_offsets must be \[begin, end\]/,
+    );
     expect(() => readSafetensors(file({ x: 'F32' }))).toThrow(/tensor "x": expected \{dtype, shape, data_offsets\}/);
     expect(() => readSafetensors(file({ ...goodHeader, __metadata__: [1] }))).toThrow(/__metadata__ must be an object/);
   });
@@ -365,7 +367,11 @@ describe('openCheckpoint', () => {
     mkdirSync(dir);
     saveSafetensors(join(dir, 'model-00001-of-00002.safetensors'), { a: t([1]), b: t([2]) });
     saveSafetensors(join(dir, 'model-00002-of-00002.safetensors'), { c: t([3]) });
-    const weightMap = { a: 'model-00001-of-00002.safetensors', b: 'model-00001-of-00002.safetensors', c: 'model-00002-of-00002.safetensors' };
+    const weightMap = {
+      a: 'model-00001-of-00002.safetensors',
+      b: 'model-00001-of-00002.safetensors',
+      c: 'model-00002-of-00002.safetensors',
+    };
     writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
     const ckpt = openCheckpoint(dir);
     expect(ckpt.names.sort()).toEqual(['a', 'b', 'c']);
@@ -380,9 +386,7 @@ describe('openCheckpoint', () => {
     saveSafetensors(join(dir, 'model-00001-of-00002.safetensors'), { a: t([1]) });
     const index = join(dir, 'model.safetensors.index.json');
     writeFileSync(index, JSON.stringify({ weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors' } }));
-    expect(() => openCheckpoint(dir)).toThrow(
-      new RegExp(`${index}: shard model-00002-of-00002.safetensors is missing from ${dir}`),
-    );
+    expect(() => openCheckpoint(dir)).toThrow(new RegExp(`${index}: shard model-00002-of-00002.safetensors is missing from ${dir}`));
   });
 
   it('reports an index entry that its shard does not hold, and a malformed index', () => {
@@ -403,7 +407,9 @@ describe('openCheckpoint', () => {
     mkdirSync(dir);
     saveSafetensors(join(dir, 'model-00001-of-00002.safetensors'), { a: make('float32', [2], new Float32Array([1, 2])) });
     saveSafetensors(join(dir, 'model-00002-of-00002.safetensors'), { a: make('float32', [2], new Float32Array([3, 4])) });
-    expect(() => openCheckpoint(dir)).toThrow(/tensor "a" is in both .*model-00001-of-00002\.safetensors and .*model-00002-of-00002\.safetensors/);
+    expect(() => openCheckpoint(dir)).toThrow(
+      /tensor "a" is in both .*model-00001-of-00002\.safetensors and .*model-00002-of-00002\.safetensors/,
+    );
   });
 
   it('refuses a directory without weights, or with several unrelated files and no index', () => {
@@ -412,7 +418,9 @@ describe('openCheckpoint', () => {
     expect(() => openCheckpoint(empty)).toThrow(/has no .safetensors file/);
     saveSafetensors(join(empty, 'x.safetensors'), { a: t([1]) });
     saveSafetensors(join(empty, 'y.safetensors'), { b: t([1]) });
-    expect(() => openCheckpoint(empty)).toThrow(/several .safetensors files and no model.safetensors.index.json \(x.safetensors, y.safetensors\)/);
+    expect(() => openCheckpoint(empty)).toThrow(
+      /several .safetensors files and no model.safetensors.index.json \(x.safetensors, y.safetensors\)/,
+    );
     expect(() => openCheckpoint(join(tmp, 'nowhere'))).toThrow(/nowhere does not exist/);
   });
 });

@@ -17,14 +17,22 @@ describe('extension SDK example kernel', () => {
       const x = tc.tensor(values);
       const out = tc.empty([n]);
       example.scaleShiftInto(x.native(), out.native(), 2.5, -1);
-      expectClose(out.toArray(), values.map((v) => Math.fround(Math.fround(2.5 * Math.fround(v)) - 1)), 0);
+      expectClose(
+        out.toArray(),
+        values.map((v) => Math.fround(Math.fround(2.5 * Math.fround(v)) - 1)),
+        0,
+      );
     }
   });
 
   it('rejects bad arguments with the op name instead of crashing', () => {
     const x = tc.ones([4]);
-    expect(() => example.scaleShiftInto(x.native(), tc.empty([3]).native(), 1, 0)).toThrow(/scaleShiftInto: expected float32 x and out of one size/);
-    expect(() => example.scaleShiftInto(tc.transpose(tc.ones([2, 2])).native(), tc.empty([4]).native(), 1, 0)).toThrow(/scaleShiftInto: x must be contiguous/);
+    expect(() => example.scaleShiftInto(x.native(), tc.empty([3]).native(), 1, 0)).toThrow(
+      /scaleShiftInto: expected float32 x and out of one size/,
+    );
+    expect(() => example.scaleShiftInto(tc.transpose(tc.ones([2, 2])).native(), tc.empty([4]).native(), 1, 0)).toThrow(
+      /scaleShiftInto: x must be contiguous/,
+    );
     expect(() => example.scaleShiftInto({}, x.native(), 1, 0)).toThrow(/scaleShiftInto: argument 0 is not a tensor view/);
     const [buffer] = x.native();
     const tooLong = { buffer, byteOffset: 0, dtype: 0, shape: [100], strides: [1] };

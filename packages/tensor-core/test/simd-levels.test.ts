@@ -37,7 +37,8 @@ describe(`SIMD levels agree with the scalar kernels (${levels.join(', ')})`, () 
   const w = tc.astype(tc.tensor(seeded(131 * K, 7, 1), { shape: [131, K] }), 'bfloat16');
   const absSum = (a: tc.Tensor) => {
     // sum_k |a[i][k]| |w[j][k]| for each output (i, j): the scale of a float32 sum's rounding error.
-    const av = a.toArray(), wv = w.toArray();
+    const av = a.toArray(),
+      wv = w.toArray();
     return (i: number) => {
       const [r, c] = [Math.floor(i / 131), i % 131];
       let s = 0;

@@ -10,13 +10,23 @@ import { expectedSimdLevel } from './support/simd-level.ts';
 
 // The Linux names of the flags cpuFeatures() reports.
 const LINUX_FLAGS = {
-  avx2: 'avx2', fma: 'fma', f16c: 'f16c', avx512f: 'avx512f', avx512bw: 'avx512bw', avx512vl: 'avx512vl',
-  avx512dq: 'avx512dq', avx512vnni: 'avx512_vnni', avx512bf16: 'avx512_bf16', avxvnni: 'avx_vnni',
+  avx2: 'avx2',
+  fma: 'fma',
+  f16c: 'f16c',
+  avx512f: 'avx512f',
+  avx512bw: 'avx512bw',
+  avx512vl: 'avx512vl',
+  avx512dq: 'avx512dq',
+  avx512vnni: 'avx512_vnni',
+  avx512bf16: 'avx512_bf16',
+  avxvnni: 'avx_vnni',
 } as const;
 type Flag = keyof typeof LINUX_FLAGS;
 
 function procCpuFlags(): Set<string> {
-  const line = readFileSync('/proc/cpuinfo', 'utf8').split('\n').find((l) => l.startsWith('flags'));
+  const line = readFileSync('/proc/cpuinfo', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('flags'));
   return new Set((line ?? '').split(':')[1]?.trim().split(/\s+/));
 }
 
@@ -108,7 +118,8 @@ describe('TINY_LLM_SIMD', () => {
     expect(native.chooseSimdLevel('avx2', undefined, zen5)).toEqual({ level: 'avx2', error: '' });
     expect(native.chooseSimdLevel('avx512', undefined, { ...zen3, avx512f: true })).toEqual({
       level: 'scalar',
-      error: 'TINY_LLM_SIMD=avx512 asks for kernels this CPU cannot run (it lacks avx512bw, avx512vl, avx512dq): ' +
+      error:
+        'TINY_LLM_SIMD=avx512 asks for kernels this CPU cannot run (it lacks avx512bw, avx512vl, avx512dq): ' +
         'use TINY_LLM_SIMD=avx2 or lower, or leave it unset',
     });
     expect(native.chooseSimdLevel('avx2', undefined, none).error).toMatch(/it lacks avx2, fma, f16c\): use TINY_LLM_SIMD=scalar/);

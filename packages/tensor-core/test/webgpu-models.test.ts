@@ -50,7 +50,10 @@ class GpuQwen {
   readonly rope: tc.fast.RopeTables;
 
   /** md hands out its weights on the GPU (openModelDir's device). */
-  constructor(md: tc.ModelDir, readonly device: tc.WebGPUBackend) {
+  constructor(
+    md: tc.ModelDir,
+    readonly device: tc.WebGPUBackend,
+  ) {
     this.config = md.config;
     const weight = (prefix: string) => md.linear(prefix).weight;
     const bias = (prefix: string) => md.linear(prefix).bias;

@@ -173,7 +173,13 @@ describe('golden fixtures on the GPU', () => {
     const f = goldenOp('quantized_matmul');
     for (const c of f.cases) {
       it(`${c.name} (${c.bits} bits, group ${c.group_size})`, async () => {
-        const w = new tc.QuantizedWeight(onGpu(f.get(c, 'w')), onGpu(f.get(c, 'scales')), onGpu(f.get(c, 'biases')), c.group_size as number, c.bits as number);
+        const w = new tc.QuantizedWeight(
+          onGpu(f.get(c, 'w')),
+          onGpu(f.get(c, 'scales')),
+          onGpu(f.get(c, 'biases')),
+          c.group_size as number,
+          c.bits as number,
+        );
         const out = tc.fast.quantizedMatmul(onGpu(f.get(c, 'x')), w);
         expect(out.dtype).toBe('float32');
         expectClose(await out.data(), f.get(c, 'out').toArray(), 1e-4, 1e-5);
@@ -223,7 +229,12 @@ describe('reductions on the GPU', () => {
     expectClose(await tc.sum(x, -1).data(), new Array(3).fill(refs.sum(row)), 1e-3, 1e-6);
     expect(Array.from(await tc.argmax(x, -1).data())).toEqual(new Array(3).fill(argmaxRow(row)));
     expectClose(await tc.logsumexp(x, -1).data(), new Array(3).fill(logsumexp(row)), 1e-5, 1e-6);
-    expectClose(await tc.softmax(x, -1).data(), [0, 1, 2].flatMap(() => softmaxRow(row)), 1e-6, 1e-5);
+    expectClose(
+      await tc.softmax(x, -1).data(),
+      [0, 1, 2].flatMap(() => softmaxRow(row)),
+      1e-6,
+      1e-5,
+    );
   });
 
   it('NaN wins max and argmax (the first NaN); ties go to the first index; all -inf rows', async () => {
@@ -263,7 +274,12 @@ describe('reductions on the GPU', () => {
     const max = tc.max(x, -1);
     expect(max.dtype).toBe('bfloat16');
     expect(Array.from(await max.data())).toEqual(lines(values, [4, 33], 1).map((r) => Math.max(...r)));
-    expectClose(await tc.sum(x, -1).data(), lines(values, [4, 33], 1).map((r) => bf16(refs.sum(r))), 0.2, 1e-2);
+    expectClose(
+      await tc.sum(x, -1).data(),
+      lines(values, [4, 33], 1).map((r) => bf16(refs.sum(r))),
+      0.2,
+      1e-2,
+    );
   });
 
   it('empty shapes: an empty axis sums to 0, no rows give an empty result', async () => {
@@ -288,7 +304,12 @@ describe('cumsum, argsort, sort and topk on the GPU', () => {
 
   it('cumsum of integers is exact: int32 past 2^24, bool into int32', async () => {
     const big = [2 ** 30, 3, 2 ** 28 + 1, -9];
-    expect(Array.from(await tc.cumsum(gpuTensor(big, [4], 'int32')).data())).toEqual([2 ** 30, 2 ** 30 + 3, 2 ** 30 + 2 ** 28 + 4, 2 ** 30 + 2 ** 28 - 5]);
+    expect(Array.from(await tc.cumsum(gpuTensor(big, [4], 'int32')).data())).toEqual([
+      2 ** 30,
+      2 ** 30 + 3,
+      2 ** 30 + 2 ** 28 + 4,
+      2 ** 30 + 2 ** 28 - 5,
+    ]);
     const flags = tc.cumsum(gpuTensor([1, 0, 1, 1], [4], 'bool'));
     expect(flags.dtype).toBe('int32');
     expect(Array.from(await flags.data())).toEqual([1, 1, 2, 3]);
@@ -320,12 +341,34 @@ describe('cumsum, argsort, sort and topk on the GPU', () => {
     const values = seeded(5 * 6, 13).map(f32);
     const x = gpuTensor(values, [5, 6]);
     const cols = lines(values, [5, 6], 0);
-    expect(Array.from(await tc.argsort(x, 0).data())).toEqual(unlines(cols.map((c) => argsortRow(c, false)), [5, 6], 0));
-    expectClose(await tc.sort(x, 0).data(), unlines(cols.map((c) => [...c].sort((a, b) => a - b)), [5, 6], 0), 0);
+    expect(Array.from(await tc.argsort(x, 0).data())).toEqual(
+      unlines(
+        cols.map((c) => argsortRow(c, false)),
+        [5, 6],
+        0,
+      ),
+    );
+    expectClose(
+      await tc.sort(x, 0).data(),
+      unlines(
+        cols.map((c) => [...c].sort((a, b) => a - b)),
+        [5, 6],
+        0,
+      ),
+      0,
+    );
     const { values: top, indices } = tc.topk(x, 2);
     const rows = lines(values, [5, 6], 1);
     expect(Array.from(await indices.data())).toEqual(rows.flatMap((r) => argsortRow(r, true).slice(0, 2)));
-    expectClose(await top.data(), rows.flatMap((r) => argsortRow(r, true).slice(0, 2).map((i) => r[i])), 0);
+    expectClose(
+      await top.data(),
+      rows.flatMap((r) =>
+        argsortRow(r, true)
+          .slice(0, 2)
+          .map((i) => r[i]),
+      ),
+      0,
+    );
   });
 });
 
@@ -395,17 +438,29 @@ describe('gathers on the GPU', () => {
   it('take along axis 1 of a transposed table, and a strided table row', async () => {
     const t = tc.transpose(gpuTensor(table, [50, 12])); // [12, 50]
     const out = tc.take(t, gpuTensor([4, 9], [2], 'int32'), 1); // [12, 2]
-    expectClose(await out.data(), Array.from({ length: 24 }, (_, e) => table[[4, 9][e % 2] * 12 + Math.floor(e / 2)]), 0);
+    expectClose(
+      await out.data(),
+      Array.from({ length: 24 }, (_, e) => table[[4, 9][e % 2] * 12 + Math.floor(e / 2)]),
+      0,
+    );
     const everyOther = tc.slice(gpuTensor(table, [50, 12]), [null, [0, 12, 2]]); // rows of stride 2
-    expectClose(await tc.take(everyOther, gpuTensor([5], [1], 'int32')).data(), [0, 2, 4, 6, 8, 10].map((j) => table[60 + j]), 0);
+    expectClose(
+      await tc.take(everyOther, gpuTensor([5], [1], 'int32')).data(),
+      [0, 2, 4, 6, 8, 10].map((j) => table[60 + j]),
+      0,
+    );
   });
 
   it('an index out of range is an error at the next read, naming the op; the backend stays usable', async () => {
     const t = gpuTensor(table, [50, 12]);
-    await expect(tc.take(t, gpuTensor([1, 50], [2], 'int32')).data()).rejects.toThrow(/take: index 50 at position 1 is out of range for an axis of 50/);
+    await expect(tc.take(t, gpuTensor([1, 50], [2], 'int32')).data()).rejects.toThrow(
+      /take: index 50 at position 1 is out of range for an axis of 50/,
+    );
     await expect(tc.take(t, gpuTensor([-1], [1], 'int32')).data()).rejects.toThrow(/take: index -1 /);
     const x = gpuTensor([1, 2, 3, 4], [2, 2]);
-    await expect(tc.takeAlongAxis(x, gpuTensor([0, 2, 1, 0], [2, 2], 'int32'), -1).data()).rejects.toThrow(/takeAlongAxis: index 2 at position 1/);
+    await expect(tc.takeAlongAxis(x, gpuTensor([0, 2, 1, 0], [2, 2], 'int32'), -1).data()).rejects.toThrow(
+      /takeAlongAxis: index 2 at position 1/,
+    );
     expect(Array.from(await tc.take(t, gpuTensor([2], [1], 'int32')).data())).toEqual(table.slice(24, 36).map(f32));
   });
 
@@ -413,9 +468,17 @@ describe('gathers on the GPU', () => {
     const x = gpuTensor(table.slice(0, 12), [3, 4]);
     const idx = [3, 0, 0, 1, 2, 2, 3, 3, 1];
     const last = await tc.takeAlongAxis(x, gpuTensor(idx, [3, 3], 'int32'), -1).data();
-    expectClose(last, idx.map((i, p) => table[Math.floor(p / 3) * 4 + i]), 0);
+    expectClose(
+      last,
+      idx.map((i, p) => table[Math.floor(p / 3) * 4 + i]),
+      0,
+    );
     const first = await tc.takeAlongAxis(x, gpuTensor([2, 0, 1, 1], [1, 4], 'int32'), 0).data();
-    expectClose(first, [2, 0, 1, 1].map((r, c) => table[r * 4 + c]), 0);
+    expectClose(
+      first,
+      [2, 0, 1, 1].map((r, c) => table[r * 4 + c]),
+      0,
+    );
   });
 });
 
@@ -512,8 +575,12 @@ describe('matmul on the GPU: the GEMV path for decode and the tiled one', () => 
     );
     expectClose(await tc.matmul(at, tc.transpose(wt)).data(), expected, 1e-4, 1e-5);
     const oddW = tc.reshape(odd, [n, k]);
-    expectClose(await tc.matmul(at, tc.transpose(oddW)).data(), [0, 1].flatMap((bi) =>
-      reference(permuted(a.slice(bi * m * k, (bi + 1) * m * k), [k, m], [1, 0]), w.slice(1, 1 + n * k), m, n, k)), 1e-4, 1e-5);
+    expectClose(
+      await tc.matmul(at, tc.transpose(oddW)).data(),
+      [0, 1].flatMap((bi) => reference(permuted(a.slice(bi * m * k, (bi + 1) * m * k), [k, m], [1, 0]), w.slice(1, 1 + n * k), m, n, k)),
+      1e-4,
+      1e-5,
+    );
   });
 
   it('empty products: K = 0 gives zeros, M = 0 an empty result', async () => {
@@ -524,14 +591,29 @@ describe('matmul on the GPU: the GEMV path for decode and the tiled one', () => 
 
 describe('fast.quantizedMatmul on the GPU for every bit width', () => {
   /** Unpacks MLX's layout by reading the row as one bit string, LSB first (written apart from the library). */
-  function dequantizePlain(words: Uint32Array, scales: ArrayLike<number>, biases: ArrayLike<number>, n: number, k: number, bits: number, group: number): number[] {
+  function dequantizePlain(
+    words: Uint32Array,
+    scales: ArrayLike<number>,
+    biases: ArrayLike<number>,
+    n: number,
+    k: number,
+    bits: number,
+    group: number,
+  ): number[] {
     const out: number[] = [];
     const perRow = (k * bits) / 32;
     for (let r = 0; r < n; r++) {
       let stream = '';
       for (let w = 0; w < perRow; w++) stream += words[r * perRow + w].toString(2).padStart(32, '0').split('').reverse().join('');
       for (let j = 0; j < k; j++) {
-        const q = parseInt(stream.slice(j * bits, (j + 1) * bits).split('').reverse().join(''), 2);
+        const q = parseInt(
+          stream
+            .slice(j * bits, (j + 1) * bits)
+            .split('')
+            .reverse()
+            .join(''),
+          2,
+        );
         const g = r * (k / group) + Math.floor(j / group);
         out.push(q * scales[g] + biases[g]);
       }
@@ -570,9 +652,18 @@ describe('fast.quantizedMatmul on the GPU for every bit width', () => {
 
   it('dequantize on the GPU gives the plain unpacking for every bit width: bit for bit with half-precision scales', async () => {
     const [n, k] = [5, 128];
-    for (const [bits, group, dtype] of [[2, 32, 'bfloat16'], [3, 64, 'float16'], [4, 128, 'bfloat16'], [5, 32, 'bfloat16'], [6, 64, 'float16'], [8, 32, 'float32']] as const) {
+    for (const [bits, group, dtype] of [
+      [2, 32, 'bfloat16'],
+      [3, 64, 'float16'],
+      [4, 128, 'bfloat16'],
+      [5, 32, 'bfloat16'],
+      [6, 64, 'float16'],
+      [8, 32, 'float32'],
+    ] as const) {
       const q = tc.quantize(tc.tensor(seeded(n * k, bits * 3 + group), { shape: [n, k] }), bits, group, { dtype });
-      const expected = dequantizePlain(q.weight.toArray() as Uint32Array, q.scales.toArray(), q.biases.toArray(), n, k, bits, group).map(f32);
+      const expected = dequantizePlain(q.weight.toArray() as Uint32Array, q.scales.toArray(), q.biases.toArray(), n, k, bits, group).map(
+        f32,
+      );
       const out = tc.dequantize(new tc.QuantizedWeight(onGpu(q.weight), onGpu(q.scales), onGpu(q.biases), group, bits));
       expect([out.backend.name, ...out.shape], `${bits} bits, group ${group}, ${dtype} scales`).toEqual(['webgpu', n, k]);
       // q * scale is exact in f32 for bf16 and f16 scales, so both sides round once; f32 scales round twice.
@@ -584,7 +675,9 @@ describe('fast.quantizedMatmul on the GPU for every bit width', () => {
   it('x with leading dims and bf16 values; scales read at an offset', async () => {
     const [n, k] = [6, 64];
     const full = tc.quantize(tc.tensor(seeded(2 * n * k, 31), { shape: [2 * n, k] }), 4, 32);
-    const w = dequantizePlain(full.weight.toArray() as Uint32Array, full.scales.toArray(), full.biases.toArray(), 2 * n, k, 4, 32).slice(n * k);
+    const w = dequantizePlain(full.weight.toArray() as Uint32Array, full.scales.toArray(), full.biases.toArray(), 2 * n, k, 4, 32).slice(
+      n * k,
+    );
     const rows = (t: tc.Tensor) => tc.slice(onGpu(t), [[n, 2 * n]]); // the second half: views at an offset
     const gw = new tc.QuantizedWeight(rows(full.weight), rows(full.scales), rows(full.biases), 32, 4);
     const x = seeded(2 * 3 * k, 37).map(bf16);
@@ -601,7 +694,14 @@ describe('fast.quantizedMatmul on the GPU for every bit width', () => {
 
 describe('fused kernels on the GPU against plain loops', () => {
   /** softmax(q k^T * scale + mask) v per head, q [B, Hq, L, D], k and v [B, Hkv, S, D], mask [L, S] or causal. */
-  function attention(q: number[], k: number[], v: number[], dims: { b: number; hq: number; hkv: number; l: number; s: number; d: number }, scale: number, mask: number[] | 'causal' | null): number[] {
+  function attention(
+    q: number[],
+    k: number[],
+    v: number[],
+    dims: { b: number; hq: number; hkv: number; l: number; s: number; d: number },
+    scale: number,
+    mask: number[] | 'causal' | null,
+  ): number[] {
     const { b, hq, hkv, l, s, d } = dims;
     const out: number[] = [];
     for (let bi = 0; bi < b; bi++) {
@@ -633,7 +733,9 @@ describe('fused kernels on the GPU against plain loops', () => {
     const q = seeded(b * hq * l * d, 41);
     const k = seeded(b * hkv * s * d, 43);
     const v = seeded(b * hkv * s * d, 47);
-    const maskValues = Array.from({ length: l * s }, (_, e) => (Math.floor(e / s) === 1 || (e * 7) % 5 === 0 ? -Infinity : seeded(1, e)[0]));
+    const maskValues = Array.from({ length: l * s }, (_, e) =>
+      Math.floor(e / s) === 1 || (e * 7) % 5 === 0 ? -Infinity : seeded(1, e)[0],
+    );
     const scale = 0.7;
     const mask = maskKind === 'tensor' ? gpuTensor(maskValues, [l, s]) : (maskKind ?? undefined);
     const out = tc.fast.sdpa(gpuTensor(q, [b, hq, l, d]), gpuTensor(k, [b, hkv, s, d]), gpuTensor(v, [b, hkv, s, d]), { scale, mask });
@@ -687,7 +789,7 @@ describe('fused kernels on the GPU against plain loops', () => {
         const pair = traditional ? Math.floor(i / 2) : i % half;
         const first = traditional ? i % 2 === 0 : i < half;
         const partner = traditional ? (first ? e + 1 : e - 1) : first ? e + half : e - half;
-        const angle = pos * Math.pow(10000, (-2 * pair) / d);
+        const angle = pos * 10000 ** ((-2 * pair) / d);
         const [c, s] = [Math.cos(angle), Math.sin(angle)];
         return first ? values[e] * c - values[partner] * s : values[e] * c + values[partner] * s;
       });

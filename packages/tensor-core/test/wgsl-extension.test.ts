@@ -28,7 +28,12 @@ describe('the example kernel (examples/scale_shift.wgsl)', () => {
       const values = seeded(n, n).map(Math.fround);
       const out = tc.empty([n], 'float32', gpu());
       scaleShift(gpuTensor(values, [n]), out);
-      expectClose(await out.data(), values.map((v) => 2.5 * v - 1), 1e-6, 1e-6);
+      expectClose(
+        await out.data(),
+        values.map((v) => 2.5 * v - 1),
+        1e-6,
+        1e-6,
+      );
     }
   });
 
@@ -36,7 +41,12 @@ describe('the example kernel (examples/scale_shift.wgsl)', () => {
     const values = seeded(300, 3).map(bf16);
     const out = tc.empty([300], 'float32', gpu());
     scaleShift(gpuTensor(values, [300], 'bfloat16'), out, { WG: 128 });
-    expectClose(await out.data(), values.map((v) => 2.5 * v - 1), 1e-6, 1e-6);
+    expectClose(
+      await out.data(),
+      values.map((v) => 2.5 * v - 1),
+      1e-6,
+      1e-6,
+    );
   });
 
   it('sees strided inputs and outputs at any offset from their first element, row-major', async () => {
@@ -46,22 +56,40 @@ describe('the example kernel (examples/scale_shift.wgsl)', () => {
     const out = tc.reshape(tc.slice(buffer, [[1, 13]]), [4, 3]); // starts at element 1: written back after
     scaleShift(x, out);
     const transposed = Array.from({ length: 12 }, (_, i) => values[(i % 3) * 4 + Math.floor(i / 3)]);
-    expectClose(await buffer.data(), [-0, ...transposed.map((v) => 2.5 * v - 1), 0].map((v) => v || 0), 1e-6, 1e-6);
+    expectClose(
+      await buffer.data(),
+      [-0, ...transposed.map((v) => 2.5 * v - 1), 0].map((v) => v || 0),
+      1e-6,
+      1e-6,
+    );
   });
 
   it('rejects bad calls with the kernel name and what is wrong', async () => {
     const x = gpuTensor([1, 2], [2]);
     const out = tc.empty([2], 'float32', gpu());
     const params = { n: 2, alpha: 1, beta: 0 };
-    expect(() => gpu().run(example, { tensors: { x }, params, workgroups: 1 })).toThrow(/scale_shift: kernel scale_shift needs a buffer for binding out/);
-    expect(() => gpu().run(example, { tensors: { x, out, y: x }, params, workgroups: 1 })).toThrow(/scale_shift: the kernel has no storage binding y/);
-    expect(() => gpu().run(example, { tensors: { x, out }, params: { n: 2, alpha: 1 }, workgroups: 1 })).toThrow(/scale_shift: missing params.beta/);
-    expect(() => gpu().run(example, { tensors: { x, out }, params: { ...params, n: -1 }, workgroups: 1 })).toThrow(/params.n must be a u32, got -1/);
+    expect(() => gpu().run(example, { tensors: { x }, params, workgroups: 1 })).toThrow(
+      /scale_shift: kernel scale_shift needs a buffer for binding out/,
+    );
+    expect(() => gpu().run(example, { tensors: { x, out, y: x }, params, workgroups: 1 })).toThrow(
+      /scale_shift: the kernel has no storage binding y/,
+    );
+    expect(() => gpu().run(example, { tensors: { x, out }, params: { n: 2, alpha: 1 }, workgroups: 1 })).toThrow(
+      /scale_shift: missing params.beta/,
+    );
+    expect(() => gpu().run(example, { tensors: { x, out }, params: { ...params, n: -1 }, workgroups: 1 })).toThrow(
+      /params.n must be a u32, got -1/,
+    );
     expect(() => gpu().run(example, { tensors: { x, out: x }, params, workgroups: 1 })).toThrow(/out and x share storage/);
-    expect(() => gpu().run(example, { tensors: { x: tc.tensor([1, 2], { dtype: 'float32' }), out }, params, workgroups: 1 })).toThrow(/scale_shift: the tensor float32\[2\] lives on the cpu backend/);
+    expect(() => gpu().run(example, { tensors: { x: tc.tensor([1, 2], { dtype: 'float32' }), out }, params, workgroups: 1 })).toThrow(
+      /scale_shift: the tensor float32\[2\] lives on the cpu backend/,
+    );
     expect(() => gpu().run(example, { tensors: { x, out }, params, workgroups: 70000 })).toThrow(/maxComputeWorkgroupsPerDimension/);
     // WGSL errors come from the compiler at the next read, with the kernel's name and its own line numbers.
-    const broken = new tc.WgslKernel('broken', '@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n@compute @workgroup_size(1)\nfn main() { out[0] = undefined_name; }\n');
+    const broken = new tc.WgslKernel(
+      'broken',
+      '@group(0) @binding(0) var<storage, read_write> out: array<f32>;\n@compute @workgroup_size(1)\nfn main() { out[0] = undefined_name; }\n',
+    );
     gpu().run(broken, { tensors: { out }, workgroups: 1 });
     await expect(out.data()).rejects.toThrow(/:3:\d+ error: unresolved value 'undefined_name'[\s\S]*broken/);
   });

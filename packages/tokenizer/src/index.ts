@@ -3,5 +3,10 @@
 export { loadTokenizer, TinyTokenizer, type DecodeOptions } from './tokenizer.ts';
 export { IncrementalDetokenizer, type DecodeFn } from './detokenizer.ts';
 export {
-  ChatTemplate, type ChatMessage, type ChatTemplateOptions, type SpecialTokens, type ToolCall, type ToolSchema,
+  ChatTemplate,
+  type ChatMessage,
+  type ChatTemplateOptions,
+  type SpecialTokens,
+  type ToolCall,
+  type ToolSchema,
 } from './chat-template.ts';

@@ -7,7 +7,6 @@ import { describe, expect, it } from 'vitest';
 import { demoGolden, DEMO_MODELS, MODELS_DIR } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer, type ChatMessage, type TinyTokenizer, type ToolSchema } from '../src/index.ts';
 
-
 const readJson = <T>(path: string): T => JSON.parse(readFileSync(path, 'utf8')) as T;
 
 /** Feeds ids one at a time; returns every chunk pushed and the flushed rest. */
@@ -140,16 +139,20 @@ describe('chat template', () => {
     expect(tok.applyChatTemplate([{ role: 'user', content: 'Hi' }], { addGenerationPrompt: false })).toBe(
       '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n',
     );
-    expect(tok.applyChatTemplate([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }], { tools: [] })).toBe(
-      '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n',
-    );
+    expect(
+      tok.applyChatTemplate(
+        [
+          { role: 'system', content: 'Be brief.' },
+          { role: 'user', content: 'Hi' },
+        ],
+        { tools: [] },
+      ),
+    ).toBe('<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
   });
 
   it('rejects an empty conversation and bad tool arguments', () => {
     expect(() => tok.applyChatTemplate([])).toThrow(/no messages/);
-    const bad: ChatMessage[] = [
-      { role: 'assistant', content: '', tool_calls: [{ function: { name: 'calculator', arguments: '{oops' } }] },
-    ];
+    const bad: ChatMessage[] = [{ role: 'assistant', content: '', tool_calls: [{ function: { name: 'calculator', arguments: '{oops' } }] }];
     expect(() => tok.applyChatTemplate(bad)).toThrow(/arguments of the call to calculator are not valid JSON/);
   });
 });
@@ -165,7 +168,7 @@ describe('loading errors', () => {
     }
     return dir;
   }
-  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
   it('names a directory that does not exist', () => {
     expect(() => loadTokenizer('/no/such/model')).toThrow('/no/such/model is not a directory');
@@ -173,14 +176,14 @@ describe('loading errors', () => {
 
   it('names the missing file and its directory', () => {
     const noTokenizer = folder({ 'tokenizer_config.json': 'copy' });
-    expect(() => loadTokenizer(noTokenizer)).toThrow(new RegExp(`${escape(noTokenizer)} has no tokenizer.json`));
+    expect(() => loadTokenizer(noTokenizer)).toThrow(new RegExp(`${escapeRegExp(noTokenizer)} has no tokenizer.json`));
     const noConfig = folder({ 'tokenizer.json': 'copy' });
-    expect(() => loadTokenizer(noConfig)).toThrow(new RegExp(`${escape(noConfig)} has no tokenizer_config.json`));
+    expect(() => loadTokenizer(noConfig)).toThrow(new RegExp(`${escapeRegExp(noConfig)} has no tokenizer_config.json`));
   });
 
   it('names a file that is not valid JSON', () => {
     const dir = folder({ 'tokenizer.json': '{"model": ', 'tokenizer_config.json': 'copy' });
-    expect(() => loadTokenizer(dir)).toThrow(new RegExp(`${escape(join(dir, 'tokenizer.json'))} is not valid JSON`));
+    expect(() => loadTokenizer(dir)).toThrow(new RegExp(`${escapeRegExp(join(dir, 'tokenizer.json'))} is not valid JSON`));
     const badConfig = folder({ 'tokenizer.json': 'copy', 'tokenizer_config.json': '[1, 2]' });
     expect(() => loadTokenizer(badConfig)).toThrow(/tokenizer_config.json must hold a JSON object/);
   });

@@ -1,11 +1,3 @@
-// Chapter 1.1: softmax, linear layers, scaled dot-product attention and multi-head attention.
-// Read docs/week1/1.1-attention.md, then replace each `throw` with your code.
-//
-// Everything in week 1 computes in float32: if an input is bfloat16, widen it first with
-// `tc.astype(x, 'float32')`. The ops you need are in '@tiny-llm/tensor-core' (numpy style, with broadcasting):
-// tc.exp, tc.max, tc.sum, tc.sub, tc.div, tc.mul, tc.add, tc.matmul, tc.transpose, tc.swapaxes, tc.reshape.
-// tc.softmax exists too; write your own here, the point is to see why it is written the way it is.
-import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { NotImplemented } from './not-implemented.ts';
 

@@ -1,6 +1,3 @@
-// Chapter 1.6: generating text, one token at a time, with your model of chapter 1.5.
-// Read docs/week1/1.6-generate.md, then replace the `throw` with your code.
-import * as tc from '@tiny-llm/tensor-core';
 import type { TinyTokenizer } from '@tiny-llm/tokenizer';
 import { NotImplemented } from './not-implemented.ts';
 import type { Sampler } from './sampler.ts';

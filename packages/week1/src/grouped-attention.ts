@@ -1,10 +1,5 @@
-// Chapter 1.3: the causal mask and grouped-query attention.
-// Read docs/week1/1.3-gqa.md, then replace each `throw` with your code.
-import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { NotImplemented } from './not-implemented.ts';
-// Your attention from chapter 1.1 does the math; this chapter arranges the heads around it.
-import { scaledDotProductAttentionSimple } from './attention.ts';
 
 /**
  * The additive causal mask, float32 [L, S]: 0 where query i may see key j, -Infinity elsewhere.
@@ -32,12 +27,6 @@ export function causalMask(l: number, s: number): Tensor {
  *    [..., Hkv, G, L, S] like q (the causal mask [L, S] broadcasts as it is);
  * 4. attend, and reshape the result back to [..., Hq, L, D].
  */
-export function scaledDotProductAttentionGrouped(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
-  scale?: number,
-  mask?: Tensor | 'causal',
-): Tensor {
+export function scaledDotProductAttentionGrouped(q: Tensor, k: Tensor, v: Tensor, scale?: number, mask?: Tensor | 'causal'): Tensor {
   throw new NotImplemented('1.3', 'scaledDotProductAttentionGrouped');
 }

@@ -1,10 +1,5 @@
-// Chapter 1.4: RMSNorm, SiLU and the Qwen2 MLP.
-// Read docs/week1/1.4-rmsnorm-mlp.md, then replace each `throw` with your code.
-import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { NotImplemented } from './not-implemented.ts';
-// Your linear layer from chapter 1.1 does the projections of the MLP.
-import { linear } from './attention.ts';
 
 /**
  * RMSNorm over the last dimension (size `dim`): x / sqrt(mean(x^2) + eps) * weight, weight [dim].

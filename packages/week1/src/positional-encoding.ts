@@ -1,6 +1,3 @@
-// Chapter 1.2: rotary position embedding (RoPE).
-// Read docs/week1/1.2-rope.md, then replace each `throw` with your code.
-import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { NotImplemented } from './not-implemented.ts';
 

@@ -1,22 +1,7 @@
-// Chapter 1.5: the Qwen2 model, assembled from your pieces of chapters 1.1-1.4 and loaded from a checkpoint.
-// Read docs/week1/1.5-load-the-model.md, then replace each `throw` with your code.
-//
-// Shapes: B batch, L sequence length, E = hidden_size, H = num_attention_heads, Hkv = num_key_value_heads,
-// D = head_dim (E / H in Qwen2), I = intermediate_size, V = vocab_size. Linear weights are [out, in], as
-// `linear` expects. Everything computes in float32: widen bf16/f16 weights once, at load, with
-// `tc.astype(w, 'float32')`.
-//
-// Extension task (test/1.5-qwen3.test.ts): make the same classes run Qwen3, which has an explicit head_dim
-// (config.headDim, need not be E / H), no q/k/v biases, and an RMSNorm over each head of q and of k (weights
-// `self_attn.q_norm.weight` and `self_attn.k_norm.weight`, [D]) applied after the projection, before RoPE.
-import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, ModelDir, Tensor } from '@tiny-llm/tensor-core';
 import { NotImplemented } from './not-implemented.ts';
-// Your earlier chapters: the model is built from them.
-import { linear } from './attention.ts';
-import { scaledDotProductAttentionGrouped } from './grouped-attention.ts';
-import { Qwen2MLP, RMSNorm } from './norm-and-mlp.ts';
-import { RoPE } from './positional-encoding.ts';
+import type { RMSNorm } from './norm-and-mlp.ts';
+import type { RoPE } from './positional-encoding.ts';
 
 /**
  * The token embedding: one row of E numbers per token id, weight [V, E] (`model.embed_tokens.weight`).

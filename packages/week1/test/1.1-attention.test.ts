@@ -3,7 +3,14 @@
 // with keys of another length against float64 references computed here (@tiny-llm/grading's float64 loops).
 import * as tc from '@tiny-llm/tensor-core';
 import { goldenOp, seeded } from '@tiny-llm/tensor-core/testing';
-import { attentionMistakes, expectGolden, float64 as f64, linearMistakes, multiHeadAttentionMistakes, softmaxMistakes } from '@tiny-llm/grading';
+import {
+  attentionMistakes,
+  expectGolden,
+  float64 as f64,
+  linearMistakes,
+  multiHeadAttentionMistakes,
+  softmaxMistakes,
+} from '@tiny-llm/grading';
 import { describe, it } from 'vitest';
 import { linear, scaledDotProductAttentionSimple, SimpleMultiHeadAttention, softmax } from '@solution/week1';
 
@@ -14,7 +21,8 @@ describe('1.1 attention: softmax', () => {
   for (const c of f.cases) {
     const axis = c.axis as number;
     const x = f.get(c, 'x');
-    const title = c.name === 'stable' ? 'stable: inputs near 1000 (exp(1000) overflows float32)' : `${c.name}: x ${x.describe()}, axis ${axis}`;
+    const title =
+      c.name === 'stable' ? 'stable: inputs near 1000 (exp(1000) overflows float32)' : `${c.name}: x ${x.describe()}, axis ${axis}`;
     it(title, () => expectGolden(softmax(x, axis), f.get(c, 'out'), { mistakes: softmaxMistakes(nd(x), axis) }));
   }
 
@@ -57,14 +65,28 @@ describe('1.1 attention: SimpleMultiHeadAttention', () => {
       const x = f.get(c, 'x');
       const [wq, wk, wv, wo] = ['wq', 'wk', 'wv', 'wo'].map((name) => f.get(c, name));
       const mha = new SimpleMultiHeadAttention(x.shape[2], c.num_heads as number, wq, wk, wv, wo);
-      const mistakes = multiHeadAttentionMistakes(nd(x), nd(x), nd(x), { wq: nd(wq), wk: nd(wk), wv: nd(wv), wo: nd(wo) }, c.num_heads as number);
+      const mistakes = multiHeadAttentionMistakes(
+        nd(x),
+        nd(x),
+        nd(x),
+        { wq: nd(wq), wk: nd(wk), wv: nd(wv), wo: nd(wo) },
+        c.num_heads as number,
+      );
       expectGolden(mha.forward(x, x, x), f.get(c, 'out'), { axes: ['n', 'l', 'e'], mistakes });
     });
   }
 
   // Cases the fixture lacks, against the float64 reference: a mask, and keys of another length than the queries.
   const [n, l, s, e, heads] = [2, 3, 5, 16, 4];
-  const random = (shape: number[], seed: number) => tc.tensor(seeded(shape.reduce((a, b) => a * b), seed, 0.5), { shape });
+  const random = (shape: number[], seed: number) =>
+    tc.tensor(
+      seeded(
+        shape.reduce((a, b) => a * b),
+        seed,
+        0.5,
+      ),
+      { shape },
+    );
   const [wq, wk, wv, wo] = [11, 12, 13, 14].map((seed) => random([e, e], seed));
   const weights = { wq: nd(wq), wk: nd(wk), wv: nd(wv), wo: nd(wo) };
   const mha = () => new SimpleMultiHeadAttention(e, heads, wq, wk, wv, wo);

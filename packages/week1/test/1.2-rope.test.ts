@@ -45,7 +45,11 @@ describe('1.2 rope: one RoPE serves every call', () => {
       const alone = tc.slice(x, [[row, row + 1]]);
       const options = { base: c.base as number, traditional: false, offsets: [o] };
       const expected = f64.rope(f64.toND(alone), options);
-      expectGolden(rope.forward(alone, o), expected, { what: `row ${row} at offset ${o}`, axes: AXES, mistakes: ropeMistakes(f64.toND(alone), options) });
+      expectGolden(rope.forward(alone, o), expected, {
+        what: `row ${row} at offset ${o}`,
+        axes: AXES,
+        mistakes: ropeMistakes(f64.toND(alone), options),
+      });
     });
   });
 });

@@ -35,7 +35,11 @@ describe('1.3 gqa: scaledDotProductAttentionGrouped', () => {
     const sizes = `L = ${q.shape[q.ndim - 2]}, S = ${k.shape[k.ndim - 2]}`;
     const mask = c.mask === 'tensor' ? `a mask per head, scale ${c.scale}` : c.mask === 'causal' ? "'causal'" : 'no mask';
     it(`${c.name}: ${heads}, ${sizes}, ${mask}`, () => {
-      const out = scaledDotProductAttentionGrouped(...(inputs(c) as [tc.Tensor, tc.Tensor, tc.Tensor]), c.scale as number | undefined, maskOf(c));
+      const out = scaledDotProductAttentionGrouped(
+        ...(inputs(c) as [tc.Tensor, tc.Tensor, tc.Tensor]),
+        c.scale as number | undefined,
+        maskOf(c),
+      );
       expectGolden(out, f.get(c, 'out'), { axes: AXES, mistakes: mistakesOf(c) });
     });
   }

@@ -35,7 +35,11 @@ describe('1.5 load the model: the shape of the output', () => {
     const [row0, row1] = tc.split(both, 2, 0);
     expectPromptLogits(row0, golden, first, 'batch row 0 (prompt 0)');
     const expected = golden.float64().logits(reversed);
-    expectGolden(row1, { shape: [1, ...expected.shape], data: expected.data }, { atol: LOGITS_ATOL, what: 'batch row 1 (prompt 0 reversed)', axes: ['b', 'l', 'v'] });
+    expectGolden(
+      row1,
+      { shape: [1, ...expected.shape], data: expected.data },
+      { atol: LOGITS_ATOL, what: 'batch row 1 (prompt 0 reversed)', axes: ['b', 'l', 'v'] },
+    );
   });
 });
 

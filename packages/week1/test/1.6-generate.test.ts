@@ -24,7 +24,8 @@ function expectTokens(got: readonly number[], c: DemoGoldenCase, tokenizer: Tiny
   const say = (id: number | undefined) => (id === undefined ? 'nothing' : `${id} ${JSON.stringify(tokenizer.decode([id]))}`);
   const why = argmaxAxisMistake(got, c.ids.length);
   assert.fail(
-    `generated token ${at}: got ${say(got[at])}, expected ${say(c.greedy[at])} (after ${at} matching tokens)` + (why ? `.\nIt looks like ${why}` : ''),
+    `generated token ${at}: got ${say(got[at])}, expected ${say(c.greedy[at])} (after ${at} matching tokens)` +
+      (why ? `.\nIt looks like ${why}` : ''),
   );
 }
 
@@ -75,7 +76,8 @@ for (const name of ['tiny-qwen2-py', 'tiny-qwen2-py-draft']) {
     // model ends its answer to "Hello!" with <|im_end|> after 9 tokens (and its tool calls after ~25).
     const firstEos = (g: DemoGoldenCase) => g.greedy.findIndex((id) => eos.has(id));
     const candidates = golden.cases.filter((g) => firstEos(g) >= 0).sort((a, b) => firstEos(a) - firstEos(b));
-    if (candidates.length === 0) throw new Error(`${dir}/golden.json: no case reaches one of the eos ids ${[...eos]}; the EOS test needs one`);
+    if (candidates.length === 0)
+      throw new Error(`${dir}/golden.json: no case reaches one of the eos ids ${[...eos]}; the EOS test needs one`);
     const c = candidates[0];
     const stop = firstEos(c);
 
@@ -131,7 +133,10 @@ describe('1.6 generate: the loop itself, on a scripted model', () => {
     expect(out.tokens, 'the scripted tokens').toEqual(script);
     expect(out.text).toBe('é café');
     for (const chunk of chunks) {
-      expect(chunk, `a streamed piece ${JSON.stringify(chunk)} holds a broken character: decoding one token at a time? Use tokenizer.detokenizer()`).not.toMatch(/\uFFFD/);
+      expect(
+        chunk,
+        `a streamed piece ${JSON.stringify(chunk)} holds a broken character: decoding one token at a time? Use tokenizer.detokenizer()`,
+      ).not.toMatch(/\uFFFD/);
     }
     expect(chunks.join('')).toBe('é café');
   });
@@ -151,7 +156,11 @@ describe('1.6 generate: the loop itself, on a scripted model', () => {
     };
     const script = tokenizer.encode(' something else entirely');
     const out = simpleGenerate(scriptedModel(script, promptLength, vocab), tokenizer, prompt, { maxTokens: 3, ignoreEos: true, sampler });
-    expect(seen, 'the sampler is called once per generated token, with the last position\'s logits [1, vocab]').toEqual([[1, vocab], [1, vocab], [1, vocab]]);
+    expect(seen, "the sampler is called once per generated token, with the last position's logits [1, vocab]").toEqual([
+      [1, vocab],
+      [1, vocab],
+      [1, vocab],
+    ]);
     expect(out.tokens, "the sampler's picks, not the argmax").toEqual([chosen, chosen, chosen]);
   });
 });

@@ -20,8 +20,16 @@ const ids = (t: Tensor) => Array.from(t.toArray() as Int32Array);
 
 /** "T=1.3, topK=10, topP=0.7": the options of a case, for test titles. */
 function describeOptions(options: SamplerOptions): string {
-  const names: [keyof SamplerOptions, string][] = [['temperature', 'T'], ['topK', 'topK'], ['topP', 'topP'], ['minP', 'minP']];
-  return names.filter(([key]) => options[key] !== undefined).map(([key, label]) => `${label}=${options[key]}`).join(', ');
+  const names: [keyof SamplerOptions, string][] = [
+    ['temperature', 'T'],
+    ['topK', 'topK'],
+    ['topP', 'topP'],
+    ['minP', 'minP'],
+  ];
+  return names
+    .filter(([key]) => options[key] !== undefined)
+    .map(([key, label]) => `${label}=${options[key]}`)
+    .join(', ');
 }
 
 /** The kept set (probability > 0) against the golden's, reporting the first wrong (row, token). */
@@ -55,7 +63,10 @@ describe('1.7 filteredProbabilities', () => {
     const oneHot = Array.from({ length: logits.size }, (_, i) => (i % 50 === best[Math.floor(i / 50)] ? 1 : 0));
     for (const options of [{ temperature: 0, topP: 0.5 }, { topK: 5 }, {}]) {
       const probs = filteredProbabilities(logits, options).toArray();
-      expectValues(probs, oneHot, logits.shape, { what: `filteredProbabilities(logits, ${JSON.stringify(options)})`, axes: ['row', 'token'] });
+      expectValues(probs, oneHot, logits.shape, {
+        what: `filteredProbabilities(logits, ${JSON.stringify(options)})`,
+        axes: ['row', 'token'],
+      });
     }
   });
 });

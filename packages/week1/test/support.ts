@@ -3,7 +3,15 @@
 // matches (the model's RoPE base left at 10000, the q/k/v biases left out), and greedy tokens are checked
 // only where the golden lead is safe.
 import * as tc from '@tiny-llm/tensor-core';
-import { batchOf, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits, goldenModel, LOGITS_ATOL } from '@tiny-llm/grading';
+import {
+  batchOf,
+  expectGolden,
+  expectGreedyTokens,
+  expectLayerOutput,
+  expectPromptLogits,
+  goldenModel,
+  LOGITS_ATOL,
+} from '@tiny-llm/grading';
 import { describe, it } from 'vitest';
 import { Qwen2ModelWeek1 } from '@solution/week1';
 
@@ -21,7 +29,11 @@ export function describeGoldenModel(title: string, name: string): void {
   describe(`${title}: ${name}`, () => {
     it('embedding.forward(prompt 0) = the input of layer 0', () => {
       const ids = tc.tensor([golden.prompts[0].ids], { dtype: 'int32' });
-      expectGolden(model().embedding.forward(ids), batchOf(golden.layerIn(0)), { atol: LOGITS_ATOL, what: 'embedding', axes: ['b', 'l', 'e'] });
+      expectGolden(model().embedding.forward(ids), batchOf(golden.layerIn(0)), {
+        atol: LOGITS_ATOL,
+        what: 'embedding',
+        axes: ['b', 'l', 'e'],
+      });
     });
 
     for (let l = 0; l < golden.numLayers; l++) {

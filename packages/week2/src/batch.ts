@@ -1,9 +1,5 @@
-// Chapters 2.6 and 2.7: continuous batching and chunked prefill.
-// Read docs/week2/2.6-continuous-batching.md and 2.7-chunked-prefill.md, then replace each `throw` with your
-// code. The types and the Scheduler's bookkeeping (submit, the Sequence class) are given.
-import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
-import { KvCache, type AttentionCache, type CachedKeysValues } from './kv-cache.ts';
+import type { KvCache, AttentionCache, CachedKeysValues } from './kv-cache.ts';
 import type { Qwen2ModelWeek2 } from './qwen2-week2.ts';
 import { NotImplemented } from '@tiny-llm/week1/not-implemented';
 
@@ -144,9 +140,11 @@ export class Scheduler<Cache> {
     readonly model: BatchModel<Cache>,
     options: SchedulerOptions,
   ) {
-    if (!Number.isInteger(options.maxBatch) || options.maxBatch < 1) throw new RangeError(`Scheduler: maxBatch must be an integer >= 1, got ${options.maxBatch}`);
+    if (!Number.isInteger(options.maxBatch) || options.maxBatch < 1)
+      throw new RangeError(`Scheduler: maxBatch must be an integer >= 1, got ${options.maxBatch}`);
     const chunk = options.prefillChunk ?? Infinity;
-    if (!(chunk >= 1) || (chunk !== Infinity && !Number.isInteger(chunk))) throw new RangeError(`Scheduler: prefillChunk must be an integer >= 1, got ${options.prefillChunk}`);
+    if (!(chunk >= 1) || (chunk !== Infinity && !Number.isInteger(chunk)))
+      throw new RangeError(`Scheduler: prefillChunk must be an integer >= 1, got ${options.prefillChunk}`);
     this.maxBatch = options.maxBatch;
     this.prefillChunk = chunk;
   }
@@ -155,10 +153,13 @@ export class Scheduler<Cache> {
   submit(request: GenerationRequest): number {
     const n = request.promptIds.length;
     if (n === 0) throw new RangeError('Scheduler.submit: the prompt is empty: there is no token to continue from');
-    if (n > this.model.maxPositions) throw new RangeError(`Scheduler.submit: the prompt has ${n} tokens, more than the model's ${this.model.maxPositions} positions`);
-    if (!Number.isInteger(request.maxTokens) || request.maxTokens < 1) throw new RangeError(`Scheduler.submit: maxTokens must be an integer >= 1, got ${request.maxTokens}`);
+    if (n > this.model.maxPositions)
+      throw new RangeError(`Scheduler.submit: the prompt has ${n} tokens, more than the model's ${this.model.maxPositions} positions`);
+    if (!Number.isInteger(request.maxTokens) || request.maxTokens < 1)
+      throw new RangeError(`Scheduler.submit: maxTokens must be an integer >= 1, got ${request.maxTokens}`);
     const bad = request.promptIds.find((id) => !Number.isInteger(id) || id < 0 || id >= this.model.vocabSize);
-    if (bad !== undefined) throw new RangeError(`Scheduler.submit: token id ${bad} is outside the vocabulary (0..${this.model.vocabSize - 1})`);
+    if (bad !== undefined)
+      throw new RangeError(`Scheduler.submit: token id ${bad} is outside the vocabulary (0..${this.model.vocabSize - 1})`);
     const sequence = new Sequence<Cache>(this.nextId++, request);
     this.waiting.push(sequence);
     return sequence.id;

@@ -21,7 +21,8 @@ export interface FlashAttentionOptions {
 export function flashAttention(q: Tensor, k: Tensor, v: Tensor, options: FlashAttentionOptions = {}): Tensor {
   if (q.backend instanceof tc.WebGPUBackend) return flashAttentionGpu(q, k, v, options);
   const shapes = `q ${q.describe()}, k ${k.describe()}, v ${v.describe()}`;
-  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4) throw new RangeError(`flashAttention: expected q [B, Hq, L, D], k and v [B, Hkv, S, D], got ${shapes}`);
+  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4)
+    throw new RangeError(`flashAttention: expected q [B, Hq, L, D], k and v [B, Hkv, S, D], got ${shapes}`);
   const dtype = q.dtype === 'bfloat16' && k.dtype === 'bfloat16' && v.dtype === 'bfloat16' ? 'bfloat16' : 'float32';
   const [, , l, d] = q.shape;
   const s = k.shape[2];
@@ -30,7 +31,11 @@ export function flashAttention(q: Tensor, k: Tensor, v: Tensor, options: FlashAt
     const [qc, kc, vc] = [q, k, v].map((t) => tc.contiguous(t.dtype === dtype ? t : tc.astype(t, dtype)));
     let maskView: Tensor | null = null;
     if (mask instanceof tc.Tensor) {
-      if (mask.ndim > 4 || mask.shape[mask.ndim - 1] !== s || (mask.ndim > 1 && mask.shape[mask.ndim - 2] !== l && mask.shape[mask.ndim - 2] !== 1)) {
+      if (
+        mask.ndim > 4 ||
+        mask.shape[mask.ndim - 1] !== s ||
+        (mask.ndim > 1 && mask.shape[mask.ndim - 2] !== l && mask.shape[mask.ndim - 2] !== 1)
+      ) {
         throw new RangeError(`flashAttention: the mask ${mask.describe()} does not broadcast to [B, Hq, ${l}, ${s}] (${shapes})`);
       }
       // A view of rank 4 ([B|1, Hq|1, L, S]): the kernel reads the dimensions of size 1 with stride 0.
@@ -40,7 +45,15 @@ export function flashAttention(q: Tensor, k: Tensor, v: Tensor, options: FlashAt
     }
     const out = tc.empty(q.shape, 'float32');
     const scale = options.scale ?? 1 / Math.sqrt(d);
-    week2Kernels().flashAttention(qc.native(), kc.native(), vc.native(), maskView?.native() ?? null, out.native(), scale, mask === 'causal');
+    week2Kernels().flashAttention(
+      qc.native(),
+      kc.native(),
+      vc.native(),
+      maskView?.native() ?? null,
+      out.native(),
+      scale,
+      mask === 'causal',
+    );
     return out;
   });
 }

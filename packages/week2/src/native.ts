@@ -2,4 +2,5 @@
 // build/Release/week2_kernels.node. Given: the chapters' work is in the .cc files.
 import * as tc from '@tiny-llm/tensor-core';
 
+// biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
 export const week2Kernels = (): any => tc.loadExtension(new URL('../build/Release/week2_kernels.node', import.meta.url), '@tiny-llm/week2');

@@ -18,13 +18,17 @@ export function quantizedMatmulGpu(x: Tensor, w: tc.QuantizedWeight): Tensor {
   const kernel = week2Kernel('quantized_matmul.wgsl');
   const k = x.shape[x.ndim - 1];
   if (!(w instanceof tc.QuantizedWeight) || w.shape.length !== 2 || x.ndim === 0 || k !== w.inFeatures) {
-    throw new RangeError(`quantizedMatmulGpu: expected x [..., K] and a 2-D QuantizedWeight [N, K], got x ${x.describe()} and w ${String(w)}`);
+    throw new RangeError(
+      `quantizedMatmulGpu: expected x [..., K] and a 2-D QuantizedWeight [N, K], got x ${x.describe()} and w ${String(w)}`,
+    );
   }
   if (!tc.isFloating(x.dtype)) throw new TypeError(`quantizedMatmulGpu: x must be float32, bfloat16 or float16, got ${x.describe()}`);
   const gpu = x.backend;
   if (!(gpu instanceof tc.WebGPUBackend) || [w.weight, w.scales, w.biases].some((t) => t.backend !== gpu)) {
     const where = [x, w.weight, w.scales, w.biases].map((t) => t.backend.name).join(', ');
-    throw new TypeError(`quantizedMatmulGpu: x and the weight's tensors must live on one WebGPU backend (x, weight, scales, biases are on ${where})`);
+    throw new TypeError(
+      `quantizedMatmulGpu: x and the weight's tensors must live on one WebGPU backend (x, weight, scales, biases are on ${where})`,
+    );
   }
   const lead = x.shape.slice(0, -1);
   const m = lead.reduce((a, b) => a * b, 1);

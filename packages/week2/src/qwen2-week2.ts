@@ -15,10 +15,9 @@
 // - With enableFlashAttention, attention runs chapter 2.4's kernel instead of week 1's grouped attention.
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, ModelDir, Tensor } from '@tiny-llm/tensor-core';
-import { Embedding, linear, RMSNorm, RoPE, scaledDotProductAttentionGrouped, silu } from '@tiny-llm/week1';
+import { Embedding, linear, RMSNorm, RoPE, silu } from '@tiny-llm/week1';
 import { NotImplemented } from '@tiny-llm/week1/not-implemented';
-import { flashAttention } from './flash-attention.ts';
-import { KvCache, type AttentionCache } from './kv-cache.ts';
+import type { KvCache, AttentionCache } from './kv-cache.ts';
 import { QuantizedLinear } from './quantized-matmul.ts';
 
 /** A linear layer's weight as the checkpoint stores it: a tensor (float32, bf16, f16) or MLX-quantized. */
@@ -188,7 +187,11 @@ export class Qwen2ModelWeek2 {
   /** Layer i's MLP (week 3's model puts a mixture of experts in the sparse layers of Qwen2-MoE). */
   protected mlpOf(modelDir: ModelDir, i: number): LayerMlp {
     const p = `model.layers.${i}.mlp`;
-    return new Qwen2MLP(projectionOf(modelDir, `${p}.gate_proj`), projectionOf(modelDir, `${p}.up_proj`), projectionOf(modelDir, `${p}.down_proj`));
+    return new Qwen2MLP(
+      projectionOf(modelDir, `${p}.gate_proj`),
+      projectionOf(modelDir, `${p}.up_proj`),
+      projectionOf(modelDir, `${p}.down_proj`),
+    );
   }
 
   /** An empty KvCache for each layer. */

@@ -5,11 +5,25 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { demoGolden, MODELS_DIR } from '@tiny-llm/tensor-core/testing';
-import { batchOf, cacheMistakes, expectGolden, expectGreedyTokens, expectValues, goldenModel, LOGITS_ATOL, type GoldenModel, type GoldenPrompt } from '@tiny-llm/grading';
+import {
+  batchOf,
+  cacheMistakes,
+  expectGolden,
+  expectGreedyTokens,
+  expectValues,
+  goldenModel,
+  LOGITS_ATOL,
+  type GoldenModel,
+  type GoldenPrompt,
+} from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { KvCache, Qwen2ModelWeek2, type Qwen2Week2Options } from '@solution/week2';
 
-const ids2d = (ids: readonly number[][]) => tc.tensor(ids.map((r) => [...r]), { dtype: 'int32' });
+const ids2d = (ids: readonly number[][]) =>
+  tc.tensor(
+    ids.map((r) => [...r]),
+    { dtype: 'int32' },
+  );
 
 /** Rows [from, to) of a [L, V] tensor, as a [1, to - from, V] golden. */
 const goldenRows = (logits: Tensor, from: number, to: number) => batchOf(tc.slice(logits, [[from, to]]));
@@ -26,9 +40,20 @@ function expectCalls(model: Qwen2ModelWeek2, golden: GoldenModel, prompt: Golden
     const logits = model.forward(ids2d([prompt.ids.slice(start, start + length)]), start, cache);
     const what = length > 1 ? `the call of positions ${start}..${start + length - 1}` : `the decode step at position ${start}`;
     // The diagnoses hold the whole sequence's wrong logits: compare this call's rows of them.
-    const rows = mistakes.map((m) => ({ ...m, values: () => Array.prototype.slice.call(m.values(), start * logits.shape[2], (start + length) * logits.shape[2]) }));
-    expectGolden(logits, goldenRows(prompt.logits, start, start + length), { atol: LOGITS_ATOL, what, axes: ['b', 'l', 'v'], mistakes: rows });
-    expect(cache.every((c) => c.offset === start + length), `every layer's cache holds ${start + length} tokens after ${what}`).toBe(true);
+    const rows = mistakes.map((m) => ({
+      ...m,
+      values: () => Array.prototype.slice.call(m.values(), start * logits.shape[2], (start + length) * logits.shape[2]),
+    }));
+    expectGolden(logits, goldenRows(prompt.logits, start, start + length), {
+      atol: LOGITS_ATOL,
+      what,
+      axes: ['b', 'l', 'v'],
+      mistakes: rows,
+    });
+    expect(
+      cache.every((c) => c.offset === start + length),
+      `every layer's cache holds ${start + length} tokens after ${what}`,
+    ).toBe(true);
     start += length;
   }
 }
@@ -85,8 +110,16 @@ describe('2.1 kv cache: a batch of two prompts in one cache', () => {
     const half = Math.ceil(n / 2);
     const checkRows = (logits: Tensor, from: number, to: number) => {
       const [rowA, rowB] = tc.split(logits, 2, 0);
-      expectGolden(rowA, goldenRows(a.logits, from, to), { atol: LOGITS_ATOL, what: `row 0 (prompt ${a.index}), positions ${from}..${to - 1}`, axes: ['b', 'l', 'v'] });
-      expectGolden(rowB, goldenRows(b.logits, from, to), { atol: LOGITS_ATOL, what: `row 1 (prompt ${b.index}), positions ${from}..${to - 1}`, axes: ['b', 'l', 'v'] });
+      expectGolden(rowA, goldenRows(a.logits, from, to), {
+        atol: LOGITS_ATOL,
+        what: `row 0 (prompt ${a.index}), positions ${from}..${to - 1}`,
+        axes: ['b', 'l', 'v'],
+      });
+      expectGolden(rowB, goldenRows(b.logits, from, to), {
+        atol: LOGITS_ATOL,
+        what: `row 1 (prompt ${b.index}), positions ${from}..${to - 1}`,
+        axes: ['b', 'l', 'v'],
+      });
     };
     checkRows(m.forward(ids2d([a.ids.slice(0, half), b.ids.slice(0, half)]), 0, cache), 0, half);
     for (let p = half; p < n; p++) checkRows(m.forward(ids2d([[a.ids[p]], [b.ids[p]]]), [p, p], cache), p, p + 1);
@@ -116,7 +149,8 @@ describe('2.1 kv cache: the demo model, 48 greedy tokens of every golden prompt'
 
 describe('2.1 kv cache: KvCache', () => {
   const kv = (b: number, h: number, l: number, d: number, seed: number) => tc.random.normal([b, h, l, d], { seed });
-  const expectSame = (got: Tensor, want: Tensor, what: string) => expectGolden(got, { shape: [...want.shape], data: Float64Array.from(want.toArray()) }, { atol: 0, what, axes: ['b', 'h', 's', 'd'] });
+  const expectSame = (got: Tensor, want: Tensor, what: string) =>
+    expectGolden(got, { shape: [...want.shape], data: Float64Array.from(want.toArray()) }, { atol: 0, what, axes: ['b', 'h', 's', 'd'] });
 
   it('appends along the sequence axis and returns every key and value so far, with the causal mask', () => {
     const cache = new KvCache();
@@ -162,6 +196,9 @@ describe('2.1 kv cache: KvCache', () => {
     m.forward(ids2d([prompt.ids]), 0, cache);
     for (const c of cache) c.rewind(2);
     const again = m.forward(ids2d([prompt.ids.slice(n - 2)]), n - 2, cache);
-    expectValues(again.toArray(), goldenRows(prompt.logits, n - 2, n).toArray(), [1, 2, again.shape[2]], { atol: LOGITS_ATOL, what: 'the rerun positions' });
+    expectValues(again.toArray(), goldenRows(prompt.logits, n - 2, n).toArray(), [1, 2, again.shape[2]], {
+      atol: LOGITS_ATOL,
+      what: 'the rerun positions',
+    });
   });
 });

@@ -15,7 +15,12 @@ function checkProduct(x: tc.Tensor, w: tc.QuantizedWeight, what: string, expecte
   const arrays = f64.quantizedArraysOf(w);
   const x64 = f64.toND(x);
   const golden = expected ? f64.toND(expected) : f64.quantizedMatmul(x64, arrays);
-  expectGolden(quantizedMatmul(x, w), golden, { atol: atolFor(golden.data), what, axes: ['m', 'n'], mistakes: quantizedMatmulMistakes(x64, arrays) });
+  expectGolden(quantizedMatmul(x, w), golden, {
+    atol: atolFor(golden.data),
+    what,
+    axes: ['m', 'n'],
+    mistakes: quantizedMatmulMistakes(x64, arrays),
+  });
 }
 
 describe('2.2 quantized matmul: the golden fixture', () => {
@@ -47,7 +52,11 @@ describe('2.2 quantized matmul: every bits and group size, decode and prefill si
   }
 
   it('x in bfloat16 and float16, scales in float16 and float32', () => {
-    for (const [xDtype, scaleDtype] of [['bfloat16', 'bfloat16'], ['float16', 'float16'], ['float32', 'float32']] as const) {
+    for (const [xDtype, scaleDtype] of [
+      ['bfloat16', 'bfloat16'],
+      ['float16', 'float16'],
+      ['float32', 'float32'],
+    ] as const) {
       const w = tc.quantize(tc.tensor(seeded(24 * 128, 7, 0.5), { shape: [24, 128] }), 4, 64, { dtype: scaleDtype });
       checkProduct(tc.astype(tc.tensor(seeded(5 * 128, 8), { shape: [5, 128] }), xDtype), w, `x ${xDtype}, scales ${scaleDtype}`);
     }

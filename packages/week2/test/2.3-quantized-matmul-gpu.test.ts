@@ -64,7 +64,11 @@ describe('2.3 quantized matmul on the GPU: every bits and group size', () => {
 
 describe('2.3 quantized matmul on the GPU: dtypes, shapes and the grid', () => {
   it('x in bfloat16 and float16, scales in float16 and float32', async () => {
-    for (const [xDtype, scaleDtype] of [['bfloat16', 'bfloat16'], ['float16', 'float16'], ['float32', 'float32']] as const) {
+    for (const [xDtype, scaleDtype] of [
+      ['bfloat16', 'bfloat16'],
+      ['float16', 'float16'],
+      ['float32', 'float32'],
+    ] as const) {
       const w = tc.quantize(tc.tensor(seeded(24 * 128, 7, 0.5), { shape: [24, 128] }), 4, 64, { dtype: scaleDtype });
       await checkProduct(tc.astype(tc.tensor(seeded(5 * 128, 8), { shape: [5, 128] }), xDtype), w, `x ${xDtype}, scales ${scaleDtype}`);
     }
@@ -75,7 +79,11 @@ describe('2.3 quantized matmul on the GPU: dtypes, shapes and the grid', () => {
     const y = quantizedMatmulGpu(onGpu(tc.reshape(x, [2, 3, 64])), gpuWeight(w));
     expect([...y.shape], 'the output keeps the leading dimensions').toEqual([2, 3, 16]);
     const flat = tc.reshape(await tc.toCPU(y), [6, 16]);
-    expectGolden(flat, f64.quantizedMatmul(f64.toND(x), f64.quantizedArraysOf(w)), { atol: 1e-4, what: 'the same rows, flattened', axes: ['m', 'n'] });
+    expectGolden(flat, f64.quantizedMatmul(f64.toND(x), f64.quantizedArraysOf(w)), {
+      atol: 1e-4,
+      what: 'the same rows, flattened',
+      axes: ['m', 'n'],
+    });
   });
 
   it('N = 70000 outputs, more than the 65535 workgroups of one grid dimension', async () => {

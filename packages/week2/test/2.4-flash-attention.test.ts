@@ -9,7 +9,14 @@ import { describe, expect, it } from 'vitest';
 import { flashAttention } from '@solution/week2';
 
 const AXES = ['b', 'h', 'l', 'd'];
-const random = (shape: number[], seed: number) => tc.tensor(seeded(shape.reduce((a, b) => a * b), seed), { shape });
+const random = (shape: number[], seed: number) =>
+  tc.tensor(
+    seeded(
+      shape.reduce((a, b) => a * b),
+      seed,
+    ),
+    { shape },
+  );
 
 describe('2.4 flash attention: the golden fixture', () => {
   const f = goldenOp('flash_attention');
@@ -31,7 +38,13 @@ describe('2.4 flash attention: against float64 attention', () => {
   const check = (q: tc.Tensor, k: tc.Tensor, v: tc.Tensor, options: { scale?: number; mask?: tc.Tensor | 'causal' }, what: string) => {
     const mask = options.mask === 'causal' ? ('bottom-right' as const) : options.mask && f64.toND(options.mask);
     const expected = f64.attention(f64.toND(q), f64.toND(k), f64.toND(v), { scale: options.scale, mask, kvHeadOf: f64.groupedHead });
-    const mistakes = gqaMistakes(f64.toND(q), f64.toND(k), f64.toND(v), options.scale, options.mask === 'causal' ? 'causal' : mask as f64.NDArray | undefined);
+    const mistakes = gqaMistakes(
+      f64.toND(q),
+      f64.toND(k),
+      f64.toND(v),
+      options.scale,
+      options.mask === 'causal' ? 'causal' : (mask as f64.NDArray | undefined),
+    );
     expectGolden(flashAttention(q, k, v, options), expected, { atol: 1e-5, what, axes: AXES, mistakes });
   };
 
@@ -71,8 +84,14 @@ describe('2.4 flash attention: memory', () => {
     const out = flashAttention(q, k, v, { mask: 'causal' });
     const peak = tc.cpu.memory().peakBytes - before;
     const rssGrowth = process.resourceUsage().maxRSS * 1024 - rssBefore;
-    expect(peak, `the call allocated ${(peak / 1e6).toFixed(1)} MB of tensors at its peak; a score matrix is ${scores / 1e6} MB`).toBeLessThan(scores);
-    expect(rssGrowth, `the process's peak memory grew by ${(rssGrowth / 1e6).toFixed(1)} MB during the call; a score matrix is ${scores / 1e6} MB`).toBeLessThan(scores);
+    expect(
+      peak,
+      `the call allocated ${(peak / 1e6).toFixed(1)} MB of tensors at its peak; a score matrix is ${scores / 1e6} MB`,
+    ).toBeLessThan(scores);
+    expect(
+      rssGrowth,
+      `the process's peak memory grew by ${(rssGrowth / 1e6).toFixed(1)} MB during the call; a score matrix is ${scores / 1e6} MB`,
+    ).toBeLessThan(scores);
     // The last query sees every key: spot-check its row against float64 attention on that head.
     const last = (t: tc.Tensor) => f64.toND(tc.slice(t, [null, [0, 1], [l - 1, l]]));
     const expected = f64.attention(last(q), f64.toND(tc.slice(k, [null, [0, 1]])), f64.toND(tc.slice(v, [null, [0, 1]])));

@@ -12,12 +12,24 @@ import { flashAttentionGpu } from '@solution/week2';
 const gpu = useGpu();
 
 const AXES = ['b', 'h', 'l', 'd'];
-const random = (shape: number[], seed: number) => tc.tensor(seeded(shape.reduce((a, b) => a * b), seed), { shape });
+const random = (shape: number[], seed: number) =>
+  tc.tensor(
+    seeded(
+      shape.reduce((a, b) => a * b),
+      seed,
+    ),
+    { shape },
+  );
 /** A GPU copy of a CPU tensor (the original stays, for the float64 references). */
 const onGpu = (t: tc.Tensor) => tc.tensor(t.toArray(), { shape: t.shape, dtype: t.dtype, device: gpu() });
 
 /** The kernel's attention, read back. */
-async function attend(q: tc.Tensor, k: tc.Tensor, v: tc.Tensor, options: { scale?: number; mask?: tc.Tensor | 'causal' } = {}): Promise<tc.Tensor> {
+async function attend(
+  q: tc.Tensor,
+  k: tc.Tensor,
+  v: tc.Tensor,
+  options: { scale?: number; mask?: tc.Tensor | 'causal' } = {},
+): Promise<tc.Tensor> {
   const mask = options.mask instanceof tc.Tensor ? onGpu(options.mask) : options.mask;
   return tc.toCPU(flashAttentionGpu(onGpu(q), onGpu(k), onGpu(v), { scale: options.scale, mask }));
 }
@@ -39,15 +51,33 @@ describe('2.5 flash attention on the GPU: the golden fixture', () => {
 });
 
 describe('2.5 flash attention on the GPU: against float64 attention', () => {
-  const check = async (q: tc.Tensor, k: tc.Tensor, v: tc.Tensor, options: { scale?: number; mask?: tc.Tensor | 'causal' }, what: string) => {
+  const check = async (
+    q: tc.Tensor,
+    k: tc.Tensor,
+    v: tc.Tensor,
+    options: { scale?: number; mask?: tc.Tensor | 'causal' },
+    what: string,
+  ) => {
     const mask = options.mask === 'causal' ? ('bottom-right' as const) : options.mask && f64.toND(options.mask);
     const expected = f64.attention(f64.toND(q), f64.toND(k), f64.toND(v), { scale: options.scale, mask, kvHeadOf: f64.groupedHead });
-    const mistakes = gqaMistakes(f64.toND(q), f64.toND(k), f64.toND(v), options.scale, options.mask === 'causal' ? 'causal' : (mask as f64.NDArray | undefined));
+    const mistakes = gqaMistakes(
+      f64.toND(q),
+      f64.toND(k),
+      f64.toND(v),
+      options.scale,
+      options.mask === 'causal' ? 'causal' : (mask as f64.NDArray | undefined),
+    );
     expectGolden(await attend(q, k, v, options), expected, { atol: 1e-5, what, axes: AXES, mistakes });
   };
 
   it('sizes that are not multiples of any tile: L = 37 queries after 63 cached keys, causal, 6 heads on 2', async () => {
-    await check(random([2, 6, 37, 24], 1), random([2, 2, 100, 24], 2), random([2, 2, 100, 24], 3), { mask: 'causal' }, 'causal, L = 37, S = 100');
+    await check(
+      random([2, 6, 37, 24], 1),
+      random([2, 2, 100, 24], 2),
+      random([2, 2, 100, 24], 3),
+      { mask: 'causal' },
+      'causal, L = 37, S = 100',
+    );
   });
 
   it('one query (a decode step) over 300 keys, no mask, a scale of its own', async () => {
@@ -59,11 +89,23 @@ describe('2.5 flash attention on the GPU: against float64 attention', () => {
     const perHead = tc.tensor(seeded(2 * 4 * 20 * 70, 10, 3), { shape: [2, 4, 20, 70] });
     await check(q, k, v, { mask: perHead }, 'a mask per head');
     await check(q, k, v, { mask: tc.contiguous(tc.slice(perHead, [0, 0])) }, 'a mask [L, S] for every head');
-    await check(q, k, v, { mask: tc.contiguous(tc.slice(perHead, [null, [1, 2]])) }, 'a mask [B, 1, L, S] (the batch cache of chapter 2.6)');
+    await check(
+      q,
+      k,
+      v,
+      { mask: tc.contiguous(tc.slice(perHead, [null, [1, 2]])) },
+      'a mask [B, 1, L, S] (the batch cache of chapter 2.6)',
+    );
   });
 
   it('a long causal prefill: L = S = 320, 2 heads of 64 (most key tiles of the early rows are skipped)', async () => {
-    await check(random([1, 2, 320, 64], 11), random([1, 2, 320, 64], 12), random([1, 2, 320, 64], 13), { mask: 'causal' }, 'causal, L = S = 320');
+    await check(
+      random([1, 2, 320, 64], 11),
+      random([1, 2, 320, 64], 12),
+      random([1, 2, 320, 64], 13),
+      { mask: 'causal' },
+      'causal, L = S = 320',
+    );
   });
 
   it('a query whose keys are all hidden gets 0, not NaN', async () => {

@@ -28,12 +28,20 @@ describe('2.6 batching: BatchingKvCache', () => {
     const row = (i: number) => tc.slice(step, [[i, i + 1]]);
     const zeros = (n: number) => tc.zeros([1, 2, n, 4]);
     const want = tc.concat([tc.concat([held0, row(0)], 2), tc.concat([zeros(2), held1, row(1)], 2)], 0);
-    expectGolden(tc.slice(keys, [[0, 2]]), { shape: [...want.shape], data: Float64Array.from(want.toArray()) }, { atol: 0, what: 'keys of the two requests', axes: ['b', 'h', 's', 'd'] });
+    expectGolden(
+      tc.slice(keys, [[0, 2]]),
+      { shape: [...want.shape], data: Float64Array.from(want.toArray()) },
+      { atol: 0, what: 'keys of the two requests', axes: ['b', 'h', 's', 'd'] },
+    );
     const wantMask = [
       [0, 0, 0, 0],
       [-Infinity, -Infinity, 0, 0],
     ];
-    expectGolden(tc.slice(mask as Tensor, [[0, 2]]), { shape: [2, 1, 1, 4], data: Float64Array.from(wantMask.flat()) }, { atol: 0, what: 'the mask of the two requests', axes: ['b', 'h', 'l', 's'] });
+    expectGolden(
+      tc.slice(mask as Tensor, [[0, 2]]),
+      { shape: [2, 1, 1, 4], data: Float64Array.from(wantMask.flat()) },
+      { atol: 0, what: 'the mask of the two requests', axes: ['b', 'h', 'l', 's'] },
+    );
   });
 });
 
@@ -71,7 +79,10 @@ describe('2.6 batching: the scheduler', () => {
       const c = golden.cases[i];
       const got = tokens.get(id) ?? [];
       const first = c.greedy.findIndex((t, k) => got[k] !== t);
-      expect(first, `${c.kind} prompt ${i} (${c.ids.length} tokens): the first token that differs from its unbatched golden (got ${got[first]}, expected ${c.greedy[first]})`).toBe(-1);
+      expect(
+        first,
+        `${c.kind} prompt ${i} (${c.ids.length} tokens): the first token that differs from its unbatched golden (got ${got[first]}, expected ${c.greedy[first]})`,
+      ).toBe(-1);
       expect(got.length, `prompt ${i}: ${golden.max_new_tokens} tokens`).toBe(golden.max_new_tokens);
     }
     expect(Math.max(...steps.map((s) => new Set(s.map((o) => o.id)).size)), 'never more than 4 requests in a step').toBeLessThanOrEqual(4);
@@ -87,8 +98,14 @@ describe('2.6 batching: the scheduler', () => {
     const stepOf = (id: number, pick: (outs: number[]) => number) => pick(steps.flatMap((s, i) => (s.some((o) => o.id === id) ? [i] : [])));
     const shortEnds = stepOf(short, (s) => Math.max(...s));
     expect(steps[shortEnds].find((o) => o.id === short)?.finishReason, 'the short request ends with reason "length"').toBe('length');
-    expect(stepOf(waiting, (s) => Math.min(...s)), 'the waiting request gets its first token the step after the short one ends').toBe(shortEnds + 1);
-    expect(stepOf(long, (s) => s.length), 'the long request gets a token at every step from its first to its last').toBe(12);
+    expect(
+      stepOf(waiting, (s) => Math.min(...s)),
+      'the waiting request gets its first token the step after the short one ends',
+    ).toBe(shortEnds + 1);
+    expect(
+      stepOf(long, (s) => s.length),
+      'the long request gets a token at every step from its first to its last',
+    ).toBe(12);
   });
 
   it('cancel ends a request at once and frees its slot', async () => {
@@ -98,7 +115,10 @@ describe('2.6 batching: the scheduler', () => {
     await scheduler.step();
     expect(scheduler.cancel(first), 'cancel finds the running request').toBe(true);
     const next = await scheduler.step();
-    expect(next.map((o) => o.id), 'the next step runs the waiting request').toEqual([second]);
+    expect(
+      next.map((o) => o.id),
+      'the next step runs the waiting request',
+    ).toEqual([second]);
   });
 
   it('stop ids end a request without emitting them', async () => {
@@ -106,7 +126,10 @@ describe('2.6 batching: the scheduler', () => {
     const scheduler = new Scheduler(model(), { maxBatch: 2 });
     const id = scheduler.submit({ promptIds: c.ids, maxTokens: 48, stopIds: [c.greedy[5]] });
     const outs = (await runSchedule(scheduler, [])).flat().filter((o) => o.id === id);
-    expect(outs.map((o) => o.token), 'the tokens before the first stop id, then null').toEqual([...c.greedy.slice(0, c.greedy.indexOf(c.greedy[5])), null]);
+    expect(
+      outs.map((o) => o.token),
+      'the tokens before the first stop id, then null',
+    ).toEqual([...c.greedy.slice(0, c.greedy.indexOf(c.greedy[5])), null]);
     expect(outs.at(-1)?.finishReason).toBe('stop');
   });
 });

@@ -24,7 +24,10 @@ describe('2.7 chunked prefill: chunks give the logits of the whole prompt', () =
       for (const length of lengths) {
         const last = start + length - 1;
         const logits = model.prefill(prompt.ids.slice(start, start + length), start, cache); // [1, V]
-        const mistakes = wrong.map((m) => ({ ...m, values: () => Array.prototype.slice.call(m.values(), last * vocab, (last + 1) * vocab) }));
+        const mistakes = wrong.map((m) => ({
+          ...m,
+          values: () => Array.prototype.slice.call(m.values(), last * vocab, (last + 1) * vocab),
+        }));
         expectGolden(batchOf(logits), batchOf(tc.slice(prompt.logits, [[last, last + 1]])), {
           atol: LOGITS_ATOL,
           what: `the chunk of positions ${start}..${last}: its last position`,
@@ -52,7 +55,9 @@ describe('2.7 chunked prefill: the scheduler', () => {
     for (const [id, c] of cases) {
       const got = tokens.get(id) ?? [];
       const first = c.greedy.slice(0, 24).findIndex((t, k) => got[k] !== t);
-      expect(first, `prompt of ${c.ids.length} tokens: the first token that differs (got ${got[first]}, expected ${c.greedy[first]})`).toBe(-1);
+      expect(first, `prompt of ${c.ids.length} tokens: the first token that differs (got ${got[first]}, expected ${c.greedy[first]})`).toBe(
+        -1,
+      );
     }
   });
 
@@ -68,7 +73,10 @@ describe('2.7 chunked prefill: the scheduler', () => {
     expect(steps.length, 'the long prompt takes ceil(2000 / 256) = 8 steps of prefill').toBe(8);
     for (const [i, outs] of steps.entries()) {
       for (const id of running) {
-        expect(outs.some((o) => o.id === id && o.token !== null), `step ${i} of the long prefill: request ${id} gets its token`).toBe(true);
+        expect(
+          outs.some((o) => o.id === id && o.token !== null),
+          `step ${i} of the long prefill: request ${id} gets its token`,
+        ).toBe(true);
       }
     }
   });

@@ -107,6 +107,11 @@ export interface AgentResult {
  * After maxSteps replies that all called tools: answer null, stopReason 'step limit'. The messages given are
  * not changed: the result's messages are a new list.
  */
-export async function runAgent(model: ChatModel, registry: ToolRegistry, messages: readonly ChatMessage[], options: AgentOptions = {}): Promise<AgentResult> {
+export async function runAgent(
+  model: ChatModel,
+  registry: ToolRegistry,
+  messages: readonly ChatMessage[],
+  options: AgentOptions = {},
+): Promise<AgentResult> {
   throw new NotImplemented('3.7', 'runAgent');
 }

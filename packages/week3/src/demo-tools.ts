@@ -49,7 +49,9 @@ const OFFLINE = 'offline demo data, fixed per city';
  * read in training, which they answer from more reliably than from JSON.stringify's compact one.
  */
 function pythonJson(fields: Record<string, string | number>): string {
-  return `{${Object.entries(fields).map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(', ')}}`;
+  return `{${Object.entries(fields)
+    .map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`)
+    .join(', ')}}`;
 }
 
 /** The demo tools, with the schemas of models/<model>/tools.json. */

@@ -13,11 +13,9 @@
 //   does the rest: the pages of each next token, and preemption (a preempted request is recomputed here, as a
 //   prompt of its prompt and the tokens it generated).
 import type { GenerationRequest, StepOutput } from '@tiny-llm/week2';
-import { Sequence } from '@tiny-llm/week2';
 import { NotImplemented } from '@tiny-llm/week1/not-implemented';
-import { exportPages, importPages, type KvTransfer } from './kv-transfer.ts';
+import type { KvTransfer } from './kv-transfer.ts';
 import { PagedScheduler } from './paged-batch.ts';
-import type { BlockTable } from './paged-kv-cache.ts';
 
 /** A request leaving the prefill worker: what it asked for, the token its prefill produced, and its cache. */
 export interface Handoff {
@@ -57,10 +55,14 @@ export class DecodeScheduler extends PagedScheduler {
     const most = request.promptIds.length + request.maxTokens;
     const pages = Math.ceil(Math.min(most, this.model.maxPositions) / this.model.pool.pageSize);
     if (pages > this.model.pool.numPages) {
-      throw new RangeError(`DecodeScheduler.receive: request ${handoff.id} may reach ${most} tokens, ${pages} pages, but the pool has ${this.model.pool.numPages} pages in all`);
+      throw new RangeError(
+        `DecodeScheduler.receive: request ${handoff.id} may reach ${most} tokens, ${pages} pages, but the pool has ${this.model.pool.numPages} pages in all`,
+      );
     }
     if (transfer.numTokens !== request.promptIds.length) {
-      throw new RangeError(`DecodeScheduler.receive: request ${handoff.id}'s transfer holds ${transfer.numTokens} tokens, its prompt has ${request.promptIds.length}`);
+      throw new RangeError(
+        `DecodeScheduler.receive: request ${handoff.id}'s transfer holds ${transfer.numTokens} tokens, its prompt has ${request.promptIds.length}`,
+      );
     }
     this.arrivals.push(handoff);
   }

@@ -1,12 +1,3 @@
-// Chapter 3.5: moving a request's KV cache from one page pool to another. Read
-// docs/week3/3.5-prefill-decode-separation.md, then replace each `throw` with your code. The types are given.
-//
-// With prefill and decode in separate workers (disaggregated.ts), the keys and values a prefill wrote into its
-// worker's pool must reach the decode worker's pool before the request can decode there. The transfer is a
-// message: a header (the tokens, the page size, the shapes of the model's cache) and the request's pages in
-// block order, each page one Float32Array with every layer's keys and values of that page, and a checksum per
-// layer. A Float32Array's buffer can be handed to another thread without a copy (postMessage's transfer list).
-import * as tc from '@tiny-llm/tensor-core';
 import { NotImplemented } from '@tiny-llm/week1/not-implemented';
 import type { BlockTable, PagePool } from './paged-kv-cache.ts';
 

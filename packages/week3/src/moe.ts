@@ -96,7 +96,8 @@ export class Qwen2MoeBlock implements LayerMlp {
     const e = options.experts.length;
     if (e === 0) throw new RangeError(`${name}: needs at least one expert`);
     const k = options.numExpertsPerTok;
-    if (!Number.isInteger(k) || k < 1 || k > e) throw new RangeError(`${name}: num_experts_per_tok (${k}) must be between 1 and the ${e} experts`);
+    if (!Number.isInteger(k) || k < 1 || k > e)
+      throw new RangeError(`${name}: num_experts_per_tok (${k}) must be between 1 and the ${e} experts`);
     if (!options.sharedExpert !== !options.sharedExpertGate) {
       throw new RangeError(`${name}: the shared expert and its gate (shared_expert_gate) come together or not at all`);
     }

@@ -8,7 +8,6 @@ import { NotImplemented } from '@tiny-llm/week1/not-implemented';
 import {
   Qwen2ModelWeek2,
   Scheduler,
-  Sequence,
   type BatchModel,
   type GenerationRequest,
   type Projection,
@@ -73,7 +72,10 @@ export class PagedBatchModel extends PagedModelBase {
   }
 
   prefill(ids: readonly number[], offset: number, table: BlockTable): Tensor {
-    if (offset !== table.length) throw new RangeError(`PagedBatchModel.prefill: ${ids.length} tokens at position ${offset}, but ${table.owner}'s block table holds ${table.length}`);
+    if (offset !== table.length)
+      throw new RangeError(
+        `PagedBatchModel.prefill: ${ids.length} tokens at position ${offset}, but ${table.owner}'s block table holds ${table.length}`,
+      );
     this.pool.prepare([table], ids.length);
     const layers = this.model.layers.map((_, i) => new PagedLayerCache(table, i));
     const logits = tc.tidy(() => {
@@ -86,14 +88,24 @@ export class PagedBatchModel extends PagedModelBase {
 
   decode(tokens: readonly number[], positions: readonly number[], tables: readonly BlockTable[]): Tensor {
     if (tokens.length === 0 || positions.length !== tokens.length || tables.length !== tokens.length) {
-      throw new RangeError(`PagedBatchModel.decode: expected one position and one block table per token, got ${tokens.length} tokens, ${positions.length} positions, ${tables.length} tables`);
+      throw new RangeError(
+        `PagedBatchModel.decode: expected one position and one block table per token, got ${tokens.length} tokens, ${positions.length} positions, ${tables.length} tables`,
+      );
     }
     tables.forEach((table, b) => {
-      if (positions[b] !== table.length) throw new RangeError(`PagedBatchModel.decode: row ${b} is at position ${positions[b]}, but ${table.owner}'s block table holds ${table.length} tokens`);
+      if (positions[b] !== table.length)
+        throw new RangeError(
+          `PagedBatchModel.decode: row ${b} is at position ${positions[b]}, but ${table.owner}'s block table holds ${table.length} tokens`,
+        );
     });
     this.pool.prepare(tables, 1);
     const logits = tc.tidy(() => {
-      let h = this.model.embedding.forward(tc.tensor(tokens.map((t) => [t]), { dtype: 'int32' })); // [B, 1, E]
+      let h = this.model.embedding.forward(
+        tc.tensor(
+          tokens.map((t) => [t]),
+          { dtype: 'int32' },
+        ),
+      ); // [B, 1, E]
       this.model.layers.forEach((layer, i) => {
         const next = tc.tidy(() => this.decodeLayer(layer, i, h, positions, tables));
         h.dispose();
@@ -111,7 +123,13 @@ export class PagedBatchModel extends PagedModelBase {
    * row's new key and value go to the slot at its position; the kernel then attends over its tokens, that one
    * included, in place.
    */
-  private decodeLayer(layer: Qwen2TransformerBlock, index: number, x: Tensor, positions: readonly number[], tables: readonly BlockTable[]): Tensor {
+  private decodeLayer(
+    layer: Qwen2TransformerBlock,
+    index: number,
+    x: Tensor,
+    positions: readonly number[],
+    tables: readonly BlockTable[],
+  ): Tensor {
     const { shape, weights, rope } = layer.selfAttn;
     const [b, d] = [x.shape[0], shape.headDim];
     const normed = layer.inputLayerNorm.forward(x);

@@ -1,6 +1,3 @@
-// Chapter 3.2: prefix caching. Read docs/week3/3.2-prefix-caching.md, then replace each `throw` with your code.
-// The cache's maps and the helpers add, commonLength and copyTokens are given.
-import { createHash } from 'node:crypto';
 import * as tc from '@tiny-llm/tensor-core';
 import type { BlockTable, PagePool, PagePrefixCache } from './paged-kv-cache.ts';
 import { NotImplemented } from '@tiny-llm/week1/not-implemented';

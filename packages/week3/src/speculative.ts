@@ -77,7 +77,12 @@ export function sampleFrom(probs: ArrayLike<number>, u: number): number {
  * RangeError when the lengths do not fit (k drafted, k q rows, k + 1 p rows), or when a drafted token has
  * probability 0 under q (the draft could not have drawn it).
  */
-export function acceptDrafts(p: readonly ArrayLike<number>[], q: readonly ArrayLike<number>[], drafted: readonly number[], random: () => number): Verdict {
+export function acceptDrafts(
+  p: readonly ArrayLike<number>[],
+  q: readonly ArrayLike<number>[],
+  drafted: readonly number[],
+  random: () => number,
+): Verdict {
   throw new NotImplemented('3.4', 'acceptDrafts');
 }
 

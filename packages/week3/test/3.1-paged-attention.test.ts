@@ -6,19 +6,46 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { demoGolden, MODELS_DIR, seeded } from '@tiny-llm/tensor-core/testing';
-import { batchOf, cacheMistakes, errorOf, expectGolden, rejectionOf, float64 as f64, goldenModel, LOGITS_ATOL, pagedAttentionMistakes } from '@tiny-llm/grading';
+import {
+  batchOf,
+  cacheMistakes,
+  errorOf,
+  expectGolden,
+  rejectionOf,
+  float64 as f64,
+  goldenModel,
+  LOGITS_ATOL,
+  pagedAttentionMistakes,
+} from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { type BlockTable, PagedBatchModel, pagedAttention, PagedScheduler, PagePool, type StepOutput } from '@solution/week3';
 
-const random = (shape: number[], seed: number) => tc.tensor(seeded(shape.reduce((a, b) => a * b), seed), { shape });
+const random = (shape: number[], seed: number) =>
+  tc.tensor(
+    seeded(
+      shape.reduce((a, b) => a * b),
+      seed,
+    ),
+    { shape },
+  );
 
 describe('3.1 paged attention: the kernel against float64 attention over the same pages', () => {
   /** Rows of the given lengths in a pool of random pages, each row's pages drawn in a shuffled order. */
-  function check(options: { lengths: number[]; pageSize: number; heads: number; kvHeads: number; dim: number; scale?: number; seed: number }) {
+  function check(options: {
+    lengths: number[];
+    pageSize: number;
+    heads: number;
+    kvHeads: number;
+    dim: number;
+    scale?: number;
+    seed: number;
+  }) {
     const { lengths, pageSize: p, heads, kvHeads, dim, scale, seed } = options;
     const needed = lengths.map((n) => Math.ceil(n / p));
     const numPages = needed.reduce((a, b) => a + b, 0) + 3; // a few pages no row reads
-    const order = Array.from({ length: numPages }, (_, i) => i).sort((a, b) => ((a * 7919 + seed) % numPages) - ((b * 7919 + seed) % numPages));
+    const order = Array.from({ length: numPages }, (_, i) => i).sort(
+      (a, b) => ((a * 7919 + seed) % numPages) - ((b * 7919 + seed) % numPages),
+    );
     let next = 0;
     const tables = needed.map((n) => order.slice(next, (next += n)));
     // Every slot holds a value, read or not: a kernel that reads past a row's length gets these, not zeros.
@@ -100,7 +127,9 @@ describe('3.1 paged attention: the page pool and the block tables', () => {
       for (let h = 0; h < 2; h++) {
         const at = ((b.pages[Math.floor(t / 4)] * 2 + h) * 4 + (t % 4)) * 3;
         const row = Array.from(stored.slice(at, at + 3));
-        expect(row, `token ${t}, head ${h}: page ${b.pages[Math.floor(t / 4)]} slot ${t % 4}`).toEqual(Array.from(want.slice((h * 10 + t) * 3, (h * 10 + t + 1) * 3)));
+        expect(row, `token ${t}, head ${h}: page ${b.pages[Math.floor(t / 4)]} slot ${t % 4}`).toEqual(
+          Array.from(want.slice((h * 10 + t) * 3, (h * 10 + t + 1) * 3)),
+        );
       }
     }
     const gathered = pool.gather(1, b, 10);
@@ -122,10 +151,12 @@ describe('3.1 paged attention: the fixture models through paged prefill and deco
       const expectPosition = (logits: Tensor, prompt: (typeof prompts)[number], position: number, what: string) => {
         // The known mistakes, as this prompt run in a prefill and steps of 1, at this position.
         const n = prompt.ids.length;
-        const mistakes = cacheMistakes(golden.float64(), prompt.ids, [prefill(n), ...new Array<number>(n - prefill(n)).fill(1)]).map((m) => ({
-          ...m,
-          values: () => Array.prototype.slice.call(m.values(), position * vocab, (position + 1) * vocab),
-        }));
+        const mistakes = cacheMistakes(golden.float64(), prompt.ids, [prefill(n), ...new Array<number>(n - prefill(n)).fill(1)]).map(
+          (m) => ({
+            ...m,
+            values: () => Array.prototype.slice.call(m.values(), position * vocab, (position + 1) * vocab),
+          }),
+        );
         expectGolden(batchOf(logits), rowOf(prompt.logits, position), { atol: LOGITS_ATOL, what, axes: ['b', 'l', 'v'], mistakes });
       };
       prompts.forEach((prompt, i) => {
@@ -140,7 +171,14 @@ describe('3.1 paged attention: the fixture models through paged prefill and deco
           rows.map(() => position),
           rows.map((i) => tables[i]),
         );
-        rows.forEach((i, r) => expectPosition(tc.slice(logits, [[r, r + 1]]), prompts[i], position, `prompt ${i}: the decode step at position ${position} (row ${r} of ${rows.length})`));
+        rows.forEach((i, r) =>
+          expectPosition(
+            tc.slice(logits, [[r, r + 1]]),
+            prompts[i],
+            position,
+            `prompt ${i}: the decode step at position ${position} (row ${r} of ${rows.length})`,
+          ),
+        );
       }
       for (const t of tables) model.release(t);
       expect(model.pool.usedPages, 'every page back in the pool').toBe(0);
@@ -149,7 +187,11 @@ describe('3.1 paged attention: the fixture models through paged prefill and deco
 });
 
 /** Each request's tokens, from a scheduler run to the end; `arrivals` submit at their step, `each` runs after every step. */
-async function runToEnd(scheduler: PagedScheduler, arrivals: { step: number; submit: () => void }[] = [], each?: (outputs: StepOutput[]) => void): Promise<Map<number, number[]>> {
+async function runToEnd(
+  scheduler: PagedScheduler,
+  arrivals: { step: number; submit: () => void }[] = [],
+  each?: (outputs: StepOutput[]) => void,
+): Promise<Map<number, number[]>> {
   const tokens = new Map<number, number[]>();
   for (let step = 0; arrivals.some((a) => a.step >= step) || !scheduler.idle; step++) {
     for (const a of arrivals) if (a.step === step) a.submit();
@@ -173,7 +215,10 @@ describe('3.1 paged attention: the scheduler on the page pool', () => {
     for (const [id, c] of cases) {
       const got = tokens.get(id) ?? [];
       const first = c.greedy.findIndex((t, k) => got[k] !== t);
-      expect(first, `request ${id}, a ${c.kind} prompt of ${c.ids.length} tokens: the first token that differs from its golden (got ${got[first]}, expected ${c.greedy[first]})`).toBe(-1);
+      expect(
+        first,
+        `request ${id}, a ${c.kind} prompt of ${c.ids.length} tokens: the first token that differs from its golden (got ${got[first]}, expected ${c.greedy[first]})`,
+      ).toBe(-1);
     }
     expect(scheduler.model.pool.usedPages, 'every page back in the pool at the end').toBe(0);
   }
@@ -193,7 +238,12 @@ describe('3.1 paged attention: the scheduler on the page pool', () => {
   it('pages in use follow the tokens held (a page per 16 started), not max length x batch', async () => {
     const model = load(512);
     const scheduler = new PagedScheduler(model, { maxBatch: 8 });
-    const requests = golden.cases.map((c, i) => ({ id: scheduler.submit({ promptIds: c.ids, maxTokens: 8 + 4 * i }), prompt: c.ids.length, generated: 0, done: false }));
+    const requests = golden.cases.map((c, i) => ({
+      id: scheduler.submit({ promptIds: c.ids, maxTokens: 8 + 4 * i }),
+      prompt: c.ids.length,
+      generated: 0,
+      done: false,
+    }));
     const dense = 8 * Math.ceil(model.maxPositions / 16);
     let peak = 0;
     await runToEnd(scheduler, [], (outputs) => {
@@ -208,7 +258,10 @@ describe('3.1 paged attention: the scheduler on the page pool', () => {
       expect(model.pool.usedPages, `pages in use after a step, for ${requests.filter((r) => !r.done).length} running requests`).toBe(held);
       peak = Math.max(peak, model.pool.usedPages);
     });
-    expect(peak, `the peak is a fraction of the ${dense} pages that 8 requests of ${model.maxPositions} positions would reserve`).toBeLessThan(dense / 10);
+    expect(
+      peak,
+      `the peak is a fraction of the ${dense} pages that 8 requests of ${model.maxPositions} positions would reserve`,
+    ).toBeLessThan(dense / 10);
   });
 
   it('after a mix of finished, cancelled (waiting and running) and preempted requests, every page is back in the pool', async () => {
@@ -227,7 +280,10 @@ describe('3.1 paged attention: the scheduler on the page pool', () => {
     expect(scheduler.preemptions, 'requests were preempted on the way').toBeGreaterThan(0);
     expect(finished.sort(), 'the requests not cancelled finished').toEqual(ids.slice(1, 6).sort());
     expect([model.pool.usedPages, model.pool.freePages], 'pages in use and free at the end').toEqual([0, 38]);
-    expect(model.pool.refCounts.every((n) => n === 0), 'every reference count back to 0').toBe(true);
+    expect(
+      model.pool.refCounts.every((n) => n === 0),
+      'every reference count back to 0',
+    ).toBe(true);
   });
 });
 
@@ -242,7 +298,9 @@ describe('3.1 paged attention: bad input', () => {
     const steps: StepOutput[][] = [];
     while (!scheduler.idle) steps.push(await scheduler.step());
     expect(steps.flat().filter((o) => o.token !== null).length, 'the request that fits gets its 14 tokens').toBe(14);
-    expect(errorOf(() => new PagePool({ numLayers: 2, numKvHeads: 2, headDim: 8, numPages: 0 })).message).toMatch(/numPages must be an integer >= 1, got 0/);
+    expect(errorOf(() => new PagePool({ numLayers: 2, numKvHeads: 2, headDim: 8, numPages: 0 })).message).toMatch(
+      /numPages must be an integer >= 1, got 0/,
+    );
   });
 
   /** A scheduler whose model hands the test every block table it makes, with two requests running. */
@@ -265,19 +323,25 @@ describe('3.1 paged attention: bad input', () => {
     const { scheduler, pool, tables } = await twoRunning();
     const page = tables[1].pages[0];
     pool.release(page); // a release too many, as a bookkeeping bug would do
-    expect((await rejectionOf(() => scheduler.step())).message).toMatch(new RegExp(`request 1's block table: block 0 holds page ${page}, which the pool counts as free`));
+    expect((await rejectionOf(() => scheduler.step())).message).toMatch(
+      new RegExp(`request 1's block table: block 0 holds page ${page}, which the pool counts as free`),
+    );
   });
 
   it('one page in two block tables (allocated twice): the next step names both requests and the page', async () => {
     const { scheduler, tables } = await twoRunning();
     const page = tables[0].pages[0];
     tables[1].pages[0] = page;
-    expect((await rejectionOf(() => scheduler.step())).message).toMatch(new RegExp(`page ${page} is held by request 0 \\(block 0\\) and request 1 \\(block 0\\), but its reference count is 1`));
+    expect((await rejectionOf(() => scheduler.step())).message).toMatch(
+      new RegExp(`page ${page} is held by request 0 \\(block 0\\) and request 1 \\(block 0\\), but its reference count is 1`),
+    );
   });
 
   it('a block table entry outside the pool: the next step names the request, the block and the page', async () => {
     const { scheduler, tables } = await twoRunning();
     tables[0].pages[1] = 99;
-    expect((await rejectionOf(() => scheduler.step())).message).toMatch(/request 0's block table: block 1 holds page 99, outside the pool's 32 pages/);
+    expect((await rejectionOf(() => scheduler.step())).message).toMatch(
+      /request 0's block table: block 1 holds page 99, outside the pool's 32 pages/,
+    );
   });
 });

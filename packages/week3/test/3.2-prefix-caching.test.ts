@@ -14,7 +14,8 @@ import { type BlockTable, PagedBatchModel, PagedScheduler, PrefixCache } from '@
 function recorded(model: PagedBatchModel) {
   const log = { prefilled: 0, tables: [] as BlockTable[], logits: new Map<BlockTable, Tensor[]>() };
   // A copy: the scheduler disposes the logits once it has picked a token.
-  const keep = (table: BlockTable, logits: Tensor) => log.logits.set(table, [...(log.logits.get(table) ?? []), tc.tensor(Float32Array.from(logits.toArray()), { shape: [...logits.shape] })]);
+  const keep = (table: BlockTable, logits: Tensor) =>
+    log.logits.set(table, [...(log.logits.get(table) ?? []), tc.tensor(Float32Array.from(logits.toArray()), { shape: [...logits.shape] })]);
   const [make, prefill, decode] = [model.newRequestCache.bind(model), model.prefill.bind(model), model.decode.bind(model)];
   model.newRequestCache = () => {
     const table = make();
@@ -36,7 +37,11 @@ function recorded(model: PagedBatchModel) {
 }
 
 /** Runs the scheduler to the end, submitting each request at its step; returns each request's tokens. */
-async function runToEnd(scheduler: PagedScheduler, arrivals: { step: number; submit: () => number }[], each?: (step: number) => void): Promise<Map<number, number[]>> {
+async function runToEnd(
+  scheduler: PagedScheduler,
+  arrivals: { step: number; submit: () => number }[],
+  each?: (step: number) => void,
+): Promise<Map<number, number[]>> {
   const tokens = new Map<number, number[]>();
   for (let step = 0; arrivals.some((a) => a.step >= step) || !scheduler.idle; step++) {
     for (const a of arrivals) if (a.step === step) a.submit();
@@ -51,7 +56,13 @@ async function runToEnd(scheduler: PagedScheduler, arrivals: { step: number; sub
  * A request's logits (its prefill's last position, then each decode step) against float64 Qwen2 run over its
  * whole sequence, nothing cached.
  */
-function expectFloat64Logits(golden: GoldenModel, prompt: readonly number[], tokens: readonly number[], logits: readonly Tensor[], who: string): void {
+function expectFloat64Logits(
+  golden: GoldenModel,
+  prompt: readonly number[],
+  tokens: readonly number[],
+  logits: readonly Tensor[],
+  who: string,
+): void {
   const float64 = golden.float64().logits([...prompt, ...tokens.slice(0, -1)]); // [L, V]
   const vocab = float64.shape[1];
   logits.forEach((row, step) => {
@@ -82,7 +93,10 @@ describe('3.2 prefix caching: two requests sharing a 300-token prefix', () => {
       if (step !== 1) return;
       const [a, b] = log.tables;
       expect(b.pages.slice(0, 18), "the second request's first 18 pages are the first's").toEqual(a.pages.slice(0, 18));
-      expect(b.pages.slice(0, 18).map((p) => model.pool.refCounts[p]), 'each shared page held by both').toEqual(new Array<number>(18).fill(2));
+      expect(
+        b.pages.slice(0, 18).map((p) => model.pool.refCounts[p]),
+        'each shared page held by both',
+      ).toEqual(new Array<number>(18).fill(2));
       expect(b.pages[18], 'page 18 (tokens 288..303), where they part at token 300, is a copy of its own').not.toBe(a.pages[18]);
       expect(model.pool.refCounts[b.pages[18]], 'the copy is held by the second request alone').toBe(1);
     });
@@ -124,19 +138,30 @@ describe('3.2 prefix caching: the demo model', () => {
     const log = recorded(model);
     const scheduler = new PagedScheduler(model, { maxBatch: 8 });
     const ids: number[] = [];
-    const arrivals = golden.cases.map((c, i) => ({ step: 2 * i, submit: () => ids[i] = scheduler.submit({ promptIds: c.ids, maxTokens: golden.max_new_tokens }) }));
+    const arrivals = golden.cases.map((c, i) => ({
+      step: 2 * i,
+      submit: () => (ids[i] = scheduler.submit({ promptIds: c.ids, maxTokens: golden.max_new_tokens })),
+    }));
     const tokens = await runToEnd(scheduler, arrivals);
     golden.cases.forEach((c, i) => {
       const got = tokens.get(ids[i]) ?? [];
       const first = c.greedy.findIndex((t, k) => got[k] !== t);
-      expect(first, `${c.kind} prompt ${i} (${c.ids.length} tokens): the first token that differs from its golden (got ${got[first]}, expected ${c.greedy[first]})`).toBe(-1);
+      expect(
+        first,
+        `${c.kind} prompt ${i} (${c.ids.length} tokens): the first token that differs from its golden (got ${got[first]}, expected ${c.greedy[first]})`,
+      ).toBe(-1);
     });
     // What each prompt shares with the ones before it (the chat prompts: their system prompt and tools), up to
     // its last token, which is always computed.
-    const shared = golden.cases.map((c, i) => Math.min(c.ids.length - 1, Math.max(0, ...golden.cases.slice(0, i).map((d) => lcp(c.ids, d.ids)))));
+    const shared = golden.cases.map((c, i) =>
+      Math.min(c.ids.length - 1, Math.max(0, ...golden.cases.slice(0, i).map((d) => lcp(c.ids, d.ids)))),
+    );
     const total = golden.cases.reduce((n, c) => n + c.ids.length, 0);
     expect(shared.filter((n) => n > 200).length, 'two chat prompts share a long prefix with an earlier one').toBe(2);
-    expect(log.prefilled, `prompt tokens prefilled: ${total} in all, less the ${shared.reduce((a, b) => a + b, 0)} shared with earlier prompts`).toBe(total - shared.reduce((a, b) => a + b, 0));
+    expect(
+      log.prefilled,
+      `prompt tokens prefilled: ${total} in all, less the ${shared.reduce((a, b) => a + b, 0)} shared with earlier prompts`,
+    ).toBe(total - shared.reduce((a, b) => a + b, 0));
     expect(model.pool.usedPages, 'every page back in the pool').toBe(0);
   });
 });
@@ -157,7 +182,7 @@ describe('3.2 prefix caching: eviction', () => {
     expect([await prefilled(x), await prefilled(y)], 'x and y, new: every token').toEqual([64, 64]);
     expect(await prefilled(z), 'z takes the 2 pages never used and 2 of x, the least recently freed').toBe(64);
     expect(await prefilled(y), 'y again: still cached but for its last token').toBe(1);
-    expect(await prefilled(x), "x again: its first pages were reused by z, so it is computed whole").toBe(64);
+    expect(await prefilled(x), 'x again: its first pages were reused by z, so it is computed whole').toBe(64);
   });
 });
 
@@ -178,7 +203,9 @@ describe('3.2 prefix caching: bad input', () => {
     b.tokens.push(...ids.slice(0, 16));
     model.prefill(idsOf(4, 512, 6), 16, b).dispose();
     const error = errorOf(() => model.decode([1, 2], [a.length, b.length], [a, b]));
-    expect(error.message).toMatch(new RegExp(`page ${a.pages[0]} is held by request A \\(block 0\\) and request B \\(block 0\\), but its reference count is 1`));
+    expect(error.message).toMatch(
+      new RegExp(`page ${a.pages[0]} is held by request A \\(block 0\\) and request B \\(block 0\\), but its reference count is 1`),
+    );
   });
 
   it('writing into a page another request holds (no copy-on-write): an error naming the request, the token and the page', () => {
@@ -187,7 +214,11 @@ describe('3.2 prefix caching: bad input', () => {
     b.pages.push(...a.pages);
     b.tokens.push(...ids);
     const error = errorOf(() => model.prefill([7], 40, b));
-    expect(error.message).toMatch(new RegExp(`request B writes its token 40 into page ${a.pages[2]} \\(block 2\\), which 2 block tables share: give it a copy of its own first \\(copy-on-write\\)`));
+    expect(error.message).toMatch(
+      new RegExp(
+        `request B writes its token 40 into page ${a.pages[2]} \\(block 2\\), which 2 block tables share: give it a copy of its own first \\(copy-on-write\\)`,
+      ),
+    );
   });
 
   it('attaching a cached prefix to a table that already holds tokens is refused', () => {

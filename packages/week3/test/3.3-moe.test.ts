@@ -8,7 +8,17 @@ import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { demoGolden, MODELS_DIR, seeded } from '@tiny-llm/tensor-core/testing';
 import {
-  batchOf, errorOf, expectGolden, expectGreedyTokens, expectLayerOutput, expectPromptLogits, float64 as f64, goldenModel, LOGITS_ATOL, modelMistakes, moeMistakes,
+  batchOf,
+  errorOf,
+  expectGolden,
+  expectGreedyTokens,
+  expectLayerOutput,
+  expectPromptLogits,
+  float64 as f64,
+  goldenModel,
+  LOGITS_ATOL,
+  modelMistakes,
+  moeMistakes,
   type GoldenPrompt,
 } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
@@ -22,8 +32,12 @@ describe('3.3 routeTopK', () => {
 
   it('the k largest probabilities of each token, in descending order, the lower expert first on a tie', () => {
     const r = routeTopK(probs, 2, 4, 2, false);
-    expect(Array.from(r.indices), 'token 0 picks experts 1 (0.5) and 2 (0.3); token 1 experts 2 (0.4) and 0 (0.25, tied with 1)').toEqual([1, 2, 2, 0]);
-    expect(Array.from(r.weights), 'without norm_topk_prob the weights are the probabilities themselves').toEqual(Array.from(Float32Array.from([0.5, 0.3, 0.4, 0.25])));
+    expect(Array.from(r.indices), 'token 0 picks experts 1 (0.5) and 2 (0.3); token 1 experts 2 (0.4) and 0 (0.25, tied with 1)').toEqual([
+      1, 2, 2, 0,
+    ]);
+    expect(Array.from(r.weights), 'without norm_topk_prob the weights are the probabilities themselves').toEqual(
+      Array.from(Float32Array.from([0.5, 0.3, 0.4, 0.25])),
+    );
     expect([r.numTokens, r.k], 'numTokens and k').toEqual([2, 2]);
   });
 
@@ -36,7 +50,9 @@ describe('3.3 routeTopK', () => {
 
   it('top-1 and top-E', () => {
     expect(Array.from(routeTopK(probs, 2, 4, 1, false).indices), 'k = 1').toEqual([1, 2]);
-    expect(Array.from(routeTopK(probs, 2, 4, 4, false).indices), 'k = E: every expert, most likely first').toEqual([1, 2, 0, 3, 2, 0, 1, 3]);
+    expect(Array.from(routeTopK(probs, 2, 4, 4, false).indices), 'k = E: every expert, most likely first').toEqual([
+      1, 2, 0, 3, 2, 0, 1, 3,
+    ]);
   });
 
   it('rejects a k outside [1, E] and probabilities of the wrong size', () => {
@@ -48,14 +64,21 @@ describe('3.3 routeTopK', () => {
 
 describe('3.3 groupByExpert', () => {
   // Three tokens, two choices each, three experts: expert 0 gets token 1, expert 1 tokens 0 and 2, expert 2 all.
-  const routing = { numTokens: 3, k: 2, indices: Int32Array.from([1, 2, 2, 0, 1, 2]), weights: Float32Array.from([0.5, 0.3, 0.4, 0.25, 0.6, 0.2]) };
+  const routing = {
+    numTokens: 3,
+    k: 2,
+    indices: Int32Array.from([1, 2, 2, 0, 1, 2]),
+    weights: Float32Array.from([0.5, 0.3, 0.4, 0.25, 0.6, 0.2]),
+  };
 
   it("sorts the slots by expert, each expert's tokens in order, and says where each slot went", () => {
     const g = groupByExpert(routing, 3);
     expect(Array.from(g.counts), 'counts: slots per expert').toEqual([1, 2, 3]);
     expect(Array.from(g.starts), "starts: each expert's first row").toEqual([0, 1, 3]);
     expect(Array.from(g.tokens), 'tokens: expert 0 [1], expert 1 [0, 2], expert 2 [0, 1, 2]').toEqual([1, 0, 2, 0, 1, 2]);
-    expect(Array.from(g.weights), 'weights: each row keeps its routing weight').toEqual(Array.from(Float32Array.from([0.25, 0.5, 0.6, 0.3, 0.4, 0.2])));
+    expect(Array.from(g.weights), 'weights: each row keeps its routing weight').toEqual(
+      Array.from(Float32Array.from([0.25, 0.5, 0.6, 0.3, 0.4, 0.2])),
+    );
     expect(Array.from(g.rowOf), 'rowOf[t * k + j]: the row of token t, choice j').toEqual([1, 3, 4, 0, 2, 5]);
   });
 
@@ -175,7 +198,11 @@ describe('3.3 Qwen2MoeBlock: the tokens grouped by expert', () => {
     const want = new Array<number>(c.experts).fill(0);
     for (let t = 0; t < 24; t++) {
       const row = Array.from(probs.subarray(t * c.experts, (t + 1) * c.experts));
-      row.map((p, e) => [p, e]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, c.k).forEach(([, e]) => want[e]++);
+      row
+        .map((p, e) => [p, e])
+        .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+        .slice(0, c.k)
+        .forEach(([, e]) => want[e]++);
     }
     experts.forEach((expert, e) => {
       const calls = expert.calls;
@@ -225,9 +252,17 @@ describe('3.3 the week 3 model: qwen2-moe-tiny (fixtures/models/qwen2-moe-tiny)'
     for (const length of lengths) {
       const logits = m.forward(ids2d(prompt.ids.slice(start, start + length)), start, cache);
       const rows = (all: ArrayLike<number>) => Array.prototype.slice.call(all, start * vocab, (start + length) * vocab) as number[];
-      const mistakes = modelMistakes(float64, (variant) => float64.logitsInCalls(prompt.ids, lengths, variant)).map((m) => ({ ...m, values: () => rows(m.values()) }));
+      const mistakes = modelMistakes(float64, (variant) => float64.logitsInCalls(prompt.ids, lengths, variant)).map((m) => ({
+        ...m,
+        values: () => rows(m.values()),
+      }));
       const what = length > 1 ? `the prefill of positions 0..${length - 1}` : `the decode step at position ${start}`;
-      expectGolden(logits, batchOf(tc.slice(prompt.logits, [[start, start + length]])), { atol: LOGITS_ATOL, what, axes: ['b', 'l', 'v'], mistakes });
+      expectGolden(logits, batchOf(tc.slice(prompt.logits, [[start, start + length]])), {
+        atol: LOGITS_ATOL,
+        what,
+        axes: ['b', 'l', 'v'],
+        mistakes,
+      });
       start += length;
     }
   };

@@ -53,7 +53,9 @@ function madeTransfer(numTokens: number, seed: number): KvTransfer {
   const perLayer = 2 * SHAPE.numKvHeads * SHAPE.pageSize * SHAPE.headDim;
   const pages = Array.from({ length: Math.ceil(numTokens / SHAPE.pageSize) }, (_, index) => {
     const data = Float32Array.from(seeded(SHAPE.numLayers * perLayer, seed + index));
-    const checksums = Array.from({ length: SHAPE.numLayers }, (_, layer) => pageChecksum(data.subarray(layer * perLayer, (layer + 1) * perLayer)));
+    const checksums = Array.from({ length: SHAPE.numLayers }, (_, layer) =>
+      pageChecksum(data.subarray(layer * perLayer, (layer + 1) * perLayer)),
+    );
     return { index, data, checksums };
   });
   return { tokens: Array.from({ length: numTokens }, (_, t) => 100 + t), numTokens, ...SHAPE, pages };
@@ -67,7 +69,9 @@ function expectRefused(pool: PagePool, transfer: KvTransfer, message: RegExp, wh
     error = errorOf(() => importPages(pool, transfer, 'request 9'));
   } catch (err) {
     if ((err as Error).name === 'NotImplemented') throw err;
-    assert.fail(`importPages accepted ${what}: a request would decode on the wrong keys and values without a word. Check the transfer whole before taking a page.`);
+    assert.fail(
+      `importPages accepted ${what}: a request would decode on the wrong keys and values without a word. Check the transfer whole before taking a page.`,
+    );
   }
   expect(error.message, `the error for ${what}`).toMatch(message);
   expect(pool.usedPages, `pages in use after refusing ${what}: none taken`).toBe(used);
@@ -86,7 +90,7 @@ describe('3.5 prefill-decode separation: the page checksum', () => {
   });
 });
 
-describe('3.5 prefill-decode separation: exporting a request\'s pages', () => {
+describe("3.5 prefill-decode separation: exporting a request's pages", () => {
   /** A table holding `held` tokens in pages 7, 2, 9, 4 of a random pool (not in the pool's order). */
   function heldIn(held: number) {
     const { pool, arrays } = randomPool(12, 1);
@@ -158,9 +162,24 @@ describe('3.5 prefill-decode separation: importing a transfer', () => {
 
   it('another page size, another model, tokens the header does not count, a pool too full: refused', () => {
     const { pool } = randomPool(4, 5);
-    expectRefused(pool, { ...madeTransfer(10, 60), pageSize: 16 }, /pageSize is 16, this pool's is 4/, 'pages of 16 tokens into a pool of pages of 4');
-    expectRefused(pool, { ...madeTransfer(10, 60), numLayers: 2 }, /numLayers is 2, this pool's is 3/, 'a transfer of a model with 2 layers');
-    expectRefused(pool, { ...madeTransfer(10, 60), numTokens: 11 }, /counts 11 tokens, the transfer lists 10/, 'a header that counts 11 tokens for 10');
+    expectRefused(
+      pool,
+      { ...madeTransfer(10, 60), pageSize: 16 },
+      /pageSize is 16, this pool's is 4/,
+      'pages of 16 tokens into a pool of pages of 4',
+    );
+    expectRefused(
+      pool,
+      { ...madeTransfer(10, 60), numLayers: 2 },
+      /numLayers is 2, this pool's is 3/,
+      'a transfer of a model with 2 layers',
+    );
+    expectRefused(
+      pool,
+      { ...madeTransfer(10, 60), numTokens: 11 },
+      /counts 11 tokens, the transfer lists 10/,
+      'a header that counts 11 tokens for 10',
+    );
     expectRefused(pool, madeTransfer(20, 60), /needs 5 pages, the pool has 4 free/, 'a transfer larger than the pool has free');
   });
 });
@@ -171,7 +190,11 @@ describe('3.5 prefill-decode separation: a prefill scheduler and a decode schedu
   const load = (numPages: number) => PagedBatchModel.load(`${MODELS_DIR}${DEMO}`, { numPages });
 
   /** Runs requests through both schedulers, handoffs passed on after every prefill step; each request's tokens. */
-  async function runSeparated(prefill: PrefillScheduler, decode: DecodeScheduler, each?: (outputs: StepOutput[], handoffs: Handoff[]) => void): Promise<Map<number, number[]>> {
+  async function runSeparated(
+    prefill: PrefillScheduler,
+    decode: DecodeScheduler,
+    each?: (outputs: StepOutput[], handoffs: Handoff[]) => void,
+  ): Promise<Map<number, number[]>> {
     const tokens = new Map<number, number[]>();
     const record = (outputs: StepOutput[]) => {
       for (const o of outputs) if (o.token !== null) tokens.set(o.id, [...(tokens.get(o.id) ?? []), o.token]);
@@ -195,10 +218,21 @@ describe('3.5 prefill-decode separation: a prefill scheduler and a decode schedu
     for (const [id, c] of ids) {
       const got = tokens.get(id) ?? [];
       const want = c.greedy.slice(0, golden.max_new_tokens);
-      const lines = [`request ${id}, a ${c.kind} prompt of ${c.ids.length} tokens: got ${got.length} tokens, the first that differs at ${got.findIndex((t, k) => t !== want[k])}`];
-      if (got.length === want.length + 1 && got[1] === want[0]) lines.push('It matches a known mistake: the first token emitted twice (by the prefill and again by the decode side): the decode side feeds it, it does not sample it again.');
-      else if (got.length === want.length + 1) lines.push('It matches a known mistake: one token too many: the first token counts toward maxTokens (the arriving sequence has generated it).');
-      else if (got[0] === want[0] && got[1] !== want[1]) lines.push('The first token is right and the second is not: the decode side starts from the wrong cache or position (the imported table must hold the prompt, the sequence be at position = prompt length, feeding the first token).');
+      const lines = [
+        `request ${id}, a ${c.kind} prompt of ${c.ids.length} tokens: got ${got.length} tokens, the first that differs at ${got.findIndex((t, k) => t !== want[k])}`,
+      ];
+      if (got.length === want.length + 1 && got[1] === want[0])
+        lines.push(
+          'It matches a known mistake: the first token emitted twice (by the prefill and again by the decode side): the decode side feeds it, it does not sample it again.',
+        );
+      else if (got.length === want.length + 1)
+        lines.push(
+          'It matches a known mistake: one token too many: the first token counts toward maxTokens (the arriving sequence has generated it).',
+        );
+      else if (got[0] === want[0] && got[1] !== want[1])
+        lines.push(
+          'The first token is right and the second is not: the decode side starts from the wrong cache or position (the imported table must hold the prompt, the sequence be at position = prompt length, feeding the first token).',
+        );
       expect(got, lines.join('\n')).toEqual(want);
     }
   }
@@ -220,8 +254,13 @@ describe('3.5 prefill-decode separation: a prefill scheduler and a decode schedu
     });
     expectGoldenTokens(ids, tokens);
     expect(moved.sort(), 'every request moved once').toEqual([...ids.keys()].sort());
-    expect(fromPrefill.sort(), 'the prefill side gave each request one token, its first: none decoded there').toEqual([...ids.keys()].sort());
-    expect([prefill.model.pool.usedPages, decode.model.pool.usedPages], 'pages in use in the prefill and the decode pool at the end').toEqual([0, 0]);
+    expect(fromPrefill.sort(), 'the prefill side gave each request one token, its first: none decoded there').toEqual(
+      [...ids.keys()].sort(),
+    );
+    expect(
+      [prefill.model.pool.usedPages, decode.model.pool.usedPages],
+      'pages in use in the prefill and the decode pool at the end',
+    ).toEqual([0, 0]);
   });
 
   it('a decode pool of 40 pages and 2 slots: arrivals wait for a slot and for pages, and still get their golden tokens', async () => {
@@ -256,7 +295,9 @@ describe('3.5 prefill-decode separation: a prefill scheduler and a decode schedu
     }
     expect(prefill.model.pool.usedPages, 'the moved request gave its pages back').toBe(0);
     const shortId = prefill.submit({ promptIds: short.ids, maxTokens: 1 });
-    expect(await prefill.step(), 'a request of one token ends at its prefill').toEqual([{ id: shortId, token: short.greedy[0], finishReason: 'length' }]);
+    expect(await prefill.step(), 'a request of one token ends at its prefill').toEqual([
+      { id: shortId, token: short.greedy[0], finishReason: 'length' },
+    ]);
     expect(prefill.handOff(), 'a finished request does not move').toEqual([]);
     expect(prefill.model.pool.usedPages).toBe(0);
   });
@@ -270,12 +311,18 @@ describe('3.5 prefill-decode separation: a prefill scheduler and a decode schedu
       await prefill.step();
       handoffs.push(...prefill.handOff());
     }
-    expect(handoffs.map((h) => h.id), 'handed off in the order they were prefilled').toEqual(submitted);
+    expect(
+      handoffs.map((h) => h.id),
+      'handed off in the order they were prefilled',
+    ).toEqual(submitted);
     for (const h of handoffs) decode.receive(h);
     expect(decode.counts, 'three arrivals, none imported yet').toEqual({ running: 0, waiting: 3 });
     const outputs = await decode.step();
     expect(decode.counts, 'two slots: the two oldest imported, the third waits').toEqual({ running: 2, waiting: 1 });
-    expect(outputs.map((o) => o.id), 'the two imported ones decode at once').toEqual(submitted.slice(0, 2));
+    expect(
+      outputs.map((o) => o.id),
+      'the two imported ones decode at once',
+    ).toEqual(submitted.slice(0, 2));
     expect(decode.cancel(submitted[2]), 'cancel the arrival that waits').toBe(true);
     while (!decode.idle) for (const o of await decode.step()) expect(o.id, 'no token for the cancelled arrival').not.toBe(submitted[2]);
     expect(decode.model.pool.usedPages).toBe(0);

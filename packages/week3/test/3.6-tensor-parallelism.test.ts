@@ -38,7 +38,11 @@ function shardWeight(shard: LinearWeights, shape: number[], what: string, wrongA
 }
 
 /** Columns [start, end) of a float64 [rows, cols] array, flat. */
-const columnsOf = (a: f64.NDArray, start: number, end: number) => Float64Array.from({ length: a.shape[0] * (end - start) }, (_, i) => a.data[Math.floor(i / (end - start)) * a.shape[1] + start + (i % (end - start))]);
+const columnsOf = (a: f64.NDArray, start: number, end: number) =>
+  Float64Array.from(
+    { length: a.shape[0] * (end - start) },
+    (_, i) => a.data[Math.floor(i / (end - start)) * a.shape[1] + start + (i % (end - start))],
+  );
 
 describe('3.6 tensor parallelism: column- and row-parallel layers', () => {
   // W [out, in] = [8, 12]; y = x @ W.T + b.
@@ -54,13 +58,20 @@ describe('3.6 tensor parallelism: column- and row-parallel layers', () => {
       for (const at of ranksOf(n)) {
         const shard = columnParallel({ weight: w, bias: b }, at);
         const what = `rank ${at.rank}'s shard`;
-        const wrongAxis = { shape: [out, inF / n], why: 'those are columns; a column-parallel layer splits the rows of W [out, in] (its output features)' };
+        const wrongAxis = {
+          shape: [out, inF / n],
+          why: 'those are columns; a column-parallel layer splits the rows of W [out, in] (its output features)',
+        };
         const weight = shardWeight(shard, [rows, inF], what, wrongAxis);
         const want = range(at.rank * rows, (at.rank + 1) * rows);
         expect(matchRows(weight, w), `${what} holds these rows of W; expected rows ${want[0]}..${want.at(-1)}`).toEqual(want);
         expect(shard.bias, `${what}: a column-parallel layer keeps the bias of its rows`).toBeTruthy();
         const own = f64.linear(f64.toND(x), f64.toND(weight), f64.toND(shard.bias!));
-        expectValues(own.data, columnsOf(y, want[0], want.at(-1)! + 1), own.shape, { atol: 1e-5, what: `${what}'s output, against its features of x @ W.T + b`, axes: ['row', 'feature'] });
+        expectValues(own.data, columnsOf(y, want[0], want.at(-1)! + 1), own.shape, {
+          atol: 1e-5,
+          what: `${what}'s output, against its features of x @ W.T + b`,
+          axes: ['row', 'feature'],
+        });
       }
     });
 
@@ -70,15 +81,26 @@ describe('3.6 tensor parallelism: column- and row-parallel layers', () => {
       for (const at of ranksOf(n)) {
         const shard = rowParallel({ weight: w, bias: b }, at);
         const what = `rank ${at.rank}'s shard`;
-        const wrongAxis = { shape: [out / n, inF], why: 'those are rows; a row-parallel layer splits the columns of W [out, in] (its input features)' };
+        const wrongAxis = {
+          shape: [out / n, inF],
+          why: 'those are rows; a row-parallel layer splits the columns of W [out, in] (its input features)',
+        };
         const weight = shardWeight(shard, [out, cols], what, wrongAxis);
         const want = range(at.rank * cols, (at.rank + 1) * cols);
-        expect(matchRows(tc.transpose(weight), tc.transpose(w)), `${what} holds these columns of W; expected columns ${want[0]}..${want.at(-1)}`).toEqual(want);
+        expect(
+          matchRows(tc.transpose(weight), tc.transpose(w)),
+          `${what} holds these columns of W; expected columns ${want[0]}..${want.at(-1)}`,
+        ).toEqual(want);
         const ownX = { shape: [3, cols], data: columnsOf(f64.toND(x), want[0], want.at(-1)! + 1) };
         const partial = f64.linear(ownX, f64.toND(weight), shard.bias ? f64.toND(shard.bias) : undefined);
         partial.data.forEach((v, i) => (total[i] += v));
       }
-      expectValues(total, y.data, y.shape, { atol: 1e-5, what: "the sum of the ranks' partial outputs", axes: ['row', 'feature'], mistakes: rowParallelMistakes(y, b.toArray(), n) });
+      expectValues(total, y.data, y.shape, {
+        atol: 1e-5,
+        what: "the sum of the ranks' partial outputs",
+        axes: ['row', 'feature'],
+        mistakes: rowParallelMistakes(y, b.toArray(), n),
+      });
     });
   }
 
@@ -87,10 +109,16 @@ describe('3.6 tensor parallelism: column- and row-parallel layers', () => {
     const whole = tc.dequantize(q);
     for (const at of ranksOf(4)) {
       const column = dense(columnParallel({ weight: q, bias: null }, at).weight);
-      expectGolden(column, f64.toND(tc.contiguous(tc.slice(whole, [[at.rank, at.rank + 1]]))), { atol: 0, what: `rank ${at.rank}'s column-parallel shard, dequantized` });
+      expectGolden(column, f64.toND(tc.contiguous(tc.slice(whole, [[at.rank, at.rank + 1]]))), {
+        atol: 0,
+        what: `rank ${at.rank}'s column-parallel shard, dequantized`,
+      });
       // 32 columns of groups of 64: the shard regroups them (sliceColumns) into groups of 32.
       const row = dense(rowParallel({ weight: q, bias: null }, at).weight);
-      expectGolden(row, f64.toND(tc.contiguous(tc.slice(whole, [null, [32 * at.rank, 32 * (at.rank + 1)]]))), { atol: 0, what: `rank ${at.rank}'s row-parallel shard, dequantized` });
+      expectGolden(row, f64.toND(tc.contiguous(tc.slice(whole, [null, [32 * at.rank, 32 * (at.rank + 1)]]))), {
+        atol: 0,
+        what: `rank ${at.rank}'s row-parallel shard, dequantized`,
+      });
     }
   });
 });
@@ -108,11 +136,21 @@ describe('3.6 tensor parallelism: the attention shards under grouped-query atten
       for (const at of ranksOf(2)) {
         const { weights, shape: local } = shardAttention(full, shape, at);
         const who = `rank ${at.rank}`;
-        const [qHeads, kvHeads] = [range(at.rank * (h / 2), (at.rank + 1) * (h / 2)), range(at.rank * (hkv / 2), (at.rank + 1) * (hkv / 2))];
-        const heads = (shard: LinearWeights, fullWeight: LinearWeights) => headsOfRows(matchRows(dense(shard.weight), dense(fullWeight.weight)), d);
+        const [qHeads, kvHeads] = [
+          range(at.rank * (h / 2), (at.rank + 1) * (h / 2)),
+          range(at.rank * (hkv / 2), (at.rank + 1) * (hkv / 2)),
+        ];
+        const heads = (shard: LinearWeights, fullWeight: LinearWeights) =>
+          headsOfRows(matchRows(dense(shard.weight), dense(fullWeight.weight)), d);
         const gotQ = heads(weights.q, full.q);
-        expect(gotQ, `${who}'s q_proj rows are query heads [${gotQ}]; expected its block [${qHeads}] (contiguous: query head j reads kv head floor(j / ${h / hkv}))`).toEqual(qHeads);
-        for (const [label, shard, whole] of [['k_proj', weights.k, full.k], ['v_proj', weights.v, full.v]] as const) {
+        expect(
+          gotQ,
+          `${who}'s q_proj rows are query heads [${gotQ}]; expected its block [${qHeads}] (contiguous: query head j reads kv head floor(j / ${h / hkv}))`,
+        ).toEqual(qHeads);
+        for (const [label, shard, whole] of [
+          ['k_proj', weights.k, full.k],
+          ['v_proj', weights.v, full.v],
+        ] as const) {
           const got = heads(shard, whole);
           const readBy = (kv: number) => range(kv * (h / hkv), (kv + 1) * (h / hkv));
           const why =
@@ -121,16 +159,25 @@ describe('3.6 tensor parallelism: the attention shards under grouped-query atten
               : `kv heads [${got}], which are read by query heads [${got.flatMap(readBy)}], not by its query heads [${qHeads}]`;
           expect(got, `${who}'s ${label} rows hold ${why}; expected kv heads [${kvHeads}]`).toEqual(kvHeads);
         }
-        expect({ numHeads: local.numHeads, numKvHeads: local.numKvHeads }, `${who}'s shape: its own counts of query and kv heads`).toEqual({ numHeads: h / 2, numKvHeads: hkv / 2 });
+        expect({ numHeads: local.numHeads, numKvHeads: local.numKvHeads }, `${who}'s shape: its own counts of query and kv heads`).toEqual({
+          numHeads: h / 2,
+          numKvHeads: hkv / 2,
+        });
         const o = dense(weights.o.weight);
-        expect([...o.shape], `${who}'s o_proj: the columns of its heads' outputs (row-parallel), [hidden, ${h / 2} x ${d}]`).toEqual([c.hiddenSize, (h / 2) * d]);
-        expect(headsOfRows(matchRows(tc.transpose(o), tc.transpose(dense(full.o.weight))), d), `${who}'s o_proj columns belong to heads`).toEqual(qHeads);
+        expect([...o.shape], `${who}'s o_proj: the columns of its heads' outputs (row-parallel), [hidden, ${h / 2} x ${d}]`).toEqual([
+          c.hiddenSize,
+          (h / 2) * d,
+        ]);
+        expect(
+          headsOfRows(matchRows(tc.transpose(o), tc.transpose(dense(full.o.weight))), d),
+          `${who}'s o_proj columns belong to heads`,
+        ).toEqual(qHeads);
       }
     });
   }
 });
 
-describe('3.6 tensor parallelism: a rank\'s model on every fixture model, 2 ranks', () => {
+describe("3.6 tensor parallelism: a rank's model on every fixture model, 2 ranks", () => {
   // Dense float32 (tied and untied), bf16, MLX 4-bit (o_proj's 32 columns per rank cut its groups of 64), Qwen3.
   for (const name of ['qwen2-tiny', 'qwen2-tiny-untied', 'qwen2-tiny-bf16', 'qwen2-tiny-4bit', 'qwen3-tiny']) {
     const golden = goldenModel(name);
@@ -148,7 +195,13 @@ describe('3.6 tensor parallelism: a rank\'s model on every fixture model, 2 rank
         const logits = ranks.map((m, r) => m.forward(ids, start, caches[r]));
         oracle.check(what, LOGITS_ATOL);
         // Every rank ends with the same hidden state, hence the same logits.
-        logits.forEach((l, r) => expectGolden(l, batchOf(tc.slice(prompt.logits, [[start, end]])), { atol: LOGITS_ATOL, what: `rank ${r}'s logits of ${what}`, axes: ['b', 'l', 'v'] }));
+        logits.forEach((l, r) =>
+          expectGolden(l, batchOf(tc.slice(prompt.logits, [[start, end]])), {
+            atol: LOGITS_ATOL,
+            what: `rank ${r}'s logits of ${what}`,
+            axes: ['b', 'l', 'v'],
+          }),
+        );
       }
     });
   }
@@ -180,10 +233,16 @@ describe('3.6 tensor parallelism: the shared-memory all-reduce, in threads', () 
             if (report.type !== 'done' || ++count === worldSize) resolve(received);
           });
         });
-        timer = setTimeout(() => reject(new Error(
-          `the ${worldSize} ranks did not all finish within 60 s: a barrier that never opens (read the generation before ` +
-            'arriving, since the last rank may move it on at once; set the arrival count back to 0 for the next barrier)',
-        )), 60_000);
+        timer = setTimeout(
+          () =>
+            reject(
+              new Error(
+                `the ${worldSize} ranks did not all finish within 60 s: a barrier that never opens (read the generation before ` +
+                  'arriving, since the last rank may move it on at once; set the arrival count back to 0 for the next barrier)',
+              ),
+            ),
+          60_000,
+        );
       });
       const failed = reports.find((r) => r?.type === 'error');
       if (failed) assert.fail(`a rank threw ${failed.name}: ${failed.message}`);
@@ -200,7 +259,9 @@ describe('3.6 tensor parallelism: the shared-memory all-reduce, in threads', () 
       reports.forEach((r, rank) => {
         if (r?.type !== 'wrong') return;
         const [got, expected] = [r.got as number, r.expected as number];
-        assert.fail(`rank ${rank}, round ${r.round}, element ${r.index}: got ${got}, expected ${expected}: ${explainRoundError(worldSize, r.round as number, r.index as number, got, expected)}`);
+        assert.fail(
+          `rank ${rank}, round ${r.round}, element ${r.index}: got ${got}, expected ${expected}: ${explainRoundError(worldSize, r.round as number, r.index as number, got, expected)}`,
+        );
       });
     });
   }
@@ -233,7 +294,17 @@ describe('3.6 tensor parallelism: the shared-memory all-reduce, in threads', () 
     try {
       const reports = await Promise.race([
         Promise.all(workers.map((w) => new Promise<Report>((resolve) => w.once('message', resolve)))),
-        new Promise<never>((_, reject) => setTimeout(() => reject(new Error('the peers of the rank that aborted still wait after 20 s: wait with this.waitWhile, which throws once the group is aborted')), 20_000)),
+        new Promise<never>((_, reject) =>
+          setTimeout(
+            () =>
+              reject(
+                new Error(
+                  'the peers of the rank that aborted still wait after 20 s: wait with this.waitWhile, which throws once the group is aborted',
+                ),
+              ),
+            20_000,
+          ),
+        ),
       ]);
       const stub = reports.find((r) => r.name === 'NotImplemented');
       if (stub) assert.fail(`a rank threw NotImplemented: ${stub.message}`);

@@ -11,8 +11,17 @@ import { loadTokenizer, type ChatMessage, type TinyTokenizer, type ToolSchema } 
 import { errorOf, rejectionOf } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import {
-  demoTools, evaluateArithmetic, parseToolCallBlock, parseToolCalls, Qwen2ModelWeek3, runAgent, ToolCallStream, ToolRegistry,
-  type ChatModel, type StreamPiece, type Tool,
+  demoTools,
+  evaluateArithmetic,
+  parseToolCallBlock,
+  parseToolCalls,
+  Qwen2ModelWeek3,
+  runAgent,
+  ToolCallStream,
+  ToolRegistry,
+  type ChatModel,
+  type StreamPiece,
+  type Tool,
 } from '@solution/week3';
 
 const call = (name: string, args: object) => `<tool_call>\n${JSON.stringify({ name, arguments: args })}\n</tool_call>`;
@@ -70,7 +79,9 @@ describe('3.7 the <tool_call> parser', () => {
     expect(expected.filter((p) => 'block' in p).length, 'two blocks').toBe(2);
     for (let cut = 0; cut <= reply.length; cut++) {
       const stream = new ToolCallStream();
-      expect(merged([...stream.push(reply.slice(0, cut)), ...stream.push(reply.slice(cut)), ...stream.end()]), `split at ${cut}`).toEqual(expected);
+      expect(merged([...stream.push(reply.slice(0, cut)), ...stream.push(reply.slice(cut)), ...stream.end()]), `split at ${cut}`).toEqual(
+        expected,
+      );
     }
     const stream = new ToolCallStream();
     expect(stream.push('Hello <tool'), 'the text before a possible marker is settled').toEqual([{ text: 'Hello ' }]);
@@ -96,7 +107,14 @@ function randomExpression(rng: tc.random.Generator, depth: number): Expr {
   const precedence = op === '+' || op === '-' ? 1 : 2;
   // Parentheses where the grammar needs them: a lower level on either side, the same level on the right.
   const wrap = (e: Expr, right: boolean) => (e.precedence < precedence || (right && e.precedence === precedence) ? `(${e.text})` : e.text);
-  const value = op === '+' ? left.value + right.value : op === '-' ? left.value - right.value : op === '*' ? left.value * right.value : left.value / right.value;
+  const value =
+    op === '+'
+      ? left.value + right.value
+      : op === '-'
+        ? left.value - right.value
+        : op === '*'
+          ? left.value * right.value
+          : left.value / right.value;
   return { value, text: `${wrap(left, false)} ${op} ${wrap(right, true)}`, precedence };
 }
 
@@ -166,7 +184,12 @@ describe('3.7 ToolRegistry', () => {
 
   it('runs a call and returns its answer; weather and time are offline and say so', () => {
     const ok = (name: string, args: Record<string, unknown>) => registry.call({ call: { name, arguments: args } });
-    expect(ok('calculator', { expression: '37 * 12' })).toEqual({ name: 'calculator', arguments: { expression: '37 * 12' }, content: '444', error: false });
+    expect(ok('calculator', { expression: '37 * 12' })).toEqual({
+      name: 'calculator',
+      arguments: { expression: '37 * 12' },
+      content: '444',
+      error: false,
+    });
     expect(ok('calculator', { expression: '1 / 3' }).content, 'to 12 significant digits').toBe('0.333333333333');
     for (const name of ['get_weather', 'get_time']) {
       const paris = ok(name, { city: 'Paris' });
@@ -180,7 +203,11 @@ describe('3.7 ToolRegistry', () => {
   it('a malformed call, an unknown tool, a missing or mistyped argument, a tool that throws: error messages', () => {
     const cases: [string, Parameters<ToolRegistry['call']>[0], RegExp][] = [
       ['a malformed call', parseToolCallBlock('{"name": "calculator", "arguments": {'), /^error: .*JSON/],
-      ['an unknown tool', { call: { name: 'get_stock_price', arguments: {} } }, /^error: .*get_stock_price.*calculator, get_weather, get_time, broken/],
+      [
+        'an unknown tool',
+        { call: { name: 'get_stock_price', arguments: {} } },
+        /^error: .*get_stock_price.*calculator, get_weather, get_time, broken/,
+      ],
       ['a missing argument', { call: { name: 'calculator', arguments: {} } }, /^error: .*expression/],
       ['a mistyped argument', { call: { name: 'get_time', arguments: { city: 42 } } }, /^error: .*city.*string/],
       ['a tool that throws', { call: { name: 'broken', arguments: {} } }, /^error: .*broken.*the service is down/],
@@ -205,7 +232,10 @@ describe('3.7 runAgent: the loop, on scripted models', () => {
     const result = await runAgent(model, registry, question, { onStep: (s) => steps.push(s) });
     expect(result.stopReason).toBe('answer');
     expect(result.answer).toBe('It is sunny in Paris.');
-    expect(result.steps.map((s) => s.calls.map((c) => c.name)), 'the calls of each step').toEqual([['get_weather', 'get_time'], []]);
+    expect(
+      result.steps.map((s) => s.calls.map((c) => c.name)),
+      'the calls of each step',
+    ).toEqual([['get_weather', 'get_time'], []]);
     expect(steps, 'onStep saw every step').toEqual(result.steps);
     const weather = registry.call({ call: { name: 'get_weather', arguments: { city: 'Paris' } } }).content;
     const time = registry.call({ call: { name: 'get_time', arguments: { city: 'Tokyo' } } }).content;
@@ -240,7 +270,9 @@ describe('3.7 runAgent: the loop, on scripted models', () => {
     const model = new ScriptedModel(new Array<string>(10).fill(call('calculator', { expression: '1 + 1' })));
     const result = await runAgent(model, new ToolRegistry(demoTools()), question, { maxSteps: 3 });
     expect([result.stopReason, result.answer, result.steps.length, model.seen.length]).toEqual(['step limit', null, 3, 3]);
-    expect((await rejectionOf(() => runAgent(model, new ToolRegistry(demoTools()), question, { maxSteps: 0 }))).message).toMatch(/maxSteps/);
+    expect((await rejectionOf(() => runAgent(model, new ToolRegistry(demoTools()), question, { maxSteps: 0 }))).message).toMatch(
+      /maxSteps/,
+    );
   });
 });
 
@@ -270,7 +302,11 @@ class GreedyChat implements ChatModel {
     let feed = ids.slice(same);
     this.held = [...ids];
     while (out.length < this.maxTokens) {
-      const next = tc.tidy(() => tc.argmax(tc.slice(this.model.forward(tc.tensor([feed], { dtype: 'int32' }), this.cache[0].offset, this.cache), [0, -1]), -1).item());
+      const next = tc.tidy(() =>
+        tc
+          .argmax(tc.slice(this.model.forward(tc.tensor([feed], { dtype: 'int32' }), this.cache[0].offset, this.cache), [0, -1]), -1)
+          .item(),
+      );
       if (stop.has(next)) break;
       out.push(next);
       this.held.push(next);
@@ -306,7 +342,8 @@ describe('3.7 the agent on the demo model (models/tiny-qwen2-py, greedy)', () =>
       const question = `What is ${a} ${op} ${b}?`;
       const { answer, steps } = await ask(question);
       const numbers = (answer ?? '').match(/-?\d+(\.\d+)?/g) ?? [];
-      if (Number(numbers.at(-1)) !== want) wrong.push(`${question} -> ${JSON.stringify(answer)} (calls: ${JSON.stringify(steps.flatMap((s) => s.calls))})`);
+      if (Number(numbers.at(-1)) !== want)
+        wrong.push(`${question} -> ${JSON.stringify(answer)} (calls: ${JSON.stringify(steps.flatMap((s) => s.calls))})`);
     }
     expect(wrong.length, `the questions answered wrong:\n${wrong.join('\n')}`).toBeLessThanOrEqual(3);
   });

@@ -73,15 +73,34 @@ export function fuseWeights(parts: readonly Weight[], maxCopyBytes = FUSE_COPY_M
   if (first instanceof tc.QuantizedWeight) {
     const qs = parts as tc.QuantizedWeight[];
     const same = qs.every(
-      (q) => q instanceof tc.QuantizedWeight && q.bits === first.bits && q.groupSize === first.groupSize && q.scales.dtype === first.scales.dtype,
+      (q) =>
+        q instanceof tc.QuantizedWeight &&
+        q.bits === first.bits &&
+        q.groupSize === first.groupSize &&
+        q.scales.dtype === first.scales.dtype,
     );
     if (!same) return null;
     const bytes = qs.reduce((n, q) => n + q.weight.size * 4 + q.scales.size * 4, 0);
     if (bytes > maxCopyBytes) return null;
     return new tc.QuantizedWeight(
-      tc.keep(tc.concat(qs.map((q) => q.weight), 0)),
-      tc.keep(tc.concat(qs.map((q) => q.scales), 0)),
-      tc.keep(tc.concat(qs.map((q) => q.biases), 0)),
+      tc.keep(
+        tc.concat(
+          qs.map((q) => q.weight),
+          0,
+        ),
+      ),
+      tc.keep(
+        tc.concat(
+          qs.map((q) => q.scales),
+          0,
+        ),
+      ),
+      tc.keep(
+        tc.concat(
+          qs.map((q) => q.biases),
+          0,
+        ),
+      ),
       first.groupSize,
       first.bits,
     );
@@ -127,7 +146,12 @@ export class Linear {
   /** A quantized weight multiplies float32 activations (else int16 ones, for 4 and 8 bits). */
   readonly exact: boolean;
 
-  constructor(weight: Weight, bias: Tensor | null = null, readonly name = 'Linear', precision: QuantizedPrecision = {}) {
+  constructor(
+    weight: Weight,
+    bias: Tensor | null = null,
+    readonly name = 'Linear',
+    precision: QuantizedPrecision = {},
+  ) {
     this.exact = precision.exact === true;
     if (weight.shape.length !== 2) {
       const what = weight instanceof tc.QuantizedWeight ? weight.toString() : weight.describe();
@@ -170,9 +194,15 @@ export class Linear {
     const residual = fusion?.residual ?? null;
     if (this.quantized) {
       // One native call: the residual is fused when it is a float32 tensor the kernel can read as [rows, out].
-      const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous &&
-        residual.size === (x.size / inF) * this.outFeatures;
-      const y = quantizedMatmul(x, this.quantized, { bias: this.bias, norm, swiglu, residual: fuseResidual ? residual : null, exact: this.exact });
+      const fuseResidual =
+        residual !== null && residual.dtype === 'float32' && residual.isContiguous && residual.size === (x.size / inF) * this.outFeatures;
+      const y = quantizedMatmul(x, this.quantized, {
+        bias: this.bias,
+        norm,
+        swiglu,
+        residual: fuseResidual ? residual : null,
+        exact: this.exact,
+      });
       if (!residual || fuseResidual) return y;
       const out = tc.add(residual, y);
       y.dispose();
@@ -259,7 +289,13 @@ export class GatedMlp {
    * options.fuse: false keeps gate and up apart; options.maxCopyBytes: the largest fused matrix worth a copy
    * (0: fuse only where the checkpoint already stores gate and up back to back); options.exact: see Linear.
    */
-  constructor(gate: Weight, up: Weight, down: Weight, name = 'mlp', options: { fuse?: boolean; maxCopyBytes?: number } & QuantizedPrecision = {}) {
+  constructor(
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+    name = 'mlp',
+    options: { fuse?: boolean; maxCopyBytes?: number } & QuantizedPrecision = {},
+  ) {
     const [hidden, dim] = gate.shape;
     expectWeightShape(`${name}.gate_proj`, gate, [hidden, dim]);
     expectWeightShape(`${name}.up_proj`, up, [hidden, dim]);

@@ -69,7 +69,9 @@ export function loadMoeBlock(
     // Experts fuse gate and up only where that costs no copy: each runs on few tokens, and copying them all
     // would copy most of an MoE checkpoint at load.
     experts: experts.map((w, e) => gatedMlp(w, `${prefix}.experts.${e}`, 0)),
-    sharedExpert: hasShared ? gatedMlp({ gate: need(`${s}.gate_proj.weight`), up: need(`${s}.up_proj.weight`), down: need(`${s}.down_proj.weight`) }, s) : undefined,
+    sharedExpert: hasShared
+      ? gatedMlp({ gate: need(`${s}.gate_proj.weight`), up: need(`${s}.up_proj.weight`), down: need(`${s}.down_proj.weight`) }, s)
+      : undefined,
     sharedExpertGate: sharedGate && new Linear(sharedGate, null, `${prefix}.shared_expert_gate`, { exact: options.exact }),
     name: prefix,
   });

@@ -59,9 +59,13 @@ export function quantizedMatmul(x: Tensor, w: QuantizedWeight, options?: Quantiz
   const k = swiglu ? xk / 2 : xk;
   const n = w.outFeatures;
   if (k !== w.inFeatures) {
-    throw shapeError(x, w, swiglu
-      ? `x's last dimension ${xk} is not twice the weight's ${w.inFeatures} input features (swiglu)`
-      : `x's last dimension ${xk} is not the weight's ${w.inFeatures} input features`);
+    throw shapeError(
+      x,
+      w,
+      swiglu
+        ? `x's last dimension ${xk} is not twice the weight's ${w.inFeatures} input features (swiglu)`
+        : `x's last dimension ${xk} is not the weight's ${w.inFeatures} input features`,
+    );
   }
   const outShape = [...x.shape.slice(0, -1), n];
   const bias = options?.bias ?? null;
@@ -71,7 +75,11 @@ export function quantizedMatmul(x: Tensor, w: QuantizedWeight, options?: Quantiz
     throw shapeError(x, w, `the fused bias must be float32 [${n}], contiguous, got ${bias.describe()}`);
   }
   if (residual && (residual.dtype !== 'float32' || !residual.isContiguous || residual.size !== outShape.reduce((a, b) => a * b, 1))) {
-    throw shapeError(x, w, `the fused residual must be float32 of the output's shape [${outShape.join(', ')}], contiguous, got ${residual.describe()}`);
+    throw shapeError(
+      x,
+      w,
+      `the fused residual must be float32 of the output's shape [${outShape.join(', ')}], contiguous, got ${residual.describe()}`,
+    );
   }
   if (norm && (norm.weight.ndim !== 1 || norm.weight.shape[0] !== k)) {
     throw shapeError(x, w, `the fused rmsNorm weight must be [${k}], got ${norm.weight.describe()}`);

@@ -30,7 +30,16 @@ import { blockTablesTensor, isSparseLayer, PagedLayerCache, type Qwen2MoeBlock }
 import { loadMoeBlock } from './moe.ts';
 import { DecodeKvCache, type LayerCache } from './kv-cache.ts';
 import { engineKernels } from './native.ts';
-import { denseLinear, expectWeightShape, fuseWeights, GatedMlp, type InputNorm, Linear, type QuantizedPrecision, type Weight } from './linear.ts';
+import {
+  denseLinear,
+  expectWeightShape,
+  fuseWeights,
+  GatedMlp,
+  type InputNorm,
+  Linear,
+  type QuantizedPrecision,
+  type Weight,
+} from './linear.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
 
 /** Where weights come from: a tensor (or quantized weight) by its Hugging Face name, undefined if absent. */
@@ -81,7 +90,12 @@ export class TokenEmbedding {
   /** The table's transposed view [hidden, vocab], for the tied head (dense tables). */
   private readonly tableT: Tensor | null;
 
-  constructor(weight: Weight, vocabSize: number, hiddenSize: number, private readonly precision: QuantizedPrecision = {}) {
+  constructor(
+    weight: Weight,
+    vocabSize: number,
+    hiddenSize: number,
+    private readonly precision: QuantizedPrecision = {},
+  ) {
     expectWeightShape('model.embed_tokens', weight, [vocabSize, hiddenSize]);
     this.vocabSize = vocabSize;
     this.hiddenSize = hiddenSize;
@@ -110,7 +124,15 @@ export class TokenEmbedding {
     const out = tc.empty([...ids.shape, this.hiddenSize], 'float32');
     const idsc = tc.contiguous(ids);
     try {
-      engineKernels().dequantizeRows(q.weight.native(), q.scales.native(), q.biases.native(), idsc.native(), out.native(), q.groupSize, q.bits);
+      engineKernels().dequantizeRows(
+        q.weight.native(),
+        q.scales.native(),
+        q.biases.native(),
+        idsc.native(),
+        out.native(),
+        q.groupSize,
+        q.bits,
+      );
     } catch (err) {
       out.dispose();
       throw err;
@@ -182,7 +204,10 @@ export class Qwen2Attention {
     if (fused) {
       // Missing biases (a checkpoint with some of the three) are zeros of their part.
       const bias = this.hasBias
-        ? tc.concat([q, k, v].map((x) => (x.b ? tc.astype(x.b, 'float32') : tc.zeros([x.w.shape[0]]))), 0)
+        ? tc.concat(
+            [q, k, v].map((x) => (x.b ? tc.astype(x.b, 'float32') : tc.zeros([x.w.shape[0]]))),
+            0,
+          )
         : null;
       this.qkvProj = new Linear(fused, bias, `${prefix}.qkv_proj`, precision);
       this.qProj = this.kProj = this.vProj = null;
@@ -224,7 +249,10 @@ export class Qwen2Attention {
     const row = (t: Tensor, i: number) => tc.slice(t, [[i, i + 1]]);
     if (!this.canDecodeInKernel(x, rope)) {
       // Without the decode kernel, each row goes through the composed path alone.
-      return tc.concat(caches.map((cache, i) => this.forward(row(x, i), cache, positions[i], rope, { norm, residual: residual && row(residual, i) })), 0);
+      return tc.concat(
+        caches.map((cache, i) => this.forward(row(x, i), cache, positions[i], rope, { norm, residual: residual && row(residual, i) })),
+        0,
+      );
     }
     const { numHeads: h, headDim: d } = this.shape;
     const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
@@ -249,9 +277,15 @@ export class Qwen2Attention {
     const norms = [this.qNorm?.native() ?? null, this.kNorm?.native() ?? null, rmsNormEps];
     const paged = caches.filter((c) => c instanceof PagedLayerCache);
     if (paged.length === caches.length) {
-      const { table: { pool }, layer } = paged[0];
+      const {
+        table: { pool },
+        layer,
+      } = paged[0];
       tc.tidy(() => {
-        const positions = tc.tensor(Int32Array.from(paged, (c) => c.offset), { dtype: 'int32', shape: [paged.length] });
+        const positions = tc.tensor(
+          Int32Array.from(paged, (c) => c.offset),
+          { dtype: 'int32', shape: [paged.length] },
+        );
         const tables = blockTablesTensor(paged.map((c) => c.table.pages));
         engineKernels().pagedAttentionDecode(
           ...[qkv, rope.cos, rope.sin, positions, pool.keys[layer], pool.values[layer], tables, attn].map((t) => t.native()),
@@ -476,8 +510,10 @@ export class Qwen2Model {
       const p = `model.layers.${i}`;
       const fusedKernels = options.fusedKernels !== false;
       const attn = new Qwen2Attention(shape, `${p}.self_attn`, weight, need, options.fuse !== false, fusedKernels, precision);
-      if (config.qkNorm && !attn.qNorm) throw new Error(`${where}: ${config.modelType} needs ${p}.self_attn.q_norm.weight and k_norm.weight`);
-      if (config.attentionBias && !attn.hasBias) throw new Error(`${where}: the checkpoint has no ${p}.self_attn.q_proj.bias (config says the attention has biases)`);
+      if (config.qkNorm && !attn.qNorm)
+        throw new Error(`${where}: ${config.modelType} needs ${p}.self_attn.q_norm.weight and k_norm.weight`);
+      if (config.attentionBias && !attn.hasBias)
+        throw new Error(`${where}: the checkpoint has no ${p}.self_attn.q_proj.bias (config says the attention has biases)`);
       this.layers.push(
         new Qwen2Block(
           vector(`${p}.input_layernorm.weight`, hiddenSize),
@@ -541,7 +577,12 @@ export class Qwen2Model {
     this.run(ids, cache, offset, 'none');
   }
 
-  private run(ids: Tensor, cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, output: HeadOutput): Tensor | null {
+  private run(
+    ids: Tensor,
+    cache: readonly LayerCache[],
+    offsetArg: number | readonly number[] | undefined,
+    output: HeadOutput,
+  ): Tensor | null {
     const [b, l] = this.checkIds(ids);
     const offset = this.resolveOffset(cache, offsetArg, b, l);
     const rope = this.ropeTables(offset + l);
@@ -572,7 +613,10 @@ export class Qwen2Model {
     if (tokens.length === 0 || caches.length !== tokens.length) {
       throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${tokens.length} tokens and ${caches.length} caches`);
     }
-    const ids = tc.tensor(tokens.map((t) => [t]), { dtype: 'int32' });
+    const ids = tc.tensor(
+      tokens.map((t) => [t]),
+      { dtype: 'int32' },
+    );
     try {
       this.checkIds(ids);
       const positions = caches.map((c) => this.resolveOffset(c, undefined, 1, 1));
@@ -581,7 +625,8 @@ export class Qwen2Model {
         return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, output);
       } catch (err) {
         caches.forEach((c, row) => {
-          for (const layer of c) if (layer instanceof DecodeKvCache && layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
+          for (const layer of c)
+            if (layer instanceof DecodeKvCache && layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
         });
         throw err;
       }
@@ -647,12 +692,16 @@ export class Qwen2Model {
 
   private resolveOffset(cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
     if (!Array.isArray(cache) || cache.length !== this.layers.length) {
-      throw new RangeError(`Qwen2Model.forward: expected one DecodeKvCache per layer (${this.layers.length}), got ${Array.isArray(cache) ? cache.length : typeof cache} (use model.newCache())`);
+      throw new RangeError(
+        `Qwen2Model.forward: expected one DecodeKvCache per layer (${this.layers.length}), got ${Array.isArray(cache) ? cache.length : typeof cache} (use model.newCache())`,
+      );
     }
     const cached = cache[0].offset;
     for (let i = 1; i < cache.length; i++) {
       if (cache[i].offset !== cached) {
-        throw new Error(`Qwen2Model.forward: the caches of layers 0 and ${i} hold ${cached} and ${cache[i].offset} tokens (a failed or partial pass?)`);
+        throw new Error(
+          `Qwen2Model.forward: the caches of layers 0 and ${i} hold ${cached} and ${cache[i].offset} tokens (a failed or partial pass?)`,
+        );
       }
     }
     let offset: number;
@@ -670,9 +719,12 @@ export class Qwen2Model {
         );
       }
     }
-    if (!Number.isInteger(offset) || offset < 0) throw new RangeError(`Qwen2Model.forward: offset must be a non-negative integer, got ${offset}`);
+    if (!Number.isInteger(offset) || offset < 0)
+      throw new RangeError(`Qwen2Model.forward: offset must be a non-negative integer, got ${offset}`);
     if (offset !== cached) {
-      throw new RangeError(`Qwen2Model.forward: offset ${offset} does not match the ${cached} tokens in the cache (rewind the cache first)`);
+      throw new RangeError(
+        `Qwen2Model.forward: offset ${offset} does not match the ${cached} tokens in the cache (rewind the cache first)`,
+      );
     }
     const max = this.config.maxPositionEmbeddings;
     if (offset + l > max) {
@@ -683,7 +735,9 @@ export class Qwen2Model {
     }
     const window = this.config.slidingWindow;
     if (window !== null && offset + l > window) {
-      throw new RangeError(`Qwen2Model.forward: sliding-window attention (window ${window}) is not implemented; the sequence reaches ${offset + l} tokens`);
+      throw new RangeError(
+        `Qwen2Model.forward: sliding-window attention (window ${window}) is not implemented; the sequence reaches ${offset + l} tokens`,
+      );
     }
     return offset;
   }
@@ -718,7 +772,12 @@ export function modelDirWeights(md: tc.ModelDir): WeightSource {
 /** Which logits a pass returns: every position's, the last position's, or none (no output head). */
 type HeadOutput = 'all' | 'last' | 'none';
 
-function denseMlp(config: ModelConfig, prefix: string, need: (name: string) => Weight, options: { fuse: boolean } & QuantizedPrecision): GatedMlp {
+function denseMlp(
+  config: ModelConfig,
+  prefix: string,
+  need: (name: string) => Weight,
+  options: { fuse: boolean } & QuantizedPrecision,
+): GatedMlp {
   const { hiddenSize, intermediateSize } = config;
   const gate = need(`${prefix}.gate_proj.weight`);
   expectWeightShape(`${prefix}.gate_proj`, gate, [intermediateSize, hiddenSize]);

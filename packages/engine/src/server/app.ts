@@ -29,7 +29,14 @@ export interface AppOptions extends ServerContext {
 type ErrorType = 'invalid_request_error' | 'authentication_error' | 'not_found_error' | 'server_error';
 
 /** An error in OpenAI's shape. */
-function errorResponse(c: Context, status: ContentfulStatusCode, type: ErrorType, message: string, param: string | null = null, code: string | null = null) {
+function errorResponse(
+  c: Context,
+  status: ContentfulStatusCode,
+  type: ErrorType,
+  message: string,
+  param: string | null = null,
+  code: string | null = null,
+) {
   return c.json({ error: { message, type, param, code } }, status);
 }
 
@@ -44,13 +51,18 @@ interface RequestRecord {
 type Env = { Variables: { record: RequestRecord } };
 
 /** A message's content as text: OpenAI's list of text parts is joined. */
-const textOf = (content: string | { text: string }[] | null | undefined) => (typeof content === 'string' ? content : (content ?? []).map((p) => p.text).join(''));
+const textOf = (content: string | { text: string }[] | null | undefined) =>
+  typeof content === 'string' ? content : (content ?? []).map((p) => p.text).join('');
 
 /** The OpenAI messages as the chat template takes them (a tool call's arguments are a JSON string there). */
 function templateMessages(messages: Message[]): ChatMessage[] {
   return messages.map((m) => {
     if (m.role === 'assistant') {
-      const toolCalls: ToolCall[] | undefined = m.tool_calls?.map((call) => ({ id: call.id, type: 'function', function: { name: call.function.name, arguments: call.function.arguments } }));
+      const toolCalls: ToolCall[] | undefined = m.tool_calls?.map((call) => ({
+        id: call.id,
+        type: 'function',
+        function: { name: call.function.name, arguments: call.function.arguments },
+      }));
       return { role: 'assistant', content: textOf(m.content), ...(toolCalls ? { tool_calls: toolCalls } : {}) };
     }
     if (m.role === 'tool') return { role: 'tool', content: textOf(m.content), tool_call_id: m.tool_call_id };
@@ -60,7 +72,11 @@ function templateMessages(messages: Message[]): ChatMessage[] {
 
 /** An OpenAI tool call of a parsed block. */
 function openaiToolCall(block: Extract<ParsedBlock, { call: unknown }>) {
-  return { id: `call_${randomUUID().replace(/-/g, '').slice(0, 24)}`, type: 'function' as const, function: { name: block.call.name, arguments: JSON.stringify(block.call.arguments) } };
+  return {
+    id: `call_${randomUUID().replace(/-/g, '').slice(0, 24)}`,
+    type: 'function' as const,
+    function: { name: block.call.name, arguments: JSON.stringify(block.call.arguments) },
+  };
 }
 
 export function createApp(o: AppOptions): Hono<Env> {
@@ -81,7 +97,8 @@ export function createApp(o: AppOptions): Hono<Env> {
     '/v1/*',
     bodyLimit({
       maxSize: o.maxBodyBytes ?? 4 * 1024 * 1024,
-      onError: (c) => errorResponse(c, 413, 'invalid_request_error', `the request body is larger than ${o.maxBodyBytes ?? 4 * 1024 * 1024} bytes`),
+      onError: (c) =>
+        errorResponse(c, 413, 'invalid_request_error', `the request body is larger than ${o.maxBodyBytes ?? 4 * 1024 * 1024} bytes`),
     }),
   );
   if (o.apiKey) {
@@ -123,12 +140,25 @@ export function createApp(o: AppOptions): Hono<Env> {
   }
 
   /** The generation parameters of a validated body and its prompt, or the 400 to send. */
-  function paramsOf(c: Context<Env>, body: CompletionRequest | ChatCompletionRequest, prompt: string, maxTokens: number | null | undefined): GenerationParams | Response {
+  function paramsOf(
+    c: Context<Env>,
+    body: CompletionRequest | ChatCompletionRequest,
+    prompt: string,
+    maxTokens: number | null | undefined,
+  ): GenerationParams | Response {
     const promptIds = o.tokenizer.encode(prompt);
-    if (promptIds.length === 0) return errorResponse(c, 400, 'invalid_request_error', 'the prompt is empty: there is no token to continue from', 'prompt');
+    if (promptIds.length === 0)
+      return errorResponse(c, 400, 'invalid_request_error', 'the prompt is empty: there is no token to continue from', 'prompt');
     const room = o.maxModelLen - promptIds.length;
     if (room < 1) {
-      return errorResponse(c, 400, 'invalid_request_error', `the prompt has ${promptIds.length} tokens, more than the model's context of ${o.maxModelLen} allows (it needs room for one token)`, 'messages', 'context_length_exceeded');
+      return errorResponse(
+        c,
+        400,
+        'invalid_request_error',
+        `the prompt has ${promptIds.length} tokens, more than the model's context of ${o.maxModelLen} allows (it needs room for one token)`,
+        'messages',
+        'context_length_exceeded',
+      );
     }
     const stop = body.stop === undefined || body.stop === null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
     return {
@@ -139,7 +169,11 @@ export function createApp(o: AppOptions): Hono<Env> {
     };
   }
 
-  const usage = (prompt: number, completion: number) => ({ prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion });
+  const usage = (prompt: number, completion: number) => ({
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+  });
 
   /**
    * Runs a generation to its end for a non-streaming response. A client that disconnects cancels it. Resolves
@@ -164,7 +198,12 @@ export function createApp(o: AppOptions): Hono<Env> {
   function streamGeneration(
     c: Context<Env>,
     params: GenerationParams,
-    frames: { first?: () => object; text: (text: string) => object[]; end: (finishReason: FinishReason) => object[]; usage: (tokens: number) => object | null },
+    frames: {
+      first?: () => object;
+      text: (text: string) => object[];
+      end: (finishReason: FinishReason) => object[];
+      usage: (tokens: number) => object | null;
+    },
   ) {
     const record = c.get('record');
     record.deferred = true;
@@ -217,13 +256,18 @@ export function createApp(o: AppOptions): Hono<Env> {
       return streamGeneration(c, params, {
         text: (text) => [{ ...base, choices: [{ index: 0, text, finish_reason: null, logprobs: null }] }],
         end: (finishReason) => [{ ...base, choices: [{ index: 0, text: '', finish_reason: finishReason, logprobs: null }] }],
-        usage: (tokens) => (body.stream_options?.include_usage ? { ...base, choices: [], usage: usage(params.promptIds.length, tokens) } : null),
+        usage: (tokens) =>
+          body.stream_options?.include_usage ? { ...base, choices: [], usage: usage(params.promptIds.length, tokens) } : null,
       });
     }
     try {
       const { text, finishReason, tokens } = await generateAll(c, params);
       c.get('record').tokens = tokens;
-      return c.json({ ...base, choices: [{ index: 0, text, finish_reason: finishReason, logprobs: null }], usage: usage(params.promptIds.length, tokens) });
+      return c.json({
+        ...base,
+        choices: [{ index: 0, text, finish_reason: finishReason, logprobs: null }],
+        usage: usage(params.promptIds.length, tokens),
+      });
     } catch (err) {
       return errorResponse(c, 500, 'server_error', (err as Error).message);
     }
@@ -232,14 +276,21 @@ export function createApp(o: AppOptions): Hono<Env> {
   app.post('/v1/chat/completions', async (c) => {
     const body = await parseBody(c, ChatCompletionRequest);
     if (body instanceof Response) return body;
-    if (!o.tokenizer.hasChatTemplate) return errorResponse(c, 400, 'invalid_request_error', 'this model has no chat template: use /v1/completions');
+    if (!o.tokenizer.hasChatTemplate)
+      return errorResponse(c, 400, 'invalid_request_error', 'this model has no chat template: use /v1/completions');
     // tool_choice "none" renders no tools, so the model is not offered any.
     const tools: ToolSchema[] | undefined = body.tool_choice === 'none' ? undefined : (body.tools as ToolSchema[] | undefined);
     let prompt: string;
     try {
       prompt = o.tokenizer.applyChatTemplate(templateMessages(body.messages), { tools, addGenerationPrompt: true });
     } catch (err) {
-      return errorResponse(c, 400, 'invalid_request_error', `the messages do not render through the chat template: ${(err as Error).message}`, 'messages');
+      return errorResponse(
+        c,
+        400,
+        'invalid_request_error',
+        `the messages do not render through the chat template: ${(err as Error).message}`,
+        'messages',
+      );
     }
     const params = paramsOf(c, body, prompt, body.max_completion_tokens ?? body.max_tokens);
     if (params instanceof Response) return params;
@@ -256,17 +307,25 @@ export function createApp(o: AppOptions): Hono<Env> {
         pieces.map((piece) => {
           if ('text' in piece) return { ...base, choices: [{ index: 0, delta: { content: piece.text }, finish_reason: null }] };
           const block = piece.block;
-          if ('error' in block) return { ...base, choices: [{ index: 0, delta: { content: `<tool_call>${block.text}</tool_call>` }, finish_reason: null }] };
-          return { ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: calls++, ...openaiToolCall(block) }] }, finish_reason: null }] };
+          if ('error' in block)
+            return { ...base, choices: [{ index: 0, delta: { content: `<tool_call>${block.text}</tool_call>` }, finish_reason: null }] };
+          return {
+            ...base,
+            choices: [{ index: 0, delta: { tool_calls: [{ index: calls++, ...openaiToolCall(block) }] }, finish_reason: null }],
+          };
         });
       return streamGeneration(c, params, {
         first: () => ({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] }),
-        text: (text) => (parseCalls ? deltas(toolStream.push(text)) : [{ ...base, choices: [{ index: 0, delta: { content: text }, finish_reason: null }] }]),
+        text: (text) =>
+          parseCalls
+            ? deltas(toolStream.push(text))
+            : [{ ...base, choices: [{ index: 0, delta: { content: text }, finish_reason: null }] }],
         end: (finishReason) => {
           const rest = parseCalls ? deltas(toolStream.end()) : [];
           return [...rest, { ...base, choices: [{ index: 0, delta: {}, finish_reason: calls > 0 ? 'tool_calls' : finishReason }] }];
         },
-        usage: (tokens) => (body.stream_options?.include_usage ? { ...base, choices: [], usage: usage(params.promptIds.length, tokens) } : null),
+        usage: (tokens) =>
+          body.stream_options?.include_usage ? { ...base, choices: [], usage: usage(params.promptIds.length, tokens) } : null,
       });
     }
 
@@ -282,15 +341,34 @@ export function createApp(o: AppOptions): Hono<Env> {
     if (parseCalls) {
       const stream = new ToolCallStream();
       const pieces = [...stream.push(result.text), ...stream.end()];
-      content = pieces.map((p) => ('text' in p ? p.text : 'error' in p.block ? `<tool_call>${p.block.text}</tool_call>` : '')).join('').trim();
+      content = pieces
+        .map((p) => ('text' in p ? p.text : 'error' in p.block ? `<tool_call>${p.block.text}</tool_call>` : ''))
+        .join('')
+        .trim();
       toolCalls = pieces.flatMap((p) => ('block' in p && 'call' in p.block ? [openaiToolCall(p.block)] : []));
     }
-    const message = { role: 'assistant', content: toolCalls.length && content === '' ? null : content, ...(toolCalls.length ? { tool_calls: toolCalls } : {}) };
+    const message = {
+      role: 'assistant',
+      content: toolCalls.length && content === '' ? null : content,
+      ...(toolCalls.length ? { tool_calls: toolCalls } : {}),
+    };
     const finishReason = toolCalls.length ? 'tool_calls' : result.finishReason;
-    return c.json({ ...base, object: 'chat.completion', choices: [{ index: 0, message, finish_reason: finishReason, logprobs: null }], usage: usage(params.promptIds.length, result.tokens) });
+    return c.json({
+      ...base,
+      object: 'chat.completion',
+      choices: [{ index: 0, message, finish_reason: finishReason, logprobs: null }],
+      usage: usage(params.promptIds.length, result.tokens),
+    });
   });
 
-  app.notFound((c) => errorResponse(c, 404, 'not_found_error', `no route ${c.req.method} ${c.req.path} (routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics)`));
+  app.notFound((c) =>
+    errorResponse(
+      c,
+      404,
+      'not_found_error',
+      `no route ${c.req.method} ${c.req.path} (routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics)`,
+    ),
+  );
   app.onError((err, c) => errorResponse(c, 500, 'server_error', `internal error: ${err.message}`));
   return app;
 }

@@ -34,7 +34,10 @@ export class DisaggregatedEngine implements ServingEngine {
 
   /** Starts both workers (each loads the model) and waits until both are ready. */
   static async start(options: Omit<WorkerOptions, 'phase'>): Promise<DisaggregatedEngine> {
-    const [prefill, decode] = await Promise.allSettled([EngineWorker.start({ ...options, phase: 'prefill' }), EngineWorker.start({ ...options, phase: 'decode' })]);
+    const [prefill, decode] = await Promise.allSettled([
+      EngineWorker.start({ ...options, phase: 'prefill' }),
+      EngineWorker.start({ ...options, phase: 'decode' }),
+    ]);
     if (prefill.status === 'rejected' || decode.status === 'rejected') {
       for (const started of [prefill, decode]) if (started.status === 'fulfilled') await started.value.close();
       throw prefill.status === 'rejected' ? prefill.reason : (decode as PromiseRejectedResult).reason;

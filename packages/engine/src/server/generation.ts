@@ -51,31 +51,34 @@ export function startGeneration(ctx: ServerContext, params: GenerationParams, si
     metrics.kvCacheTokens.set([...inFlight.values()].reduce((a, b) => a + b, 0));
     report();
   };
-  const id = worker.submit({ promptIds: params.promptIds, maxTokens: params.maxTokens, stopIds: tokenizer.eosTokenIds, sampling: params.sampling }, (event) => {
-    if (event.type === 'rejected') return finish(() => sink.fail(event.message));
-    const { token, finishReason } = event.output;
-    if (token !== null) {
-      const now = performance.now();
-      (tokens === 0 ? metrics.timeToFirstToken : metrics.timePerOutputToken).observe((now - last) / 1e3);
-      last = now;
-      tokens++;
-      metrics.generatedTokens.inc();
-      inFlight.set(key, params.promptIds.length + tokens);
-      metrics.kvCacheTokens.set([...inFlight.values()].reduce((a, b) => a + b, 0));
-      const settled = stop.push(detokenizer.push(token));
-      if (settled) sink.text(settled);
-      if (stop.stopped) {
-        worker.cancel(id);
-        return finish(() => sink.end('stop', tokens));
+  const id = worker.submit(
+    { promptIds: params.promptIds, maxTokens: params.maxTokens, stopIds: tokenizer.eosTokenIds, sampling: params.sampling },
+    (event) => {
+      if (event.type === 'rejected') return finish(() => sink.fail(event.message));
+      const { token, finishReason } = event.output;
+      if (token !== null) {
+        const now = performance.now();
+        (tokens === 0 ? metrics.timeToFirstToken : metrics.timePerOutputToken).observe((now - last) / 1e3);
+        last = now;
+        tokens++;
+        metrics.generatedTokens.inc();
+        inFlight.set(key, params.promptIds.length + tokens);
+        metrics.kvCacheTokens.set([...inFlight.values()].reduce((a, b) => a + b, 0));
+        const settled = stop.push(detokenizer.push(token));
+        if (settled) sink.text(settled);
+        if (stop.stopped) {
+          worker.cancel(id);
+          return finish(() => sink.end('stop', tokens));
+        }
       }
-    }
-    if (finishReason) {
-      const tail = stop.push(detokenizer.flush());
-      const rest = stop.stopped ? tail : tail + stop.end();
-      if (rest) sink.text(rest);
-      finish(() => sink.end(finishReason === 'length' ? 'length' : 'stop', tokens));
-    }
-  });
+      if (finishReason) {
+        const tail = stop.push(detokenizer.flush());
+        const rest = stop.stopped ? tail : tail + stop.end();
+        if (rest) sink.text(rest);
+        finish(() => sink.end(finishReason === 'length' ? 'length' : 'stop', tokens));
+      }
+    },
+  );
   return () => {
     if (finished) return;
     worker.cancel(id);

@@ -18,7 +18,14 @@ const toolCall = z
 const message = z.discriminatedUnion('role', [
   z.object({ role: z.literal('system'), content, name: z.string().max(200).optional() }).strict(),
   z.object({ role: z.literal('user'), content, name: z.string().max(200).optional() }).strict(),
-  z.object({ role: z.literal('assistant'), content: content.nullable().optional(), tool_calls: z.array(toolCall).max(100).optional(), name: z.string().max(200).optional() }).strict(),
+  z
+    .object({
+      role: z.literal('assistant'),
+      content: content.nullable().optional(),
+      tool_calls: z.array(toolCall).max(100).optional(),
+      name: z.string().max(200).optional(),
+    })
+    .strict(),
   z.object({ role: z.literal('tool'), content, tool_call_id: z.string().max(200) }).strict(),
 ]);
 
@@ -39,11 +46,26 @@ const tool = z
 /** The generation fields both endpoints share. */
 const generation = {
   model: z.string().max(1000).optional(),
-  max_tokens: z.number().int().min(1).max(2 ** 31).nullable().optional(),
+  max_tokens: z
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 31)
+    .nullable()
+    .optional(),
   temperature: z.number().min(0).max(2).nullable().optional(),
   top_p: z.number().gt(0).max(1).nullable().optional(),
-  seed: z.number().int().min(-(2 ** 53)).max(2 ** 53).nullable().optional(),
-  stop: z.union([z.string().min(1).max(1000), z.array(z.string().min(1).max(1000)).max(4)]).nullable().optional(),
+  seed: z
+    .number()
+    .int()
+    .min(-(2 ** 53))
+    .max(2 ** 53)
+    .nullable()
+    .optional(),
+  stop: z
+    .union([z.string().min(1).max(1000), z.array(z.string().min(1).max(1000)).max(4)])
+    .nullable()
+    .optional(),
   stream: z.boolean().nullable().optional(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).strict().nullable().optional(),
   n: z.literal(1, { message: 'only n = 1 is supported' }).nullable().optional(),
@@ -53,9 +75,17 @@ const generation = {
 export const ChatCompletionRequest = z
   .object({
     messages: z.array(message).min(1).max(10_000),
-    max_completion_tokens: z.number().int().min(1).max(2 ** 31).nullable().optional(),
+    max_completion_tokens: z
+      .number()
+      .int()
+      .min(1)
+      .max(2 ** 31)
+      .nullable()
+      .optional(),
     tools: z.array(tool).max(1000).optional(),
-    tool_choice: z.enum(['auto', 'none'], { message: 'tool_choice must be "auto" or "none" (a specific or required tool is not supported)' }).optional(),
+    tool_choice: z
+      .enum(['auto', 'none'], { message: 'tool_choice must be "auto" or "none" (a specific or required tool is not supported)' })
+      .optional(),
     ...generation,
   })
   .strict();
@@ -72,7 +102,10 @@ export function firstIssue(error: z.ZodError): { message: string; param: string 
   const param = issue.path.length ? issue.path.join('.') : null;
   if (issue.code === 'unrecognized_keys') {
     const where = param ? ` in ${param}` : '';
-    return { message: `unknown or unsupported field${issue.keys.length > 1 ? 's' : ''}${where}: ${issue.keys.join(', ')}`, param: [param, issue.keys[0]].filter(Boolean).join('.') };
+    return {
+      message: `unknown or unsupported field${issue.keys.length > 1 ? 's' : ''}${where}: ${issue.keys.join(', ')}`,
+      param: [param, issue.keys[0]].filter(Boolean).join('.'),
+    };
   }
   return { message: `${param ?? 'the body'}: ${issue.message}`, param };
 }

@@ -40,10 +40,23 @@ export async function startServer(options: ServeOptions): Promise<RunningServer>
   const maxModelLen = options.maxModelLen ?? worker.maxPositions;
   if (maxModelLen > worker.maxPositions) {
     await worker.close();
-    throw new UsageError(`serve: --max-model-len ${maxModelLen} is more than the ${worker.maxPositions} positions the model and its KV cache hold`);
+    throw new UsageError(
+      `serve: --max-model-len ${maxModelLen} is more than the ${worker.maxPositions} positions the model and its KV cache hold`,
+    );
   }
-  options.log(`loaded ${options.modelName} on ${worker.description} in ${((performance.now() - t0) / 1e3).toFixed(2)} s (max batch ${options.maxBatch}, prefill chunks of ${options.prefillChunk}, context ${maxModelLen})`);
-  const app = createApp({ worker, tokenizer, metrics: new Metrics(), inFlight: new Map(), modelName: options.modelName, apiKey: options.apiKey, maxModelLen, log: options.log });
+  options.log(
+    `loaded ${options.modelName} on ${worker.description} in ${((performance.now() - t0) / 1e3).toFixed(2)} s (max batch ${options.maxBatch}, prefill chunks of ${options.prefillChunk}, context ${maxModelLen})`,
+  );
+  const app = createApp({
+    worker,
+    tokenizer,
+    metrics: new Metrics(),
+    inFlight: new Map(),
+    modelName: options.modelName,
+    apiKey: options.apiKey,
+    maxModelLen,
+    log: options.log,
+  });
   const server = await new Promise<ReturnType<typeof serve>>((resolve, reject) => {
     const s = serve({ fetch: app.fetch, hostname: options.host, port: options.port }, () => resolve(s));
     s.once('error', (err: NodeJS.ErrnoException) => {

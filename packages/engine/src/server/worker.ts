@@ -21,12 +21,19 @@ const options = workerData as WorkerOptions;
 async function main(): Promise<void> {
   const { phase, modelDir, choice, maxBatch, prefillChunk, kvCacheMb, prefixCaching } = options;
   const schedulerOptions = { maxBatch, prefillChunk, kvCacheMb, prefixCaching };
-  const loaded = phase ? loadPhaseScheduler(modelDir, phase, schedulerOptions, choice.exact) : await loadScheduler(modelDir, choice, schedulerOptions);
+  const loaded = phase
+    ? loadPhaseScheduler(modelDir, phase, schedulerOptions, choice.exact)
+    : await loadScheduler(modelDir, choice, schedulerOptions);
   const { scheduler, config, description, pool } = loaded;
   const make = choice.solution === 'learner' ? await learnerMakeSampler() : makeSampler;
   const samplerOf = (s: SamplingOptions): ((logits: Tensor) => Tensor) | undefined =>
     s.temperature > 0 ? make({ temperature: s.temperature, topP: s.topP, seed: s.seed }) : undefined;
-  const requestOf = (m: SubmittedRequest) => ({ promptIds: m.promptIds, maxTokens: m.maxTokens, stopIds: m.stopIds, sampler: samplerOf(m.sampling) });
+  const requestOf = (m: SubmittedRequest) => ({
+    promptIds: m.promptIds,
+    maxTokens: m.maxTokens,
+    stopIds: m.stopIds,
+    sampler: samplerOf(m.sampling),
+  });
   // The main thread's request ids, and the scheduler's: both ways.
   const mainIdOf = new Map<number, number>();
   const schedulerIdOf = new Map<number, number>();
@@ -37,7 +44,10 @@ async function main(): Promise<void> {
   port.on('message', (message: ToWorker) => {
     if (message.type === 'submit' || message.type === 'prefilled') {
       try {
-        const id = message.type === 'submit' ? scheduler.submit(requestOf(message)) : receivePrefilled(loaded.scheduler as DecodeScheduler, message.id, message);
+        const id =
+          message.type === 'submit'
+            ? scheduler.submit(requestOf(message))
+            : receivePrefilled(loaded.scheduler as DecodeScheduler, message.id, message);
         mainIdOf.set(id, message.id);
         schedulerIdOf.set(message.id, id);
       } catch (err) {
@@ -96,7 +106,11 @@ async function main(): Promise<void> {
     // The step's tokens first (a request's first token among them), then the requests that leave with it.
     const handoffs = phase === 'prefill' ? handOff(scheduler as PrefillScheduler) : [];
     post({ type: 'step', outputs, ...status() });
-    for (const h of handoffs) post(h, h.transfer.pages.map((p) => p.data.buffer as ArrayBuffer));
+    for (const h of handoffs)
+      post(
+        h,
+        h.transfer.pages.map((p) => p.data.buffer as ArrayBuffer),
+      );
     // Let the messages that arrived during the step in before the next one.
     await new Promise<void>((resolve) => setImmediate(resolve));
   }

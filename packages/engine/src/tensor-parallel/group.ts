@@ -10,7 +10,17 @@
 // with them, so every cache of the group belongs to an older generation: a sequence that had one rebuilds it.
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
-import { DEAD, LOADING, SLOT_ROWS, type Fault, type GroupMemory, type GroupSpec, type RankCommand, type Report, type ToPeer } from './protocol.ts';
+import {
+  DEAD,
+  LOADING,
+  SLOT_ROWS,
+  type Fault,
+  type GroupMemory,
+  type GroupSpec,
+  type RankCommand,
+  type Report,
+  type ToPeer,
+} from './protocol.ts';
 import { Rank } from './rank.ts';
 import { allReduceClass, loadRankModel, tensorAllReduce, type GroupAllReduce, type GroupAllReduceClass } from './rank-model.ts';
 
@@ -125,7 +135,7 @@ export class TensorParallelGroup {
 
   private idOf(cache: CacheHandle): number {
     if (!this.isLive(cache)) {
-      throw new Error('tensor parallelism: this sequence\'s cache was lost when the group restarted after a failure (open a new one)');
+      throw new Error("tensor parallelism: this sequence's cache was lost when the group restarted after a failure (open a new one)");
     }
     return cache.id;
   }
@@ -134,8 +144,12 @@ export class TensorParallelGroup {
   private checkTokens(ids: readonly number[], end: number): void {
     const { vocabSize, maxPositionEmbeddings } = this.config;
     const bad = ids.find((id) => !(Number.isInteger(id) && id >= 0 && id < vocabSize));
-    if (bad !== undefined) throw new RangeError(`tensor parallelism: token id ${bad} is outside the vocabulary (vocab_size ${vocabSize}: ids 0..${vocabSize - 1})`);
-    if (end > maxPositionEmbeddings) throw new RangeError(`tensor parallelism: position ${end - 1} is past the model's ${maxPositionEmbeddings} positions`);
+    if (bad !== undefined)
+      throw new RangeError(
+        `tensor parallelism: token id ${bad} is outside the vocabulary (vocab_size ${vocabSize}: ids 0..${vocabSize - 1})`,
+      );
+    if (end > maxPositionEmbeddings)
+      throw new RangeError(`tensor parallelism: position ${end - 1} is past the model's ${maxPositionEmbeddings} positions`);
   }
 
   /** Runs a command on every rank; rank 0's result. See the top of the file for failures. */
@@ -158,7 +172,9 @@ export class TensorParallelGroup {
     this.broken = true;
     if (rank0Error !== null && !isAborted(rank0Error)) throw rank0Error;
     const first = reports[0];
-    const what = first ? `rank ${first.rank} ${first.type === 'died' ? `died (${first.reason})` : `failed: ${first.message}`}` : 'a rank failed';
+    const what = first
+      ? `rank ${first.rank} ${first.type === 'died' ? `died (${first.reason})` : `failed: ${first.message}`}`
+      : 'a rank failed';
     throw new Error(`tensor parallelism: ${what}, during a ${command.type} command; the group starts its peers again for the next one`);
   }
 

@@ -53,7 +53,8 @@ class EngineRank implements RankModel<DecodeKvCache[]> {
   forward(ids: readonly number[], offset: number, cache: DecodeKvCache[], lastOnly: boolean): Tensor | null {
     const x = idsTensor(ids);
     try {
-      if (this.rank === 0) return lastOnly ? this.model.forwardLastLogits(x, cache, offset) : positionsOf(this.model.forward(x, cache, offset), ids.length);
+      if (this.rank === 0)
+        return lastOnly ? this.model.forwardLastLogits(x, cache, offset) : positionsOf(this.model.forward(x, cache, offset), ids.length);
       this.model.advance(x, cache, offset);
       return null;
     } finally {
@@ -142,7 +143,9 @@ export interface GroupAllReduceClass {
 
 /** The all-reduce of the code a group runs: the learner's, or the reference's (the engine's). */
 export async function allReduceClass(code: RankCode): Promise<GroupAllReduceClass> {
-  return code === 'learner' ? (await import('@tiny-llm/week3')).SharedMemoryAllReduce : (await import('@tiny-llm/reference/week3')).SharedMemoryAllReduce;
+  return code === 'learner'
+    ? (await import('@tiny-llm/week3')).SharedMemoryAllReduce
+    : (await import('@tiny-llm/reference/week3')).SharedMemoryAllReduce;
 }
 
 /** The whole model's config and weights by name: a checkpoint's, or random weights of a config's shape. */
@@ -157,17 +160,23 @@ function openWeights(weights: WeightsSpec): { config: ModelConfig; weight: Weigh
 /** Loads rank `at.rank`'s model of a group, all-reducing through `allReduce`. */
 export async function loadRankModel(spec: GroupSpec, at: RankOf, allReduce: (partial: Tensor) => Tensor): Promise<RankModel<unknown>> {
   const { weights } = spec;
-  if (spec.code !== 'engine' && !('modelDir' in weights)) throw new Error('a chapter model loads from a model directory, not random weights');
+  if (spec.code !== 'engine' && !('modelDir' in weights))
+    throw new Error('a chapter model loads from a model directory, not random weights');
   // One branch per solution: their models' caches are of different classes.
   if (spec.code === 'learner' && 'modelDir' in weights) {
     const { TensorParallelQwen2 } = await import('@tiny-llm/week3');
-    return new ChapterRank<LearnerKvCache>(withLearnerErrors(() => TensorParallelQwen2.loadShard(weights.modelDir, { ...at, allReduce }))) as RankModel<unknown>;
+    return new ChapterRank<LearnerKvCache>(
+      withLearnerErrors(() => TensorParallelQwen2.loadShard(weights.modelDir, { ...at, allReduce })),
+    ) as RankModel<unknown>;
   }
   if (spec.code === 'reference' && 'modelDir' in weights) {
     const { TensorParallelQwen2 } = await import('@tiny-llm/reference/week3');
     return new ChapterRank<ReferenceKvCache>(TensorParallelQwen2.loadShard(weights.modelDir, { ...at, allReduce })) as RankModel<unknown>;
   }
   const { config, weight } = openWeights(weights);
-  const model = Qwen2Model.fromWeights(rankConfig(config, at.worldSize), shardWeights(weight, at), { tensorParallel: { rank: at.rank, allReduce }, exact: spec.exact });
+  const model = Qwen2Model.fromWeights(rankConfig(config, at.worldSize), shardWeights(weight, at), {
+    tensorParallel: { rank: at.rank, allReduce },
+    exact: spec.exact,
+  });
   return new EngineRank(model, config, at.rank) as RankModel<unknown>;
 }

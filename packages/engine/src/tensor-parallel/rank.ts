@@ -25,7 +25,10 @@ export class Rank {
       case 'forward':
         return this.model.forward(command.ids, command.offset, this.cacheOf(command.cache), command.lastOnly);
       case 'decode':
-        return this.model.decode(command.tokens, command.caches.map((id) => this.cacheOf(id)));
+        return this.model.decode(
+          command.tokens,
+          command.caches.map((id) => this.cacheOf(id)),
+        );
       case 'truncate':
         this.model.truncate(this.cacheOf(command.cache), command.length);
         return null;

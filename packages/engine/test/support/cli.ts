@@ -27,7 +27,9 @@ export function runScript(script: string, args: string[], env: Record<string, st
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, stdout, stderr: signal ? `${stderr}\n[the script was killed by ${signal}]` : stderr }));
+    child.on('close', (code, signal) =>
+      resolve({ code, stdout, stderr: signal ? `${stderr}\n[the script was killed by ${signal}]` : stderr }),
+    );
   });
 }
 

@@ -9,15 +9,26 @@ import { EXACT, fusedCase, makeProblem, reference, scaledError } from './quantiz
 
 const results: { name: string; error: number }[] = [];
 for (const bits of [2, 3, 4, 5, 6, 8]) {
-  for (const [m, group] of [[1, 32], [5, 64], [37, 128]]) {
+  for (const [m, group] of [
+    [1, 32],
+    [5, 64],
+    [37, 128],
+  ]) {
     const p = makeProblem(m, 45, 256, bits, group, { xDtype: m === 5 ? 'bfloat16' : 'float32', scaleDtype: 'float16' });
     const y = quantizedMatmul(p.x, p.w, EXACT);
     results.push({ name: `${bits}-bit g${group} M=${m}`, error: scaledError(y.toArray(), reference(p)) });
   }
 }
 // The fused prologues and epilogues (native/fusion.cc), scalar.
-for (const kinds of [['norm', 'bias', 'residual'], ['swiglu', 'residual']]) {
-  for (const [bits, m] of [[4, 1], [3, 3], [8, 37]]) {
+for (const kinds of [
+  ['norm', 'bias', 'residual'],
+  ['swiglu', 'residual'],
+]) {
+  for (const [bits, m] of [
+    [4, 1],
+    [3, 3],
+    [8, 37],
+  ]) {
     const c = fusedCase(m, 45, 256, bits, 64, kinds, m + bits);
     const y = quantizedMatmul(c.x, c.w, { bias: c.bias, residual: c.residual, norm: c.norm, swiglu: c.swiglu, ...EXACT });
     results.push({ name: `${bits}-bit M=${m} ${kinds.join('+')}`, error: scaledError(y.toArray(), c.expected) });

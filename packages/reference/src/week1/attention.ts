@@ -18,9 +18,7 @@ export function softmax(x: Tensor, axis: number): Tensor {
 /** x @ w.T + bias: x [..., in], w [out, in] (PyTorch's layout), bias [out]; returns [..., out]. */
 export function linear(x: Tensor, w: Tensor, bias?: Tensor): Tensor {
   if (w.ndim !== 2 || x.ndim === 0 || x.shape[x.ndim - 1] !== w.shape[1]) {
-    throw new RangeError(
-      `linear: expected w of shape [out, ${x.shape[x.ndim - 1]}] for x ${x.describe()}, got w ${w.describe()}`,
-    );
+    throw new RangeError(`linear: expected w of shape [out, ${x.shape[x.ndim - 1]}] for x ${x.describe()}, got w ${w.describe()}`);
   }
   if (bias && (bias.ndim !== 1 || bias.shape[0] !== w.shape[0])) {
     throw new RangeError(`linear: expected bias of shape [${w.shape[0]}], got ${bias.describe()}`);

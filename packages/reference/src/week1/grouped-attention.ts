@@ -23,13 +23,7 @@ export function causalMask(l: number, s: number): Tensor {
  * v [..., Hkv, S, D]; returns [..., Hq, L, D]. Query head h reads kv head floor(h / (Hq / Hkv)). The mask is
  * an additive tensor broadcastable to [..., Hq, L, S], or 'causal'.
  */
-export function scaledDotProductAttentionGrouped(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
-  scale?: number,
-  mask?: Tensor | 'causal',
-): Tensor {
+export function scaledDotProductAttentionGrouped(q: Tensor, k: Tensor, v: Tensor, scale?: number, mask?: Tensor | 'causal'): Tensor {
   checkGroupedShapes(q, k, v);
   const lead = q.shape.slice(0, -3);
   const [hq, l, d] = q.shape.slice(-3);

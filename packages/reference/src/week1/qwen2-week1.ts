@@ -186,13 +186,7 @@ export class Qwen2TransformerBlock {
   constructor(options: Qwen2BlockOptions) {
     const { hiddenSize, intermediateSize, rmsNormEps } = options;
     this.selfAttn = new Qwen2MultiHeadAttention(options);
-    this.mlp = new Qwen2MLP(
-      hiddenSize,
-      intermediateSize,
-      float32(options.wGate),
-      float32(options.wUp),
-      float32(options.wDown),
-    );
+    this.mlp = new Qwen2MLP(hiddenSize, intermediateSize, float32(options.wGate), float32(options.wUp), float32(options.wDown));
     this.inputLayerNorm = new RMSNorm(hiddenSize, options.wInputNorm, rmsNormEps);
     this.postAttentionLayerNorm = new RMSNorm(hiddenSize, options.wPostAttentionNorm, rmsNormEps);
   }
@@ -233,7 +227,9 @@ export class Qwen2ModelWeek1 {
       );
     }
     if (config.ropeScaling) {
-      throw new Error(`Qwen2ModelWeek1: ${modelDir.dir} uses RoPE scaling ${JSON.stringify(config.ropeScaling)}, which week 1 does not implement`);
+      throw new Error(
+        `Qwen2ModelWeek1: ${modelDir.dir} uses RoPE scaling ${JSON.stringify(config.ropeScaling)}, which week 1 does not implement`,
+      );
     }
     this.config = config;
     const { hiddenSize, headDim, rmsNormEps } = config;

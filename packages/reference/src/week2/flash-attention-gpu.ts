@@ -19,7 +19,10 @@ function tileSizes(l: number, d: number, workgroupBytes: number): { bq: number; 
   let bk = 16;
   while (bk > 1 && bytes(bk, bk) > workgroupBytes) bk /= 2;
   const bq = Math.min(bk, 2 ** Math.ceil(Math.log2(Math.max(l, 1))));
-  if (bytes(bq, bk) > workgroupBytes) throw new RangeError(`flashAttentionGpu: a head dim of ${d} does not fit the device's ${workgroupBytes} bytes of workgroup memory (maxComputeWorkgroupStorageSize)`);
+  if (bytes(bq, bk) > workgroupBytes)
+    throw new RangeError(
+      `flashAttentionGpu: a head dim of ${d} does not fit the device's ${workgroupBytes} bytes of workgroup memory (maxComputeWorkgroupStorageSize)`,
+    );
   return { bq, bk };
 }
 
@@ -32,7 +35,8 @@ export function flashAttentionGpu(q: Tensor, k: Tensor, v: Tensor, options: Flas
   // The kernel first: while it is a stub, every call is the chapter's NotImplemented.
   const kernel = week2Kernel('flash_attention.wgsl');
   const shapes = `q ${q.describe()}, k ${k.describe()}, v ${v.describe()}`;
-  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4) throw new RangeError(`flashAttentionGpu: expected q [B, Hq, L, D], k and v [B, Hkv, S, D], got ${shapes}`);
+  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4)
+    throw new RangeError(`flashAttentionGpu: expected q [B, Hq, L, D], k and v [B, Hkv, S, D], got ${shapes}`);
   const [b, hq, l, d] = q.shape;
   const [, hkv, s] = k.shape;
   const kvShape = [b, hkv, s, d];
@@ -43,7 +47,9 @@ export function flashAttentionGpu(q: Tensor, k: Tensor, v: Tensor, options: Flas
   const gpu = q.backend;
   const tensors = mask instanceof tc.Tensor ? [q, k, v, mask] : [q, k, v];
   if (!(gpu instanceof tc.WebGPUBackend) || tensors.some((t) => t.backend !== gpu)) {
-    throw new TypeError(`flashAttentionGpu: every tensor must live on one WebGPU backend (${tensors.map((t) => t.backend.name).join(', ')})`);
+    throw new TypeError(
+      `flashAttentionGpu: every tensor must live on one WebGPU backend (${tensors.map((t) => t.backend.name).join(', ')})`,
+    );
   }
   const dtype = q.dtype === 'bfloat16' && k.dtype === 'bfloat16' && v.dtype === 'bfloat16' ? 'bfloat16' : 'float32';
   return tc.tidy(() => {
@@ -53,7 +59,11 @@ export function flashAttentionGpu(q: Tensor, k: Tensor, v: Tensor, options: Flas
     let maskTensor = qc; // bound, never read, without a mask tensor
     let maskStrides = [0, 0, 0, 0];
     if (mask instanceof tc.Tensor) {
-      if (mask.ndim > 4 || mask.shape[mask.ndim - 1] !== s || (mask.ndim > 1 && mask.shape[mask.ndim - 2] !== l && mask.shape[mask.ndim - 2] !== 1)) {
+      if (
+        mask.ndim > 4 ||
+        mask.shape[mask.ndim - 1] !== s ||
+        (mask.ndim > 1 && mask.shape[mask.ndim - 2] !== l && mask.shape[mask.ndim - 2] !== 1)
+      ) {
         throw new RangeError(`flashAttentionGpu: the mask ${mask.describe()} does not broadcast to [B, Hq, ${l}, ${s}] (${shapes})`);
       }
       const rank4 = [...new Array<number>(4 - mask.ndim).fill(1), ...mask.shape];

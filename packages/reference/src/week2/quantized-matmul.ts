@@ -21,7 +21,15 @@ export function quantizedMatmul(x: Tensor, w: tc.QuantizedWeight): Tensor {
   return tc.tidy(() => {
     const rows = tc.contiguous(tc.reshape(x, [lead.reduce((a, b) => a * b, 1), k]));
     const out = tc.empty([rows.shape[0], w.outFeatures], 'float32');
-    week2Kernels().quantizedMatmul(rows.native(), w.weight.native(), w.scales.native(), w.biases.native(), out.native(), w.groupSize, w.bits);
+    week2Kernels().quantizedMatmul(
+      rows.native(),
+      w.weight.native(),
+      w.scales.native(),
+      w.biases.native(),
+      out.native(),
+      w.groupSize,
+      w.bits,
+    );
     return tc.reshape(out, [...lead, w.outFeatures]);
   });
 }

@@ -194,7 +194,11 @@ export class Qwen2ModelWeek2 {
   /** Layer i's MLP (week 3's model puts a mixture of experts in the sparse layers of Qwen2-MoE). */
   protected mlpOf(modelDir: ModelDir, i: number): LayerMlp {
     const p = `model.layers.${i}.mlp`;
-    return new Qwen2MLP(projectionOf(modelDir, `${p}.gate_proj`), projectionOf(modelDir, `${p}.up_proj`), projectionOf(modelDir, `${p}.down_proj`));
+    return new Qwen2MLP(
+      projectionOf(modelDir, `${p}.gate_proj`),
+      projectionOf(modelDir, `${p}.up_proj`),
+      projectionOf(modelDir, `${p}.down_proj`),
+    );
   }
 
   /** An empty cache for each layer. */

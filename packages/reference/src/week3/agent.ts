@@ -115,7 +115,12 @@ export interface AgentResult {
 }
 
 /** The agent loop: the model replies, its tool calls run and their results go back, until it answers. */
-export async function runAgent(model: ChatModel, registry: ToolRegistry, messages: readonly ChatMessage[], options: AgentOptions = {}): Promise<AgentResult> {
+export async function runAgent(
+  model: ChatModel,
+  registry: ToolRegistry,
+  messages: readonly ChatMessage[],
+  options: AgentOptions = {},
+): Promise<AgentResult> {
   const maxSteps = options.maxSteps ?? 5;
   if (!Number.isInteger(maxSteps) || maxSteps < 1) throw new RangeError(`runAgent: maxSteps must be an integer >= 1, got ${maxSteps}`);
   const conversation = [...messages];

@@ -36,8 +36,10 @@ export class SharedMemoryAllReduce {
 
   /** The shared memory of a group of `worldSize` ranks, with slots of `slotSize` float32 values. */
   static allocate(worldSize: number, slotSize: number): SharedArrayBuffer {
-    if (!Number.isInteger(worldSize) || worldSize < 1) throw new RangeError(`SharedMemoryAllReduce: worldSize must be an integer >= 1, got ${worldSize}`);
-    if (!Number.isInteger(slotSize) || slotSize < 1) throw new RangeError(`SharedMemoryAllReduce: slotSize must be an integer >= 1, got ${slotSize}`);
+    if (!Number.isInteger(worldSize) || worldSize < 1)
+      throw new RangeError(`SharedMemoryAllReduce: worldSize must be an integer >= 1, got ${worldSize}`);
+    if (!Number.isInteger(slotSize) || slotSize < 1)
+      throw new RangeError(`SharedMemoryAllReduce: slotSize must be an integer >= 1, got ${slotSize}`);
     return new SharedArrayBuffer(4 * (CONTROL_WORDS + worldSize * slotSize));
   }
 
@@ -49,9 +51,12 @@ export class SharedMemoryAllReduce {
   ) {
     this.slotSize = (shared.byteLength / 4 - CONTROL_WORDS) / worldSize;
     if (!Number.isInteger(this.slotSize) || this.slotSize < 1) {
-      throw new RangeError(`SharedMemoryAllReduce: a buffer of ${shared.byteLength} bytes is not one of ${worldSize} ranks (use SharedMemoryAllReduce.allocate)`);
+      throw new RangeError(
+        `SharedMemoryAllReduce: a buffer of ${shared.byteLength} bytes is not one of ${worldSize} ranks (use SharedMemoryAllReduce.allocate)`,
+      );
     }
-    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize) throw new RangeError(`SharedMemoryAllReduce: rank ${rank} is not in [0, ${worldSize})`);
+    if (!Number.isInteger(rank) || rank < 0 || rank >= worldSize)
+      throw new RangeError(`SharedMemoryAllReduce: rank ${rank} is not in [0, ${worldSize})`);
     this.control = new Int32Array(shared, 0, CONTROL_WORDS);
     this.slots = new Float32Array(shared, 4 * CONTROL_WORDS, worldSize * this.slotSize);
   }

@@ -63,7 +63,10 @@ export function evaluateArithmetic(expression: string): number {
       return value;
     }
     const number = /^(\d+(\.\d*)?|\.\d+)/.exec(expression.slice(at));
-    if (!number) fail(c === undefined ? 'the expression ends where a number is expected' : `unexpected ${JSON.stringify(c)} where a number is expected`);
+    if (!number)
+      fail(
+        c === undefined ? 'the expression ends where a number is expected' : `unexpected ${JSON.stringify(c)} where a number is expected`,
+      );
     at += number![0].length;
     return Number(number![0]);
   };
@@ -101,7 +104,9 @@ const OFFLINE = 'offline demo data, fixed per city';
  * read in training, which they answer from more reliably than from JSON.stringify's compact one.
  */
 function pythonJson(fields: Record<string, string | number>): string {
-  return `{${Object.entries(fields).map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(', ')}}`;
+  return `{${Object.entries(fields)
+    .map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`)
+    .join(', ')}}`;
 }
 
 /** The demo tools, with the schemas of models/<model>/tools.json. */

@@ -62,10 +62,14 @@ export class DecodeScheduler extends PagedScheduler {
     const most = request.promptIds.length + request.maxTokens;
     const pages = Math.ceil(Math.min(most, this.model.maxPositions) / this.model.pool.pageSize);
     if (pages > this.model.pool.numPages) {
-      throw new RangeError(`DecodeScheduler.receive: request ${handoff.id} may reach ${most} tokens, ${pages} pages, but the pool has ${this.model.pool.numPages} pages in all`);
+      throw new RangeError(
+        `DecodeScheduler.receive: request ${handoff.id} may reach ${most} tokens, ${pages} pages, but the pool has ${this.model.pool.numPages} pages in all`,
+      );
     }
     if (transfer.numTokens !== request.promptIds.length) {
-      throw new RangeError(`DecodeScheduler.receive: request ${handoff.id}'s transfer holds ${transfer.numTokens} tokens, its prompt has ${request.promptIds.length}`);
+      throw new RangeError(
+        `DecodeScheduler.receive: request ${handoff.id}'s transfer holds ${transfer.numTokens} tokens, its prompt has ${request.promptIds.length}`,
+      );
     }
     this.arrivals.push(handoff);
   }

@@ -91,7 +91,9 @@ function checkTransfer(pool: PagePool, transfer: KvTransfer): void {
   const shape = shapeOf(pool);
   for (const name of ['pageSize', 'numLayers', 'numKvHeads', 'headDim'] as const) {
     if (transfer[name] !== shape[name]) {
-      throw new RangeError(`importPages: the transfer's ${name} is ${transfer[name]}, this pool's is ${shape[name]}: the two workers must run the same model and page size`);
+      throw new RangeError(
+        `importPages: the transfer's ${name} is ${transfer[name]}, this pool's is ${shape[name]}: the two workers must run the same model and page size`,
+      );
     }
   }
   const { numTokens, tokens, pages } = transfer;
@@ -103,24 +105,34 @@ function checkTransfer(pool: PagePool, transfer: KvTransfer): void {
   const listed = `(it holds pages ${indices.join(', ')})`;
   for (let block = 0; block < expected; block++) {
     if (!indices.includes(block)) {
-      throw new RangeError(`importPages: page ${block} of ${expected} (${numTokens} tokens in pages of ${shape.pageSize}) is missing ${listed}: a page was dropped`);
+      throw new RangeError(
+        `importPages: page ${block} of ${expected} (${numTokens} tokens in pages of ${shape.pageSize}) is missing ${listed}: a page was dropped`,
+      );
     }
   }
   if (pages.length !== expected) {
-    throw new RangeError(`importPages: ${pages.length} pages for ${numTokens} tokens in pages of ${shape.pageSize}, which take ${expected} ${listed}`);
+    throw new RangeError(
+      `importPages: ${pages.length} pages for ${numTokens} tokens in pages of ${shape.pageSize}, which take ${expected} ${listed}`,
+    );
   }
   const perLayer = layerFloats(shape);
   pages.forEach((page, position) => {
     if (page.index !== position) {
-      throw new RangeError(`importPages: pages out of order: position ${position} holds page ${page.index}, expected page ${position} ${listed}`);
+      throw new RangeError(
+        `importPages: pages out of order: position ${position} holds page ${page.index}, expected page ${position} ${listed}`,
+      );
     }
     if (page.data.length !== shape.numLayers * perLayer) {
-      throw new RangeError(`importPages: page ${position} holds ${page.data.length} floats, expected ${shape.numLayers * perLayer} (${shape.numLayers} layers x ${perLayer})`);
+      throw new RangeError(
+        `importPages: page ${position} holds ${page.data.length} floats, expected ${shape.numLayers * perLayer} (${shape.numLayers} layers x ${perLayer})`,
+      );
     }
     for (let layer = 0; layer < shape.numLayers; layer++) {
       const sum = pageChecksum(layerOf(page.data, layer, perLayer));
       if (sum !== page.checksums[layer]) {
-        throw new RangeError(`importPages: page ${position}, layer ${layer}: checksum ${sum} differs from the sender's ${page.checksums[layer]}: the page was corrupted in transit`);
+        throw new RangeError(
+          `importPages: page ${position}, layer ${layer}: checksum ${sum} differs from the sender's ${page.checksums[layer]}: the page was corrupted in transit`,
+        );
       }
     }
   });

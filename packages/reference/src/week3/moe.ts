@@ -28,7 +28,8 @@ export interface Routing {
  * 1 when `normalize`.
  */
 export function routeTopK(probs: ArrayLike<number>, numTokens: number, numExperts: number, k: number, normalize: boolean): Routing {
-  if (!Number.isInteger(k) || k < 1 || k > numExperts) throw new RangeError(`routeTopK: k = ${k} must be an integer in [1, ${numExperts}] (the experts)`);
+  if (!Number.isInteger(k) || k < 1 || k > numExperts)
+    throw new RangeError(`routeTopK: k = ${k} must be an integer in [1, ${numExperts}] (the experts)`);
   if (probs.length !== numTokens * numExperts) {
     throw new RangeError(`routeTopK: ${probs.length} probabilities for ${numTokens} tokens x ${numExperts} experts`);
   }
@@ -83,7 +84,8 @@ export function groupByExpert(routing: Routing, numExperts: number): ExpertGroup
   const counts = new Int32Array(numExperts);
   for (let i = 0; i < indices.length; i++) {
     const e = indices[i];
-    if (!(e >= 0 && e < numExperts)) throw new RangeError(`groupByExpert: slot ${i} is routed to expert ${e}, outside 0..${numExperts - 1}`);
+    if (!(e >= 0 && e < numExperts))
+      throw new RangeError(`groupByExpert: slot ${i} is routed to expert ${e}, outside 0..${numExperts - 1}`);
     counts[e]++;
   }
   const starts = new Int32Array(numExperts);
@@ -136,7 +138,8 @@ export class Qwen2MoeBlock implements LayerMlp {
     const e = options.experts.length;
     if (e === 0) throw new RangeError(`${name}: needs at least one expert`);
     const k = options.numExpertsPerTok;
-    if (!Number.isInteger(k) || k < 1 || k > e) throw new RangeError(`${name}: num_experts_per_tok (${k}) must be between 1 and the ${e} experts`);
+    if (!Number.isInteger(k) || k < 1 || k > e)
+      throw new RangeError(`${name}: num_experts_per_tok (${k}) must be between 1 and the ${e} experts`);
     if (!options.sharedExpert !== !options.sharedExpertGate) {
       throw new RangeError(`${name}: the shared expert and its gate (shared_expert_gate) come together or not at all`);
     }

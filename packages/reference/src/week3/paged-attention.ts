@@ -19,7 +19,9 @@ export function pagedAttention(
 ): Tensor {
   const b = q.shape[0];
   if (q.ndim !== 3 || blockTables.length !== b || lengths.length !== b) {
-    throw new RangeError(`pagedAttention: expected q [B, Hq, D] with one block table and one length per row, got q ${q.describe()}, ${blockTables.length} block tables, ${lengths.length} lengths`);
+    throw new RangeError(
+      `pagedAttention: expected q [B, Hq, D] with one block table and one length per row, got q ${q.describe()}, ${blockTables.length} block tables, ${lengths.length} lengths`,
+    );
   }
   return tc.tidy(() => {
     const qc = tc.contiguous(q.dtype === 'float32' ? q : tc.astype(q, 'float32'));
@@ -27,7 +29,15 @@ export function pagedAttention(
     const tables = blockTablesTensor(blockTables);
     const lengthsT = tc.tensor(Int32Array.from(lengths), { dtype: 'int32', shape: [b] });
     const scale = options.scale ?? 1 / Math.sqrt(q.shape[2]);
-    week3Kernels().pagedAttention(qc.native(), keyPages.native(), valuePages.native(), tables.native(), lengthsT.native(), out.native(), scale);
+    week3Kernels().pagedAttention(
+      qc.native(),
+      keyPages.native(),
+      valuePages.native(),
+      tables.native(),
+      lengthsT.native(),
+      out.native(),
+      scale,
+    );
     return out;
   });
 }

@@ -107,7 +107,9 @@ export class PagePool {
   allocate(): number {
     const page = this.free.values().next().value;
     if (page === undefined) {
-      throw new RangeError(`PagePool.allocate: all ${this.numPages} pages (${this.pageSize} tokens each) are in use: release some, or make the pool larger`);
+      throw new RangeError(
+        `PagePool.allocate: all ${this.numPages} pages (${this.pageSize} tokens each) are in use: release some, or make the pool larger`,
+      );
     }
     this.free.delete(page);
     this.prefixCache?.forget(page);
@@ -186,19 +188,25 @@ export class PagePool {
     for (const table of tables) {
       const who = `${table.owner}'s block table`;
       if (table.pages.length * p < table.length) {
-        throw new RangeError(`${who} holds ${table.length} tokens in ${table.pages.length} pages of ${p}: a page is missing (reserve before writing)`);
+        throw new RangeError(
+          `${who} holds ${table.length} tokens in ${table.pages.length} pages of ${p}: a page is missing (reserve before writing)`,
+        );
       }
       table.pages.forEach((page, block) => {
         if (!Number.isInteger(page) || page < 0 || page >= this.numPages) {
           throw new RangeError(`${who}: block ${block} holds page ${page}, outside the pool's ${this.numPages} pages`);
         }
         if (this.refCounts[page] <= 0 || this.free.has(page)) {
-          throw new RangeError(`${who}: block ${block} holds page ${page}, which the pool counts as free: it was released while ${table.owner} still uses it`);
+          throw new RangeError(
+            `${who}: block ${block} holds page ${page}, which the pool counts as free: it was released while ${table.owner} still uses it`,
+          );
         }
         const held = [...(holders.get(page) ?? []), `${table.owner} (block ${block})`];
         holders.set(page, held);
         if (held.length > this.refCounts[page]) {
-          throw new RangeError(`page ${page} is held by ${held.join(' and ')}, but its reference count is ${this.refCounts[page]}: a page handed out twice, or shared without retain`);
+          throw new RangeError(
+            `page ${page} is held by ${held.join(' and ')}, but its reference count is ${this.refCounts[page]}: a page handed out twice, or shared without retain`,
+          );
         }
         if (block >= Math.floor(table.length / p) && this.refCounts[page] > 1) {
           throw new RangeError(
@@ -252,7 +260,9 @@ export class BlockTable {
    */
   commit(ids: readonly number[]): void {
     if (this.length + ids.length > this.pages.length * this.pool.pageSize) {
-      throw new RangeError(`${this.owner}'s block table: ${ids.length} more tokens after ${this.length} need more than its ${this.pages.length} pages: reserve them first`);
+      throw new RangeError(
+        `${this.owner}'s block table: ${ids.length} more tokens after ${this.length} need more than its ${this.pages.length} pages: reserve them first`,
+      );
     }
     this.tokens.push(...ids);
     this.pool.prefixCache?.register(this);
@@ -285,7 +295,9 @@ export class PagedLayerCache implements AttentionCache {
 
   updateAndFetch(k: Tensor, v: Tensor): CachedKeysValues {
     if (k.ndim !== 4 || k.shape[0] !== 1 || v.ndim !== 4 || !k.shape.every((n, i) => n === v.shape[i])) {
-      throw new RangeError(`PagedLayerCache.updateAndFetch: expected k and v [1, Hkv, L, D] of one request, got k ${k.describe()}, v ${v.describe()}`);
+      throw new RangeError(
+        `PagedLayerCache.updateAndFetch: expected k and v [1, Hkv, L, D] of one request, got k ${k.describe()}, v ${v.describe()}`,
+      );
     }
     const { pool } = this.table;
     const start = this.table.length;

@@ -28,7 +28,9 @@ export const ROOT_HASH = '';
 
 /** The content hash of a full page: its tokens after the pages whose hash is `parent`. */
 export function pageHash(parent: string, tokens: readonly number[]): string {
-  return createHash('sha256').update(`${parent}:${tokens.join(',')}`).digest('hex');
+  return createHash('sha256')
+    .update(`${parent}:${tokens.join(',')}`)
+    .digest('hex');
 }
 
 /** What a cached page holds. */

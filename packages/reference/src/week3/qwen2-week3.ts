@@ -33,7 +33,11 @@ export class Qwen2ModelWeek3 extends Qwen2ModelWeek2 {
     const moe = config.moe!;
     const p = `model.layers.${i}.mlp`;
     const gated = (prefix: string) =>
-      new Qwen2MLP(projectionOf(modelDir, `${prefix}.gate_proj`), projectionOf(modelDir, `${prefix}.up_proj`), projectionOf(modelDir, `${prefix}.down_proj`));
+      new Qwen2MLP(
+        projectionOf(modelDir, `${prefix}.gate_proj`),
+        projectionOf(modelDir, `${prefix}.up_proj`),
+        projectionOf(modelDir, `${prefix}.down_proj`),
+      );
     const shared = moe.sharedExpertIntermediateSize > 0;
     return new Qwen2MoeBlock({
       hiddenSize: config.hiddenSize,

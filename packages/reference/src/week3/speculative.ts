@@ -75,16 +75,24 @@ export function sampleFrom(probs: ArrayLike<number>, u: number): number {
  * judges drafted[i], p[k] the bonus token's); q: the draft's k distributions, drafted[i] drawn from q[i];
  * random: uniform numbers in [0, 1).
  */
-export function acceptDrafts(p: readonly ArrayLike<number>[], q: readonly ArrayLike<number>[], drafted: readonly number[], random: () => number): Verdict {
+export function acceptDrafts(
+  p: readonly ArrayLike<number>[],
+  q: readonly ArrayLike<number>[],
+  drafted: readonly number[],
+  random: () => number,
+): Verdict {
   const k = drafted.length;
   if (q.length !== k || p.length !== k + 1) {
-    throw new RangeError(`acceptDrafts: ${k} drafted tokens need ${k} draft distributions and ${k + 1} target ones, got ${q.length} and ${p.length}`);
+    throw new RangeError(
+      `acceptDrafts: ${k} drafted tokens need ${k} draft distributions and ${k + 1} target ones, got ${q.length} and ${p.length}`,
+    );
   }
   for (let i = 0; i < k; i++) {
     const d = drafted[i];
     const pd = p[i][d];
     const qd = q[i][d];
-    if (!(qd > 0)) throw new RangeError(`acceptDrafts: drafted token ${d} at position ${i} has probability ${qd} under the draft, which drew it`);
+    if (!(qd > 0))
+      throw new RangeError(`acceptDrafts: drafted token ${d} at position ${i} has probability ${qd} under the draft, which drew it`);
     if (random() < pd / qd) continue; // kept with probability min(1, p/q)
     // Rejected: the target's token from what p has more of than q.
     const residual = Array.from(p[i], (pv, v) => Math.max(0, pv - q[i][v]));
@@ -119,7 +127,8 @@ export function speculativeDecode<T extends RewindableCache, D extends Rewindabl
   options: SpeculativeOptions,
 ): Generator<SpeculativeRound, void> {
   const k = options.numDraft;
-  if (!Number.isInteger(k) || k < 1) throw new RangeError(`speculativeDecode: numDraft (the tokens drafted per round) must be an integer >= 1, got ${k}`);
+  if (!Number.isInteger(k) || k < 1)
+    throw new RangeError(`speculativeDecode: numDraft (the tokens drafted per round) must be an integer >= 1, got ${k}`);
   const vocab = target.config.vocabSize;
   if (draft.config.vocabSize !== vocab) {
     throw new RangeError(
@@ -131,7 +140,8 @@ export function speculativeDecode<T extends RewindableCache, D extends Rewindabl
   const bad = promptIds.findIndex((id) => !(Number.isInteger(id) && id >= 0 && id < vocab));
   if (bad >= 0) throw new RangeError(`speculativeDecode: prompt token ${bad} is ${promptIds[bad]}, outside the vocabulary 0..${vocab - 1}`);
   const context = Math.min(target.config.maxPositionEmbeddings, draft.config.maxPositionEmbeddings);
-  if (promptIds.length > context) throw new RangeError(`speculativeDecode: the prompt has ${promptIds.length} tokens, more than the ${context} positions of the models`);
+  if (promptIds.length > context)
+    throw new RangeError(`speculativeDecode: the prompt has ${promptIds.length} tokens, more than the ${context} positions of the models`);
   // Both sample with the same options: the closer q is to p, the more guesses are kept.
   const sampling: SamplerOptions = { temperature: options.temperature, topK: options.topK, topP: options.topP, minP: options.minP };
   const stream = new tc.random.Generator(options.seed ?? (Math.random() * 2 ** 32) >>> 0);

@@ -21,7 +21,16 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { LinearWeights, ModelConfig, ModelDir, Tensor } from '@tiny-llm/tensor-core';
 import type { RMSNorm } from '../week1/index.ts';
-import { Projection, Qwen2MLP, Qwen2ModelWeek2, Qwen2MultiHeadAttention, Qwen2TransformerBlock, type AttentionCache, type Qwen2Shape, type Weight } from '../week2/index.ts';
+import {
+  Projection,
+  Qwen2MLP,
+  Qwen2ModelWeek2,
+  Qwen2MultiHeadAttention,
+  Qwen2TransformerBlock,
+  type AttentionCache,
+  type Qwen2Shape,
+  type Weight,
+} from '../week2/index.ts';
 
 /** A rank's place in its group. */
 export interface RankOf {
@@ -52,7 +61,8 @@ export interface MlpWeights {
  * evenly. Throws an error that names the count that does not.
  */
 export function checkTensorParallel(config: ModelConfig, worldSize: number): void {
-  if (!Number.isInteger(worldSize) || worldSize < 1) throw new RangeError(`tensor parallelism: the number of ranks must be an integer >= 1, got ${worldSize}`);
+  if (!Number.isInteger(worldSize) || worldSize < 1)
+    throw new RangeError(`tensor parallelism: the number of ranks must be an integer >= 1, got ${worldSize}`);
   const counts: [string, number][] = [
     ['num_attention_heads', config.numAttentionHeads],
     ['num_key_value_heads', config.numKeyValueHeads],
@@ -60,11 +70,14 @@ export function checkTensorParallel(config: ModelConfig, worldSize: number): voi
   ];
   if (config.moe) {
     counts.push(['moe_intermediate_size', config.moe.moeIntermediateSize]);
-    if (config.moe.sharedExpertIntermediateSize > 0) counts.push(['shared_expert_intermediate_size', config.moe.sharedExpertIntermediateSize]);
+    if (config.moe.sharedExpertIntermediateSize > 0)
+      counts.push(['shared_expert_intermediate_size', config.moe.sharedExpertIntermediateSize]);
   }
   for (const [name, count] of counts) {
     if (count % worldSize !== 0) {
-      throw new RangeError(`tensor parallelism over ${worldSize} ranks: the model's ${name} ${count} does not divide by ${worldSize} (each rank takes an equal share)`);
+      throw new RangeError(
+        `tensor parallelism over ${worldSize} ranks: the model's ${name} ${count} does not divide by ${worldSize} (each rank takes an equal share)`,
+      );
     }
   }
 }
@@ -124,7 +137,12 @@ export function rowParallel({ weight, bias }: LinearWeights, at: RankOf): Linear
  * heads), which week 2's attention runs as it is.
  */
 export function shardAttention(full: AttentionWeights, shape: Qwen2Shape, at: RankOf): { weights: AttentionWeights; shape: Qwen2Shape } {
-  const weights = { q: columnParallel(full.q, at), k: columnParallel(full.k, at), v: columnParallel(full.v, at), o: rowParallel(full.o, at) };
+  const weights = {
+    q: columnParallel(full.q, at),
+    k: columnParallel(full.k, at),
+    v: columnParallel(full.v, at),
+    o: rowParallel(full.o, at),
+  };
   return { weights, shape: { ...shape, numHeads: shape.numHeads / at.worldSize, numKvHeads: shape.numKvHeads / at.worldSize } };
 }
 
@@ -167,7 +185,9 @@ const projectionOf = ({ weight, bias }: LinearWeights) => new Projection(weight,
 function shardBlock(block: Qwen2TransformerBlock, index: number, at: RankOf, allReduce: AllReduce): TensorParallelBlock {
   const { selfAttn, mlp } = block;
   if (!(mlp instanceof Qwen2MLP)) {
-    throw new Error(`layer ${index} is a mixture of experts: this chapter splits dense MLPs (the engine's --tensor-parallel splits experts too)`);
+    throw new Error(
+      `layer ${index} is a mixture of experts: this chapter splits dense MLPs (the engine's --tensor-parallel splits experts too)`,
+    );
   }
   const { q, k, v, o, qNorm, kNorm } = selfAttn.weights;
   const attention = shardAttention({ q: weightsOf(q), k: weightsOf(k), v: weightsOf(v), o: weightsOf(o) }, selfAttn.shape, at);
@@ -193,7 +213,8 @@ export class TensorParallelQwen2 extends Qwen2ModelWeek2 {
 
   constructor(modelDir: ModelDir, { allReduce, ...at }: TensorParallelOptions) {
     checkTensorParallel(modelDir.config, at.worldSize);
-    if (!Number.isInteger(at.rank) || at.rank < 0 || at.rank >= at.worldSize) throw new RangeError(`TensorParallelQwen2: rank ${at.rank} is not in [0, ${at.worldSize})`);
+    if (!Number.isInteger(at.rank) || at.rank < 0 || at.rank >= at.worldSize)
+      throw new RangeError(`TensorParallelQwen2: rank ${at.rank} is not in [0, ${at.worldSize})`);
     // Week 2's model over the whole checkpoint (its weights are views of the mapped files), then each layer split.
     super(modelDir);
     this.at = at;

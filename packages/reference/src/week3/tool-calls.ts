@@ -44,7 +44,10 @@ export function parseToolCalls(text: string): { content: string; blocks: ParsedB
   const stream = new ToolCallStream();
   const pieces = [...stream.push(text), ...stream.end()];
   return {
-    content: pieces.flatMap((p) => ('text' in p ? [p.text] : [])).join('').trim(),
+    content: pieces
+      .flatMap((p) => ('text' in p ? [p.text] : []))
+      .join('')
+      .trim(),
     blocks: pieces.flatMap((p) => ('block' in p ? [p.block] : [])),
   };
 }

@@ -180,7 +180,7 @@ class CpuBackend implements Backend {
     for (let p = 0; p < idx.length; p++) {
       const i = idx[p];
       if (i < 0 || i >= n) throw new RangeError(`takeAlongAxis: index ${i} at position ${p} is out of range for an axis of ${n}`);
-      dst[p] = values[(p - (p % k)) / k * n + i];
+      dst[p] = values[((p - (p % k)) / k) * n + i];
     }
   }
   quantizedMatmul(x: Tensor, w: QuantizedWeight, out: Tensor): void {

@@ -204,8 +204,7 @@ function parseModelType(r: ConfigReader): ModelType {
   }
   if (architectures.length > 0) {
     throw new Error(
-      `${r.source}: unsupported architecture ${architectures.join(', ')} ` +
-        `(supported: ${Object.keys(ARCHITECTURES).join(', ')})`,
+      `${r.source}: unsupported architecture ${architectures.join(', ')} ` + `(supported: ${Object.keys(ARCHITECTURES).join(', ')})`,
     );
   }
   throw new Error(`${r.source}: model_type is missing (a required field; ${supported})`);
@@ -214,7 +213,9 @@ function parseModelType(r: ConfigReader): ModelType {
 function parseHeadDim(r: ConfigReader, hiddenSize: number, heads: number): number {
   if (r.raw.head_dim !== undefined && r.raw.head_dim !== null) return r.positiveInt('head_dim');
   if (hiddenSize % heads !== 0) {
-    throw new Error(`${r.source}: hidden_size (${hiddenSize}) is not a multiple of num_attention_heads (${heads}) and there is no head_dim`);
+    throw new Error(
+      `${r.source}: hidden_size (${hiddenSize}) is not a multiple of num_attention_heads (${heads}) and there is no head_dim`,
+    );
   }
   return hiddenSize / heads;
 }
@@ -383,12 +384,7 @@ export class ModelDir {
   /** Whether `prefix` (e.g. "model.layers.0.self_attn.q_proj") is an MLX-quantized layer. */
   isQuantized(prefix: string): boolean {
     const w = `${prefix}.weight`;
-    return (
-      this.has(w) &&
-      this.checkpoint.info(w).dtype === 'uint32' &&
-      this.has(`${prefix}.scales`) &&
-      this.has(`${prefix}.biases`)
-    );
+    return this.has(w) && this.checkpoint.info(w).dtype === 'uint32' && this.has(`${prefix}.scales`) && this.has(`${prefix}.biases`);
   }
 
   /** The quantized weight of a layer (its packed weight, scales and biases); an error if it is not quantized. */

@@ -82,7 +82,10 @@ function checkShapes(weight: Tensor, scales: Tensor, biases: Tensor, groupSize: 
   const groups = inFeatures / groupSize;
   if (!Number.isInteger(groups)) throw fail(`${inFeatures} input columns do not split into groups of ${groupSize}`);
   const expected = [...lead, groups];
-  for (const [label, t] of [['scales', scales], ['biases', biases]] as const) {
+  for (const [label, t] of [
+    ['scales', scales],
+    ['biases', biases],
+  ] as const) {
     if (t.ndim !== expected.length || !t.shape.every((d, i) => d === expected[i])) {
       throw fail(`${label} should be ${formatShape(expected)}`);
     }

@@ -25,7 +25,19 @@ const DTYPE_TO_FILE = Object.fromEntries(Object.entries(FILE_TO_DTYPE).map(([k, 
 
 /** Valid safetensors dtypes that have no tensor-core dtype: named as "unsupported", not "unknown". */
 const UNSUPPORTED_FILE_DTYPES = new Set([
-  'F64', 'I64', 'U64', 'I16', 'U16', 'I8', 'F8_E4M3', 'F8_E5M2', 'F8_E8M0', 'F6_E2M3', 'F6_E3M2', 'F4', 'C64',
+  'F64',
+  'I64',
+  'U64',
+  'I16',
+  'U16',
+  'I8',
+  'F8_E4M3',
+  'F8_E5M2',
+  'F8_E8M0',
+  'F6_E2M3',
+  'F6_E3M2',
+  'F4',
+  'C64',
 ]);
 
 const LENGTH_PREFIX_BYTES = 8;
@@ -188,8 +200,7 @@ function parseEntry(path: string, name: string, raw: unknown, dataStart: number,
   const expected = sizeOf(shape) * itemSize(dtype);
   if (end - begin !== expected) {
     throw new Error(
-      `${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes, but ${fileDtype}${formatShape(shape)} ` +
-        `needs ${expected}`,
+      `${where}: data_offsets [${begin}, ${end}] hold ${end - begin} bytes, but ${fileDtype}${formatShape(shape)} ` + `needs ${expected}`,
     );
   }
   return { dtype, shape, byteLength: expected, start: dataStart + begin };
@@ -276,7 +287,9 @@ function tensorBytes(t: Tensor): Uint8Array {
   }
   const read = t.backend.readSync;
   if (!read) {
-    throw new Error(`saveSafetensors: ${t.describe()} is on the ${t.backend.name} backend, which has no synchronous readback; move it to the CPU first`);
+    throw new Error(
+      `saveSafetensors: ${t.describe()} is on the ${t.backend.name} backend, which has no synchronous readback; move it to the CPU first`,
+    );
   }
   return asBytes(read.call(t.backend, t));
 }
@@ -379,14 +392,19 @@ export function openCheckpoint(path: string): Checkpoint {
   if (existsSync(indexPath)) return openSharded(path, indexPath);
   if (existsSync(join(path, 'model.safetensors'))) return single(path, readSafetensors(join(path, 'model.safetensors')));
 
-  const all = readdirSync(path).filter((f) => f.endsWith('.safetensors')).sort();
+  const all = readdirSync(path)
+    .filter((f) => f.endsWith('.safetensors'))
+    .sort();
   const modelFiles = all.filter((f) => f.startsWith('model'));
   const chosen = modelFiles.length > 0 ? modelFiles : all.length === 1 ? all : [];
   if (chosen.length === 0) {
     const why = all.length === 0 ? 'no .safetensors file' : `several .safetensors files and no ${INDEX_FILE} (${all.join(', ')})`;
     throw new Error(`openCheckpoint: ${path} has ${why}`);
   }
-  return union(path, chosen.map((f) => readSafetensors(join(path, f))));
+  return union(
+    path,
+    chosen.map((f) => readSafetensors(join(path, f))),
+  );
 }
 
 function single(dir: string, file: SafetensorsFile): Checkpoint {

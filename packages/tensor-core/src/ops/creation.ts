@@ -118,12 +118,7 @@ export function ones(shape: readonly number[], options: Omit<CreateOptions, 'sha
 }
 
 /** start, start + step, ... below stop (numpy's arange). `arange(n)` counts 0..n-1. Default dtype int32. */
-export function arange(
-  start: number,
-  stop?: number,
-  step = 1,
-  options: Omit<CreateOptions, 'shape'> = {},
-): Tensor {
+export function arange(start: number, stop?: number, step = 1, options: Omit<CreateOptions, 'shape'> = {}): Tensor {
   if (stop === undefined) [start, stop] = [0, start];
   if (step === 0 || !Number.isFinite(step)) throw new RangeError(`arange: step must be a non-zero finite number, got ${step}`);
   const n = Math.max(0, Math.ceil((stop - start) / step));

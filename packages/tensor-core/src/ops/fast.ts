@@ -5,7 +5,7 @@ import { floatResultType, isFloating, promoteTypes } from '../dtype.ts';
 import type { QuantizedWeight } from '../io/quantized.ts';
 import { tidy } from '../scope.ts';
 import { broadcastShapes, formatShape, sameShape } from '../shape.ts';
-import { Tensor } from '../tensor.ts';
+import type { Tensor } from '../tensor.ts';
 import { tensor } from './creation.ts';
 import { add, astype, mul } from './elementwise.ts';
 import { matmul } from './linalg.ts';
@@ -33,13 +33,14 @@ export interface RopeTables {
 
 /** Frequencies base^(-2i/dims), i < dims/2; angle = position * frequency. Computed in float64, stored as float32. */
 export function ropeTables(dims: number, maxPositions: number, base = 10000): RopeTables {
-  if (!Number.isInteger(dims) || dims <= 0 || dims % 2 !== 0) throw new RangeError(`ropeTables: dims must be a positive even integer, got ${dims}`);
+  if (!Number.isInteger(dims) || dims <= 0 || dims % 2 !== 0)
+    throw new RangeError(`ropeTables: dims must be a positive even integer, got ${dims}`);
   const half = dims / 2;
   const cos = new Float64Array(maxPositions * half);
   const sin = new Float64Array(maxPositions * half);
   for (let p = 0; p < maxPositions; p++) {
     for (let i = 0; i < half; i++) {
-      const angle = p * Math.pow(base, (-2 * i) / dims);
+      const angle = p * base ** ((-2 * i) / dims);
       cos[p * half + i] = Math.cos(angle);
       sin[p * half + i] = Math.sin(angle);
     }

@@ -57,7 +57,10 @@ export function take(x: Tensor, indices: Tensor, axis = 0): Tensor {
   const k = ids.ndim;
   const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
   const order = [...range(k, k + a), ...range(0, k), ...range(k + a, out.ndim)];
-  return out.view(order.map((i) => out.shape[i]), order.map((i) => out.strides[i]));
+  return out.view(
+    order.map((i) => out.shape[i]),
+    order.map((i) => out.strides[i]),
+  );
 }
 
 /** Keeps the elements on and below diagonal k of the last two dimensions, zeroes the rest. */
@@ -80,4 +83,3 @@ function triangle(op: string, x: Tensor, k: number, lower: boolean): Tensor {
   const outside = lower ? greater(offset, k) : less(offset, k);
   return where(outside, 0, x);
 }
-

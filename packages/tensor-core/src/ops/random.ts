@@ -150,4 +150,3 @@ function drawIndex(p: ArrayLike<number>, start: number, n: number, u: number): n
   }
   return last; // rounding left u * total just above the final sum
 }
-

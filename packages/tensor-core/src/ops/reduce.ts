@@ -3,7 +3,7 @@
 import type { ReduceOp } from '../backend/backend.ts';
 import { floatResultType, type DType } from '../dtype.ts';
 import { normalizeAxis } from '../shape.ts';
-import { Tensor } from '../tensor.ts';
+import type { Tensor } from '../tensor.ts';
 import { contiguous, div } from './elementwise.ts';
 import { expandDims, moveaxis, slice } from './shape.ts';
 import { backendOf, empty } from './util.ts';

@@ -1,7 +1,7 @@
 // Shape ops. All of them return views that share storage, except where noted (concat, stack, and
 // reshape of a tensor whose layout cannot be reshaped in place).
 import { formatShape, normalizeAxis, sameShape, sizeOf } from '../shape.ts';
-import { Tensor } from '../tensor.ts';
+import type { Tensor } from '../tensor.ts';
 import { contiguous } from './elementwise.ts';
 import { backendOf, empty } from './util.ts';
 
@@ -83,7 +83,10 @@ export function transpose(x: Tensor, axes?: readonly number[]): Tensor {
   if (perm.length !== x.ndim || new Set(perm).size !== x.ndim) {
     throw new RangeError(`transpose: axes [${axes?.join(', ')}] are not a permutation of the ${x.ndim} dimensions of ${x.describe()}`);
   }
-  return x.view(perm.map((a) => x.shape[a]), perm.map((a) => x.strides[a]));
+  return x.view(
+    perm.map((a) => x.shape[a]),
+    perm.map((a) => x.strides[a]),
+  );
 }
 
 export function swapaxes(x: Tensor, a: number, b: number): Tensor {
@@ -123,7 +126,10 @@ export function squeeze(x: Tensor, axis?: number | readonly number[]): Tensor {
     if (x.shape[a] !== 1) throw new RangeError(`squeeze: dimension ${a} of ${x.describe()} has size ${x.shape[a]}, not 1`);
   }
   const keep = [...x.shape.keys()].filter((a) => !axes.includes(a));
-  return x.view(keep.map((a) => x.shape[a]), keep.map((a) => x.strides[a]));
+  return x.view(
+    keep.map((a) => x.shape[a]),
+    keep.map((a) => x.strides[a]),
+  );
 }
 
 /** A view of x with the given shape, repeating size-1 (or missing leading) dimensions with stride 0. */
@@ -178,7 +184,8 @@ const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v, lo), h
 const fromEnd = (v: number, size: number) => (v < 0 ? v + size : v);
 
 function sliceRange(size: number, start: number | null, stop: number | null, step: number, d: number, x: Tensor): [number, number, number] {
-  if (!Number.isInteger(step) || step === 0) throw new RangeError(`slice: step ${step} for dimension ${d} of ${x.describe()} must be a non-zero integer`);
+  if (!Number.isInteger(step) || step === 0)
+    throw new RangeError(`slice: step ${step} for dimension ${d} of ${x.describe()} must be a non-zero integer`);
   let first: number;
   let end: number;
   if (step > 0) {

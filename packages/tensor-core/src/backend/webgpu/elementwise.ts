@@ -13,8 +13,8 @@ const INTEGER_OPS = new Set(['copy', 'neg', 'abs', 'add', 'sub', 'mul', 'maximum
 type Op = UnaryOp | BinaryOp | 'where';
 
 export function unary(rt: GpuRuntime, op: UnaryOp, x: View, out: View): void {
-  if (op === 'copy') return copy(rt, x, out);
-  run(rt, op, [x], out);
+  if (op === 'copy') copy(rt, x, out);
+  else run(rt, op, [x], out);
 }
 
 export function binary(rt: GpuRuntime, op: BinaryOp, a: View, b: View, out: View): void {
@@ -39,12 +39,25 @@ function run(rt: GpuRuntime, op: Op, inputs: View[], out: View, raw = false): vo
   // change values above 2^24 or 2^31.
   const toFloat = op === 'copy' && isFloating(out.dtype);
   if (!raw && !toFloat && views.some((v) => v.dtype === 'uint32')) {
-    throw unsupported('webgpu', `${op} on ${views.slice(1).map((v) => v.dtype).join(' and ')} into ${out.dtype}`);
+    throw unsupported(
+      'webgpu',
+      `${op} on ${views
+        .slice(1)
+        .map((v) => v.dtype)
+        .join(' and ')} into ${out.dtype}`,
+    );
   }
   // Inputs the op does not read are bound to x0.
   const [x0, x1 = x0, x2 = x0] = inputs;
   const all = [out, x0, x1, x2];
-  const walk = walkParams(op, coalesce(out.shape, all.map((v) => v.strides)), () => describe(out));
+  const walk = walkParams(
+    op,
+    coalesce(
+      out.shape,
+      all.map((v) => v.strides),
+    ),
+    () => describe(out),
+  );
   const module = kernel('elementwise');
   const wg = Math.min(256, rt.invocations);
   rt.dispatch(op, module, {
@@ -62,9 +75,18 @@ function run(rt: GpuRuntime, op: Op, inputs: View[], out: View, raw = false): vo
  * copied (and converted) into out: a bf16 softmax, a max of uint8 values.
  */
 export function intoContiguous(rt: GpuRuntime, op: string, out: View, dtype: DType, write: (target: View) => void): void {
-  if (out.dtype === dtype && out.offset === 0 && isContiguous(out)) return write(out);
+  if (out.dtype === dtype && out.offset === 0 && isContiguous(out)) {
+    write(out);
+    return;
+  }
   const n = elementCount(out);
-  const temp: View = { buffer: rt.createBuffer(op, n * itemSize(dtype)), dtype, shape: out.shape, strides: contiguousStrides(out.shape), offset: 0 };
+  const temp: View = {
+    buffer: rt.createBuffer(op, n * itemSize(dtype)),
+    dtype,
+    shape: out.shape,
+    strides: contiguousStrides(out.shape),
+    offset: 0,
+  };
   write(temp);
   copy(rt, temp, out);
   rt.destroyLater(temp.buffer);

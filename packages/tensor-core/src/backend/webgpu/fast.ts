@@ -72,7 +72,14 @@ export function sdpa(rt: GpuRuntime, q: View, k: View, v: View, mask: View | 'ca
   // The four tensors the kernel walks: q, k, v and the mask (strides 0 when there is no mask tensor).
   const tensorMask = mask !== null && mask !== 'causal' ? mask : null;
   const strides = [q.strides, k.strides, v.strides, tensorMask?.strides ?? new Array<number>(nd).fill(0)];
-  const walk = walkParams('sdpa', coalesce(lead, strides.map((st) => st.slice(0, nd - 3))), () => describe(q));
+  const walk = walkParams(
+    'sdpa',
+    coalesce(
+      lead,
+      strides.map((st) => st.slice(0, nd - 3)),
+    ),
+    () => describe(q),
+  );
   const along = (dim: number) => strides.map((st) => st[nd - 3 + dim]);
   const maskView = tensorMask ?? q; // bound, never read, when there is no mask tensor
   const module = kernel('attention');

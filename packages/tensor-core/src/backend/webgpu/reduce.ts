@@ -32,7 +32,16 @@ export function reduce(rt: GpuRuntime, op: ReduceOp | 'softmax', x: View, out: V
  * One dispatch of kernels/rows.wgsl: `opName` over the rows of x into out (through a temporary of `word`s
  * when out is of another dtype); `weight` and `eps` are rmsNorm's.
  */
-export function runRows(rt: GpuRuntime, op: string, opName: string, x: View, out: View, word: 'float32' | 'int32', weight?: View, eps = 0): void {
+export function runRows(
+  rt: GpuRuntime,
+  op: string,
+  opName: string,
+  x: View,
+  out: View,
+  word: 'float32' | 'int32',
+  weight?: View,
+  eps = 0,
+): void {
   if (elementCount(out) === 0) return; // (a sum over an empty axis still writes its zeros)
   const { rows, ndim } = rowsOf(op, x);
   const module = kernel('rows');
@@ -65,7 +74,8 @@ export function argsort(rt: GpuRuntime, x: View, out: View, descending: boolean)
   const order = rt.createBuffer('argsort', rows.count * p * 4);
   const module = kernel('argsort');
   const wg = Math.min(256, rt.invocations);
-  const stage = (name: string, threads: number, k = 0, j = 0) =>
+  const stage =
+    (name: string, threads: number, k = 0, j = 0) =>
     (target: View) =>
       rt.dispatch('argsort', module, {
         constants: { WG: wg, NDIM: ndim, STAGE: module.constant(name), DESCENDING: Number(descending), INTEGER: Number(integer) },

@@ -95,7 +95,10 @@ export class GpuRuntime {
     this.assertAlive(op);
     const size = Math.max(4, roundUp(byteLength, 4));
     if (size > this.limits.maxBufferSize) {
-      throw new DeviceLimitError(`${op}: ${byteLength} bytes exceed this device's maxBufferSize (${this.limits.maxBufferSize})`, 'maxBufferSize');
+      throw new DeviceLimitError(
+        `${op}: ${byteLength} bytes exceed this device's maxBufferSize (${this.limits.maxBufferSize})`,
+        'maxBufferSize',
+      );
     }
     return this.device.createBuffer({ size, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST });
   }

@@ -113,7 +113,10 @@ function flattenParams(values: ParamValues, prefix = '', into = new Map<string, 
 }
 
 function writeScalar(view: DataView, at: number, field: ParamField, v: number, kernel: string): void {
-  if (field.scalar === 'f32') return view.setFloat32(at, v, true);
+  if (field.scalar === 'f32') {
+    view.setFloat32(at, v, true);
+    return;
+  }
   const [lo, hi] = field.scalar === 'u32' ? [0, 2 ** 32 - 1] : [-(2 ** 31), 2 ** 31 - 1];
   if (!Number.isInteger(v) || v < lo || v > hi) {
     throw new RangeError(`${kernel}: params.${field.name} must be a ${field.scalar}, got ${v}`);
