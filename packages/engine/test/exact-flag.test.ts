@@ -2,40 +2,20 @@
 // integer activations (the default) to float32 ones, the arithmetic of the chapters' models. Checked through
 // real CLI runs on the demo model converted to 4 bits: the logits move without --exact and match the plain
 // week 2 model with it; a float model and a prefill are the same either way.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { COMMANDS } from '../src/cli.ts';
 import { convertModel } from '../src/convert.ts';
 import { parseFlags } from '../src/flags.ts';
 import { spawnServer } from '../src/server/spawn.ts';
+import { cli, ROOT } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const CLI = 'packages/engine/src/cli.ts';
 const MODEL_COMMANDS = ['generate', 'chat', 'logits', 'batch', 'serve', 'bench-serve', 'bench'];
 
 vi.setConfig({ testTimeout: 600_000 });
-
-/** Runs the CLI from the repository root, as `pnpm tiny-llm` does. */
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-      cwd: ROOT,
-      env: { ...process.env, TINY_LLM_DEBUG: '' },
-      timeout: 300_000,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 let tmp = '';
 let q4 = '';

@@ -3,8 +3,6 @@
 // fixture model (prefills and decode steps), the demo model's goldens must come back exactly (sessions and the
 // scheduler), a count that does not divide is refused with the count named, and a rank that fails mid-pass
 // fails its call with a clear error, after which the group works again.
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, FIXTURES_DIR, MODELS_DIR } from '@tiny-llm/tensor-core/testing';
 import { loadTokenizer } from '@tiny-llm/tokenizer';
@@ -18,8 +16,8 @@ import { loadModel } from '../src/registry.ts';
 import { EngineQwen2, type EngineModel } from '../src/session.ts';
 import { TensorParallelBatchModel, TensorParallelModel } from '../src/tensor-parallel/parallel-model.ts';
 import type { RankCode } from '../src/tensor-parallel/protocol.ts';
+import { cli } from './support/cli.ts';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const ATOL = 1e-5;
 const FIXTURE_MODELS = ['qwen2-tiny', 'qwen2-tiny-untied', 'qwen2-tiny-bf16', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny'];
 
@@ -172,18 +170,6 @@ describe('tensor parallelism: what does not split, and ranks that fail', () => {
 });
 
 describe('tensor parallelism from the command line', () => {
-  /** Runs the CLI as `pnpm tiny-llm` does (tsx, from the repository root). */
-  const cli = (args: string[]) =>
-    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', 'packages/engine/src/cli.ts', ...args], { cwd: ROOT, timeout: 300_000 });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-      child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-      child.on('error', reject);
-      child.on('close', (code) => resolve({ code, stdout, stderr }));
-    });
-
   it('generate --tensor-parallel 2: the golden text; --tensor-parallel 3 on the demo model: exit 1, naming the count', async () => {
     const c = demoGolden('tiny-qwen2-py').cases[1];
     const [ok, bad] = await Promise.all([
