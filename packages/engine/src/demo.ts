@@ -94,8 +94,8 @@ async function demo(argv: string[]): Promise<void> {
     conversation.dispose();
   }
   out(
-    `\n${dim('The tool call is printed as the model wrote it; running the tool and answering is chapter 3.7.')}\n` +
-      `${dim('More: pnpm tiny-llm --help (generate, chat, logits, bench), docs/engine.md')}\n`,
+    `\n${dim("The tool call is printed as the model wrote it; to run it and answer (chapter 3.7): pnpm tiny-llm chat --run-tools --message 'What is 37 times 12?'")}\n` +
+      `${dim('More: pnpm tiny-llm --help (generate, chat, logits, batch, serve, bench, convert), docs/engine.md')}\n`,
   );
 }
 
