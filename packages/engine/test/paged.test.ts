@@ -3,7 +3,7 @@
 // logits against every fixture model's goldens, pages crossed at every 4 tokens; and the demo model's golden tokens
 // through PagedScheduler with prefix caching, in a pool small enough to preempt.
 import * as tc from '@tiny-llm/tensor-core';
-import { demoGolden, MODELS_DIR, seeded } from '@tiny-llm/tensor-core/testing';
+import { demoGolden, MODELS_DIR, seededTensor } from '@tiny-llm/tensor-core/testing';
 import { expectGolden, float64 as f64, goldenModel } from '@tiny-llm/grading';
 import { blockTablesTensor, PagedScheduler } from '@tiny-llm/reference/week3';
 import { describe, expect, it } from 'vitest';
@@ -12,25 +12,16 @@ import { Qwen2Model } from '../src/model/qwen2.ts';
 import { engineKernels } from '../src/model/native.ts';
 
 const ATOL = 1e-4;
-const random = (shape: number[], seed: number) =>
-  tc.tensor(
-    seeded(
-      shape.reduce((a, b) => a * b),
-      seed,
-    ),
-    { shape },
-  );
-
 describe('pagedAttentionDecode: RoPE, the cache write and attention through block tables, in one call', () => {
   for (const norms of [false, true]) {
     it(`3 rows at positions 0, 20 and 37 in shuffled pages of 8, 6 query heads on 2 of 16${norms ? ', with per-head q and k norms (Qwen3)' : ''}`, () => {
       const [hq, hkv, d, p, base] = [6, 2, 16, 8, 10000];
       const positions = [0, 20, 37];
       const tables = [[5], [2, 9, 0], [7, 1, 4, 8, 3]];
-      const [keys, values] = [random([10, hkv, p, d], 1), random([10, hkv, p, d], 2)];
+      const [keys, values] = [seededTensor([10, hkv, p, d], 1), seededTensor([10, hkv, p, d], 2)];
       const before = [keys, values].map(f64.toND); // the pages as they were: the kernel writes into them
-      const qkv = random([3, 1, (hq + 2 * hkv) * d], 3);
-      const [qNorm, kNorm] = [random([d], 4), random([d], 5)];
+      const qkv = seededTensor([3, 1, (hq + 2 * hkv) * d], 3);
+      const [qNorm, kNorm] = [seededTensor([d], 4), seededTensor([d], 5)];
       const rope = tc.fast.ropeTables(d, 64, base);
       const out = tc.empty([3, 1, hq * d]);
       const eps = 1e-6;
@@ -89,7 +80,7 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
     const call = (table: number[]) => () =>
       engineKernels().pagedAttentionDecode(
         ...[
-          random([1, 1, 32], 1),
+          seededTensor([1, 1, 32], 1),
           rope.cos,
           rope.sin,
           tc.tensor([5], { dtype: 'int32' }),

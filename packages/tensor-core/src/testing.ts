@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, beforeEach, expect } from 'vitest';
 import { initWebGPU, type WebGPUBackend } from './backend/webgpu/index.ts';
+import { tensor } from './ops/creation.ts';
 import { readSafetensors } from './io/safetensors.ts';
 import type { Tensor } from './tensor.ts';
 
@@ -51,6 +52,18 @@ export function seeded(n: number, seed = 1, scale = 1): number[] {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return ((s / 2 ** 32) * 2 - 1) * scale;
   });
+}
+
+/** A float32 tensor of `shape` filled with seeded(size, seed, scale). */
+export function seededTensor(shape: number[], seed: number, scale = 1): Tensor {
+  return tensor(
+    seeded(
+      shape.reduce((a, b) => a * b, 1),
+      seed,
+      scale,
+    ),
+    { shape },
+  );
 }
 
 export function unravel(flat: number, shape: number[]): number[] {

@@ -2,7 +2,7 @@
 // golden fixtures (computed in float64 by PyTorch, fixtures/ops), and multi-head attention with a mask and
 // with keys of another length against float64 references computed here (@tiny-llm/grading's float64 loops).
 import * as tc from '@tiny-llm/tensor-core';
-import { goldenOp, seeded } from '@tiny-llm/tensor-core/testing';
+import { goldenOp, seededTensor } from '@tiny-llm/tensor-core/testing';
 import {
   attentionMistakes,
   expectGolden,
@@ -78,15 +78,7 @@ describe('1.1 attention: SimpleMultiHeadAttention', () => {
 
   // Cases the fixture lacks, against the float64 reference: a mask, and keys of another length than the queries.
   const [n, l, s, e, heads] = [2, 3, 5, 16, 4];
-  const random = (shape: number[], seed: number) =>
-    tc.tensor(
-      seeded(
-        shape.reduce((a, b) => a * b),
-        seed,
-        0.5,
-      ),
-      { shape },
-    );
+  const random = (shape: number[], seed: number) => seededTensor(shape, seed, 0.5);
   const [wq, wk, wv, wo] = [11, 12, 13, 14].map((seed) => random([e, e], seed));
   const weights = { wq: nd(wq), wk: nd(wk), wv: nd(wv), wo: nd(wo) };
   const mha = () => new SimpleMultiHeadAttention(e, heads, wq, wk, wv, wo);

@@ -3,21 +3,12 @@
 // float64 references for masks, grouping and odd sizes, and in memory: a long attention must never hold an
 // L x S score matrix.
 import * as tc from '@tiny-llm/tensor-core';
-import { goldenOp, seeded } from '@tiny-llm/tensor-core/testing';
+import { goldenOp, seeded, seededTensor } from '@tiny-llm/tensor-core/testing';
 import { expectGolden, expectRelativeError, float64 as f64, gqaMistakes } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { flashAttention } from '@solution/week2';
 
 const AXES = ['b', 'h', 'l', 'd'];
-const random = (shape: number[], seed: number) =>
-  tc.tensor(
-    seeded(
-      shape.reduce((a, b) => a * b),
-      seed,
-    ),
-    { shape },
-  );
-
 describe('2.4 flash attention: the golden fixture', () => {
   const f = goldenOp('flash_attention');
   for (const c of f.cases) {
@@ -49,22 +40,34 @@ describe('2.4 flash attention: against float64 attention', () => {
   };
 
   it('sizes that are not multiples of any tile: L = 37 queries after 63 cached keys, causal, 6 heads on 2', () => {
-    check(random([2, 6, 37, 24], 1), random([2, 2, 100, 24], 2), random([2, 2, 100, 24], 3), { mask: 'causal' }, 'causal, L = 37, S = 100');
+    check(
+      seededTensor([2, 6, 37, 24], 1),
+      seededTensor([2, 2, 100, 24], 2),
+      seededTensor([2, 2, 100, 24], 3),
+      { mask: 'causal' },
+      'causal, L = 37, S = 100',
+    );
   });
 
   it('one query (a decode step) over 300 keys, no mask, a scale of its own', () => {
-    check(random([1, 4, 1, 32], 4), random([1, 1, 300, 32], 5), random([1, 1, 300, 32], 6), { scale: 0.3 }, 'L = 1, S = 300');
+    check(
+      seededTensor([1, 4, 1, 32], 4),
+      seededTensor([1, 1, 300, 32], 5),
+      seededTensor([1, 1, 300, 32], 6),
+      { scale: 0.3 },
+      'L = 1, S = 300',
+    );
   });
 
   it('an additive mask per head [B, Hq, L, S], and one broadcast from [L, S]', () => {
-    const [q, k, v] = [random([1, 4, 20, 16], 7), random([1, 2, 70, 16], 8), random([1, 2, 70, 16], 9)];
+    const [q, k, v] = [seededTensor([1, 4, 20, 16], 7), seededTensor([1, 2, 70, 16], 8), seededTensor([1, 2, 70, 16], 9)];
     const perHead = tc.tensor(seeded(4 * 20 * 70, 10, 3), { shape: [1, 4, 20, 70] });
     check(q, k, v, { mask: perHead }, 'a mask per head');
     check(q, k, v, { mask: tc.slice(perHead, [0, 0]) }, 'a mask [L, S] for every head');
   });
 
   it('a query whose keys are all hidden gets 0, not NaN', () => {
-    const [q, k, v] = [random([1, 1, 3, 8], 11), random([1, 1, 5, 8], 12), random([1, 1, 5, 8], 13)];
+    const [q, k, v] = [seededTensor([1, 1, 3, 8], 11), seededTensor([1, 1, 5, 8], 12), seededTensor([1, 1, 5, 8], 13)];
     const rows = [[0, 0, 0, 0, 0], new Array<number>(5).fill(-Infinity), [0, -Infinity, 0, -Infinity, 0]];
     const out = flashAttention(q, k, v, { mask: tc.tensor(rows, { dtype: 'float32' }) });
     const row1 = Array.from(tc.slice(out, [0, 0, 1]).toArray());
@@ -75,7 +78,7 @@ describe('2.4 flash attention: against float64 attention', () => {
 describe('2.4 flash attention: memory', () => {
   it('L = S = 4096, 8 heads of 64, causal: the peak of the call stays below one L x S score matrix', () => {
     const [l, h, d] = [4096, 8, 64];
-    const [q, k, v] = [random([1, h, l, d], 14), random([1, h, l, d], 15), random([1, h, l, d], 16)];
+    const [q, k, v] = [seededTensor([1, h, l, d], 14), seededTensor([1, h, l, d], 15), seededTensor([1, h, l, d], 16)];
     const scores = l * l * 4; // one head's float32 score matrix: 64 MB
     tc.cpu.resetPeak();
     const before = tc.cpu.memory().liveBytes;

@@ -4,7 +4,7 @@
 // prefill. The tests run on the adapter initWebGPU finds: Mesa's software GPU here and in CI, so the sizes stay
 // modest.
 import * as tc from '@tiny-llm/tensor-core';
-import { goldenOp, seeded, useGpu } from '@tiny-llm/tensor-core/testing';
+import { goldenOp, seeded, seededTensor, useGpu } from '@tiny-llm/tensor-core/testing';
 import { expectGolden, expectRelativeError, float64 as f64, gqaMistakes } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { flashAttentionGpu } from '@solution/week2';
@@ -12,14 +12,6 @@ import { flashAttentionGpu } from '@solution/week2';
 const gpu = useGpu();
 
 const AXES = ['b', 'h', 'l', 'd'];
-const random = (shape: number[], seed: number) =>
-  tc.tensor(
-    seeded(
-      shape.reduce((a, b) => a * b),
-      seed,
-    ),
-    { shape },
-  );
 /** A GPU copy of a CPU tensor (the original stays, for the float64 references). */
 const onGpu = (t: tc.Tensor) => tc.tensor(t.toArray(), { shape: t.shape, dtype: t.dtype, device: gpu() });
 
@@ -72,20 +64,26 @@ describe('2.5 flash attention on the GPU: against float64 attention', () => {
 
   it('sizes that are not multiples of any tile: L = 37 queries after 63 cached keys, causal, 6 heads on 2', async () => {
     await check(
-      random([2, 6, 37, 24], 1),
-      random([2, 2, 100, 24], 2),
-      random([2, 2, 100, 24], 3),
+      seededTensor([2, 6, 37, 24], 1),
+      seededTensor([2, 2, 100, 24], 2),
+      seededTensor([2, 2, 100, 24], 3),
       { mask: 'causal' },
       'causal, L = 37, S = 100',
     );
   });
 
   it('one query (a decode step) over 300 keys, no mask, a scale of its own', async () => {
-    await check(random([1, 4, 1, 32], 4), random([1, 1, 300, 32], 5), random([1, 1, 300, 32], 6), { scale: 0.3 }, 'L = 1, S = 300');
+    await check(
+      seededTensor([1, 4, 1, 32], 4),
+      seededTensor([1, 1, 300, 32], 5),
+      seededTensor([1, 1, 300, 32], 6),
+      { scale: 0.3 },
+      'L = 1, S = 300',
+    );
   });
 
   it('an additive mask per head [B, Hq, L, S], one broadcast from [L, S], and one per batch row [B, 1, L, S]', async () => {
-    const [q, k, v] = [random([2, 4, 20, 16], 7), random([2, 2, 70, 16], 8), random([2, 2, 70, 16], 9)];
+    const [q, k, v] = [seededTensor([2, 4, 20, 16], 7), seededTensor([2, 2, 70, 16], 8), seededTensor([2, 2, 70, 16], 9)];
     const perHead = tc.tensor(seeded(2 * 4 * 20 * 70, 10, 3), { shape: [2, 4, 20, 70] });
     await check(q, k, v, { mask: perHead }, 'a mask per head');
     await check(q, k, v, { mask: tc.contiguous(tc.slice(perHead, [0, 0])) }, 'a mask [L, S] for every head');
@@ -100,16 +98,16 @@ describe('2.5 flash attention on the GPU: against float64 attention', () => {
 
   it('a long causal prefill: L = S = 320, 2 heads of 64 (most key tiles of the early rows are skipped)', async () => {
     await check(
-      random([1, 2, 320, 64], 11),
-      random([1, 2, 320, 64], 12),
-      random([1, 2, 320, 64], 13),
+      seededTensor([1, 2, 320, 64], 11),
+      seededTensor([1, 2, 320, 64], 12),
+      seededTensor([1, 2, 320, 64], 13),
       { mask: 'causal' },
       'causal, L = S = 320',
     );
   });
 
   it('a query whose keys are all hidden gets 0, not NaN', async () => {
-    const [q, k, v] = [random([1, 1, 3, 8], 14), random([1, 1, 5, 8], 15), random([1, 1, 5, 8], 16)];
+    const [q, k, v] = [seededTensor([1, 1, 3, 8], 14), seededTensor([1, 1, 5, 8], 15), seededTensor([1, 1, 5, 8], 16)];
     const rows = [[0, 0, 0, 0, 0], new Array<number>(5).fill(-Infinity), [0, -Infinity, 0, -Infinity, 0]];
     const out = await attend(q, k, v, { mask: tc.tensor(rows, { dtype: 'float32' }) });
     const row1 = Array.from(tc.slice(out, [0, 0, 1]).toArray());

@@ -5,7 +5,7 @@
 // back after finished, cancelled and preempted requests; pages in use that follow the tokens held; bad input.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
-import { demoGolden, MODELS_DIR, seeded } from '@tiny-llm/tensor-core/testing';
+import { demoGolden, MODELS_DIR, seededTensor } from '@tiny-llm/tensor-core/testing';
 import {
   batchOf,
   cacheMistakes,
@@ -19,15 +19,6 @@ import {
 } from '@tiny-llm/grading';
 import { describe, expect, it } from 'vitest';
 import { type BlockTable, PagedBatchModel, pagedAttention, PagedScheduler, PagePool, type StepOutput } from '@solution/week3';
-
-const random = (shape: number[], seed: number) =>
-  tc.tensor(
-    seeded(
-      shape.reduce((a, b) => a * b),
-      seed,
-    ),
-    { shape },
-  );
 
 describe('3.1 paged attention: the kernel against float64 attention over the same pages', () => {
   /** Rows of the given lengths in a pool of random pages, each row's pages drawn in a shuffled order. */
@@ -49,9 +40,9 @@ describe('3.1 paged attention: the kernel against float64 attention over the sam
     let next = 0;
     const tables = needed.map((n) => order.slice(next, (next += n)));
     // Every slot holds a value, read or not: a kernel that reads past a row's length gets these, not zeros.
-    const keys = random([numPages, kvHeads, p, dim], seed + 1);
-    const values = random([numPages, kvHeads, p, dim], seed + 2);
-    const q = random([lengths.length, heads, dim], seed + 3);
+    const keys = seededTensor([numPages, kvHeads, p, dim], seed + 1);
+    const values = seededTensor([numPages, kvHeads, p, dim], seed + 2);
+    const q = seededTensor([lengths.length, heads, dim], seed + 3);
     const nd = [q, keys, values].map(f64.toND);
     const expected = f64.pagedAttention(nd[0], nd[1], nd[2], tables, lengths, { scale });
     expectGolden(pagedAttention(q, keys, values, tables, lengths, { scale }), expected, {
@@ -75,8 +66,8 @@ describe('3.1 paged attention: the kernel against float64 attention over the sam
   });
 
   it('the right block tables give float64 attention; one that points outside the pool, or holds too few pages, is an error naming the row and the page', () => {
-    const [keys, values] = [random([4, 1, 4, 8], 1), random([4, 1, 4, 8], 2)];
-    const q = random([2, 2, 8], 3);
+    const [keys, values] = [seededTensor([4, 1, 4, 8], 1), seededTensor([4, 1, 4, 8], 2)];
+    const q = seededTensor([2, 2, 8], 3);
     const nd = [q, keys, values].map(f64.toND);
     expectGolden(pagedAttention(q, keys, values, [[2], [0, 3]], [3, 5]), f64.pagedAttention(nd[0], nd[1], nd[2], [[2], [0, 3]], [3, 5]), {
       atol: 1e-5,
@@ -116,8 +107,8 @@ describe('3.1 paged attention: the page pool and the block tables', () => {
     const [a, b] = [pool.newTable('request 0'), pool.newTable('request 1')];
     // Interleaved reservations: each table's pages are not consecutive in the pool.
     for (const end of [4, 8, 12]) [a, b].forEach((t) => t.reserve(end));
-    const k = random([1, 2, 10, 3], 1);
-    const v = random([1, 2, 10, 3], 2);
+    const k = seededTensor([1, 2, 10, 3], 1);
+    const v = seededTensor([1, 2, 10, 3], 2);
     pool.write(1, b, 0, tc.slice(k, [null, null, [0, 3]]), tc.slice(v, [null, null, [0, 3]]));
     pool.write(1, b, 3, tc.slice(k, [null, null, [3, 10]]), tc.slice(v, [null, null, [3, 10]]));
     // Where each token must be, read straight from the pool's array [N, Hkv, P, D].
