@@ -394,6 +394,20 @@ const KV_CACHE_FLAGS = defineFlags({
   'no-prefix-cache': { kind: 'bool', help: 'compute every prompt whole: no sharing of the pages of a prefix an earlier request computed' },
 });
 
+/** The continuous-batching scheduler's flags (batch and serve), with their default batch. */
+const schedulerFlags = (maxBatch: number) =>
+  defineFlags({
+    'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: String(maxBatch), check: atLeast(1) },
+    'prefill-chunk': {
+      kind: 'int',
+      value: 'T',
+      help: 'prompt tokens prefilled per step (chunked prefill)',
+      default: '256',
+      check: atLeast(1),
+    },
+    ...KV_CACHE_FLAGS,
+  });
+
 /** The --kv-cache-mb and --no-prefix-cache flags. */
 const kvCacheOf = (flags: FlagValues<typeof KV_CACHE_FLAGS>): KvCacheChoice => ({
   kvCacheMb: flags['kv-cache-mb'],
@@ -407,15 +421,7 @@ const BATCH_FLAGS = defineFlags({
     value: 'FILE.jsonl',
     help: 'one JSON object per line: {"prompt": "...", "max_tokens": 48, "temperature": 0, "top_k", "top_p", "min_p", "seed", "ignore_eos"}',
   },
-  'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '8', check: atLeast(1) },
-  'prefill-chunk': {
-    kind: 'int',
-    value: 'T',
-    help: 'prompt tokens prefilled per step (chunked prefill)',
-    default: '256',
-    check: atLeast(1),
-  },
-  ...KV_CACHE_FLAGS,
+  ...schedulerFlags(8),
   'max-tokens': { ...SAMPLING_FLAGS['max-tokens'], help: 'the most tokens per prompt, where its line gives no max_tokens' },
   out: { kind: 'string', value: 'FILE.jsonl', help: 'write the results there (else to stdout)' },
 });
@@ -478,15 +484,7 @@ const SERVE_FLAGS = defineFlags({
     check: inRange(0, 65535),
   },
   'api-key': { kind: 'string', value: 'KEY', help: 'require "Authorization: Bearer KEY" on /v1/*' },
-  'max-batch': { kind: 'int', value: 'N', help: 'requests decoding together', default: '16', check: atLeast(1) },
-  'prefill-chunk': {
-    kind: 'int',
-    value: 'T',
-    help: 'prompt tokens prefilled per step (chunked prefill)',
-    default: '256',
-    check: atLeast(1),
-  },
-  ...KV_CACHE_FLAGS,
+  ...schedulerFlags(16),
   'max-model-len': {
     kind: 'int',
     value: 'N',
