@@ -152,6 +152,11 @@ export function useGpu(): () => WebGPUBackend {
   beforeEach(() => {
     if (initError) throw initError;
   });
-  afterAll(() => gpu?.destroy());
+  afterAll(async () => {
+    if (!gpu) return;
+    // Let the device finish what was queued (a test that threw may leave uploads in flight) before it goes.
+    await gpu.device.queue.onSubmittedWorkDone();
+    gpu.destroy();
+  });
   return () => gpu!;
 }
