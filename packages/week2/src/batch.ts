@@ -99,7 +99,10 @@ export interface StepOutput {
 export interface SchedulerOptions {
   /** Requests decoding together (the batch's rows). */
   maxBatch: number;
-  /** Chapter 2.7: prefill at most this many prompt tokens per step (default: whole prompts). */
+  /**
+   * Chapter 2.7: prefill at most this many prompt tokens per step, shared by the prefilling requests oldest first
+   * (default: no limit, every admitted prompt whole).
+   */
   prefillChunk?: number;
 }
 
@@ -184,9 +187,11 @@ export class Scheduler<Cache> {
    * One step of continuous batching. Returns what each request got this step.
    * 1. Admit: while fewer than maxBatch requests run and some wait, move the oldest waiting one into
    *    `running` with a fresh cache (this.model.newRequestCache()).
-   * 2. Prefill: the oldest running request whose prompt is not all in its cache prefills the rest of its prompt
-   *    (chapter 2.7: at most this.prefillChunk tokens of it, one chunk per step) with this.model.prefill. When
-   *    the prompt is done, the last position's logits give the request's first token.
+   * 2. Prefill: each running request whose prompt is not all in its cache, oldest first, prefills the rest of
+   *    its prompt (from sequence.prefilled) with this.model.prefill. Chapter 2.7: the step prefills at most
+   *    this.prefillChunk tokens in all; each request takes what is left of that budget, so a long prompt goes in
+   *    chunks over several steps and short ones share a step. When a prompt is done, the last position's logits
+   *    give the request's first token.
    * 3. Decode: every request that was decoding before this step gets one token, all in one this.model.decode
    *    call (its `next` token at its `position`).
    * A token is picked with the request's sampler (default greedy, tc.argmax(logits, -1)) and read with

@@ -1,7 +1,7 @@
 // Chapter 2.7, graded: chunked prefill. A prompt prefilled in chunks gives the golden logits of the whole
 // prompt (every fixture model, through the scheduler's model); the scheduler with a chunk budget still gives
-// every request its greedy golden tokens; and while a 2000-token prompt prefills in chunks of 256, every
-// running request gets a token at every step.
+// every request its greedy golden tokens; while a 2000-token prompt prefills in chunks of 256, every running
+// request gets a token at every step; and the prefilling requests share each step's budget, oldest first.
 import * as tc from '@tiny-llm/tensor-core';
 import { demoGolden, MODELS_DIR } from '@tiny-llm/tensor-core/testing';
 import { batchOf, cacheMistakes, expectGolden, goldenModel, LOGITS_ATOL } from '@tiny-llm/grading';
@@ -59,6 +59,49 @@ describe('2.7 chunked prefill: the scheduler', () => {
         -1,
       );
     }
+  });
+
+  it("the budget is the step's: three short prompts and a long one share 16 tokens per step, oldest first", async () => {
+    const cases = [0, 1, 2, 4].map((i) => golden.cases[i]);
+    const lengths = cases.map((c) => c.ids.length);
+    // The step at which each prompt is all in its cache (its first token), for a rule that hands out `chunk`
+    // tokens per step: `shared` takes them from one budget, oldest first; otherwise each prefilling request gets
+    // `chunk` of its own (perRequest), or only the oldest one prefills (onePerStep).
+    const firstTokenSteps = (chunk: number, rule: 'shared' | 'perRequest' | 'onePerStep') => {
+      const left = [...lengths];
+      const steps = lengths.map(() => -1);
+      for (let step = 0; steps.includes(-1); step++) {
+        let budget = chunk;
+        for (const [i, n] of left.entries()) {
+          if (n === 0) continue;
+          const take = Math.min(n, rule === 'perRequest' ? chunk : budget);
+          left[i] -= take;
+          budget -= take;
+          if (left[i] === 0) steps[i] = step;
+          if (rule === 'onePerStep' || budget === 0) break;
+        }
+      }
+      return steps;
+    };
+    const scheduler = new Scheduler(model(), { maxBatch: 4, prefillChunk: 16 });
+    const ids = cases.map((c) => scheduler.submit({ promptIds: c.ids, maxTokens: 2 }));
+    const first = new Map<number, { step: number; token: number | null }>();
+    for (let step = 0; !scheduler.idle; step++) {
+      for (const o of await scheduler.step()) if (!first.has(o.id)) first.set(o.id, { step, token: o.token });
+    }
+    const got = ids.map((id) => first.get(id)?.step ?? -1);
+    const expected = firstTokenSteps(16, 'shared');
+    const mistake = (['onePerStep', 'perRequest'] as const).find((rule) => firstTokenSteps(16, rule).join() === got.join());
+    const why = {
+      onePerStep:
+        ': one prompt per step, as if the budget belonged to a request; a prompt that ends leaves the rest of the budget to the next one',
+      perRequest: ": every prefilling request got a chunk of its own each step; the chunk is the whole step's budget",
+    };
+    expect(
+      got,
+      `the steps at which prompts of ${lengths.join(', ')} tokens got their first token (budget 16)${mistake ? why[mistake] : ''}`,
+    ).toEqual(expected);
+    cases.forEach((c, i) => expect(first.get(ids[i])?.token, `prompt ${i}'s first token`).toBe(c.greedy[0]));
   });
 
   it('while a 2000-token prompt prefills in chunks of 256, every running request gets a token at every step', async () => {

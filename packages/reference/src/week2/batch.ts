@@ -12,9 +12,11 @@
 // - BatchModel: what the scheduler needs of a model (prefill one request, decode a batch); Week2BatchModel is
 //   it for Qwen2ModelWeek2 (the engine has its own, see packages/engine/src/batch-model.ts).
 // - Scheduler: admits waiting requests into free slots, prefills them, decodes every running request one token
-//   per step, retires the finished ones. With prefillChunk (chapter 2.7), a long prompt is prefilled in chunks
-//   of that many tokens, one chunk per step, between the decode steps of the running requests: they keep
-//   getting a token every step instead of waiting for the whole prompt.
+//   per step, retires the finished ones. With prefillChunk (chapter 2.7), a step prefills at most that many
+//   prompt tokens, shared by the prefilling requests oldest first (vLLM's max_num_batched_tokens): a long prompt
+//   is prefilled in chunks, one per step, between the decode steps of the running requests, which keep getting
+//   a token every step instead of waiting for the whole prompt; short prompts arriving together are prefilled
+//   together, so the last of them does not wait a decode step for each one before it.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import type { KvCache, AttentionCache, CachedKeysValues } from './kv-cache.ts';
@@ -152,7 +154,10 @@ export interface StepOutput {
 export interface SchedulerOptions {
   /** Requests decoding together (the batch's rows). */
   maxBatch: number;
-  /** Chapter 2.7: prefill at most this many prompt tokens per step (default: whole prompts). */
+  /**
+   * Chapter 2.7: prefill at most this many prompt tokens per step, shared by the prefilling requests oldest first
+   * (default: no limit, every admitted prompt whole).
+   */
   prefillChunk?: number;
 }
 
@@ -242,18 +247,22 @@ export class Scheduler<Cache> {
   }
 
   /**
-   * One step: admit waiting requests into free slots, prefill (the whole prompt of the oldest prefilling
-   * request, or one chunk of it: chapter 2.7), and decode one token for every request that was decoding
-   * already. Each running request gets at most one token per step. Asynchronous because the tokens are read
-   * back from the model's device (on a GPU, reading waits for the device).
+   * One step: admit waiting requests into free slots, prefill (the prefilling requests' prompts, oldest first,
+   * within the step's budget of prefillChunk tokens: chapter 2.7), and decode one token for every request that
+   * was decoding already. Each running request gets at most one token per step. Asynchronous because the tokens
+   * are read back from the model's device (on a GPU, reading waits for the device).
    */
   async step(): Promise<StepOutput[]> {
     this.admit();
     const decoding = this.running.filter((s) => s.decoding);
-    const prefilling = this.running.find((s) => !s.decoding);
+    const prefilling = this.running.filter((s) => !s.decoding);
     const outputs: StepOutput[] = [];
-    if (prefilling) {
-      const first = await this.prefillStep(prefilling);
+    let budget = this.prefillChunk;
+    for (const sequence of prefilling) {
+      if (budget === 0) break;
+      const tokens = Math.min(budget, sequence.request.promptIds.length - sequence.prefilled);
+      budget -= tokens;
+      const first = await this.prefillStep(sequence, tokens);
       if (first) outputs.push(first);
     }
     if (decoding.length > 0) outputs.push(...(await this.decodeStep(decoding)));
@@ -269,10 +278,10 @@ export class Scheduler<Cache> {
     }
   }
 
-  /** Prefills the next chunk of a request's prompt; the last chunk's logits give its first token. */
-  private async prefillStep(sequence: Sequence<Cache>): Promise<StepOutput | null> {
+  /** Prefills the next `tokens` of a request's prompt; the last chunk's logits give its first token. */
+  private async prefillStep(sequence: Sequence<Cache>, tokens: number): Promise<StepOutput | null> {
     const prompt = sequence.request.promptIds;
-    const end = Math.min(prompt.length, sequence.prefilled + this.prefillChunk);
+    const end = sequence.prefilled + tokens;
     const logits = this.model.prefill(prompt.slice(sequence.prefilled, end), sequence.prefilled, sequence.cache!);
     sequence.prefilled = end;
     if (sequence.decoding) return this.accept(sequence, logits);
