@@ -1,33 +1,38 @@
-// Chapter 2.1's decode step of attention as one kernel: RoPE on the new token's query and key heads, the key and
-// value appended to the KV cache, and attention of the new token over every cached position. Two caches:
+// Chapter 2.1's decode step of attention as one kernel: RoPE on the new tokens' query and key heads, their keys
+// and values appended to the KV cache, and attention of each new token over every cached position up to its own.
+// A step has one new token per row; a speculative verification (chapter 3.4) has a few (L), and token l of a row
+// sees the cache and new tokens 0 .. l, the causal mask of a prefill. Two caches:
 //
 //   attentionDecode(qkv, cos, sin, position, keys, values, out, numHeads, numKvHeads, scale
 //                   [, qNorm, kNorm, eps])
-//     keys    [B, Hkv, S, D] float32, contiguous: the cache's whole key buffer (capacity S > position); row
-//             `position` of each head is written, rows 0 .. position are attended over (every row at `position`)
+//     keys    [B, Hkv, S, D] float32, contiguous: the cache's whole key buffer (capacity S >= position + L); rows
+//             position .. position + L - 1 of each head are written, and new token l attends over rows
+//             0 .. position + l (every row's new tokens start at `position`)
 //     values  the same for values
 //
 //   pagedAttentionDecode(qkv, cos, sin, positions, keyPages, valuePages, blockTables, out, numHeads, numKvHeads,
 //                        scale [, qNorm, kNorm, eps])
-//     positions    int32 [B]: row b's new token is its token positions[b] (one request per row, chapter 2.6)
+//     positions    int32 [B]: row b's new tokens are its tokens positions[b] .. positions[b] + L - 1 (one request
+//                  per row, chapter 2.6)
 //     keyPages     [N, Hkv, P, D] float32, contiguous: one layer of the page pool (chapter 3.1); token t of row b
 //                  is in page blockTables[b][t / P], at slot t % P
 //     valuePages   the same for values
 //     blockTables  int32 [B, M]: each row's pages in order
 //
 //   and for both:
-//     qkv     [B, 1, (Hq + 2 Hkv) * D] float32, contiguous: the fused q/k/v projection of the new token (biases
+//     qkv     [B, L, (Hq + 2 Hkv) * D] float32, contiguous: the fused q/k/v projection of the new tokens (biases
 //             added): Hq query heads, then Hkv key heads, then Hkv value heads, D values each
 //     cos/sin [P, D/2] float32, contiguous: the RoPE tables (tc.fast.ropeTables), every position < P
-//     out     [B, 1, Hq * D] float32, contiguous: the attention output, heads side by side (what o_proj reads)
+//     out     [B, L, Hq * D] float32, contiguous: the attention output, heads side by side (what o_proj reads)
 //     qNorm, kNorm: Qwen3's per-head RMSNorm weights [D] (applied before RoPE), or null; eps their epsilon
 //
 // The composed form it replaces, per layer and token: slices and reshapes of qkv, fast.rope, two strided copies
 // into the cache, then fast.sdpa's matmul, scale, softmax and matmul over views: eight ops and a dozen views,
-// each a trip through JavaScript, an allocation and a wake-up of the pool, for a few hundred KFLOPs. Here the
-// work is one task per (batch row, kv head): the kv head's key and value are written, then its G = Hq / Hkv
-// query heads are rotated and attend over the cache together, each cached row read once for all of them. The
-// cached rows are read as runs of consecutive rows: one run of a contiguous cache, one per page of a paged one.
+// each a trip through JavaScript, an allocation and a wake-up of the pool, for a few hundred KFLOPs. Here every
+// new key and value is written first (a few rows: on the calling thread), so that the new tokens of a row see
+// each other; then the work is one task per (batch row, new token, kv head): its G = Hq / Hkv query heads are
+// rotated and attend over the cache together, each cached row read once for all of them. The cached rows are
+// read as runs of consecutive rows: one run of a contiguous cache, one per page of a paged one.
 // RoPE is the default (Qwen2) form, rotating (i, i + D/2); the rotation and the softmax follow tensor-core's
 // fast.rope and softmax.
 #include <string>
@@ -171,17 +176,20 @@ TL_AVX2 void weighted_sum_avx2(const float* p, int64_t G, const Run* runs, int64
 }
 #endif
 
-// One (batch row, kv head): write its key and value into krow and vrow (the cache's rows at `position`), then
-// attend for its G query heads over the T = position + 1 rows of `runs` (which end with that row).
-void task(const Shape& s, const float* qkv_b, int64_t position, float* krow, float* vrow, const Run* runs,
-          int64_t num_runs, float* out_b, int64_t h) {
+// Writes a new token's key (normalised and rotated) and value of kv head h into krow and vrow, its cache rows.
+void write_kv(const Shape& s, const float* qkv_t, int64_t position, float* krow, float* vrow, int64_t h) {
+  rotate(s, position, qkv_t + (s.Hq + h) * s.D, s.k_norm, krow);
+  std::memcpy(vrow, qkv_t + (s.Hq + s.Hkv + h) * s.D, s.D * sizeof(float));
+}
+
+// Attention of a new token at `position` for the G query heads of kv head h, over the T = position + 1 rows of
+// `runs` (which end with its own row, already written).
+void attend(const Shape& s, const float* qkv_t, int64_t position, const Run* runs, int64_t num_runs, float* out_t, int64_t h) {
   const int64_t D = s.D, G = s.Hq / s.Hkv, T = position + 1;
-  rotate(s, position, qkv_b + (s.Hq + h) * D, s.k_norm, krow);
-  std::memcpy(vrow, qkv_b + (s.Hq + s.Hkv + h) * D, D * sizeof(float));
   float* q = tls_q.get(G * D);
-  for (int64_t g = 0; g < G; ++g) rotate(s, position, qkv_b + (h * G + g) * D, s.q_norm, q + g * D);
+  for (int64_t g = 0; g < G; ++g) rotate(s, position, qkv_t + (h * G + g) * D, s.q_norm, q + g * D);
   float* scores = tls_scores.get(G * T);
-  float* out = out_b + h * G * D;  // heads h*G .. h*G + G - 1, side by side
+  float* out = out_t + h * G * D;  // heads h*G .. h*G + G - 1, side by side
 #ifdef TL_X86_SIMD
   if (has_avx2_fma() && D % 8 == 0) {
     for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
@@ -240,6 +248,9 @@ struct DecodeArgs {
     return true;
   }
 
+  // New tokens per row: qkv's second dimension.
+  int64_t tokens() const { return qkv.ndim() == 3 ? qkv.shape[1] : 0; }
+
   // What is wrong with these arguments for a cache of `cache_heads` kv heads of D values and B rows, or nullptr.
   const char* check(int64_t B, int64_t cache_heads, int64_t D) const {
     if (qkv.dtype != DType::F32 || cos_t.dtype != DType::F32 || sin_t.dtype != DType::F32 || out.dtype != DType::F32)
@@ -247,8 +258,9 @@ struct DecodeArgs {
     if (!qkv.contiguous() || !cos_t.contiguous() || !sin_t.contiguous() || !out.contiguous()) return "every tensor must be contiguous";
     if (Hq <= 0 || Hkv <= 0 || Hq % Hkv != 0 || cache_heads != Hkv) return "the kv heads must divide the query heads";
     if (D % 2 != 0 || D > kMaxHeadDim || Hq / Hkv > kMaxGroup) return "unsupported head size or group";
-    if (qkv.numel() != B * (Hq + 2 * Hkv) * D || qkv.shape.back() != (Hq + 2 * Hkv) * D) return "qkv must be [B, 1, (Hq + 2 Hkv) * D]";
-    if (out.numel() != B * Hq * D || out.shape.back() != Hq * D) return "out must be [B, 1, Hq * D]";
+    if (qkv.ndim() != 3 || qkv.shape[0] != B || qkv.shape[1] < 1 || qkv.shape[2] != (Hq + 2 * Hkv) * D)
+      return "qkv must be [B, L, (Hq + 2 Hkv) * D]";
+    if (out.shape != std::vector<int64_t>{B, qkv.shape[1], Hq * D}) return "out must be [B, L, Hq * D]";
     if (cos_t.ndim() != 2 || cos_t.shape[1] * 2 != D || sin_t.shape != cos_t.shape) return "the RoPE tables must be [P, D/2]";
     for (const tl::TensorRef* n : {&q_norm, &k_norm})
       if (n->data && (n->ndim() != 1 || n->shape[0] != D || !is_float_dtype(n->dtype))) return "the q and k norms must be float [D]";
@@ -271,20 +283,28 @@ struct DecodeArgs {
   }
 };
 
-// Runs the (row, kv head) tasks; `cache(b, h, runs)` fills the task's runs and returns its row at the position.
+// Writes the new keys and values, then runs the (row, new token, kv head) attention tasks. Row b's L new tokens
+// are at positions[b] .. positions[b] + L - 1; `cache.row(b, h, t)` is where token t's key and value go, and
+// `cache.runs(b, h, T, runs)` lists the runs of its tokens 0 .. T - 1.
 template <class Cache>
-Napi::Value run_decode(Napi::Env env, const char* op, const Shape& s, int64_t B, const tl::TensorRef& qkv, const tl::TensorRef& out,
-                       const int64_t* positions, const Cache& cache) {
+Napi::Value run_decode(Napi::Env env, const char* op, const Shape& s, int64_t B, int64_t L, const tl::TensorRef& qkv,
+                       const tl::TensorRef& out, const int64_t* positions, const Cache& cache) {
+  const int64_t qkv_row = (s.Hq + 2 * s.Hkv) * s.D, out_row = s.Hq * s.D;
   const float* qkv_p = qkv.ptr<float>();
   float* out_p = out.ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t h = 0; h < s.Hkv; ++h) {
+        const Run row = cache.row(b, h, positions[b] + l);
+        write_kv(s, qkv_p + (b * L + l) * qkv_row, positions[b] + l, row.k, row.v, h);
+      }
   try {
-    run_tasks(B * s.Hkv, [&](int64_t i) {
-      const int64_t b = i / s.Hkv, h = i % s.Hkv;
+    run_tasks(B * L * s.Hkv, [&](int64_t i) {
+      const int64_t b = i / (L * s.Hkv), l = i / s.Hkv % L, h = i % s.Hkv, position = positions[b] + l;
       std::vector<Run>& runs = tls_runs;
       runs.clear();
-      const Run row = cache(b, h, runs);
-      task(s, qkv_p + b * (s.Hq + 2 * s.Hkv) * s.D, positions[b], row.k, row.v, runs.data(), static_cast<int64_t>(runs.size()),
-           out_p + b * s.Hq * s.D, h);
+      cache.runs(b, h, position + 1, runs);
+      attend(s, qkv_p + (b * L + l) * qkv_row, position, runs.data(), static_cast<int64_t>(runs.size()), out_p + (b * L + l) * out_row, h);
     });
   } catch (const std::bad_alloc&) {
     Napi::Error::New(env, std::string(op) + ": out of memory for scratch buffers").ThrowAsJavaScriptException();
@@ -315,18 +335,25 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
     return fail("keys and values must be float32 and contiguous");
   const int64_t B = keys.shape[0], D = keys.shape[3], S = keys.shape[2];
   if (const char* why = a.check(B, keys.shape[1], D)) return fail(why);
-  if (position < 0 || position >= S || position >= a.cos_t.shape[0]) return fail("the position is outside the cache or the RoPE tables");
+  const int64_t L = a.tokens();
+  if (position < 0 || position + L > S || position + L > a.cos_t.shape[0])
+    return fail("the new tokens' positions are outside the cache or the RoPE tables");
   const Shape s = a.shape(D);
   const std::vector<int64_t> positions(B, position);
-  float* keys_p = keys.ptr<float>();
-  float* values_p = values.ptr<float>();
-  // One run per (row, kv head): its S rows, of which 0 .. position are attended over.
-  return run_decode(env, op, s, B, a.qkv, a.out, positions.data(), [&](int64_t b, int64_t h, std::vector<Run>& runs) {
-    float* k = keys_p + (b * s.Hkv + h) * S * D;
-    float* v = values_p + (b * s.Hkv + h) * S * D;
-    runs.push_back({k, v, position + 1});
-    return Run{k + position * D, v + position * D, 1};
-  });
+  // A (row, kv head)'s S rows are one run.
+  struct Contiguous {
+    float *keys, *values;
+    int64_t Hkv, S, D;
+    Run row(int64_t b, int64_t h, int64_t t) const {
+      const int64_t at = ((b * Hkv + h) * S + t) * D;
+      return Run{keys + at, values + at, 1};
+    }
+    void runs(int64_t b, int64_t h, int64_t T, std::vector<Run>& runs) const {
+      runs.push_back(row(b, h, 0));
+      runs.back().n = T;
+    }
+  };
+  return run_decode(env, op, s, B, L, a.qkv, a.out, positions.data(), Contiguous{keys.ptr<float>(), values.ptr<float>(), s.Hkv, S, D});
 }
 
 Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info) {
@@ -354,31 +381,38 @@ Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info) {
     return fail("expected int32 positions [B] and block tables [B, M]");
   const int64_t B = tables.shape[0], M = tables.shape[1], N = keys.shape[0], P = keys.shape[2], D = keys.shape[3];
   if (const char* why = a.check(B, keys.shape[1], D)) return fail(why);
+  const int64_t L = a.tokens();
   // Every page a row writes or reads must be in the pool: a bookkeeping bug is an error, not a stray write.
   const int32_t* table = tables.ptr<int32_t>();
   std::vector<int64_t> positions(B);
   for (int64_t b = 0; b < B; ++b) {
     positions[b] = positions_t.ptr<int32_t>()[b];
-    if (positions[b] < 0 || positions[b] >= M * P || positions[b] >= a.cos_t.shape[0])
-      return fail("row " + std::to_string(b) + ": position " + std::to_string(positions[b]) + " is outside its block table or the RoPE tables");
-    for (int64_t j = 0; j <= positions[b] / P; ++j)
+    const int64_t last = positions[b] + L - 1;
+    if (positions[b] < 0 || last >= M * P || last >= a.cos_t.shape[0])
+      return fail("row " + std::to_string(b) + ": position " + std::to_string(last) + " is outside its block table or the RoPE tables");
+    for (int64_t j = 0; j <= last / P; ++j)
       if (table[b * M + j] < 0 || table[b * M + j] >= N)
         return fail("row " + std::to_string(b) + ", block " + std::to_string(j) + ": page " + std::to_string(table[b * M + j]) +
                     " is outside the pool's " + std::to_string(N) + " pages");
   }
   const Shape s = a.shape(D);
-  float* keys_p = keys.ptr<float>();
-  float* values_p = values.ptr<float>();
-  // One run per page of the row: P rows, the last page cut at the position.
-  return run_decode(env, op, s, B, a.qkv, a.out, positions.data(), [&](int64_t b, int64_t h, std::vector<Run>& runs) {
-    const int64_t position = positions[b];
-    for (int64_t j = 0; j <= position / P; ++j) {
-      const int64_t page = table[b * M + j];
-      runs.push_back({keys_p + (page * s.Hkv + h) * P * D, values_p + (page * s.Hkv + h) * P * D, std::min(P, position + 1 - j * P)});
+  // A (row, kv head)'s runs are its pages, the last one cut at the token count.
+  struct Paged {
+    float *keys, *values;
+    const int32_t* table;
+    int64_t M, Hkv, P, D;
+    Run row(int64_t b, int64_t h, int64_t t) const {
+      const int64_t at = ((table[b * M + t / P] * Hkv + h) * P + t % P) * D;
+      return Run{keys + at, values + at, 1};
     }
-    const Run& last = runs.back();
-    return Run{last.k + (last.n - 1) * D, last.v + (last.n - 1) * D, 1};
-  });
+    void runs(int64_t b, int64_t h, int64_t T, std::vector<Run>& runs) const {
+      for (int64_t j = 0; j * P < T; ++j) {
+        runs.push_back(row(b, h, j * P));
+        runs.back().n = std::min(P, T - j * P);
+      }
+    }
+  };
+  return run_decode(env, op, s, B, L, a.qkv, a.out, positions.data(), Paged{keys.ptr<float>(), values.ptr<float>(), table, M, s.Hkv, P, D});
 }
 
 }  // namespace engine

@@ -101,7 +101,7 @@ describe('DecodeKvCache.reserve and commit (the fused attention writes the cache
 describe('fused decode kernels against the composed ops, on the fixture models', () => {
   // Each model twice: fused kernels (the default) and composed ops; a prefill, then decode steps, logits close.
   for (const name of ['qwen2-tiny', 'qwen2-tiny-bf16', 'qwen2-tiny-4bit', 'qwen3-tiny', 'qwen2-moe-tiny', 'qwen2-tiny-untied']) {
-    it(`${name}: prefill of 5 tokens, then 6 decode steps`, () => {
+    it(`${name}: a pass over 5 tokens (the decode kernel, several tokens at once), then 6 decode steps`, () => {
       const dir = `${FIXTURES_DIR}models/${name}`;
       const fused = Qwen2Model.load(dir, EXACT);
       const composed = Qwen2Model.load(dir, { fusedKernels: false, ...EXACT });
