@@ -1,0 +1,182 @@
+// The fused decode attention (native/attention_decode.cc) against float64: RoPE (and Qwen3's per-head norms) on the
+// new tokens, their keys and values written into the cache, and attention of each new token over the cache up to
+// its own position. Both caches: pages read through block tables (pagedAttentionDecode) and each row's buffer
+// (attentionDecode); one new token per row (a decode step) or three (a speculative verification). Long runs of
+// keys take the kernel's blocks of a vector's lanes, short ones its tail. Run at every SIMD level the CPU has
+// (vitest.config.ts).
+import * as tc from '@tiny-llm/tensor-core';
+import { seededTensor } from '@tiny-llm/tensor-core/testing';
+import { expectGolden, float64 as f64 } from '@tiny-llm/grading';
+import { blockTablesTensor } from '@tiny-llm/reference/week3';
+import { describe, expect, it } from 'vitest';
+import { engineKernels } from '../src/model/native.ts';
+
+const [HQ, HKV, BASE, EPS, SCALE] = [6, 2, 10000, 1e-6, 0.25];
+
+interface Case {
+  /** Each row's first new position; its tokens are positions[b] .. positions[b] + tokens - 1. */
+  positions: number[];
+  tokens: number;
+  /** Each row's pages; the contiguous cache is one page of S tokens per row (tables [[0], [1], ...]). */
+  tables: number[][];
+  numPages: number;
+  pageSize: number;
+  headDim: number;
+  norms: boolean;
+}
+
+/** Runs the kernel on seeded inputs and holds the cache and the output to float64. */
+function check(c: Case, run: (t: Record<string, tc.Tensor>, norms: (tc.Tensor | null)[]) => void): void {
+  const { positions, tokens: l, tables, numPages, pageSize: p, headDim: d } = c;
+  const b = positions.length;
+  const [keys, values] = [seededTensor([numPages, HKV, p, d], 1), seededTensor([numPages, HKV, p, d], 2)];
+  const before = [keys, values].map(f64.toND); // the cache as it was: the kernel writes into it
+  const qkv = seededTensor([b, l, (HQ + 2 * HKV) * d], 3);
+  const [qNorm, kNorm] = [seededTensor([d], 4), seededTensor([d], 5)];
+  const rope = tc.fast.ropeTables(d, 128, BASE);
+  const out = tc.empty([b, l, HQ * d]);
+  run({ qkv, cos: rope.cos, sin: rope.sin, keys, values, out }, c.norms ? [qNorm, kNorm] : [null, null]);
+  // float64: each token's heads (normalised), rotated at its position; its new key and value written into its slot.
+  const heads = f64.toND(tc.reshape(qkv, [b * l, HQ + 2 * HKV, d]));
+  const part = (from: number, n: number, norm: tc.Tensor | null) => {
+    const slice = { shape: [b, l, n, d], data: new Float64Array(b * l * n * d) };
+    for (let t = 0; t < b * l; t++)
+      slice.data.set(heads.data.subarray((t * (HQ + 2 * HKV) + from) * d, (t * (HQ + 2 * HKV) + from + n) * d), t * n * d);
+    return norm && c.norms ? f64.rmsNorm(slice, f64.toND(norm), EPS) : slice;
+  };
+  const turned = (x: f64.NDArray) => f64.rope(x, { base: BASE, traditional: false, offsets: positions });
+  const [q, k, v] = [turned(part(0, HQ, qNorm)), turned(part(HQ, HKV, kNorm)), part(HQ + HKV, HKV, null)];
+  positions.forEach((position, row) => {
+    for (let t = 0; t < l; t++) {
+      const page = tables[row][Math.floor((position + t) / p)];
+      for (let g = 0; g < HKV; g++) {
+        const slot = ((page * HKV + g) * p + ((position + t) % p)) * d;
+        const from = ((row * l + t) * HKV + g) * d;
+        before[0].data.set(k.data.subarray(from, from + d), slot);
+        before[1].data.set(v.data.subarray(from, from + d), slot);
+      }
+    }
+  });
+  expectGolden(keys, before[0], { atol: 1e-5, what: 'the keys after the write', axes: ['page', 'g', 'slot', 'd'] });
+  expectGolden(values, before[1], { atol: 0, what: 'the values after the write', axes: ['page', 'g', 'slot', 'd'] });
+  // New token t of a row sees its cache and the new tokens 0 .. t: everything up to its own position.
+  const expected = { shape: [b, l, HQ * d], data: new Float64Array(b * l * HQ * d) };
+  for (let t = 0; t < l; t++) {
+    const qt = { shape: [b, HQ, d], data: new Float64Array(b * HQ * d) };
+    for (let row = 0; row < b; row++) qt.data.set(q.data.subarray((row * l + t) * HQ * d, (row * l + t + 1) * HQ * d), row * HQ * d);
+    const lengths = positions.map((n) => n + t + 1);
+    const attended = f64.pagedAttention(qt, before[0], before[1], tables, lengths, { scale: SCALE });
+    for (let row = 0; row < b; row++) expected.data.set(attended.data.subarray(row * HQ * d, (row + 1) * HQ * d), (row * l + t) * HQ * d);
+  }
+  expectGolden(out, expected, { atol: 1e-5, what: 'the attention output', axes: ['b', 'l', 'hd'] });
+}
+
+const describeCase = (c: Case) =>
+  `${c.tokens} new token${c.tokens > 1 ? 's' : ''} per row from ${c.positions.join(', ')}, head size ${c.headDim}${c.norms ? ', with per-head q and k norms (Qwen3)' : ''}`;
+
+describe('pagedAttentionDecode: RoPE, the cache write and attention through block tables, in one call', () => {
+  const shuffled = [[5], [2, 9, 0], [7, 1, 4, 8, 3]];
+  const cases: Case[] = [
+    { positions: [0, 20, 37], tokens: 1, tables: shuffled, numPages: 10, pageSize: 8, headDim: 16, norms: false },
+    { positions: [0, 20, 37], tokens: 1, tables: shuffled, numPages: 10, pageSize: 8, headDim: 16, norms: true },
+    { positions: [0, 20, 37], tokens: 3, tables: shuffled, numPages: 10, pageSize: 8, headDim: 16, norms: true },
+    // Pages of 32: runs long enough for blocks of 16 keys, and a tail.
+    { positions: [3, 45, 100], tokens: 3, tables: [[6], [2, 0], [1, 4, 7, 3]], numPages: 8, pageSize: 32, headDim: 64, norms: false },
+  ];
+  for (const c of cases) {
+    it(`${describeCase(c)}, shuffled pages of ${c.pageSize}`, () => {
+      check(c, (t, [qNorm, kNorm]) =>
+        engineKernels().pagedAttentionDecode(
+          ...[
+            t.qkv,
+            t.cos,
+            t.sin,
+            tc.tensor(Int32Array.from(c.positions), { dtype: 'int32' }),
+            t.keys,
+            t.values,
+            blockTablesTensor(c.tables),
+            t.out,
+          ].map((x) => x.native()),
+          HQ,
+          HKV,
+          SCALE,
+          qNorm?.native() ?? null,
+          kNorm?.native() ?? null,
+          EPS,
+        ),
+      );
+    });
+  }
+
+  it('a block table entry outside the pool is an error naming the row, the block and the page', () => {
+    const rope = tc.fast.ropeTables(8, 16);
+    const call = (table: number[]) => () =>
+      engineKernels().pagedAttentionDecode(
+        ...[
+          seededTensor([1, 1, 32], 1),
+          rope.cos,
+          rope.sin,
+          tc.tensor([5], { dtype: 'int32' }),
+          tc.zeros([2, 1, 4, 8]),
+          tc.zeros([2, 1, 4, 8]),
+          blockTablesTensor([table]),
+          tc.empty([1, 1, 16]),
+        ].map((t) => t.native()),
+        2,
+        1,
+        0.5,
+      );
+    expect(call([0, 7])).toThrow(/row 0, block 1: page 7 is outside the pool's 2 pages/);
+    expect(call([0])).toThrow(/row 0: position 5 is outside its block table/);
+  });
+});
+
+describe("attentionDecode: the same on each row's own cache buffer", () => {
+  // A row's buffer [Hkv, S, D] is the one page of S tokens that the float64 reference reads through table [row].
+  for (const [position, tokens, headDim, norms] of [
+    [0, 1, 16, false],
+    [37, 1, 64, true],
+    [40, 3, 64, false],
+    [70, 5, 32, true],
+  ] as const) {
+    const c: Case = { positions: [position, position], tokens, tables: [[0], [1]], numPages: 2, pageSize: 80, headDim, norms };
+    it(`2 rows, ${describeCase(c)}`, () => {
+      check(c, (t, [qNorm, kNorm]) =>
+        engineKernels().attentionDecode(
+          ...[t.qkv, t.cos, t.sin].map((x) => x.native()),
+          position,
+          t.keys.native(),
+          t.values.native(),
+          t.out.native(),
+          HQ,
+          HKV,
+          SCALE,
+          qNorm?.native() ?? null,
+          kNorm?.native() ?? null,
+          EPS,
+        ),
+      );
+    });
+  }
+
+  it('new tokens past the cache buffer are an error, before anything is written', () => {
+    const rope = tc.fast.ropeTables(8, 16);
+    const keys = tc.zeros([1, 1, 4, 8]);
+    expect(() =>
+      engineKernels().attentionDecode(
+        ...[seededTensor([1, 2, 32], 1), rope.cos, rope.sin].map((t) => t.native()),
+        3,
+        keys.native(),
+        tc.zeros([1, 1, 4, 8]).native(),
+        tc.empty([1, 2, 16]).native(),
+        2,
+        1,
+        0.5,
+      ),
+    ).toThrow(/attentionDecode: the new tokens' positions are outside the cache or the RoPE tables/);
+    expect(
+      Array.from(keys.toArray()).every((x) => x === 0),
+      'the cache is untouched',
+    ).toBe(true);
+  });
+});
