@@ -16,6 +16,7 @@ import { loadTokenizer, type TinyTokenizer } from '@tiny-llm/tokenizer';
 import { deviceErrorOf, isNotImplemented, learnerNotImplemented, oneLine, UsageError, UserError } from './errors.ts';
 import {
   checkPromptFits,
+  DEFAULT_NUM_DRAFT,
   formatSpeculative,
   formatStats,
   generate,
@@ -234,7 +235,13 @@ const GENERATE_FLAGS = defineFlags({
     value: 'DIR',
     help: 'speculative decoding (chapter 3.4): a small model of the same tokenizer drafts for --model',
   },
-  'num-draft': { kind: 'int', value: 'K', help: 'tokens the draft proposes per round', default: '4', check: atLeast(1) },
+  'num-draft': {
+    kind: 'int',
+    value: 'K',
+    help: 'tokens the draft proposes per round',
+    default: String(DEFAULT_NUM_DRAFT),
+    check: atLeast(1),
+  },
   ...SAMPLING_FLAGS,
   'ignore-eos': { kind: 'bool', help: 'keep going past end-of-sequence tokens (until --max-tokens)' },
 });
@@ -289,7 +296,7 @@ async function runSpeculative(
   ids: number[],
   options: GenerateOptions,
 ): Promise<void> {
-  const numDraft = flags['num-draft'] ?? 4;
+  const numDraft = flags['num-draft'] ?? DEFAULT_NUM_DRAFT;
   const decode = flags.solution === 'learner' ? await learnerSpeculativeDecode() : undefined;
   const it = generateSpeculative(target, draft, tokenizer, ids, { ...options, numDraft, decode });
   let step = await it.next();
