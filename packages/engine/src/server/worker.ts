@@ -5,6 +5,7 @@
 // Disaggregated (chapter 3.5), two of these run, each with its own model and page pool: the prefill worker
 // posts each request whose prefill produced its first token as a handoff (its KV cache's pages transferred, not
 // copied), and the decode worker takes it from the main thread as a prefilled request.
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
@@ -13,6 +14,19 @@ import type { DecodeScheduler, PrefillScheduler } from '@tiny-llm/reference/week
 import { oneLine } from '../errors.ts';
 import { learnerMakeSampler, loadPhaseScheduler, loadScheduler } from '../registry.ts';
 import type { FromWorker, Prefilled, SamplingOptions, SubmittedRequest, ToWorker, WorkerOptions } from './protocol.ts';
+
+// The model's thread, and the kernel pool's threads it starts (they inherit it), run at a lower priority than
+// the main thread: on a machine whose cores the forward pass keeps busy, the main thread still gets a core at
+// once when a request, a streamed token or /health needs it. (Linux applies setpriority to the calling thread;
+// elsewhere, where it may apply to the process or be refused, the priority stays as it is.)
+const ENGINE_THREAD_NICENESS = 5;
+if (process.platform === 'linux') {
+  try {
+    setPriority(0, ENGINE_THREAD_NICENESS);
+  } catch {
+    // Not permitted here: run at the default priority.
+  }
+}
 
 const port = parentPort!;
 const post = (message: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
