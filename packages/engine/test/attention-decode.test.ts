@@ -25,8 +25,11 @@ interface Case {
   norms: boolean;
 }
 
-/** Runs the kernel on seeded inputs and holds the cache and the output to float64. */
-function check(c: Case, run: (t: Record<string, tc.Tensor>, norms: (tc.Tensor | null)[]) => void): void {
+/**
+ * Runs the kernel on seeded inputs and holds the cache and the output to float64. `run` gets the tensors and the
+ * arguments both kernels end with (head counts, scale, the q and k norms or nulls, epsilon).
+ */
+function check(c: Case, run: (t: Record<string, tc.Tensor>, tail: unknown[]) => void): void {
   const { positions, tokens: l, tables, numPages, pageSize: p, headDim: d } = c;
   const b = positions.length;
   const [keys, values] = [seededTensor([numPages, HKV, p, d], 1), seededTensor([numPages, HKV, p, d], 2)];
@@ -35,7 +38,8 @@ function check(c: Case, run: (t: Record<string, tc.Tensor>, norms: (tc.Tensor | 
   const [qNorm, kNorm] = [seededTensor([d], 4), seededTensor([d], 5)];
   const rope = tc.fast.ropeTables(d, 128, BASE);
   const out = tc.empty([b, l, HQ * d]);
-  run({ qkv, cos: rope.cos, sin: rope.sin, keys, values, out }, c.norms ? [qNorm, kNorm] : [null, null]);
+  const norms = c.norms ? [qNorm.native(), kNorm.native()] : [null, null];
+  run({ qkv, cos: rope.cos, sin: rope.sin, keys, values, out }, [HQ, HKV, SCALE, ...norms, EPS]);
   // float64: each token's heads (normalised), rotated at its position; its new key and value written into its slot.
   const heads = f64.toND(tc.reshape(qkv, [b * l, HQ + 2 * HKV, d]));
   const part = (from: number, n: number, norm: tc.Tensor | null) => {
@@ -85,7 +89,7 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
   ];
   for (const c of cases) {
     it(`${describeCase(c)}, shuffled pages of ${c.pageSize}`, () => {
-      check(c, (t, [qNorm, kNorm]) =>
+      check(c, (t, tail) =>
         engineKernels().pagedAttentionDecode(
           ...[
             t.qkv,
@@ -97,12 +101,7 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
             blockTablesTensor(c.tables),
             t.out,
           ].map((x) => x.native()),
-          HQ,
-          HKV,
-          SCALE,
-          qNorm?.native() ?? null,
-          kNorm?.native() ?? null,
-          EPS,
+          ...tail,
         ),
       );
     });
@@ -141,19 +140,14 @@ describe("attentionDecode: the same on each row's own cache buffer", () => {
   ] as const) {
     const c: Case = { positions: [position, position], tokens, tables: [[0], [1]], numPages: 2, pageSize: 80, headDim, norms };
     it(`2 rows, ${describeCase(c)}`, () => {
-      check(c, (t, [qNorm, kNorm]) =>
+      check(c, (t, tail) =>
         engineKernels().attentionDecode(
           ...[t.qkv, t.cos, t.sin].map((x) => x.native()),
           position,
           t.keys.native(),
           t.values.native(),
           t.out.native(),
-          HQ,
-          HKV,
-          SCALE,
-          qNorm?.native() ?? null,
-          kNorm?.native() ?? null,
-          EPS,
+          ...tail,
         ),
       );
     });
