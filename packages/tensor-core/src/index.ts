@@ -6,7 +6,7 @@ export { tidy, keep } from './scope.ts';
 export { DeviceLimitError, UnsupportedOpError, type Backend, type Storage } from './backend/backend.ts';
 export { cpu, type MatmulPrecision, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
-export { loadExtension } from './extension.ts';
+export { extensionGetter, loadExtension } from './extension.ts';
 export { cpuFeatures, SIMD_LEVELS, type CpuFeatures, type SimdLevel } from './cpu-features.ts';
 export { getDefaultBackend, setDefaultBackend, empty } from './ops/util.ts';
 

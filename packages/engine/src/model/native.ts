@@ -3,5 +3,7 @@ import * as tc from '@tiny-llm/tensor-core';
 
 /** The engine's kernels (untyped, as tensor-core's `native`): quantizedMatmul, denseLinear, attentionDecode, ... */
 // biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
-export const engineKernels = (): any =>
-  tc.loadExtension(new URL('../../build/Release/engine_kernels.node', import.meta.url), '@tiny-llm/engine');
+export const engineKernels: () => any = tc.extensionGetter(
+  new URL('../../build/Release/engine_kernels.node', import.meta.url),
+  '@tiny-llm/engine',
+);

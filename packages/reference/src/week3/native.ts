@@ -3,5 +3,7 @@
 import * as tc from '@tiny-llm/tensor-core';
 
 // biome-ignore lint/suspicious/noExplicitAny: a native addon's bindings have no TypeScript types
-export const week3Kernels = (): any =>
-  tc.loadExtension(new URL('../../build/Release/reference_week3_kernels.node', import.meta.url), '@tiny-llm/reference');
+export const week3Kernels: () => any = tc.extensionGetter(
+  new URL('../../build/Release/reference_week3_kernels.node', import.meta.url),
+  '@tiny-llm/reference',
+);
