@@ -228,8 +228,10 @@ export function measureAllReduce(model: TensorParallelModel, rowCounts: readonly
 
 /**
  * Prefill promptLen tokens, then decode gen tokens greedily, in a fresh session; `reps` times, keeping the
- * best of each (the machine is shared: interference only ever makes a run slower). One short warm-up first
- * (it also faults in memory-mapped weights).
+ * best of each (the machine is shared: interference only ever makes a run slower). First an untimed warm-up of
+ * a short prompt and gen decode steps: it faults in the memory-mapped weights, and lets V8 compile the decode
+ * step's JavaScript to optimized code, which it does only after some hundred steps (a fresh process decoded the
+ * demo model's first 64 tokens at 1.8-1.9 ms a step, steps 128-191 at 0.9 ms).
  */
 export async function measureSpeed(model: EngineModel, promptLen: number, gen: number, reps: number, seed = 0): Promise<SpeedResult> {
   const ids = promptIds(promptLen, model.config.vocabSize, seed);
@@ -244,7 +246,7 @@ export async function measureSpeed(model: EngineModel, promptLen: number, gen: n
   {
     const warm = model.newSession();
     let next = await argmax(warm.feed(ids.slice(0, Math.min(8, ids.length))));
-    for (let i = 0; i < 2; i++) next = await argmax(warm.feed([next]));
+    for (let i = 0; i < gen; i++) next = await argmax(warm.feed([next]));
     warm.dispose();
   }
   let prefillSeconds = Infinity;
