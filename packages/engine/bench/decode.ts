@@ -243,9 +243,9 @@ function randomWeights(config: tc.ModelConfig, bits: number | null): { weights: 
       // gate_proj then up_proj, back to back as in a Hugging Face file (so the model fuses them without a copy).
       const both = bf16([2 * inter, hid]);
       const half = inter * hid * 2;
-      const buffer = (both.storage as unknown as { buffer: ArrayBuffer }).buffer;
-      weights.set(`${p}.mlp.gate_proj.weight`, new tc.Tensor(tc.cpu.wrap(buffer, 0, half), 'bfloat16', [inter, hid]));
-      weights.set(`${p}.mlp.up_proj.weight`, new tc.Tensor(tc.cpu.wrap(buffer, half, half), 'bfloat16', [inter, hid]));
+      const { buffer, byteOffset } = both.storage as unknown as { buffer: ArrayBuffer; byteOffset: number };
+      weights.set(`${p}.mlp.gate_proj.weight`, new tc.Tensor(tc.cpu.wrap(buffer, byteOffset, half), 'bfloat16', [inter, hid]));
+      weights.set(`${p}.mlp.up_proj.weight`, new tc.Tensor(tc.cpu.wrap(buffer, byteOffset + half, half), 'bfloat16', [inter, hid]));
     } else {
       weights.set(`${p}.mlp.gate_proj.weight`, matrix(inter, hid));
       weights.set(`${p}.mlp.up_proj.weight`, matrix(inter, hid));

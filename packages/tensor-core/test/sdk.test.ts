@@ -34,10 +34,11 @@ describe('extension SDK example kernel', () => {
       /scaleShiftInto: x must be contiguous/,
     );
     expect(() => example.scaleShiftInto({}, x.native(), 1, 0)).toThrow(/scaleShiftInto: argument 0 is not a tensor view/);
-    const [buffer] = x.native();
-    const tooLong = { buffer, byteOffset: 0, dtype: 0, shape: [100], strides: [1] };
+    const [buffer, meta] = x.native();
+    const start = meta[0]; // x's byte offset in its buffer
+    const tooLong = { buffer, byteOffset: start, dtype: 0, shape: [100], strides: [1] };
     expect(() => example.scaleShiftInto(tooLong, x.native(), 1, 0)).toThrow(/scaleShiftInto: argument 0 reaches outside its storage/);
-    const handMade = { buffer, byteOffset: 4, dtype: 0, shape: [3], strides: [1] };
+    const handMade = { buffer, byteOffset: start + 4, dtype: 0, shape: [3], strides: [1] };
     const out = tc.empty([3]);
     example.scaleShiftInto(handMade, out.native(), 1, 0);
     expect(Array.from(out.toArray())).toEqual([1, 1, 1]);

@@ -15,6 +15,15 @@ Napi::Value NumThreads(const Napi::CallbackInfo& info) {
 }
 TL_EXPORT("numThreads", NumThreads);
 
+// The bytes from the start of an ArrayBuffer to its first address that is a multiple of `alignment`: where the
+// CPU backend starts a tensor in the buffer it allocated (src/backend/cpu.ts).
+Napi::Value BytesToAlignment(const Napi::CallbackInfo& info) {
+  const auto address = reinterpret_cast<uintptr_t>(info[0].As<Napi::ArrayBuffer>().Data());
+  const uintptr_t alignment = info[1].ToNumber().Uint32Value();
+  return Napi::Number::New(info.Env(), static_cast<double>((alignment - address % alignment) % alignment));
+}
+TL_EXPORT("bytesToAlignment", BytesToAlignment);
+
 // An empty call: what the bench uses to measure the cost of crossing from JavaScript into C++.
 Napi::Value Noop(const Napi::CallbackInfo& info) { return info.Env().Undefined(); }
 TL_EXPORT("noop", Noop);

@@ -75,7 +75,7 @@ function fromNumbers(values: ArrayLike<number>, dtype: DType, shape: number[], d
   const n = values.length;
   const direct = dtype !== 'float16' && dtype !== 'bfloat16';
   const stage = cpu.allocate(direct ? dtype : 'float32', n);
-  const view = storageView(direct ? dtype : 'float32', stage.buffer, 0, n);
+  const view = storageView(direct ? dtype : 'float32', stage.buffer, stage.byteOffset, n);
   if (dtype === 'bool') for (let i = 0; i < n; i++) view[i] = values[i] ? 1 : 0;
   else view.set(values as ArrayLike<number>);
   let t = new Tensor(stage, direct ? dtype : 'float32', shape);

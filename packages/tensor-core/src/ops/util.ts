@@ -38,7 +38,7 @@ export function backendOf(op: string, ...tensors: Tensor[]): Backend {
 /** A number becomes a 0-d tensor of `dtype` on `backend` (weakly typed: it takes the other operand's dtype). */
 export function scalarTensor(value: number, dtype: DType, backend: Backend): Tensor {
   const storage = cpu.allocate('float32', 1);
-  storageView('float32', (storage as { buffer: ArrayBuffer }).buffer)[0] = value;
+  storageView('float32', storage.buffer, storage.byteOffset, 1)[0] = value;
   let t = new Tensor(storage, 'float32', []);
   if (dtype !== 'float32') {
     const converted = empty([], dtype, cpu);
