@@ -38,7 +38,8 @@
 // instead of one horizontal sum per key, and the weighted sum reads each value row once for a block of query
 // heads instead of once per head. At Qwen2-0.5B's attention shape and 1024 cached positions (bench/
 // paged-attention.ts, Zen 5, best of 9), one row: contiguous 50-56 -> 24-30 us, paged 59-65 -> 35 us; 16 rows:
-// contiguous about 1000 -> 640-730 us, paged 890-1040 -> 680-710 us.
+// contiguous about 1000 -> 640-730 us, paged 890-1040 -> 680-710 us. Then with tensors that start on a cache line
+// (tensor-core's allocator): one row, contiguous 23-30 us, paged 26-37 us; 16 rows, 480-550 and 480-530 us.
 // RoPE is the default (Qwen2) form, rotating (i, i + D/2); the rotation and the softmax follow tensor-core's
 // fast.rope and softmax.
 #include <string>
@@ -215,9 +216,11 @@ void weighted_sum_block(const float* p, int64_t g0, int64_t count, const Run* ru
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) acc[g][j] = V::zero();
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
-    // The values come from memory page by scattered page: fetch the next run's while this one is summed.
+    // The values come from memory page by scattered page: fetch the next run's while this one is summed, only the
+    // lines of this block's columns (each prefetch costs an instruction, spent for nothing when the pool is cached).
     if (r + 1 < num_runs)
-      for (int64_t i = d0; i < runs[r + 1].n * D; i += 16) __builtin_prefetch(runs[r + 1].v + i);
+      for (int64_t t = 0; t < runs[r + 1].n; ++t)
+        for (int64_t i = 0; i < NV * L; i += 16) __builtin_prefetch(runs[r + 1].v + t * D + d0 + i);
     for (int64_t t = 0; t < runs[r].n; ++t) {
       typename V::T v[NV];
 #pragma GCC unroll 2
