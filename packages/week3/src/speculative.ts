@@ -110,7 +110,8 @@ export interface SpeculativeRound {
  * whose vocabSize is not the target's, an empty prompt, a prompt id outside the vocabulary, a prompt longer
  * than the context (the smaller maxPositionEmbeddings of the two).
  *
- * The rounds: feed the target the prompt but its last token. Then, while the sequence (n tokens) fits the
+ * The rounds: feed both models the prompt but its last token (the draft's prompt pass is prefill work: left to
+ * its first catch-up, it would delay the second token). Then, while the sequence (n tokens) fits the
  * context (n <= context):
  *   1. k = min(numDraft, context - n) (0 in the first round: it only samples the target's first token). The
  *      draft feeds the tokens it has not seen (from its cache's offset), then drafts k tokens one at a time:
