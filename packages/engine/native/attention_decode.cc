@@ -32,14 +32,15 @@
 // new key and value is written first (a few rows: on the calling thread), so that the new tokens of a row see
 // each other; then the work is one task per (batch row, new token, kv head): its G = Hq / Hkv query heads are
 // rotated and attend over the cache together, each cached row read once for all of them. The cached rows are
-// read as runs of consecutive rows: one run of a contiguous cache, one per page of a paged one.
+// read as runs of consecutive rows: a contiguous cache's cut every kRunRows, a paged one's one per page.
 // The plain loops (attend's scalar form) are the definition; the SIMD form, written once for AVX2 and AVX-512
 // (attend_simd), changes two things, each commented where it is: scores reduce a block of keys' sums together
 // instead of one horizontal sum per key, and the weighted sum reads each value row once for a block of query
 // heads instead of once per head. At Qwen2-0.5B's attention shape and 1024 cached positions (bench/
 // paged-attention.ts, Zen 5, best of 9), one row: contiguous 50-56 -> 24-30 us, paged 59-65 -> 35 us; 16 rows:
 // contiguous about 1000 -> 640-730 us, paged 890-1040 -> 680-710 us. Then with tensors that start on a cache line
-// (tensor-core's allocator): one row, contiguous 23-30 us, paged 26-37 us; 16 rows, 480-550 and 480-530 us.
+// (tensor-core's allocator) and the runs below: one row, contiguous 24-27 us, paged 26-28 us; 16 rows, 410-450
+// and 430-465 us.
 // RoPE is the default (Qwen2) form, rotating (i, i + D/2); the rotation and the softmax follow tensor-core's
 // fast.rope and softmax.
 #include <string>
@@ -54,6 +55,14 @@ using tl::DType;
 
 constexpr int64_t kMaxHeadDim = 256;
 constexpr int64_t kMaxGroup = 64;
+// A contiguous cache is read in runs of kRunRows rows (a paged one in its pages), and the keys and values of the
+// run kPrefetchRuns ahead are prefetched while one is read: a decode step reads each layer's cache once, from
+// memory, and the hardware prefetchers restart at every scattered page (and at every 4 KB page of a contiguous
+// cache). A contiguous cache cut into runs of 16 with this prefetch, against one run without it, at Qwen2-0.5B's
+// attention shape and 1024 cached positions, 24 layers' caches in turn (bench/paged-attention.ts): one row 50-60
+// -> 30-33 us; the demo model's decode after a 1024-token prompt 538-584 -> 629-968 tokens/s (bench/decode.ts).
+constexpr int64_t kRunRows = 16;
+constexpr int64_t kPrefetchRuns = 2;
 
 thread_local Buffer tls_scores;  // one task's scores [G, T], each pool thread its own
 thread_local Buffer tls_q;       // one task's rotated query heads [G, D]
@@ -216,11 +225,11 @@ void weighted_sum_block(const float* p, int64_t g0, int64_t count, const Run* ru
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) acc[g][j] = V::zero();
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
-    // The values come from memory page by scattered page: fetch the next run's while this one is summed, only the
-    // lines of this block's columns (each prefetch costs an instruction, spent for nothing when the pool is cached).
-    if (r + 1 < num_runs)
-      for (int64_t t = 0; t < runs[r + 1].n; ++t)
-        for (int64_t i = 0; i < NV * L; i += 16) __builtin_prefetch(runs[r + 1].v + t * D + d0 + i);
+    // The values come from memory run by run: fetch a later run's while this one is summed, only the lines of this
+    // block's columns (each prefetch costs an instruction, spent for nothing when the cache is in the CPU's).
+    if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
+      for (int64_t t = 0; t < runs[ahead].n; ++t)
+        for (int64_t i = 0; i < NV * L; i += 16) __builtin_prefetch(runs[ahead].v + t * D + d0 + i);
     for (int64_t t = 0; t < runs[r].n; ++t) {
       typename V::T v[NV];
 #pragma GCC unroll 2
@@ -258,9 +267,9 @@ template <class V>
 void attend_simd(const float* q, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D, float scale,
                  float* scores, float* out) {
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
-    // The pages of a paged cache are scattered: fetch the next run's keys while this one's are scored.
-    if (r + 1 < num_runs)
-      for (int64_t i = 0; i < runs[r + 1].n * D; i += 16) __builtin_prefetch(runs[r + 1].k + i);
+    // Fetch a later run's keys while this one's are scored (kPrefetchRuns).
+    if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
+      for (int64_t i = 0; i < runs[ahead].n * D; i += 16) __builtin_prefetch(runs[ahead].k + i);
     scores_simd<V>(q, G, runs[r].k, runs[r].n, D, scale, scores + t0, T);
   }
   softmax_rows_avx2(scores, G, T);
@@ -441,8 +450,10 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
       return Run{keys + at, values + at, 1};
     }
     void runs(int64_t b, int64_t h, int64_t T, std::vector<Run>& runs) const {
-      runs.push_back(row(b, h, 0));
-      runs.back().n = T;
+      for (int64_t t = 0; t < T; t += kRunRows) {
+        runs.push_back(row(b, h, t));
+        runs.back().n = std::min(kRunRows, T - t);
+      }
     }
   };
   return run_decode(env, op, s, B, L, a.qkv, a.out, positions.data(), Contiguous{keys.ptr<float>(), values.ptr<float>(), s.Hkv, S, D});
