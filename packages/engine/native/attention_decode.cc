@@ -151,35 +151,9 @@ TL_AVX2 void softmax_rows_avx2(float* scores, int64_t G, int64_t T) {
 // The dot products of the scores, each a sum of D products, end in a horizontal sum: adding the lanes of the
 // accumulator costs as many instructions as the FMAs before it when D is 64 (4 FMAs at 16 lanes, then 8 shuffles
 // and adds). So keys go in blocks of kLanes: one query row's accumulators of the block's keys are reduced
-// together, by a tree of shuffles and adds that leaves key j's sum in lane j, about 3 instructions a key.
+// together (V::hsum_each, a tree of shuffles and adds that leaves key j's sum in lane j), about 3 instructions a key.
 using tl::simd::Vec16;
 using tl::simd::Vec8;
-
-// Lane j = the sum of acc[j]'s 8 lanes.
-TL_AVX2 inline __m256 sum_lanes(__m256 acc[8]) {
-  __m256 pairs[4], quads[2];
-  for (int i = 0; i < 4; ++i)  // per 128-bit half: (a0+a2, b0+b2, a1+a3, b1+b3) of acc[2i], acc[2i+1]
-    pairs[i] = _mm256_add_ps(_mm256_unpacklo_ps(acc[2 * i], acc[2 * i + 1]), _mm256_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
-  for (int i = 0; i < 2; ++i)  // per half, lane j: that half's sum of acc[4i + j]
-    quads[i] = _mm256_add_ps(_mm256_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
-                             _mm256_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
-  return _mm256_add_ps(_mm256_permute2f128_ps(quads[0], quads[1], 0x20), _mm256_permute2f128_ps(quads[0], quads[1], 0x31));
-}
-
-// Lane j = the sum of acc[j]'s 16 lanes: the same tree, with two more levels across the 128-bit blocks.
-TL_AVX512 inline __m512 sum_lanes(__m512 acc[16]) {
-  __m512 pairs[8], quads[4], halves[2];
-  for (int i = 0; i < 8; ++i)
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(acc[2 * i], acc[2 * i + 1]), _mm512_unpackhi_ps(acc[2 * i], acc[2 * i + 1]));
-  for (int i = 0; i < 4; ++i)  // per block, lane j: that block's sum of acc[4i + j]
-    quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
-                             _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
-  for (int i = 0; i < 2; ++i)  // blocks (quads[2i] over blocks 0+1, 2+3; quads[2i+1] the same)
-    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
 
 // scores[g * stride + t] = scale * q[g] . K[t] for the G query rows and the n rows of K (D a multiple of the
 // lanes, at most kMaxHeadDim). A block of kLanes keys (4 KB at 16 lanes and D = 64) stays in L1 for the G rows;
@@ -201,7 +175,7 @@ void scores_simd(const float* q, int64_t G, const float* K, int64_t n, int64_t D
 #pragma GCC unroll 16
         for (int j = 0; j < L; ++j) acc[j] = V::fmadd(qv, V::load(block + j * D + i), acc[j]);
       }
-      V::store(scores + g * stride + t0, V::mul(sum_lanes(acc), scale_v));
+      V::store(scores + g * stride + t0, V::mul(V::hsum_each(acc), scale_v));
     }
   }
   for (int64_t t = t0; t < n; ++t)

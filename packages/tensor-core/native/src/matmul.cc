@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <new>
@@ -763,7 +764,21 @@ void dot_many(const float* a, int64_t lda, int64_t M, const Stor<D>* w, int64_t 
     for (; j + R <= r; j += R) dot_tiles<V, R>(a + k0, lda, M, wc + j * ldc, ldc, len, acc + j);
     for (; j < r; ++j) dot_tiles<V, 1>(a + k0, lda, M, wc + j * ldc, ldc, len, acc + j);
   }
-  for (int64_t m = 0; m < M; ++m)
+  // The M x r sums. An hsum per accumulator is 8 instructions, 512 per 4 W rows at M = 16, against 16 K / kLanes
+  // FMAs: a third as many at K = 384. kLanes accumulators in a row (kLanes / kRowsR A rows by the 4 W rows) are
+  // reduced at once instead (V::hsum_each, about 3 instructions each). The demo model's matrices at M = 16, bf16,
+  // one matrix over and over (Zen 5, 2 threads): 2048 x 384 154 -> 112-118 us, 384 x 1024 69 -> 50-64 us,
+  // 8192 x 384 543 -> 423-462 us.
+  int64_t m = 0;
+  if (kv == K && r == kRowsR) {
+    constexpr int kRowsPerVec = L / kRowsR;
+    float sums[L];
+    for (; m + kRowsPerVec <= M; m += kRowsPerVec) {
+      V::store(sums, V::hsum_each(acc + m * kRowsR));
+      for (int i = 0; i < kRowsPerVec; ++i) std::memcpy(out + (m + i) * ldo, sums + i * kRowsR, kRowsR * sizeof(float));
+    }
+  }
+  for (; m < M; ++m)
     for (int j = 0; j < r; ++j) {
       float s = V::hsum(acc[m * kRowsR + j]);
       for (int64_t t = kv; t < K; ++t) s += a[m * lda + t] * to_f32<D>(w[j * ldw + t]);
