@@ -93,10 +93,11 @@ function main(): number {
   const paged = (reports.paged_attention = runJson('paged attention', ['packages/engine/bench/paged-attention.ts'])) as {
     context: number;
     batch: number;
+    layers: number;
     paged_over_dense: number;
   }[];
   for (const batch of [1, 16]) {
-    const row = paged.find((r) => r.context === 1024 && r.batch === batch)!;
+    const row = paged.find((r) => r.context === 1024 && r.batch === batch && r.layers === 1)!;
     targets.push({
       what: `decode attention at 1024 tokens of context, ${batch} row${batch > 1 ? 's' : ''}: paged / contiguous`,
       measured: row.paged_over_dense,

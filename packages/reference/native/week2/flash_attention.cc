@@ -19,6 +19,12 @@
 //      q[r][d] * kT[d][c] with K transposed in the tile, the output as p[c] * v[c][d]), and exp is a polynomial
 //      of plain arithmetic, so the compiler vectorises them; target_clones builds an AVX-512, an AVX2 and a
 //      baseline version of the tile function and the CPU picks one at load time.
+//   7. Register blocks: kRowBlock query rows at a time, their scores and outputs summed in vectors of kLanes
+//      floats that stay in registers (block_scores, block_outputs), and the softmax's maximum and sum taken lane
+//      by lane. Step 6's loops kept a row's sums in memory, loaded and stored at every step of d (or of c), and
+//      the running sum of the exps kept that loop from vectorising. At L = S = 512, 14 query heads on 2 kv heads
+//      of 64, causal (cd packages/engine && npx tsx bench/flash-attention.ts, Zen 5, 2 threads): 13.3-14.3 ms
+//      -> 5.6-8.0 ms, where fast.sdpa (the whole score matrix through the GEMM) takes 7.4-11.8 ms.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -33,6 +39,8 @@ namespace {
 
 constexpr int64_t kBr = 32;  // query rows per tile
 constexpr int64_t kBc = 64;  // keys per tile
+constexpr int64_t kRowBlock = 4;  // query rows whose scores and outputs are accumulated together (step 7)
+constexpr int64_t kLanes = 16;    // columns per accumulator: one AVX-512 register, two AVX2 ones
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // exp(x) for x <= 0 (scores minus their running maximum), as plain arithmetic the compiler can vectorise:
@@ -57,21 +65,84 @@ inline float exp_nonpositive(float x) {
   return underflow ? 0.0f : y * scale;
 }
 
+// Rows of q, v and o in the scratch are padded to a multiple of kLanes values (zeros), for step 7's blocks.
+int64_t padded(int64_t d) { return (d + kLanes - 1) / kLanes * kLanes; }
+
 // One tile's worth of state and scratch, reused by a thread across its tasks.
 struct Scratch {
   std::vector<float> q, kT, v, o, m, l, s;
-  explicit Scratch(int64_t d) : q(kBr * d), kT(d * kBc), v(kBc * d), o(kBr * d), m(kBr), l(kBr), s(kBc) {}
+  explicit Scratch(int64_t d)
+      : q(kBr * padded(d)), kT(d * kBc), v(kBc * padded(d)), o(kBr * padded(d)), m(kBr), l(kBr), s(kRowBlock * kBc) {}
+  static_assert(kBr % kRowBlock == 0, "a tile's rows come in whole blocks");
 };
 
-// Steps 1-3 and 6 for query rows [i0, i0 + rows) of one (batch, head): q, k, v point at that head's [L, D] and
-// [S, D] blocks, mask (or null) at its [L, S] block with row stride ms_row and column stride ms_col.
+// Step 7's vectors: kLanes floats in GCC's vector extension, which each target_clones version maps onto its own
+// registers (one AVX-512 register, two AVX2 ones, four SSE ones), loaded and stored with memcpy (any alignment).
+typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+
+// Step 7 for rows r0 .. r0 + nr - 1 (nr <= kRowBlock) against the key tile in t.kT (kBc columns, zero past the
+// tile's keys): s[rr][c] = sum_d q[r0 + rr][d] * kT[d][c]. kLanes columns at a time, the kRowBlock rows' sums in
+// registers over the whole of D: each loaded vector of kT serves kRowBlock rows, and no sum goes through memory.
+// (Steps 0-6 updated a row of scores in memory for every d; a row's scores now cost a quarter of the loads.)
+__attribute__((always_inline)) inline void block_scores(const Scratch& t, int64_t D, int64_t r0, float* s) {
+  const int64_t Dp = padded(D);
+  const float* q = &t.q[r0 * Dp];
+  for (int64_t c0 = 0; c0 < kBc; c0 += kLanes) {
+    Lanes acc[kRowBlock] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      Lanes kd;
+      std::memcpy(&kd, &t.kT[d * kBc + c0], sizeof(kd));
+#pragma GCC unroll 4
+      for (int64_t rr = 0; rr < kRowBlock; ++rr) acc[rr] += q[rr * Dp + d] * kd;
+    }
+#pragma GCC unroll 4
+    for (int64_t rr = 0; rr < kRowBlock; ++rr) {
+      const Lanes sum = acc[rr];
+      std::memcpy(&s[rr * kBc + c0], &sum, sizeof(sum));
+    }
+  }
+}
+
+// Step 7's weighted sum: o[r0 + rr] = o[r0 + rr] * correction[rr] + sum_c p[rr][c] v[c] over the tile's cols keys,
+// kLanes of the (padded) D columns at a time, the kRowBlock rows' sums in registers: each loaded vector of v
+// serves them all.
+__attribute__((always_inline)) inline void block_outputs(Scratch& t, int64_t D, int64_t r0, int64_t cols, const float* p,
+                                                         const float* correction) {
+  const int64_t Dp = padded(D);
+  float* o = &t.o[r0 * Dp];
+  for (int64_t d0 = 0; d0 < Dp; d0 += kLanes) {
+    Lanes acc[kRowBlock];
+#pragma GCC unroll 4
+    for (int64_t rr = 0; rr < kRowBlock; ++rr) {
+      Lanes before;
+      std::memcpy(&before, &o[rr * Dp + d0], sizeof(before));
+      acc[rr] = before * correction[rr];
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      Lanes vc;
+      std::memcpy(&vc, &t.v[c * Dp + d0], sizeof(vc));
+#pragma GCC unroll 4
+      for (int64_t rr = 0; rr < kRowBlock; ++rr) acc[rr] += p[rr * kBc + c] * vc;
+    }
+#pragma GCC unroll 4
+    for (int64_t rr = 0; rr < kRowBlock; ++rr) {
+      const Lanes sum = acc[rr];
+      std::memcpy(&o[rr * Dp + d0], &sum, sizeof(sum));
+    }
+  }
+}
+
+// Steps 1-3, 6 and 7 for query rows [i0, i0 + rows) of one (batch, head): q, k, v point at that head's [L, D]
+// and [S, D] blocks, mask (or null) at its [L, S] block with row stride ms_row and column stride ms_col.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void attend_tile(const FlashAttentionArgs& a, const void* q, const void* k, const void* v, const float* mask, int64_t ms_row,
                  int64_t ms_col, float* out, int64_t i0, int64_t rows, Scratch& t) {
-  const int64_t D = a.D, S = a.S, L = a.L;
+  const int64_t D = a.D, Dp = padded(D), S = a.S, L = a.L;
+  std::fill(t.q.begin(), t.q.end(), 0.0f);
+  std::fill(t.v.begin(), t.v.end(), 0.0f);
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t d = 0; d < D; ++d) t.q[r * D + d] = tl::load_f32(q, a.dtype, (i0 + r) * D + d) * a.scale;
-  std::fill(t.o.begin(), t.o.begin() + rows * D, 0.0f);
+    for (int64_t d = 0; d < D; ++d) t.q[r * Dp + d] = tl::load_f32(q, a.dtype, (i0 + r) * D + d) * a.scale;
+  std::fill(t.o.begin(), t.o.end(), 0.0f);
   std::fill(t.m.begin(), t.m.begin() + rows, kNegInf);
   std::fill(t.l.begin(), t.l.begin() + rows, 0.0f);
 
@@ -79,52 +150,55 @@ void attend_tile(const FlashAttentionArgs& a, const void* q, const void* k, cons
   const int64_t key_end = a.causal ? std::min(S, i0 + rows + S - L) : S;
   for (int64_t j0 = 0; j0 < key_end; j0 += kBc) {
     const int64_t cols = std::min(kBc, key_end - j0);
+    if (cols < kBc) std::fill(t.kT.begin(), t.kT.end(), 0.0f);  // the missing keys of a last, partial tile
     for (int64_t c = 0; c < cols; ++c)
       for (int64_t d = 0; d < D; ++d) {
         t.kT[d * kBc + c] = tl::load_f32(k, a.dtype, (j0 + c) * D + d);
-        t.v[c * D + d] = tl::load_f32(v, a.dtype, (j0 + c) * D + d);
+        t.v[c * Dp + d] = tl::load_f32(v, a.dtype, (j0 + c) * D + d);
       }
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = i0 + r;
-      float* s = t.s.data();
-      // Scores of row r against the tile's keys: s[c] = sum_d q[r][d] * kT[d][c].
-      for (int64_t c = 0; c < cols; ++c) s[c] = 0.0f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float qd = t.q[r * D + d];
-        const float* kd = &t.kT[d * kBc];
-        for (int64_t c = 0; c < cols; ++c) s[c] += qd * kd[c];
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+      const int64_t nr = std::min(kRowBlock, rows - r0);
+      float* s = t.s.data();  // [kRowBlock][kBc]
+      block_scores(t, D, r0, s);
+      // Step 2, the online softmax, row by row: p = exp(s - m) replaces s (0 for hidden and missing keys).
+      float correction[kRowBlock] = {1.0f, 1.0f, 1.0f, 1.0f};
+      for (int64_t rr = 0; rr < kRowBlock; ++rr) {
+        const int64_t r = r0 + rr, i = i0 + r;
+        float* sr = s + rr * kBc;
+        if (rr < nr && mask)
+          for (int64_t c = 0; c < cols; ++c) sr[c] += mask[i * ms_row + (j0 + c) * ms_col];
+        for (int64_t c = 0; c < kBc; ++c) sr[c] = rr < nr && c < cols && (!a.causal || j0 + c <= i + S - L) ? sr[c] : kNegInf;
+        // The maximum and the sum lane by lane (kLanes partial results, then combined): a loop carrying one
+        // running float through every column does not vectorise, and then its exp runs one value at a time.
+        float lane_max[kLanes], lane_sum[kLanes];
+        for (int64_t x = 0; x < kLanes; ++x) lane_max[x] = kNegInf, lane_sum[x] = 0.0f;
+        for (int64_t c0 = 0; c0 < kBc; c0 += kLanes)
+          for (int64_t x = 0; x < kLanes; ++x) lane_max[x] = std::max(lane_max[x], sr[c0 + x]);
+        float tile_max = kNegInf;
+        for (int64_t x = 0; x < kLanes; ++x) tile_max = std::max(tile_max, lane_max[x]);
+        const float m_new = rr < nr ? std::max(t.m[r], tile_max) : kNegInf;
+        if (m_new == kNegInf) {  // every key so far is hidden from this row (or there is no such row)
+          std::fill(sr, sr + kBc, 0.0f);
+          continue;
+        }
+        correction[rr] = exp_nonpositive(t.m[r] - m_new);
+        for (int64_t c0 = 0; c0 < kBc; c0 += kLanes)
+          for (int64_t x = 0; x < kLanes; ++x) {
+            sr[c0 + x] = exp_nonpositive(sr[c0 + x] - m_new);
+            lane_sum[x] += sr[c0 + x];
+          }
+        float sum = 0.0f;
+        for (int64_t x = 0; x < kLanes; ++x) sum += lane_sum[x];
+        t.l[r] = t.l[r] * correction[rr] + sum;
+        t.m[r] = m_new;
       }
-      if (mask)
-        for (int64_t c = 0; c < cols; ++c) s[c] += mask[i * ms_row + (j0 + c) * ms_col];
-      if (a.causal)
-        for (int64_t c = 0; c < cols; ++c) s[c] = j0 + c <= i + S - L ? s[c] : kNegInf;
-
-      // Step 2, the online softmax.
-      float tile_max = kNegInf;
-      for (int64_t c = 0; c < cols; ++c) tile_max = std::max(tile_max, s[c]);
-      const float m_new = std::max(t.m[r], tile_max);
-      if (m_new == kNegInf) continue;  // every key so far is hidden from this row
-      const float correction = exp_nonpositive(t.m[r] - m_new);
-      float sum = 0.0f;
-      for (int64_t c = 0; c < cols; ++c) {
-        s[c] = exp_nonpositive(s[c] - m_new);
-        sum += s[c];
-      }
-      t.l[r] = t.l[r] * correction + sum;
-      t.m[r] = m_new;
-      float* o = &t.o[r * D];
-      for (int64_t d = 0; d < D; ++d) o[d] *= correction;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float p = s[c];
-        const float* vc = &t.v[c * D];
-        for (int64_t d = 0; d < D; ++d) o[d] += p * vc[d];
-      }
+      block_outputs(t, D, r0, cols, s, correction);
     }
   }
   // out = o / l; a row that saw no key at all (l = 0) is 0, not NaN.
   for (int64_t r = 0; r < rows; ++r) {
     const float inv = t.l[r] > 0.0f ? 1.0f / t.l[r] : 0.0f;
-    for (int64_t d = 0; d < D; ++d) out[(i0 + r) * D + d] = t.o[r * D + d] * inv;
+    for (int64_t d = 0; d < D; ++d) out[(i0 + r) * D + d] = t.o[r * Dp + d] * inv;
   }
 }
 
