@@ -229,6 +229,13 @@ describe('native.matmul: skinny paths (M <= 16, decode)', () => {
     }
   });
 
+  it('M = 17..64 against a weight in (N, K) layout (the rows path, up to 64 rows for a weight), K with a tail', () => {
+    for (const M of [17, 20, 33, 47, 64]) {
+      checkMatmul(...pair(M, 300, 131, { bLayout: 'trans', bDtype: M % 2 ? BF16 : F32 }));
+      checkMatmul(...pair(M, 896, 64, { bLayout: 'trans', bDtype: F16 }));
+    }
+  });
+
   it('M = 1 at a real decode width (N = 4864, K = 896, bf16), M = 4 with f16', () => {
     checkMatmul(...pair(1, 896, 4864, { bLayout: 'trans', bDtype: BF16 }));
     checkMatmul(...pair(4, 896, 700, { bLayout: 'trans', bDtype: F16 }));

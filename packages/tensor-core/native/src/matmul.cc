@@ -11,10 +11,10 @@
 //      copy an MC x KC block of A likewise, and run a register-tile micro-kernel over them (6x16 with AVX2,
 //      12x32 with AVX-512). Packing is what makes every later load sequential and cache-resident whatever the
 //      original strides were.
-//   2. Skinny "rows" path (decode, M <= 16, b in weight layout): every output column is a dot product of A's
-//      rows with one contiguous row of W, so W is streamed from memory exactly once. For M <= 3 (memory-bound)
-//      W is converted to f32 in registers and each W vector serves all rows of A; for M = 4..16 (compute-bound)
-//      groups of 4 W rows are converted once and multiplied in 4x2 register tiles.
+//   2. Skinny "rows" path (decode, b in weight layout, M <= 16, and up to 64 for a weight): every output column
+//      is a dot product of A's rows with one contiguous row of W, so W is streamed from memory exactly once. For
+//      M <= 3 (memory-bound) W is converted to f32 in registers and each W vector serves all rows of A; for
+//      M = 4..64 (compute-bound) groups of 4 W rows are converted once and multiplied in 4-row register tiles.
 //   3. Skinny "cols" path (M <= 16, b contiguous rows, e.g. attention probabilities @ V): the axpy form, one
 //      pass over B's rows with A's values broadcast.
 // Each has SIMD forms for the avx2 and avx512 levels and a scalar one (any CPU, TINY_LLM_SIMD=scalar), picked by
@@ -47,6 +47,11 @@ using simd::Vec8;
 
 // ---- Blocking parameters --------------------------------------------------------------------------------------------
 constexpr int64_t kSkinnyM = 16;         // M up to this takes the streaming (GEMV-like) paths
+// and a weight in its layout (b = W^T) takes the rows path up to this M: at 17-64 rows (a short prefill chunk,
+// the rest of a prompt after a cached prefix) converting each group of 4 W rows once and multiplying it with
+// every row of A beat packing W for the GEMM. The demo model's matrices and 4864 x 896, bf16, 2 threads (Zen 5):
+// M = 32 133-170 -> 213-284 GFLOP/s, M = 48 169-239 -> 234-299, M = 64 171-222 -> 206-297.
+constexpr int64_t kRowsMaxM = 64;
 constexpr int64_t kParallelMinFma = 1 << 17;  // below ~130k multiply-adds, waking the pool costs more than it saves
 
 // The packed GEMM's micro-tile (mr x nr) and blocks (see gemm_packed), per level. Every level packs and
@@ -727,7 +732,7 @@ void dot_tiles(const float* a, int64_t lda, int64_t M, const float* w, int64_t l
   }
 }
 
-// M = 4..16 rows of A against r <= 4 rows of W, in tiles of 4 A rows x R W rows. bf16/f16 W is converted to f32
+// M = 4..64 rows of A against r <= 4 rows of W, in tiles of 4 A rows x R W rows. bf16/f16 W is converted to f32
 // once, into `scratch` (in chunks of kDotKC, to bound it), rather than once per A tile; the tiles keep their
 // running sums in `acc` between chunks. (Smaller chunks, to keep A in L1 across more W rows, measured slower.)
 template <class V, DType D>
@@ -743,7 +748,7 @@ void dot_many(const float* a, int64_t lda, int64_t M, const Stor<D>* w, int64_t 
   for (int j = 0; j < r; ++j)
     for (int64_t off = 0; off < K * int64_t{sizeof(Stor<D>)}; off += 64)
       _mm_prefetch(next + j * ldw * int64_t{sizeof(Stor<D>)} + off, _MM_HINT_T0);
-  typename V::T acc[kSkinnyM * kRowsR];
+  typename V::T acc[kRowsMaxM * kRowsR];
   for (int64_t i = 0; i < M * kRowsR; ++i) acc[i] = V::zero();
   const int64_t kv = K / L * L;
   for (int64_t k0 = 0; k0 < kv; k0 += kDotKC) {
@@ -1006,6 +1011,10 @@ void run_matmul(const TensorRef& at, const TensorRef& bt, const TensorRef& out) 
     if (cs == 1 && N > 1) return skinny_cols(items, M, N, K, threads, skinny_kernels(bt.dtype, level));
     if (rs == 1 || K == 1) return skinny_rows(items, M, N, K, threads, skinny_kernels(bt.dtype, level));
   }
+  // A weight's few more rows (see kRowsMaxM), unless the GEMM is to multiply it in bfloat16 pairs.
+  const bool bf16_products = g_bf16_products.load(std::memory_order_relaxed) && bt.dtype == DType::BF16;
+  if (M <= kRowsMaxM && K > 0 && rs == 1 && cs != 1 && !bf16_products)
+    return skinny_rows(items, M, N, K, threads, skinny_kernels(bt.dtype, level));
 
   const GemmKernels g = gemm_kernels(items[0].a, items[0].b, level);
   // Many small items (attention heads): one item per thread at a time, each GEMM single-threaded. Few large
