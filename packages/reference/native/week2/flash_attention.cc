@@ -24,7 +24,7 @@
 //      by lane. Step 6's loops kept a row's sums in memory, loaded and stored at every step of d (or of c), and
 //      the running sum of the exps kept that loop from vectorising. At L = S = 512, 14 query heads on 2 kv heads
 //      of 64, causal (cd packages/engine && npx tsx bench/flash-attention.ts, Zen 5, 2 threads): 13.3-14.3 ms
-//      -> 5.6-8.0 ms, where fast.sdpa (the whole score matrix through the GEMM) takes 7.4-11.8 ms.
+//      -> 5.3-8.0 ms, where fast.sdpa (the whole score matrix through the GEMM) takes 7.2-11.8 ms.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -80,55 +80,43 @@ struct Scratch {
 // registers (one AVX-512 register, two AVX2 ones, four SSE ones), loaded and stored with memcpy (any alignment).
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
-// Step 7 for rows r0 .. r0 + nr - 1 (nr <= kRowBlock) against the key tile in t.kT (kBc columns, zero past the
-// tile's keys): s[rr][c] = sum_d q[r0 + rr][d] * kT[d][c]. kLanes columns at a time, the kRowBlock rows' sums in
-// registers over the whole of D: each loaded vector of kT serves kRowBlock rows, and no sum goes through memory.
-// (Steps 0-6 updated a row of scores in memory for every d; a row's scores now cost a quarter of the loads.)
-__attribute__((always_inline)) inline void block_scores(const Scratch& t, int64_t D, int64_t r0, float* s) {
-  const int64_t Dp = padded(D);
-  const float* q = &t.q[r0 * Dp];
-  for (int64_t c0 = 0; c0 < kBc; c0 += kLanes) {
-    Lanes acc[kRowBlock] = {};
-    for (int64_t d = 0; d < D; ++d) {
-      Lanes kd;
-      std::memcpy(&kd, &t.kT[d * kBc + c0], sizeof(kd));
+// Step 7's inner loop, for kRowBlock rows and kLanes columns: acc[rr] += sum_{k < n} a[rr * lda + k] * b[k * ldb ..
+// + kLanes). The sums stay in registers over the whole of n, and each loaded vector of b serves every row.
+// (Steps 0-6 kept a row's sums in memory, loaded and stored at every k.)
+__attribute__((always_inline)) inline void accumulate_block(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n,
+                                                            Lanes* acc) {
+  for (int64_t k = 0; k < n; ++k) {
+    Lanes bk;
+    std::memcpy(&bk, &b[k * ldb], sizeof(bk));
 #pragma GCC unroll 4
-      for (int64_t rr = 0; rr < kRowBlock; ++rr) acc[rr] += q[rr * Dp + d] * kd;
-    }
-#pragma GCC unroll 4
-    for (int64_t rr = 0; rr < kRowBlock; ++rr) {
-      const Lanes sum = acc[rr];
-      std::memcpy(&s[rr * kBc + c0], &sum, sizeof(sum));
-    }
+    for (int64_t rr = 0; rr < kRowBlock; ++rr) acc[rr] += a[rr * lda + k] * bk;
   }
 }
 
-// Step 7's weighted sum: o[r0 + rr] = o[r0 + rr] * correction[rr] + sum_c p[rr][c] v[c] over the tile's cols keys,
-// kLanes of the (padded) D columns at a time, the kRowBlock rows' sums in registers: each loaded vector of v
-// serves them all.
+// The scores of rows r0 .. r0 + kRowBlock - 1 against the key tile in t.kT (kBc columns, zero past the tile's
+// keys): s[rr][c] = sum_d q[r0 + rr][d] * kT[d][c].
+__attribute__((always_inline)) inline void block_scores(const Scratch& t, int64_t D, int64_t r0, float* s) {
+  const int64_t Dp = padded(D);
+  for (int64_t c0 = 0; c0 < kBc; c0 += kLanes) {
+    Lanes acc[kRowBlock] = {};
+    accumulate_block(&t.q[r0 * Dp], Dp, &t.kT[c0], kBc, D, acc);
+    for (int64_t rr = 0; rr < kRowBlock; ++rr) std::memcpy(&s[rr * kBc + c0], &acc[rr], sizeof(Lanes));
+  }
+}
+
+// Their outputs: o[r0 + rr] = o[r0 + rr] * correction[rr] + sum_c p[rr][c] v[c] over the tile's cols keys.
 __attribute__((always_inline)) inline void block_outputs(Scratch& t, int64_t D, int64_t r0, int64_t cols, const float* p,
                                                          const float* correction) {
   const int64_t Dp = padded(D);
   float* o = &t.o[r0 * Dp];
   for (int64_t d0 = 0; d0 < Dp; d0 += kLanes) {
     Lanes acc[kRowBlock];
-#pragma GCC unroll 4
     for (int64_t rr = 0; rr < kRowBlock; ++rr) {
-      Lanes before;
-      std::memcpy(&before, &o[rr * Dp + d0], sizeof(before));
-      acc[rr] = before * correction[rr];
+      std::memcpy(&acc[rr], &o[rr * Dp + d0], sizeof(Lanes));
+      acc[rr] *= correction[rr];
     }
-    for (int64_t c = 0; c < cols; ++c) {
-      Lanes vc;
-      std::memcpy(&vc, &t.v[c * Dp + d0], sizeof(vc));
-#pragma GCC unroll 4
-      for (int64_t rr = 0; rr < kRowBlock; ++rr) acc[rr] += p[rr * kBc + c] * vc;
-    }
-#pragma GCC unroll 4
-    for (int64_t rr = 0; rr < kRowBlock; ++rr) {
-      const Lanes sum = acc[rr];
-      std::memcpy(&o[rr * Dp + d0], &sum, sizeof(sum));
-    }
+    accumulate_block(p, kBc, &t.v[d0], Dp, cols, acc);
+    for (int64_t rr = 0; rr < kRowBlock; ++rr) std::memcpy(&o[rr * Dp + d0], &acc[rr], sizeof(Lanes));
   }
 }
 
