@@ -200,7 +200,7 @@ void weighted_sum_block(const float* p, int64_t g0, int64_t count, const Run* ru
     for (int j = 0; j < NV; ++j) acc[g][j] = V::zero();
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
     // The values come from memory run by run: fetch a later run's while this one is summed, only the lines of this
-    // block's columns (each prefetch costs an instruction, spent for nothing when the cache is in the CPU's).
+    // block's columns (each prefetch costs an instruction, wasted when the KV cache already sits in the CPU caches).
     if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
       for (int64_t t = 0; t < runs[ahead].n; ++t)
         for (int64_t i = 0; i < NV * L; i += 16) __builtin_prefetch(runs[ahead].v + t * D + d0 + i);
