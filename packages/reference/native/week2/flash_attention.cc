@@ -149,7 +149,8 @@ void attend_tile(const FlashAttentionArgs& a, const void* q, const void* k, cons
       float* s = t.s.data();  // [kRowBlock][kBc]
       block_scores(t, D, r0, s);
       // Step 2, the online softmax, row by row: p = exp(s - m) replaces s (0 for hidden and missing keys).
-      float correction[kRowBlock] = {1.0f, 1.0f, 1.0f, 1.0f};
+      float correction[kRowBlock];
+      std::fill(correction, correction + kRowBlock, 1.0f);
       for (int64_t rr = 0; rr < kRowBlock; ++rr) {
         const int64_t r = r0 + rr, i = i0 + r;
         float* sr = s + rr * kBc;

@@ -177,13 +177,16 @@ function* rounds<T extends RewindableCache, D extends RewindableCache>(
 ): Generator<SpeculativeRound, void> {
   const targetCache = target.newCache();
   const draftCache = draft.newCache();
-  /** Runs ids after what the caches hold; the distributions of each position. */
+  /** Runs ids after what the caches hold: their logits [1, L, V]. */
+  const forward = <C extends RewindableCache>(model: DecodingModel<C>, cache: C[], ids: readonly number[]) =>
+    model.forward(tc.tensor([[...ids]], { dtype: 'int32' }), cache[0].offset, cache);
+  /** The distributions of each position of ids. */
   const run = <C extends RewindableCache>(model: DecodingModel<C>, cache: C[], ids: readonly number[]) =>
-    tc.tidy(() => distributions(model.forward(tc.tensor([[...ids]], { dtype: 'int32' }), cache[0].offset, cache), sampling));
-  /** Runs ids after what the caches hold, for the caches alone. */
+    tc.tidy(() => distributions(forward(model, cache, ids), sampling));
+  /** ids into the caches, nothing read back. */
   const feed = <C extends RewindableCache>(model: DecodingModel<C>, cache: C[], ids: readonly number[]) =>
     tc.tidy(() => {
-      model.forward(tc.tensor([[...ids]], { dtype: 'int32' }), cache[0].offset, cache);
+      forward(model, cache, ids);
     });
   const rewind = (cache: RewindableCache[], n: number) => {
     for (const c of cache) c.rewind(n);
