@@ -44,3 +44,37 @@ export function extensionGetter(url: URL, owner: string): () => any {
     return addon;
   };
 }
+
+/** One call of a native kernel: the binding itself and the arguments it was called with. */
+export interface NativeCall {
+  readonly kernel: (...args: unknown[]) => unknown;
+  readonly args: unknown[];
+}
+
+/**
+ * Runs fn and returns what it returned with every call it made to a binding of tensor-core's addon or of a loaded
+ * extension, in order. While fn runs, each binding is swapped for one that notes the call and makes it; outside
+ * it nothing is wrapped, so recording costs nothing the rest of the time. Calls through a binding fetched before
+ * fn ran (a function kept in a variable) are not seen: kernels are always called as properties of their addon.
+ */
+export function recordNativeCalls<T>(fn: () => T): { result: T; calls: NativeCall[] } {
+  const calls: NativeCall[] = [];
+  const restore: (() => void)[] = [];
+  for (const addon of [native, ...loaded.values()] as Record<string, unknown>[]) {
+    for (const [name, kernel] of Object.entries(addon)) {
+      if (typeof kernel !== 'function') continue;
+      addon[name] = (...args: unknown[]) => {
+        calls.push({ kernel: kernel as NativeCall['kernel'], args });
+        return kernel(...args);
+      };
+      restore.push(() => {
+        addon[name] = kernel;
+      });
+    }
+  }
+  try {
+    return { result: fn(), calls };
+  } finally {
+    for (const undo of restore) undo();
+  }
+}

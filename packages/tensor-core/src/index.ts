@@ -6,7 +6,8 @@ export { tidy, keep } from './scope.ts';
 export { DeviceLimitError, UnsupportedOpError, type Backend, type Storage } from './backend/backend.ts';
 export { cpu, type MatmulPrecision, type MemoryInfo } from './backend/cpu.ts';
 export { native, loadBuiltAddon } from './native.ts';
-export { extensionGetter, loadExtension } from './extension.ts';
+export { extensionGetter, loadExtension, recordNativeCalls, type NativeCall } from './extension.ts';
+export { CpuGraph } from './backend/cpu-graph.ts';
 export { cpuFeatures, SIMD_LEVELS, type CpuFeatures, type SimdLevel } from './cpu-features.ts';
 export { getDefaultBackend, setDefaultBackend, empty } from './ops/util.ts';
 

@@ -2,10 +2,12 @@
 import { itemSize, storageView, type DType, type StorageArray } from '../dtype.ts';
 import type { QuantizedWeight } from '../io/quantized.ts';
 import { dequantizeInto } from '../io/quantized-layout.ts';
+import { recordNativeCalls } from '../extension.ts';
 import { native } from '../native.ts';
 import { Tensor } from '../tensor.ts';
 import type { Backend, BinaryOp, ReduceOp, Storage, UnaryOp } from './backend.ts';
 import { BINARY_OPS, REDUCE_OPS, UNARY_OPS } from './backend.ts';
+import { CpuGraph } from './cpu-graph.ts';
 
 export class CpuStorage implements Storage {
   refs = 0;
@@ -15,9 +17,13 @@ export class CpuStorage implements Storage {
     public buffer: ArrayBuffer,
     readonly byteOffset: number,
     readonly byteLength: number,
-    /** Pooled storage goes back to the pool on release; wrapped (mmap'd, user) memory does not. */
-    readonly pooled: boolean,
+    /** The pool the buffer came from and goes back to on release; null for wrapped (mmap'd, user) memory. */
+    readonly pool: BufferPool | null,
   ) {}
+
+  get pooled(): boolean {
+    return this.pool !== null;
+  }
 }
 
 // Freshly allocated ArrayBuffers are zero-filled page by page on first touch, which is slow in this VM
@@ -34,13 +40,16 @@ const POOL_MAX_PER_SIZE = 64;
 // kernel over a cache-resident KV buffer took 22-25 us aligned and 29-35 us not, from one process to the next.)
 // So each buffer is ALIGNMENT bytes longer than its tensor, which starts at the buffer's first aligned address.
 const ALIGNMENT = 64;
+// Held here rather than looked up on `native` per call: a pool refill is bookkeeping, not a kernel call of the
+// work a CpuGraph records.
+const bytesToAlignment: (buffer: ArrayBuffer, alignment: number) => number = native.bytesToAlignment;
 
 interface Block {
   buffer: ArrayBuffer;
   byteOffset: number;
 }
 
-class BufferPool {
+export class BufferPool {
   private free = new Map<number, Block[]>();
   private bytes = 0;
 
@@ -51,7 +60,7 @@ class BufferPool {
       return block;
     }
     const buffer = new ArrayBuffer(byteLength + ALIGNMENT);
-    return { buffer, byteOffset: native.bytesToAlignment(buffer, ALIGNMENT) };
+    return { buffer, byteOffset: bytesToAlignment(buffer, ALIGNMENT) };
   }
 
   give(block: Block, byteLength: number): void {
@@ -90,7 +99,7 @@ class CpuBackend implements Backend {
     this.liveBytes += byteLength;
     this.peakBytes = Math.max(this.peakBytes, this.liveBytes);
     const { buffer, byteOffset } = this.pool.take(byteLength);
-    return new CpuStorage(this, buffer, byteOffset, byteLength, true);
+    return new CpuStorage(this, buffer, byteOffset, byteLength, this.pool);
   }
 
   /** What the tensors alive now hold, and the high-water mark: how a model's temporaries are measured. */
@@ -119,9 +128,26 @@ class CpuBackend implements Backend {
     return native.matmulPrecision();
   }
 
+  /**
+   * Runs fn once and returns what it returned with the native kernel calls it made, as a CpuGraph that can make
+   * them again (see cpu-graph.ts). The tensors fn allocates come from a pool of the graph's own, so that the
+   * buffers its calls write stay the graph's: once fn has disposed of its temporaries, no other tensor is ever
+   * handed one of them.
+   */
+  capture<T>(fn: () => T): CpuGraph<T> {
+    const shared = this.pool;
+    this.pool = new BufferPool();
+    try {
+      const { result, calls } = recordNativeCalls(fn);
+      return new CpuGraph(result, calls);
+    } finally {
+      this.pool = shared;
+    }
+  }
+
   /** Storage over memory that already exists (a file mapping, a user's buffer): no copy. */
   wrap(buffer: ArrayBuffer, byteOffset = 0, byteLength = buffer.byteLength - byteOffset): CpuStorage {
-    return new CpuStorage(this, buffer, byteOffset, byteLength, false);
+    return new CpuStorage(this, buffer, byteOffset, byteLength, null);
   }
 
   upload(data: StorageArray): CpuStorage {
@@ -133,9 +159,9 @@ class CpuBackend implements Backend {
   release(storage: Storage): void {
     const s = storage as CpuStorage;
     s.released = true;
-    if (s.pooled) {
+    if (s.pool) {
       this.liveBytes -= s.byteLength;
-      this.pool.give({ buffer: s.buffer, byteOffset: s.byteOffset }, s.byteLength);
+      s.pool.give({ buffer: s.buffer, byteOffset: s.byteOffset }, s.byteLength);
     }
     s.buffer = new ArrayBuffer(0);
   }
