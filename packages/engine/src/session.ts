@@ -4,6 +4,7 @@ import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import type { DecodingModel } from '@tiny-llm/reference/week3';
 import { withLearnerErrors } from './errors.ts';
+import { DecodeGraph } from './model/decode-graph.ts';
 import type { DecodeKvCache } from './model/kv-cache.ts';
 import type { Qwen2Model } from './model/qwen2.ts';
 
@@ -55,7 +56,14 @@ export class EngineQwen2 implements EngineModel {
   readonly cached = true;
   readonly decoding: DecodingModel<DecodeKvCache>;
 
-  constructor(readonly model: Qwen2Model) {
+  /**
+   * decodeGraphs (default true): a session replays its one-token steps from a captured graph where the model
+   * allows it (model/decode-graph.ts); false runs every step through the model's forward pass.
+   */
+  constructor(
+    readonly model: Qwen2Model,
+    private readonly options: { decodeGraphs?: boolean } = {},
+  ) {
     this.decoding = {
       config: model.config,
       newCache: () => model.newCache(),
@@ -71,10 +79,29 @@ export class EngineQwen2 implements EngineModel {
     const model = this.model;
     let cache: DecodeKvCache[] | null = model.newCache();
     const tokens: number[] = [];
+    const graphs = this.options.decodeGraphs !== false && DecodeGraph.supports(model);
+    let graph: DecodeGraph | null = null;
+    // A one-token step from the graph, captured again whenever the last one no longer fits (the cache grew).
+    const decodeStep = (token: number): Tensor | null => {
+      if (!graph?.canStep()) {
+        graph?.dispose();
+        graph = DecodeGraph.capture(model, cache!, token);
+      } else {
+        graph.step(token);
+      }
+      return graph?.logits() ?? null;
+    };
     return {
       tokens,
       feed(ids) {
         if (!cache) throw new Error('Session: used after dispose');
+        if (graphs && ids.length === 1) {
+          const logits = decodeStep(ids[0]);
+          if (logits) {
+            tokens.push(ids[0]);
+            return logits;
+          }
+        }
         const x = idsTensor(ids, tc.cpu);
         try {
           const logits = model.forwardLastLogits(x, cache, tokens.length);
@@ -90,6 +117,8 @@ export class EngineQwen2 implements EngineModel {
         tokens.length = n;
       },
       dispose() {
+        graph?.dispose();
+        graph = null;
         for (const c of cache ?? []) c.dispose();
         cache = null;
       },

@@ -752,7 +752,11 @@ export class Qwen2Model {
   }
 
   /** RoPE tables covering positions [0, end): computed once, regrown (doubling) only when a sequence goes further. */
-  private ropeTables(end: number): tc.fast.RopeTables {
+  /**
+   * The RoPE tables for positions 0 .. end - 1 at least, grown on demand (to twice their size or more; the tables
+   * they replace are freed).
+   */
+  ropeTables(end: number): tc.fast.RopeTables {
     const have = this.rope ? this.rope.cos.shape[0] : 0;
     if (end <= have) return this.rope!;
     const max = this.config.maxPositionEmbeddings;
