@@ -27,6 +27,9 @@ export function loadExtension(url: URL | string, owner: string): any {
   addon = require(path);
   (addon as { connect(table: unknown): void }).connect(native.sdkTable());
   loaded.set(path, addon);
+  // An addon first loaded by a kernel call being recorded (its package's first call in this thread): its
+  // calls from here on are part of the recording too.
+  if (recording) wrapBindings(addon as Record<string, unknown>, recording);
   return addon;
 }
 
@@ -58,23 +61,37 @@ export interface NativeCall {
  * fn ran (a function kept in a variable) are not seen: kernels are always called as properties of their addon.
  */
 export function recordNativeCalls<T>(fn: () => T): { result: T; calls: NativeCall[] } {
-  const calls: NativeCall[] = [];
-  const restore: (() => void)[] = [];
-  for (const addon of [native, ...loaded.values()] as Record<string, unknown>[]) {
-    for (const [name, kernel] of Object.entries(addon)) {
-      if (typeof kernel !== 'function') continue;
-      addon[name] = (...args: unknown[]) => {
-        calls.push({ kernel: kernel as NativeCall['kernel'], args });
-        return kernel(...args);
-      };
-      restore.push(() => {
-        addon[name] = kernel;
-      });
-    }
-  }
+  if (recording) throw new Error('recordNativeCalls: already recording (captures do not nest)');
+  const current: Recording = { calls: [], restore: [] };
+  recording = current;
   try {
-    return { result: fn(), calls };
+    for (const addon of [native, ...loaded.values()]) wrapBindings(addon as Record<string, unknown>, current);
+    return { result: fn(), calls: current.calls };
   } finally {
-    for (const undo of restore) undo();
+    recording = null;
+    for (const undo of current.restore) undo();
+  }
+}
+
+interface Recording {
+  calls: NativeCall[];
+  /** Puts each wrapped binding back. */
+  restore: (() => void)[];
+}
+
+/** The recording under way in this thread, or null. */
+let recording: Recording | null = null;
+
+/** Swaps each binding of `addon` for one that notes its calls in `into` and makes them. */
+function wrapBindings(addon: Record<string, unknown>, into: Recording): void {
+  for (const [name, kernel] of Object.entries(addon)) {
+    if (typeof kernel !== 'function') continue;
+    addon[name] = (...args: unknown[]) => {
+      into.calls.push({ kernel: kernel as NativeCall['kernel'], args });
+      return kernel(...args);
+    };
+    into.restore.push(() => {
+      addon[name] = kernel;
+    });
   }
 }

@@ -44,6 +44,17 @@ describe('CpuBackend.capture', () => {
     for (const t of later) t.dispose();
   });
 
+  it("records the calls of an extension addon that the function itself loads (its package's first call)", () => {
+    const x = tc.tensor([1, 2, 3], { dtype: 'float32' });
+    const out = tc.empty([3]);
+    const url = new URL('../build/Release/sdk_example.node', import.meta.url);
+    const graph = tc.cpu.capture(() => tc.loadExtension(url, 'the SDK example').scaleShiftInto(x.native(), out.native(), 2, 1));
+    const [buffer, meta] = x.native();
+    new Float32Array(buffer, meta[0], 3).set([10, 20, 30]);
+    graph.replay();
+    expect(Array.from(out.toArray())).toEqual([21, 41, 61]);
+  });
+
   it('puts every binding back, also when the function throws', () => {
     const bindings = Object.fromEntries(Object.entries(tc.native));
     expect(() =>
