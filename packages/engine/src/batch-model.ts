@@ -8,6 +8,7 @@
 import * as tc from '@tiny-llm/tensor-core';
 import type { ModelConfig, Tensor } from '@tiny-llm/tensor-core';
 import { type BlockTable, PagedLayerCache, PagedModelBase, PrefixCache } from '@tiny-llm/reference/week3';
+import { BatchDecodeGraph, DecodeGraph } from './model/decode-graph.ts';
 import type { Qwen2Model } from './model/qwen2.ts';
 
 export interface EngineBatchOptions {
@@ -17,9 +18,17 @@ export interface EngineBatchOptions {
   pageSize?: number;
   /** Share the pages of common prompt prefixes between requests (default true). */
   prefixCaching?: boolean;
+  /**
+   * Replay decode steps from a captured graph while the same requests decode together (default true;
+   * model/decode-graph.ts): a step is then its kernel calls alone. false runs every step through decodeRows.
+   */
+  decodeGraphs?: boolean;
 }
 
 export class EngineBatchModel extends PagedModelBase {
+  private readonly graphs: boolean;
+  private graph: BatchDecodeGraph | null = null;
+
   constructor(
     readonly model: Qwen2Model,
     options: EngineBatchOptions,
@@ -29,6 +38,7 @@ export class EngineBatchModel extends PagedModelBase {
       pageSize: options.pageSize,
       prefixCache: options.prefixCaching === false ? null : new PrefixCache(),
     });
+    this.graphs = options.decodeGraphs !== false && DecodeGraph.supports(model);
   }
 
   /** The pages of `pageSize` tokens that `megabytes` hold for a model of this config (keys and values of every layer, float32). */
@@ -57,12 +67,31 @@ export class EngineBatchModel extends PagedModelBase {
         );
     });
     this.pool.prepare(tables, 1);
-    const logits = this.model.decodeRows(
-      tokens,
-      tables.map((t) => this.layersOf(t)),
-    );
+    const logits = this.graphs
+      ? this.decodeInGraph(tokens, tables)
+      : this.model.decodeRows(
+          tokens,
+          tables.map((t) => this.layersOf(t)),
+        );
     tables.forEach((t, i) => t.commit([tokens[i]]));
     return logits;
+  }
+
+  /** The step replayed from the graph of the last steps, or run and captured when the batch changed. */
+  private decodeInGraph(tokens: readonly number[], tables: readonly BlockTable[]): Tensor {
+    if (this.graph?.fits(tables)) {
+      this.graph.step(tokens);
+    } else {
+      this.graph?.dispose();
+      this.graph = null;
+      this.graph = BatchDecodeGraph.capture(
+        this.model,
+        tokens,
+        tables,
+        tables.map((t) => this.layersOf(t)),
+      )!;
+    }
+    return this.graph.logits();
   }
 
   /** The table as each layer's cache. */

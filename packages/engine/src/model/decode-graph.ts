@@ -2,7 +2,8 @@
 // replayed for each next token: the step's native calls (the embedding lookup, per layer the four projections
 // and the attention kernel, the output head) without the JavaScript between them. On the demo model that
 // JavaScript (op wrappers, output allocations, views, scopes, ~45 calls a token) took 0.3-0.4 ms of a 0.9-1.2 ms
-// step; bench/decode.ts measures the step both ways.
+// step; bench/decode.ts measures the step both ways. The scheduler's batched step over a page pool is captured
+// the same way (BatchDecodeGraph, at the end).
 //
 // What a replay changes, and why the rest can stay as recorded:
 // - the token: written into the graph's own input tensor, which the recorded embedding lookup reads;
@@ -16,6 +17,7 @@
 // JavaScript), only the fused decode kernels (the composed path writes the cache through views at a fixed row).
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
+import type { BlockTable } from '@tiny-llm/reference/week3';
 import { DecodeKvCache, type LayerCache } from './kv-cache.ts';
 import { GatedMlp } from './linear.ts';
 import { engineKernels } from './native.ts';
@@ -23,6 +25,54 @@ import type { Qwen2Model } from './qwen2.ts';
 
 /** attentionDecode(qkv, cos, sin, position, keys, values, out, ...): the index of `position` (native/attention_decode.cc). */
 const POSITION_ARG = 3;
+/** pagedAttentionDecode(qkv, cos, sin, positions, keyPages, valuePages, blockTables, out, ...): the same file. */
+const PAGED_POSITIONS_ARG = 3;
+const PAGED_TABLES_ARG = 6;
+
+/** The int32 values of a tensor passed to a kernel (a [buffer, meta] native view), to write a step's inputs into. */
+function int32Values(view: unknown, length: number): Int32Array {
+  const [buffer, meta] = view as tc.NativeView;
+  return new Int32Array(buffer, meta[0], length);
+}
+
+function checkToken(model: Qwen2Model, token: number): void {
+  const vocab = model.config.vocabSize;
+  if (!(Number.isInteger(token) && token >= 0 && token < vocab)) {
+    throw new RangeError(`Qwen2Model.forward: token id ${token} is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`);
+  }
+}
+
+/**
+ * Captures `step` (a forward pass over the graph's input `ids`, kept by the graph from here on) and returns the
+ * graph with its calls of the attention kernel `attention`, one per layer.
+ */
+function captureStep(
+  model: Qwen2Model,
+  ids: Tensor,
+  step: () => Tensor,
+  attention: 'attentionDecode' | 'pagedAttentionDecode',
+): { graph: tc.CpuGraph<Tensor>; attentionCalls: tc.NativeCall[] } {
+  let graph: tc.CpuGraph<Tensor>;
+  try {
+    graph = tc.cpu.capture(() => tc.keep(step()));
+  } catch (err) {
+    ids.dispose();
+    throw err;
+  }
+  const kernel = engineKernels()[attention];
+  const attentionCalls = graph.calls.filter((c) => c.kernel === kernel);
+  if (attentionCalls.length !== model.layers.length) {
+    throw new Error(`a captured decode step made ${attentionCalls.length} ${attention} calls for ${model.layers.length} layers`);
+  }
+  return { graph, attentionCalls };
+}
+
+/** A copy of a graph's logits: the graph's own are overwritten by its next replay. */
+function copyOf(logits: Tensor): Tensor {
+  const out = tc.empty(logits.shape, 'float32', tc.cpu);
+  tc.cpu.unary('copy', logits, out);
+  return out;
+}
 
 export class DecodeGraph {
   private constructor(
@@ -57,21 +107,8 @@ export class DecodeGraph {
     if (!decodeCaches.every((c) => c.capacity === capacity && c.offset < capacity)) return null;
     const rope = model.ropeTables(capacity);
     const ids = tc.keep(tc.tensor(Int32Array.of(token), { dtype: 'int32', shape: [1, 1], device: tc.cpu }));
-    let graph: tc.CpuGraph<Tensor>;
-    try {
-      graph = tc.cpu.capture(() => tc.keep(model.forwardLastLogits(ids, caches)));
-    } catch (err) {
-      ids.dispose();
-      throw err;
-    }
-    const attention = engineKernels().attentionDecode;
-    const attentionCalls = graph.calls.filter((c) => c.kernel === attention);
-    if (attentionCalls.length !== model.layers.length) {
-      throw new Error(`DecodeGraph: a decode step made ${attentionCalls.length} attention calls for ${model.layers.length} layers`);
-    }
-    const [buffer, meta] = ids.native();
-    const view = new Int32Array(buffer, meta[0], 1);
-    return new DecodeGraph(model, decodeCaches, graph, ids, view, attentionCalls, capacity, rope);
+    const { graph, attentionCalls } = captureStep(model, ids, () => model.forwardLastLogits(ids, caches), 'attentionDecode');
+    return new DecodeGraph(model, decodeCaches, graph, ids, int32Values(ids.native(), 1), attentionCalls, capacity, rope);
   }
 
   /** Whether the next step can be replayed: the caches and RoPE tables still have the recorded buffers and room. */
@@ -86,10 +123,7 @@ export class DecodeGraph {
 
   /** The decode step of `token` after what the caches hold (canStep() must be true). */
   step(token: number): void {
-    const vocab = this.model.config.vocabSize;
-    if (!(Number.isInteger(token) && token >= 0 && token < vocab)) {
-      throw new RangeError(`Qwen2Model.forward: token id ${token} is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`);
-    }
+    checkToken(this.model, token);
     if (!this.canStep()) throw new Error('DecodeGraph.step: the caches or RoPE tables changed since the capture (check canStep())');
     const position = this.caches[0].offset;
     this.token[0] = token;
@@ -100,13 +134,100 @@ export class DecodeGraph {
 
   /** The last step's logits [1, vocab], as a new tensor (the graph's own are overwritten by the next step). */
   logits(): Tensor {
-    const src = this.graph.result;
-    const out = tc.empty(src.shape, 'float32', tc.cpu);
-    tc.cpu.unary('copy', src, out);
-    return out;
+    return copyOf(this.graph.result);
   }
 
   /** Frees the graph's input and output (its temporaries go with it). */
+  dispose(): void {
+    this.ids.dispose();
+    this.graph.result.dispose();
+  }
+}
+
+/**
+ * A batched decode step over a page pool (EngineBatchModel.decode: chapter 3.1's scheduler), captured the same
+ * way. What changes between its replays: the B tokens (the graph's ids [B, 1]), and the positions [B] and block
+ * tables [B, width] that every layer's pagedAttentionDecode reads (Qwen2Model's PagedRows: one pair of tensors
+ * for the whole step, so no other temporary of the step shares their buffers), rewritten from the requests'
+ * block tables. It replays while the same requests decode in the same order, no table outgrows the width it was
+ * captured with (a page more every 16 tokens for the longest one), and the RoPE tables are the same; then it is
+ * captured again.
+ */
+export class BatchDecodeGraph {
+  private constructor(
+    private readonly model: Qwen2Model,
+    private readonly tables: readonly BlockTable[],
+    private readonly graph: tc.CpuGraph<Tensor>,
+    private readonly ids: Tensor,
+    private readonly tokens: Int32Array,
+    /** The positions and block tables every layer's attention call reads. */
+    private readonly positions: Int32Array,
+    private readonly blockTables: Int32Array,
+    private readonly width: number,
+    private readonly rope: tc.fast.RopeTables,
+  ) {}
+
+  /**
+   * Runs the decode step of `tokens` after what `tables` hold (each with room for one more token, and `caches`
+   * their layers' views), capturing it, and returns the graph (logits(): the step's); null, having run nothing,
+   * for a model DecodeGraph.supports() turns down.
+   */
+  static capture(
+    model: Qwen2Model,
+    tokens: readonly number[],
+    tables: readonly BlockTable[],
+    caches: readonly (readonly LayerCache[])[],
+  ): BatchDecodeGraph | null {
+    if (!DecodeGraph.supports(model)) return null;
+    for (const t of tokens) checkToken(model, t);
+    const rope = model.ropeTables(Math.max(...tables.map((t) => t.length)) + 1);
+    const ids = tc.keep(tc.tensor(Int32Array.from(tokens), { dtype: 'int32', shape: [tokens.length, 1], device: tc.cpu }));
+    const { graph, attentionCalls: calls } = captureStep(model, ids, () => model.decodeRows(ids, caches), 'pagedAttentionDecode');
+    const [positions, blockTables] = [PAGED_POSITIONS_ARG, PAGED_TABLES_ARG].map((arg) => calls[0].args[arg] as tc.NativeView);
+    if (!calls.every((c) => c.args[PAGED_POSITIONS_ARG] === positions && c.args[PAGED_TABLES_ARG] === blockTables)) {
+      throw new Error('BatchDecodeGraph: the layers of a decode step read positions and block tables of their own');
+    }
+    const b = tokens.length;
+    const width = Math.max(1, ...tables.map((t) => t.pages.length));
+    return new BatchDecodeGraph(
+      model,
+      [...tables],
+      graph,
+      ids,
+      int32Values(ids.native(), b),
+      int32Values(positions, b),
+      int32Values(blockTables, b * width),
+      width,
+      rope,
+    );
+  }
+
+  /** Whether the step of these requests (each with room for one more token) can be replayed. */
+  fits(tables: readonly BlockTable[]): boolean {
+    return (
+      tables.length === this.tables.length &&
+      tables.every((t, i) => t === this.tables[i] && t.pages.length <= this.width) &&
+      this.model.ropeTables(Math.max(...tables.map((t) => t.length)) + 1) === this.rope
+    );
+  }
+
+  /** The decode step of `tokens` after what the tables hold (fits(tables) must be true). */
+  step(tokens: readonly number[]): void {
+    for (const t of tokens) checkToken(this.model, t);
+    this.tokens.set(tokens);
+    this.tables.forEach(({ pages, length }, i) => {
+      this.positions[i] = length;
+      this.blockTables.set(pages, i * this.width);
+      this.blockTables.fill(-1, i * this.width + pages.length, (i + 1) * this.width);
+    });
+    this.graph.replay();
+  }
+
+  /** The last step's logits [B, vocab], as a new tensor. */
+  logits(): Tensor {
+    return copyOf(this.graph.result);
+  }
+
   dispose(): void {
     this.ids.dispose();
     this.graph.result.dispose();

@@ -87,6 +87,26 @@ const SUPPORTED_MODEL_TYPES = ['qwen2', 'qwen3', 'qwen2_moe'];
  */
 const KERNEL_MAX_TOKENS = 16;
 
+/**
+ * The positions [B] and block tables [B, pages] of B decode rows in a page pool, as pagedAttentionDecode reads
+ * them: built once per step for every layer (and in a captured step, the inputs a replay rewrites).
+ */
+export interface PagedRows {
+  positions: Tensor;
+  tables: Tensor;
+}
+
+/** The PagedRows of rows whose caches (one layer's) are in a page pool. */
+function pagedRowsOf(caches: readonly PagedLayerCache[]): PagedRows {
+  return {
+    positions: tc.tensor(
+      Int32Array.from(caches, (c) => c.offset),
+      { dtype: 'int32', shape: [caches.length] },
+    ),
+    tables: blockTablesTensor(caches.map((c) => c.table.pages)),
+  };
+}
+
 /** The token embedding, in the file's dtype or MLX-quantized; also the output head of tied models. */
 export class TokenEmbedding {
   readonly vocabSize: number;
@@ -249,6 +269,7 @@ export class Qwen2Attention {
     positions: readonly number[],
     rope: tc.fast.RopeTables,
     fusion?: { norm?: InputNorm | null; residual?: Tensor | null },
+    pagedRows: PagedRows | null = null,
   ): Tensor {
     const norm = fusion?.norm ?? null;
     const residual = fusion?.residual ?? null;
@@ -263,7 +284,7 @@ export class Qwen2Attention {
     const { numHeads: h, headDim: d } = this.shape;
     const qkv = this.qkvProj!.forward(x, { norm }); // [B, 1, (Hq + 2 Hkv) * D]
     const attn = tc.empty([x.shape[0], 1, h * d], 'float32');
-    this.attendInKernel(qkv, caches, rope, attn);
+    this.attendInKernel(qkv, caches, rope, attn, pagedRows);
     qkv.dispose();
     const out = this.oProj.forward(attn, { residual });
     attn.dispose();
@@ -278,7 +299,13 @@ export class Qwen2Attention {
    * native/attention_decode.cc: qkv [B, L, (Hq + 2 Hkv) * D], L tokens per row after those in its cache, into attn
    * [B, L, Hq * D]. Rows in a page pool go in one call through their block tables; caches of their own, a call each.
    */
-  private attendInKernel(qkv: Tensor, caches: readonly LayerCache[], rope: tc.fast.RopeTables, attn: Tensor): void {
+  private attendInKernel(
+    qkv: Tensor,
+    caches: readonly LayerCache[],
+    rope: tc.fast.RopeTables,
+    attn: Tensor,
+    pagedRows: PagedRows | null = null,
+  ): void {
     const { numHeads: h, numKvHeads: hkv, headDim: d, rmsNormEps } = this.shape;
     const norms = [this.qNorm?.native() ?? null, this.kNorm?.native() ?? null, rmsNormEps];
     const paged = caches.filter((c) => c instanceof PagedLayerCache);
@@ -288,11 +315,7 @@ export class Qwen2Attention {
         layer,
       } = paged[0];
       tc.tidy(() => {
-        const positions = tc.tensor(
-          Int32Array.from(paged, (c) => c.offset),
-          { dtype: 'int32', shape: [paged.length] },
-        );
-        const tables = blockTablesTensor(paged.map((c) => c.table.pages));
+        const { positions, tables } = pagedRows ?? pagedRowsOf(paged);
         engineKernels().pagedAttentionDecode(
           ...[qkv, rope.cos, rope.sin, positions, pool.keys[layer], pool.values[layer], tables, attn].map((t) => t.native()),
           h,
@@ -429,12 +452,21 @@ export class Qwen2Block {
     return r ? tc.add(r, out) : out;
   }
 
-  /** cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only). */
-  forward(x: Tensor, cache: LayerCache | readonly LayerCache[], offset: number | readonly number[], rope: tc.fast.RopeTables): Tensor {
+  /**
+   * cache and offset: one cache for the B rows at one offset, or one per row (forwardRows: decode only, with
+   * pagedRows when the rows are in a page pool).
+   */
+  forward(
+    x: Tensor,
+    cache: LayerCache | readonly LayerCache[],
+    offset: number | readonly number[],
+    rope: tc.fast.RopeTables,
+    pagedRows: PagedRows | null = null,
+  ): Tensor {
     const eps = this.rmsNormEps;
     const attend = (input: Tensor, fusion?: { norm?: InputNorm; residual?: Tensor | null }) =>
       Array.isArray(cache)
-        ? this.selfAttn.forwardRows(input, cache, offset as readonly number[], rope, fusion)
+        ? this.selfAttn.forwardRows(input, cache, offset as readonly number[], rope, fusion, pagedRows)
         : this.selfAttn.forward(input, cache as LayerCache, offset as number, rope, fusion);
     if (this.fusedKernels) {
       // The norms go into the projections that read them and the residual adds into the ones that end each
@@ -607,9 +639,10 @@ export class Qwen2Model {
 
   /**
    * A decode step of B requests with caches of their own (continuous batching, see Qwen2Attention.forwardRows):
-   * tokens[b] after the tokens in caches[b] (a cache per layer) -> the logits float32 [B, vocab].
+   * tokens[b] after the tokens in caches[b] (a cache per layer) -> the logits float32 [B, vocab]. The tokens may
+   * also come as int32 ids [B, 1] (a captured step's input, model/decode-graph.ts).
    */
-  decodeRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[]): Tensor {
+  decodeRows(tokens: readonly number[] | Tensor, caches: readonly (readonly LayerCache[])[]): Tensor {
     return this.runRows(tokens, caches, 'last')!;
   }
 
@@ -618,29 +651,38 @@ export class Qwen2Model {
     this.runRows(tokens, caches, 'none');
   }
 
-  private runRows(tokens: readonly number[], caches: readonly (readonly LayerCache[])[], output: HeadOutput): Tensor | null {
-    if (tokens.length === 0 || caches.length !== tokens.length) {
-      throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${tokens.length} tokens and ${caches.length} caches`);
+  private runRows(tokens: readonly number[] | Tensor, caches: readonly (readonly LayerCache[])[], output: HeadOutput): Tensor | null {
+    const rows = tokens instanceof tc.Tensor ? tokens.shape[0] : tokens.length;
+    if (rows === 0 || caches.length !== rows) {
+      throw new RangeError(`Qwen2Model.decodeRows: expected one cache per token, got ${rows} tokens and ${caches.length} caches`);
     }
-    const ids = tc.tensor(
-      tokens.map((t) => [t]),
-      { dtype: 'int32' },
-    );
+    const ids =
+      tokens instanceof tc.Tensor
+        ? tokens
+        : tc.tensor(
+            tokens.map((t) => [t]),
+            { dtype: 'int32' },
+          );
     try {
-      this.checkIds(ids);
+      if (this.checkIds(ids)[1] !== 1) throw new RangeError(`Qwen2Model.decodeRows: expected ids [B, 1], got ${ids.describe()}`);
       const positions = caches.map((c) => this.resolveOffset(c, undefined, 1, 1));
       const rope = this.ropeTables(Math.max(...positions) + 1);
+      const paged = caches.map((c) => c[0]).filter((c) => c instanceof PagedLayerCache);
+      const pagedRows = paged.length === caches.length ? pagedRowsOf(paged) : null;
       try {
-        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, output);
+        return this.pass(ids, (i) => caches.map((c) => c[i]), positions, rope, 1, output, pagedRows);
       } catch (err) {
         caches.forEach((c, row) => {
           for (const layer of c)
             if (layer instanceof DecodeKvCache && layer.offset > positions[row]) layer.rewind(layer.offset - positions[row]);
         });
         throw err;
+      } finally {
+        pagedRows?.positions.dispose();
+        pagedRows?.tables.dispose();
       }
     } finally {
-      ids.dispose();
+      if (ids !== tokens) ids.dispose();
     }
   }
 
@@ -651,6 +693,7 @@ export class Qwen2Model {
     rope: tc.fast.RopeTables,
     l: number,
     output: HeadOutput,
+    pagedRows: PagedRows | null = null,
   ): Tensor | null {
     return tc.tidy(() => {
       let h = this.embedding.forward(ids); // [B, L, hidden]
@@ -658,7 +701,7 @@ export class Qwen2Model {
         // A scope per layer: a prefill's attention temporaries (projections, rotated heads, the score matrix)
         // are freed before the next layer runs, not held for all layers until the pass ends. At Qwen2-0.5B
         // shapes and a 256-token prompt they were ~450 MB of the peak resident memory (4-bit: 885 -> 434 MB).
-        const next = tc.tidy(() => this.layers[i].forward(h, cacheOf(i), offset, rope));
+        const next = tc.tidy(() => this.layers[i].forward(h, cacheOf(i), offset, rope, pagedRows));
         h.dispose();
         h = next;
       }
