@@ -35,58 +35,98 @@ function int32Values(view: unknown, length: number): Int32Array {
   return new Int32Array(buffer, meta[0], length);
 }
 
-function checkToken(model: Qwen2Model, token: number): void {
-  const vocab = model.config.vocabSize;
-  if (!(Number.isInteger(token) && token >= 0 && token < vocab)) {
-    throw new RangeError(`Qwen2Model.forward: token id ${token} is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`);
-  }
-}
-
 /**
- * Captures `step` (a forward pass over the graph's input `ids`, kept by the graph from here on) and returns the
- * graph with its calls of the attention kernel `attention`, one per layer.
+ * What both kinds of graph hold: the captured step, its input token ids [B, 1] (the graph's own tensor, and a
+ * view of its values), and the RoPE tables its calls read.
  */
-function captureStep(
-  model: Qwen2Model,
-  ids: Tensor,
-  step: () => Tensor,
-  attention: 'attentionDecode' | 'pagedAttentionDecode',
-): { graph: tc.CpuGraph<Tensor>; attentionCalls: tc.NativeCall[] } {
-  let graph: tc.CpuGraph<Tensor>;
-  try {
-    graph = tc.cpu.capture(() => tc.keep(step()));
-  } catch (err) {
-    ids.dispose();
-    throw err;
-  }
-  const kernel = engineKernels()[attention];
-  const attentionCalls = graph.calls.filter((c) => c.kernel === kernel);
-  if (attentionCalls.length !== model.layers.length) {
-    throw new Error(`a captured decode step made ${attentionCalls.length} ${attention} calls for ${model.layers.length} layers`);
-  }
-  return { graph, attentionCalls };
+interface Capture {
+  model: Qwen2Model;
+  graph: tc.CpuGraph<Tensor>;
+  ids: Tensor;
+  rope: tc.fast.RopeTables;
 }
 
-/** A copy of a graph's logits: the graph's own are overwritten by its next replay. */
-function copyOf(logits: Tensor): Tensor {
-  const out = tc.empty(logits.shape, 'float32', tc.cpu);
-  tc.cpu.unary('copy', logits, out);
-  return out;
+abstract class CapturedStep {
+  protected readonly model: Qwen2Model;
+  protected readonly graph: tc.CpuGraph<Tensor>;
+  protected readonly rope: tc.fast.RopeTables;
+  private readonly ids: Tensor;
+  private readonly tokens: Int32Array;
+
+  protected constructor({ model, graph, ids, rope }: Capture) {
+    this.model = model;
+    this.graph = graph;
+    this.rope = rope;
+    this.ids = ids;
+    this.tokens = int32Values(ids.native(), ids.shape[0]);
+  }
+
+  /**
+   * Captures `step`, a forward pass over `ids` (kept by the graph from here on), and returns the graph with its
+   * calls of the attention kernel `attention`, one per layer.
+   */
+  protected static captureStep(
+    model: Qwen2Model,
+    ids: Tensor,
+    step: () => Tensor,
+    attention: 'attentionDecode' | 'pagedAttentionDecode',
+  ): { graph: tc.CpuGraph<Tensor>; attentionCalls: tc.NativeCall[] } {
+    let graph: tc.CpuGraph<Tensor>;
+    try {
+      graph = tc.cpu.capture(() => tc.keep(step()));
+    } catch (err) {
+      ids.dispose();
+      throw err;
+    }
+    const kernel = engineKernels()[attention];
+    const attentionCalls = graph.calls.filter((c) => c.kernel === kernel);
+    if (attentionCalls.length !== model.layers.length) {
+      throw new Error(`a captured decode step made ${attentionCalls.length} ${attention} calls for ${model.layers.length} layers`);
+    }
+    return { graph, attentionCalls };
+  }
+
+  /** The graph's input: int32 [B, 1] holding `tokens`, on the CPU, kept. */
+  protected static idsOf(tokens: readonly number[]): Tensor {
+    return tc.keep(tc.tensor(Int32Array.from(tokens), { dtype: 'int32', shape: [tokens.length, 1], device: tc.cpu }));
+  }
+
+  /** Writes the tokens into the graph's input and makes the recorded calls. */
+  protected replay(tokens: readonly number[]): void {
+    const vocab = this.model.config.vocabSize;
+    for (const token of tokens) {
+      if (!(Number.isInteger(token) && token >= 0 && token < vocab)) {
+        throw new RangeError(`Qwen2Model.forward: token id ${token} is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`);
+      }
+    }
+    this.tokens.set(tokens);
+    this.graph.replay();
+  }
+
+  /** The last step's logits [B, vocab], as a new tensor (the graph's own are overwritten by its next replay). */
+  logits(): Tensor {
+    const out = tc.empty(this.graph.result.shape, 'float32', tc.cpu);
+    tc.cpu.unary('copy', this.graph.result, out);
+    return out;
+  }
+
+  /** Frees the graph's input and output (its temporaries go with it). */
+  dispose(): void {
+    this.ids.dispose();
+    this.graph.result.dispose();
+  }
 }
 
-export class DecodeGraph {
+export class DecodeGraph extends CapturedStep {
   private constructor(
-    private readonly model: Qwen2Model,
+    capture: Capture,
     private readonly caches: readonly DecodeKvCache[],
-    private readonly graph: tc.CpuGraph<Tensor>,
-    /** The graph's input, int32 [1, 1], and a view of its one value. */
-    private readonly ids: Tensor,
-    private readonly token: Int32Array,
     private readonly attentionCalls: readonly tc.NativeCall[],
-    /** The caches' capacity and the RoPE tables when captured: the buffers the recorded calls read. */
+    /** The caches' capacity when captured: their buffers, which the recorded calls read, last until it changes. */
     private readonly capacity: number,
-    private readonly rope: tc.fast.RopeTables,
-  ) {}
+  ) {
+    super(capture);
+  }
 
   /** Whether `model`'s decode steps can be captured at all (see the top of this file). */
   static supports(model: Qwen2Model): boolean {
@@ -106,9 +146,9 @@ export class DecodeGraph {
     const capacity = decodeCaches[0].capacity;
     if (!decodeCaches.every((c) => c.capacity === capacity && c.offset < capacity)) return null;
     const rope = model.ropeTables(capacity);
-    const ids = tc.keep(tc.tensor(Int32Array.of(token), { dtype: 'int32', shape: [1, 1], device: tc.cpu }));
-    const { graph, attentionCalls } = captureStep(model, ids, () => model.forwardLastLogits(ids, caches), 'attentionDecode');
-    return new DecodeGraph(model, decodeCaches, graph, ids, int32Values(ids.native(), 1), attentionCalls, capacity, rope);
+    const ids = CapturedStep.idsOf([token]);
+    const { graph, attentionCalls } = CapturedStep.captureStep(model, ids, () => model.forwardLastLogits(ids, caches), 'attentionDecode');
+    return new DecodeGraph({ model, graph, ids, rope }, decodeCaches, attentionCalls, capacity);
   }
 
   /** Whether the next step can be replayed: the caches and RoPE tables still have the recorded buffers and room. */
@@ -123,24 +163,11 @@ export class DecodeGraph {
 
   /** The decode step of `token` after what the caches hold (canStep() must be true). */
   step(token: number): void {
-    checkToken(this.model, token);
     if (!this.canStep()) throw new Error('DecodeGraph.step: the caches or RoPE tables changed since the capture (check canStep())');
     const position = this.caches[0].offset;
-    this.token[0] = token;
     for (const call of this.attentionCalls) call.args[POSITION_ARG] = position;
-    this.graph.replay();
+    this.replay([token]);
     for (const c of this.caches) c.commit(1);
-  }
-
-  /** The last step's logits [1, vocab], as a new tensor (the graph's own are overwritten by the next step). */
-  logits(): Tensor {
-    return copyOf(this.graph.result);
-  }
-
-  /** Frees the graph's input and output (its temporaries go with it). */
-  dispose(): void {
-    this.ids.dispose();
-    this.graph.result.dispose();
   }
 }
 
@@ -153,19 +180,17 @@ export class DecodeGraph {
  * captured with (a page more every 16 tokens for the longest one), and the RoPE tables are the same; then it is
  * captured again.
  */
-export class BatchDecodeGraph {
+export class BatchDecodeGraph extends CapturedStep {
   private constructor(
-    private readonly model: Qwen2Model,
+    capture: Capture,
     private readonly tables: readonly BlockTable[],
-    private readonly graph: tc.CpuGraph<Tensor>,
-    private readonly ids: Tensor,
-    private readonly tokens: Int32Array,
     /** The positions and block tables every layer's attention call reads. */
     private readonly positions: Int32Array,
     private readonly blockTables: Int32Array,
     private readonly width: number,
-    private readonly rope: tc.fast.RopeTables,
-  ) {}
+  ) {
+    super(capture);
+  }
 
   /**
    * Runs the decode step of `tokens` after what `tables` hold (each with room for one more token, and `caches`
@@ -179,10 +204,14 @@ export class BatchDecodeGraph {
     caches: readonly (readonly LayerCache[])[],
   ): BatchDecodeGraph | null {
     if (!DecodeGraph.supports(model)) return null;
-    for (const t of tokens) checkToken(model, t);
     const rope = model.ropeTables(Math.max(...tables.map((t) => t.length)) + 1);
-    const ids = tc.keep(tc.tensor(Int32Array.from(tokens), { dtype: 'int32', shape: [tokens.length, 1], device: tc.cpu }));
-    const { graph, attentionCalls: calls } = captureStep(model, ids, () => model.decodeRows(ids, caches), 'pagedAttentionDecode');
+    const ids = CapturedStep.idsOf(tokens);
+    const { graph, attentionCalls: calls } = CapturedStep.captureStep(
+      model,
+      ids,
+      () => model.decodeRows(ids, caches),
+      'pagedAttentionDecode',
+    );
     const [positions, blockTables] = [PAGED_POSITIONS_ARG, PAGED_TABLES_ARG].map((arg) => calls[0].args[arg] as tc.NativeView);
     if (!calls.every((c) => c.args[PAGED_POSITIONS_ARG] === positions && c.args[PAGED_TABLES_ARG] === blockTables)) {
       throw new Error('BatchDecodeGraph: the layers of a decode step read positions and block tables of their own');
@@ -190,15 +219,11 @@ export class BatchDecodeGraph {
     const b = tokens.length;
     const width = Math.max(1, ...tables.map((t) => t.pages.length));
     return new BatchDecodeGraph(
-      model,
+      { model, graph, ids, rope },
       [...tables],
-      graph,
-      ids,
-      int32Values(ids.native(), b),
       int32Values(positions, b),
       int32Values(blockTables, b * width),
       width,
-      rope,
     );
   }
 
@@ -213,23 +238,11 @@ export class BatchDecodeGraph {
 
   /** The decode step of `tokens` after what the tables hold (fits(tables) must be true). */
   step(tokens: readonly number[]): void {
-    for (const t of tokens) checkToken(this.model, t);
-    this.tokens.set(tokens);
     this.tables.forEach(({ pages, length }, i) => {
       this.positions[i] = length;
       this.blockTables.set(pages, i * this.width);
       this.blockTables.fill(-1, i * this.width + pages.length, (i + 1) * this.width);
     });
-    this.graph.replay();
-  }
-
-  /** The last step's logits [B, vocab], as a new tensor. */
-  logits(): Tensor {
-    return copyOf(this.graph.result);
-  }
-
-  dispose(): void {
-    this.ids.dispose();
-    this.graph.result.dispose();
+    this.replay(tokens);
   }
 }
