@@ -35,10 +35,7 @@ function int32Values(view: unknown, length: number): Int32Array {
   return new Int32Array(buffer, meta[0], length);
 }
 
-/**
- * What both kinds of graph hold: the captured step, its input token ids [B, 1] (the graph's own tensor, and a
- * view of its values), and the RoPE tables its calls read.
- */
+/** A captured step: the model, the graph, its input ids [B, 1] and the RoPE tables its calls read. */
 interface Capture {
   model: Qwen2Model;
   graph: tc.CpuGraph<Tensor>;
@@ -46,6 +43,10 @@ interface Capture {
   rope: tc.fast.RopeTables;
 }
 
+/**
+ * What both kinds of graph hold and do: the captured step, its input token ids (the graph's own tensor, and a
+ * view of its values to write the next tokens into), and the RoPE tables its calls read.
+ */
 abstract class CapturedStep {
   protected readonly model: Qwen2Model;
   protected readonly graph: tc.CpuGraph<Tensor>;
@@ -81,6 +82,8 @@ abstract class CapturedStep {
     const kernel = engineKernels()[attention];
     const attentionCalls = graph.calls.filter((c) => c.kernel === kernel);
     if (attentionCalls.length !== model.layers.length) {
+      ids.dispose();
+      graph.result.dispose();
       throw new Error(`a captured decode step made ${attentionCalls.length} ${attention} calls for ${model.layers.length} layers`);
     }
     return { graph, attentionCalls };
