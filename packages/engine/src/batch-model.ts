@@ -83,7 +83,8 @@ export class EngineBatchModel extends PagedModelBase {
       this.graph.step(tokens);
     } else {
       this.graph?.dispose();
-      this.graph = null;
+      this.graph = null; // until the capture returns: one that throws leaves no disposed graph behind
+      // Not null: the model passed DecodeGraph.supports (this.graphs).
       this.graph = BatchDecodeGraph.capture(
         this.model,
         tokens,
