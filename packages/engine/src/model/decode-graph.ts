@@ -96,12 +96,7 @@ abstract class CapturedStep {
 
   /** Writes the tokens into the graph's input and makes the recorded calls. */
   protected replay(tokens: readonly number[]): void {
-    const vocab = this.model.config.vocabSize;
-    for (const token of tokens) {
-      if (!(Number.isInteger(token) && token >= 0 && token < vocab)) {
-        throw new RangeError(`Qwen2Model.forward: token id ${token} is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`);
-      }
-    }
+    this.model.checkTokenIds(tokens, (i) => (tokens.length > 1 ? ` of row ${i}` : ''));
     this.tokens.set(tokens);
     this.graph.replay();
   }

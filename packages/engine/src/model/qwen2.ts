@@ -726,20 +726,24 @@ export class Qwen2Model {
     }
     const [b, l] = ids.shape;
     if (b === 0 || l === 0) throw new RangeError(`Qwen2Model.forward: no tokens to run (ids ${ids.describe()})`);
-    if (ids.backend.readSync) {
-      const values = ids.toArray();
-      const vocab = this.config.vocabSize;
-      for (let i = 0; i < values.length; i++) {
-        const id = values[i];
-        if (!(id >= 0 && id < vocab)) {
-          throw new RangeError(
-            `Qwen2Model.forward: token id ${id} at [${Math.floor(i / l)}, ${i % l}] of ids ${ids.describe()} ` +
-              `is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`,
-          );
-        }
+    if (ids.backend.readSync) this.checkTokenIds(ids.toArray(), (i) => ` at [${Math.floor(i / l)}, ${i % l}] of ids ${ids.describe()}`);
+    return [b, l];
+  }
+
+  /**
+   * Throws unless every id is a token of the vocabulary (an id past it would read another tensor's memory);
+   * where(i) says where id i sits, for the message.
+   */
+  checkTokenIds(ids: ArrayLike<number>, where: (i: number) => string): void {
+    const vocab = this.config.vocabSize;
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!(Number.isInteger(id) && id >= 0 && id < vocab)) {
+        throw new RangeError(
+          `Qwen2Model.forward: token id ${id}${where(i)} is outside the vocabulary (vocab_size ${vocab}: ids 0..${vocab - 1})`,
+        );
       }
     }
-    return [b, l];
   }
 
   private resolveOffset(cache: readonly LayerCache[], offsetArg: number | readonly number[] | undefined, b: number, l: number): number {
