@@ -135,7 +135,24 @@ inline void decode(const Problem& p, RowsFn rows) {
   run_tasks(tasks, [&](int64_t t) { rows(p, t * rows_per_task, std::min(p.N, (t + 1) * rows_per_task)); });
 }
 
-// ---- Integer activations (native/quantized_matmul_int16.cc) -------------------------------------------------------
+// ---- Integer activations (native/quantized_matmul_int16.cc, native/quantized_gemm_int16.cc) -----------------------
+
+// x values per int16 block: one float scale each.
+inline constexpr int kInt16Block = 32;
+
+// One block of 32 x values -> 32 int16 and the block's scale dx (0 for a block of zeros): xq = round(x / dx), to
+// nearest even, with dx = max |x| / 32767, so that |xq| <= 32767 and |x - dx * xq| <= dx / 2. Value j goes to
+// xq[slot(j)]: the order the kernel reads. Every integer kernel rounds x through here, so that decode and prefill
+// compute the same function.
+template <class Slot> float quantize_block(const float* x, const Slot& slot, int16_t* xq) {
+  float amax = 0.0f;
+  for (int j = 0; j < kInt16Block; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float dx = amax / 32767.0f;
+  const float inv = dx != 0.0f ? 1.0f / dx : 0.0f;
+  for (int j = 0; j < kInt16Block; ++j) xq[slot(j)] = static_cast<int16_t>(std::nearbyint(x[j] * inv));
+  return dx;
+}
+
 
 // Whether the integer kernels take weights of `bits` bits (4 and 8; other widths keep float activations).
 bool int16_activations_supported(int bits);
@@ -143,6 +160,11 @@ bool int16_activations_supported(int bits);
 // out = x @ dequantize(w).T with x rounded to int16 per block of 32 values: p as for the float decode path (x
 // float32 [M, K] after any prologue, xsum its group sums). Correct for any M; the binding uses it up to M = 16.
 void matmul_int16(Problem& p);
+
+// The same product for prefill-sized M, as a GEMM (native/quantized_gemm_int16.cc): p as for matmul_int16. Only
+// where int16_gemm_supported(bits): AVX-512 VNNI, 4 or 8 bits. Elsewhere prefill keeps float activations.
+bool int16_gemm_supported(int bits);
+void gemm_int16(const Problem& p);
 
 // The kernel matmul_int16 runs at this SIMD level: "vnni", "avx2" or "scalar".
 const char* int16_kernel_name();

@@ -11,8 +11,9 @@
 //   The optional arguments fuse the work around a decode projection (step 9, native/fusion.cc): bias [N] and
 //   residual [M, N] (float32, or null) are added to out; prologue 1 replaces x by rmsNorm(x) * normWeight, and
 //   prologue 2 reads x as [..., 2K] and multiplies by silu(x[:, :K]) * x[:, K:].
-//   int16 true rounds x to 16-bit integers per block of 32 for 4- and 8-bit weights and decode-sized x (M <= 16):
-//   native/quantized_matmul_int16.cc, the engine's default; this file is the float path (the engine's --exact).
+//   int16 true rounds x to 16-bit integers per block of 32 for 4- and 8-bit weights: native/quantized_matmul_int16.cc
+//   for decode-sized x (M <= 16), native/quantized_gemm_int16.cc for prefills where the CPU has AVX-512 VNNI; the
+//   engine's default. This file is the float path (the engine's --exact, and prefills below VNNI).
 //
 //   dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids of the dequantized w, into out
 //   [..., K] (the quantized embedding's lookup).
@@ -506,6 +507,10 @@ const char* prefill(const Problem& p, const tl::TensorRef& x2d) {
 // =====================================================================================================================
 
 constexpr int64_t kDecodeMaxM = 16;
+// The integer GEMM's panels are 16 x rows wide at M <= 16, so its time is flat up to there, where the decode tiles
+// grow with M: 4864 x 896 at 4 bits, weights from DRAM, the tiles take 183, 373 and 778 us at M = 4, 8 and 16,
+// the GEMM 485-495 us at each. It takes over from 12 rows (a batch of decode steps).
+constexpr int64_t kInt16GemmMinM = 12;
 
 bool is_float(DType d) { return is_float_dtype(d); }
 
@@ -595,9 +600,11 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   if (const char* err = check_fusion(fusion, M, K, N)) return fail(err);
   if (M == 0 || N == 0) return env.Undefined();
   // The last argument asks for integer activations (native/quantized_matmul_int16.cc), which 4- and 8-bit weights
-  // have; other widths keep float activations, and so does prefill (M > 16): the GEMM on dequantized blocks beat
-  // the integer tiles there (see quantized_matmul_int16.cc, step 4).
+  // have; other widths keep float activations. From kInt16GemmMinM rows they go through the integer GEMM
+  // (native/quantized_gemm_int16.cc) where the CPU has AVX-512 VNNI; elsewhere the float GEMM on dequantized blocks
+  // beat the integer tiles for prefill (see quantized_matmul_int16.cc, step 4), and prefill keeps float activations.
   const bool int16 = info.Length() > 12 && info[12].ToBoolean().Value() && int16_activations_supported(bits);
+  const bool int16_gemm = int16 && M >= kInt16GemmMinM && int16_gemm_supported(bits);
 
   Problem p{};
   p.M = M;
@@ -615,7 +622,7 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   p.bias = fusion.bias.data ? fusion.bias.ptr<float>() : nullptr;
   p.residual = fusion.residual.data ? fusion.residual.ptr<float>() : nullptr;
   try {
-    if (M > kDecodeMaxM) {
+    if (M > kDecodeMaxM && !int16_gemm) {
       // The GEMM takes x in its own dtype; a prologue hands it the prepared float32 rows instead.
       tl::TensorRef x2d;
       x2d.dtype = x.dtype;
@@ -650,6 +657,10 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
     p.x = xf;
     p.xsum = xsum;
     p.xp = nullptr;
+    if (int16_gemm) {
+      gemm_int16(p);
+      return env.Undefined();
+    }
     if (int16) {
       matmul_int16(p);
       return env.Undefined();

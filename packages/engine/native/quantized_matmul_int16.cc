@@ -44,7 +44,8 @@
 //      block loaded once serves the R weight rows; the x tiles run inside the weight tiles, so each weight row is
 //      read from memory once. Decode only (M <= 16, as the float kernels): for a prefill, M = 256 x rows through
 //      these tiles (measured with the int8 kernels) took 1.2-2x the time of quantized_matmul.cc's dequantize +
-//      GEMM, whose register blocking reuses each x value far more; prefill stays on the float path.
+//      GEMM, whose register blocking reuses each x value far more. Prefill has a GEMM of its own on VNNI
+//      (native/quantized_gemm_int16.cc) and keeps float activations below it.
 //   5. Software prefetch of the weight rows, kPrefetchBytes ahead, as the float kernels (their step 8): with the
 //      weights in DRAM it took the int8 kernels from 7.1-17.8 to 10.0-23.1 GB/s (4 bits) and 8.8-14.1 to
 //      13.3-26.0 GB/s (8 bits); these read the same weight bytes in the same order.
@@ -63,7 +64,7 @@
 namespace engine {
 namespace {
 
-constexpr int kBlock = 32;  // x values per int16 block (one scale each)
+constexpr int kBlock = kInt16Block;
 
 thread_local Buffer tls_xq;        // x as int16 (in a float buffer), calling thread
 thread_local Buffer tls_xq_scale;  // each block's scale dx, calling thread
@@ -94,18 +95,6 @@ Kernel kernel_for() {
 }
 
 // ---- Step 0: x to int16 blocks -------------------------------------------------------------------------------------
-
-// One block of 32 x values -> 32 int16 and the block's scale dx (0 for a block of zeros): xq = round(x / dx), to
-// nearest even, with dx = max |x| / 32767, so that |xq| <= 32767 and |x - dx * xq| <= dx / 2. Value j goes to
-// xq[slot(j)]: the layout's order (see Layout).
-template <class Slot> float quantize_block(const float* x, const Slot& slot, int16_t* xq) {
-  float amax = 0.0f;
-  for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-  const float dx = amax / 32767.0f;
-  const float inv = dx != 0.0f ? 1.0f / dx : 0.0f;
-  for (int j = 0; j < kBlock; ++j) xq[slot(j)] = static_cast<int16_t>(std::nearbyint(x[j] * inv));
-  return dx;
-}
 
 // All M rows of x (float32 [M, K]) into p.xq and p.xq_scale, in `layout`.
 void quantize_rows(Problem& p, Layout layout) {

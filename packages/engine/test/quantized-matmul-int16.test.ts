@@ -131,13 +131,14 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
     expect(engineKernels().cpuFeatures().int16Kernel).toBe(expectedInt16Kernel());
   });
 
-  // M = 1 (weight tiles of 4 rows), 2, 3, 5 (x tiles of 4 and a tail), 16 (the largest decode-sized input);
-  // N = 45 leaves a tail of weight rows; K = 96 is an odd number of 32-value blocks.
+  // M = 1 (weight tiles of 4 rows), 2, 3, 5 (x tiles of 4 and a tail), 11; 12 and 16 (a batch of decode steps:
+  // the integer GEMM's panels of 16 x rows, on VNNI); N = 45 leaves a tail of weight rows (the GEMM's tiles of 12,
+  // then 6, 4, 2, 1); K = 96 is an odd number of 32-value blocks.
   for (const bits of [4, 8]) {
     for (const group of [32, 64, 128]) {
       for (const k of [96, 384].filter((k) => k % group === 0)) {
-        it(`${bits}-bit, group ${group}, K = ${k}: M = 1, 2, 3, 5, 16`, () => {
-          for (const m of [1, 2, 3, 5, 16]) {
+        it(`${bits}-bit, group ${group}, K = ${k}: M = 1, 2, 3, 5, 11, 12, 16`, () => {
+          for (const m of [1, 2, 3, 5, 11, 12, 16]) {
             const p = makeProblem(m, 45, k, bits, group);
             check(p, `M = ${m}`);
             tc.tidy(() => [p.x.dispose(), p.w.dispose()]);
@@ -168,43 +169,71 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
       check(makeProblem(m, 1100, 2048, bits, 64), `M = ${m}, ${bits}-bit`);
   });
 
-  it('a prefill (M > 16) keeps float activations: the GEMM path, faster there', () => {
-    for (const bits of [4, 8]) {
-      const p = makeProblem(17, 30, 256, bits, 64);
-      expect(quantizedMatmul(p.x, p.w).toArray()).toEqual(quantizedMatmul(p.x, p.w, { exact: true }).toArray());
-    }
-  });
-
-  it('the fused prologue (rmsNorm, swiglu) rounds the prepared x; the epilogue (bias, residual) adds in float', () => {
-    const p = makeProblem(3, 40, 256, 4, 64);
-    const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
-    const residual = tc.tensor(
-      Float32Array.from({ length: 120 }, (_, i) => Math.sin(i)),
-      { shape: [3, 40] },
-    );
-    const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
-    const gateUp = tc.tensor(
-      Float32Array.from({ length: 3 * 512 }, (_, i) => Math.cos(i * 0.37) * 2),
-      { shape: [3, 512] },
-    );
-    const cases = [
-      { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
-      {
-        fusion: { residual, swiglu: true },
-        prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])),
-      },
+  // Prefill-sized calls (M > 16) take the integer GEMM (native/quantized_gemm_int16.cc) where the CPU has AVX-512
+  // VNNI, held to the same two computations; below it they keep float activations (the float GEMM on dequantized
+  // blocks is faster there than the integer decode tiles).
+  const gemm = expectedInt16Kernel() === 'vnni';
+  it(gemm ? 'a prefill (M > 16): the integer GEMM' : 'a prefill (M > 16) keeps float activations', () => {
+    // M = 17: one x panel of 32 rows, mostly padding; M = 100: four; N = 45 and 100: several pool tasks, the last
+    // a short one, tiles of 6 weight rows and the narrower ones after them; M = 600: K = 512 in two slices, the
+    // partial sums carried from one to the next.
+    const shapes = [
+      [17, 30, 256, 64],
+      [40, 45, 96, 32],
+      [100, 100, 384, 128],
+      [600, 20, 512, 64],
     ];
-    for (const { fusion, prepared } of cases) {
-      const what = Object.keys(fusion).join(' + ');
-      const fused = quantizedMatmul(fusion.swiglu ? gateUp : p.x, p.w, fusion).toArray() as Float32Array;
-      check({ ...p, x: prepared }, `${what}: the prepared x`);
-      const unfused = quantizedMatmul(prepared, p.w).toArray() as Float32Array;
-      for (let i = 0; i < fused.length; i++) {
-        const epilogue = ('bias' in fusion ? bias.toArray()[i % 40] : 0) + ('residual' in fusion ? residual.toArray()[i] : 0);
-        expect(Math.abs(fused[i] - (unfused[i] + epilogue)), `${what}, output ${i}`).toBeLessThan(1e-5 * (1 + Math.abs(fused[i])));
+    for (const bits of [4, 8]) {
+      for (const [m, n, k, group] of shapes) {
+        const p = makeProblem(m, n, k, bits, group);
+        const what = `${bits}-bit, M = ${m}, N = ${n}, K = ${k}, group ${group}`;
+        if (gemm) check(p, what);
+        else {
+          const exact = quantizedMatmul(p.x, p.w, { exact: true }).toArray();
+          const firstDifferent = quantizedMatmul(p.x, p.w)
+            .toArray()
+            .findIndex((v, i) => v !== exact[i]);
+          expect(firstDifferent, `${what}: the first output that differs from --exact`).toBe(-1);
+        }
+        tc.tidy(() => [p.x.dispose(), p.w.dispose()]);
       }
     }
   });
+
+  // M = 3 through the decode tiles, M = 20 through the prefill path.
+  it.each([3, 20])(
+    'the fused prologue (rmsNorm, swiglu) rounds the prepared x; the epilogue (bias, residual) adds in float: M = %i',
+    (m) => {
+      const p = makeProblem(m, 40, 256, 4, 64);
+      const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
+      const residual = tc.tensor(
+        Float32Array.from({ length: m * 40 }, (_, i) => Math.sin(i)),
+        { shape: [m, 40] },
+      );
+      const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
+      const gateUp = tc.tensor(
+        Float32Array.from({ length: m * 512 }, (_, i) => Math.cos(i * 0.37) * 2),
+        { shape: [m, 512] },
+      );
+      const cases = [
+        { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
+        {
+          fusion: { residual, swiglu: true },
+          prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])),
+        },
+      ];
+      for (const { fusion, prepared } of cases) {
+        const what = Object.keys(fusion).join(' + ');
+        const fused = quantizedMatmul(fusion.swiglu ? gateUp : p.x, p.w, fusion).toArray() as Float32Array;
+        check({ ...p, x: prepared }, `${what}: the prepared x`);
+        const unfused = quantizedMatmul(prepared, p.w).toArray() as Float32Array;
+        for (let i = 0; i < fused.length; i++) {
+          const epilogue = ('bias' in fusion ? bias.toArray()[i % 40] : 0) + ('residual' in fusion ? residual.toArray()[i] : 0);
+          expect(Math.abs(fused[i] - (unfused[i] + epilogue)), `${what}, output ${i}`).toBeLessThan(1e-5 * (1 + Math.abs(fused[i])));
+        }
+      }
+    },
+  );
 
   it('other widths keep float activations; K must be a whole number of groups (so of 32-value blocks)', () => {
     const p = makeProblem(2, 16, 128, 3, 32);

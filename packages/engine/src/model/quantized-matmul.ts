@@ -1,9 +1,10 @@
 // Chapter 2.2: quantized matmul on the CPU. The week 2 model keeps its weights in the MLX quantized layout
 // (docs/architecture.md, "Model files") and multiplies with them directly: the C++ kernel (native/quantized_matmul.cc) decodes the packed
 // weights as it streams them, so the float32 weight is never materialised and decode reads 4-8x fewer bytes.
-// 4- and 8-bit weights take integer activations by default in decode-sized calls (native/quantized_matmul_int16.cc:
-// x rounded to int16 per block of 32 values, integer dot products, as llama.cpp with int8); `exact: true` keeps x
-// in float32.
+// 4- and 8-bit weights take integer activations by default (x rounded to int16 per block of 32 values, integer
+// dot products, as llama.cpp with int8): native/quantized_matmul_int16.cc for decode-sized calls,
+// native/quantized_gemm_int16.cc for prefills and batched decode steps on CPUs with AVX-512 VNNI. `exact: true`
+// keeps x in float32.
 import * as tc from '@tiny-llm/tensor-core';
 import type { QuantizedWeight, Tensor } from '@tiny-llm/tensor-core';
 import { engineKernels } from './native.ts';
@@ -31,10 +32,11 @@ export interface QuantizedMatmulFusion {
 
 export interface QuantizedMatmulOptions extends QuantizedMatmulFusion {
   /**
-   * Keep x in float32 (native/quantized_matmul.cc). Default false: for 4- and 8-bit weights and up to 16 rows of
-   * x, x is rounded to int16 in blocks of 32 values, one scale each, and multiplied with integer dot products
-   * (native/quantized_matmul_int16.cc); an output then moves by at most sum_k |scale * q_k| * dx / 2, dx the scale
-   * of x's block. Other widths, and longer x (a prefill: the GEMM path is faster there), are always exact.
+   * Keep x in float32 (native/quantized_matmul.cc). Default false: for 4- and 8-bit weights, x is rounded to
+   * int16 in blocks of 32 values, one scale each, and multiplied with integer dot products
+   * (native/quantized_matmul_int16.cc; from 12 rows native/quantized_gemm_int16.cc, on AVX-512 VNNI);
+   * an output then moves by at most sum_k |scale * q_k| * dx / 2, dx the scale of x's block. Other widths, and
+   * prefills on CPUs without VNNI (the float GEMM is faster there), are always exact.
    */
   exact?: boolean;
 }
@@ -46,8 +48,8 @@ const PROLOGUE_SWIGLU = 2;
 /**
  * x [..., K] (float32 or bfloat16) @ dequantize(w).T -> float32 [..., N], for a 2-D quantized weight w of
  * logical shape [N, K]. Decode-sized inputs (up to 16 rows) stream the packed weight once, with integer
- * activations unless options.exact; longer inputs dequantize blocks of weight rows and run tensor-core's GEMM on
- * them. The fusion options add a prologue on x (rmsNorm, or swiglu of a [..., 2K] x) and an epilogue on the
+ * activations unless options.exact; longer inputs run a GEMM, tensor-core's float GEMM on dequantized blocks of
+ * weight rows. Where the CPU has AVX-512 VNNI, integer activations take a GEMM of their own from 12 rows. The fusion options add a prologue on x (rmsNorm, or swiglu of a [..., 2K] x) and an epilogue on the
  * output (bias, residual), in the same native call.
  */
 export function quantizedMatmul(x: Tensor, w: QuantizedWeight, options?: QuantizedMatmulOptions): Tensor {
