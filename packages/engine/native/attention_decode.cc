@@ -34,9 +34,9 @@
 // rotated and attend over the cache together, each cached row read once for all of them. The cached rows are
 // read as runs of consecutive rows: a contiguous cache's cut every kRunRows, a paged one's one per page.
 // The plain loops (attend's scalar form) are the definition; the SIMD form, written once for AVX2 and AVX-512
-// (attend_simd), changes two things, each commented where it is: scores reduce a block of keys' sums together
-// instead of one horizontal sum per key, and the weighted sum reads each value row once for a block of query
-// heads instead of once per head. At Qwen2-0.5B's attention shape and 1024 cached positions (bench/
+// (attend_simd), changes three things, each commented where it is: scores reduce a block of keys' sums together
+// instead of one horizontal sum per key, the weighted sum reads each value row once for a block of query heads
+// instead of once per head, and the softmax leaves its division to the weighted sum's outputs (exp_rows_simd). At Qwen2-0.5B's attention shape and 1024 cached positions (bench/
 // paged-attention.ts, Zen 5, best of 9), one row: contiguous 50-56 -> 24-30 us, paged 59-65 -> 35 us; 16 rows:
 // contiguous about 1000 -> 640-730 us, paged 890-1040 -> 680-710 us. Then with tensors that start on a cache line
 // (tensor-core's allocator) and the runs below: one row, contiguous 24-27 us, paged 26-28 us; 16 rows, 410-450
@@ -123,56 +123,58 @@ void softmax_rows(float* scores, int64_t G, int64_t T) {
 }
 
 #ifdef TL_X86_SIMD
-// The largest of r[0..T), T >= 1: four running maxima of 8 lanes, each independent of the others. A single
-// running std::max waits on the one before it, a few cycles a score: at 1024 cached positions that loop was 13%
-// of the decode attention kernel's time (perf, one thread). Qwen2-0.5B's shape, one row, 1024 positions
-// (bench/paged-attention.ts, three rounds alternating the builds): contiguous 25.3-26.3 -> 21.6-22.0 us, paged
-// 26.6-27.8 -> 22.9-23.5 us.
-TL_AVX2 inline float row_max_avx2(const float* r, int64_t T) {
-  __m256 m[4];
-  for (__m256& v : m) v = _mm256_set1_ps(r[0]);
-  int64_t t = 0;
-  for (; t + 32 <= T; t += 32)
-    for (int i = 0; i < 4; ++i) m[i] = _mm256_max_ps(m[i], _mm256_loadu_ps(r + t + 8 * i));
-  for (; t + 8 <= T; t += 8) m[0] = _mm256_max_ps(m[0], _mm256_loadu_ps(r + t));
-  const __m256 m8 = _mm256_max_ps(_mm256_max_ps(m[0], m[1]), _mm256_max_ps(m[2], m[3]));
-  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-  float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
-  for (; t < T; ++t) mx = std::max(mx, r[t]);
-  return mx;
-}
-
-TL_AVX2 void softmax_rows_avx2(float* scores, int64_t G, int64_t T) {
-  for (int64_t g = 0; g < G; ++g) {
-    float* r = scores + g * T;
-    const float mx = row_max_avx2(r, T);
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256 acc = _mm256_setzero_ps();
-    int64_t t = 0;
-    for (; t + 8 <= T; t += 8) {
-      const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(r + t), m));
-      _mm256_storeu_ps(r + t, e);
-      acc = _mm256_add_ps(acc, e);
-    }
-    double sum = hsum(acc);
-    for (; t < T; ++t) {
-      r[t] = std::exp(r[t] - mx);
-      sum += r[t];
-    }
-    const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
-    t = 0;
-    for (; t + 8 <= T; t += 8) _mm256_storeu_ps(r + t, _mm256_mul_ps(_mm256_loadu_ps(r + t), inv));
-    for (; t < T; ++t) r[t] *= static_cast<float>(1.0 / sum);
-  }
-}
-
 // The dot products of the scores, each a sum of D products, end in a horizontal sum: adding the lanes of the
 // accumulator costs as many instructions as the FMAs before it when D is 64 (4 FMAs at 16 lanes, then 8 shuffles
 // and adds). So keys go in blocks of kLanes: one query row's accumulators of the block's keys are reduced
 // together (V::hsum_each, a tree of shuffles and adds that leaves key j's sum in lane j), about 3 instructions a key.
 using tl::simd::Vec16;
 using tl::simd::Vec8;
+
+// The largest of r[0..T), T >= 1: four running maxima of a vector each, independent of one another. A single
+// running std::max waits on the one before it, a few cycles a score: at 1024 cached positions that loop was 13%
+// of the decode attention kernel's time (perf, one thread). Qwen2-0.5B's shape, one row, 1024 positions
+// (bench/paged-attention.ts, three rounds alternating the builds): contiguous 25.3-26.3 -> 21.6-22.0 us, paged
+// 26.6-27.8 -> 22.9-23.5 us.
+template <class V> float row_max_simd(const float* r, int64_t T) {
+  constexpr int L = V::kLanes;
+  typename V::T m[4];
+  for (auto& v : m) v = V::set1(r[0]);
+  int64_t t = 0;
+  for (; t + 4 * L <= T; t += 4 * L)
+    for (int i = 0; i < 4; ++i) m[i] = V::max(m[i], V::load(r + t + L * i));
+  for (; t + L <= T; t += L) m[0] = V::max(m[0], V::load(r + t));
+  float mx = V::hmax(V::max(V::max(m[0], m[1]), V::max(m[2], m[3])));
+  for (; t < T; ++t) mx = std::max(mx, r[t]);
+  return mx;
+}
+
+// The softmax of each of the G rows of scores [G, T], less its division: exp(score - the row's max) in place, and
+// 1 / the row's sum into inv[g]. The weighted sum divides its G x D outputs instead (weighted_sum_block), which
+// saves a pass over the G x T probabilities; and the exps run at the vector's width (16 lanes with AVX-512; they
+// were 8 wide at both levels). Qwen2-0.5B's shape, one row (bench/paged-attention.ts, two rounds alternating the
+// builds): 1024 positions, 24 layers' caches in turn, contiguous 38.0-39.2 -> 33.8-33.9 us, paged 45.0-46.5 ->
+// 38.4-39.9 us; 4096 positions, contiguous 114-119 -> 97-99 us.
+template <class V> void exp_rows_simd(float* scores, int64_t G, int64_t T, float* inv) {
+  constexpr int L = V::kLanes;
+  for (int64_t g = 0; g < G; ++g) {
+    float* r = scores + g * T;
+    const float mx = row_max_simd<V>(r, T);
+    const typename V::T m = V::set1(mx);
+    typename V::T acc = V::zero();
+    int64_t t = 0;
+    for (; t + L <= T; t += L) {
+      const typename V::T e = exp_simd<V>(V::sub(V::load(r + t), m));
+      V::store(r + t, e);
+      acc = V::add(acc, e);
+    }
+    double sum = V::hsum(acc);
+    for (; t < T; ++t) {
+      r[t] = std::exp(r[t] - mx);
+      sum += r[t];
+    }
+    inv[g] = static_cast<float>(1.0 / sum);
+  }
+}
 
 // scores[g * stride + t] = scale * q[g] . K[t] for the G query rows and the n rows of K (D a multiple of the
 // lanes, at most kMaxHeadDim). A block of kLanes keys (4 KB at 16 lanes and D = 64) stays in L1 for the G rows;
@@ -205,12 +207,12 @@ void scores_simd(const float* q, int64_t G, const float* K, int64_t n, int64_t D
     }
 }
 
-// out[g] = sum_t p[g][t] V[t] for up to GB of the rows (g0 .. g0 + count - 1), over NV vectors of columns from d0:
+// out[g] = inv[g] * sum_t p[g][t] V[t] for up to GB of the rows (g0 .. g0 + count - 1), over NV vectors of columns from d0:
 // each value row is read once for all of them (GB x NV accumulators), rather than once per row, so a paged cache's
 // scattered pages are walked D / (NV x lanes) times per task, not G x D / (4 x lanes) times.
 template <class V, int GB, int NV>
-void weighted_sum_block(const float* p, int64_t g0, int64_t count, const Run* runs, int64_t num_runs, int64_t T, int64_t D,
-                        int64_t d0, float* out, int64_t out_stride) {
+void weighted_sum_block(const float* p, const float* inv, int64_t g0, int64_t count, const Run* runs, int64_t num_runs,
+                        int64_t T, int64_t D, int64_t d0, float* out, int64_t out_stride) {
   constexpr int L = V::kLanes;
   typename V::T acc[GB][NV];
 #pragma GCC unroll 8
@@ -237,21 +239,24 @@ void weighted_sum_block(const float* p, int64_t g0, int64_t count, const Run* ru
       }
     }
   }
-  for (int g = 0; g < count; ++g)
-    for (int j = 0; j < NV; ++j) V::store(out + (g0 + g) * out_stride + d0 + j * L, acc[g][j]);
+  for (int g = 0; g < count; ++g) {
+    const typename V::T scale = V::set1(inv[g0 + g]);
+    for (int j = 0; j < NV; ++j) V::store(out + (g0 + g) * out_stride + d0 + j * L, V::mul(acc[g][j], scale));
+  }
 }
 
-// out[g] = sum_t p[g][t] V[t] for the G rows, t over the runs in order (T rows in all): blocks of rows and columns
-// sized to the registers (with AVX-512, 8 rows x 2 vectors: 16 accumulators; with AVX2, 6 x 2).
+// out[g] = inv[g] * sum_t p[g][t] V[t] for the G rows, t over the runs in order (T rows in all): blocks of rows and
+// columns sized to the registers (with AVX-512, 8 rows x 2 vectors: 16 accumulators; with AVX2, 6 x 2).
 template <class V>
-void weighted_sum_simd(const float* p, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D, float* out,
-                       int64_t out_stride) {
+void weighted_sum_simd(const float* p, const float* inv, int64_t G, const Run* runs, int64_t num_runs, int64_t T,
+                       int64_t D, float* out, int64_t out_stride) {
   constexpr int L = V::kLanes, GB = V::kRegisters == 32 ? 8 : 6;
   for (int64_t g0 = 0; g0 < G; g0 += GB) {
     const int64_t count = std::min<int64_t>(GB, G - g0);
     int64_t d0 = 0;
-    for (; d0 + 2 * L <= D; d0 += 2 * L) weighted_sum_block<V, GB, 2>(p, g0, count, runs, num_runs, T, D, d0, out, out_stride);
-    if (d0 < D) weighted_sum_block<V, GB, 1>(p, g0, count, runs, num_runs, T, D, d0, out, out_stride);
+    for (; d0 + 2 * L <= D; d0 += 2 * L)
+      weighted_sum_block<V, GB, 2>(p, inv, g0, count, runs, num_runs, T, D, d0, out, out_stride);
+    if (d0 < D) weighted_sum_block<V, GB, 1>(p, inv, g0, count, runs, num_runs, T, D, d0, out, out_stride);
   }
 }
 
@@ -265,8 +270,9 @@ void attend_simd(const float* q, int64_t G, const Run* runs, int64_t num_runs, i
       for (int64_t i = 0; i < runs[ahead].n * D; i += 16) __builtin_prefetch(runs[ahead].k + i);
     scores_simd<V>(q, G, runs[r].k, runs[r].n, D, scale, scores + t0, T);
   }
-  softmax_rows_avx2(scores, G, T);
-  weighted_sum_simd<V>(scores, G, runs, num_runs, T, D, out, D);
+  float inv[kMaxGroup];
+  exp_rows_simd<V>(scores, G, T, inv);
+  weighted_sum_simd<V>(scores, inv, G, runs, num_runs, T, D, out, D);
 }
 
 TL_AVX2 TL_FLATTEN void attend_avx2(const float* q, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D,

@@ -49,24 +49,26 @@ template <class Task> void run_tasks(int64_t n, const Task& task) {
 using tl::simd::hsum;
 using tl::simd::transpose8;
 
-// exp(x) for 8 lanes (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial; about 1 ulp), clamped
-// to the float range: silu needs it for a few thousand values per call.
-TL_AVX2 inline __m256 exp_avx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+// exp(x) for the lanes of a Vec8 or Vec16 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial; about
+// 1 ulp), clamped to the float range. Written once for both widths: call it from a TL_FLATTEN function of the
+// width's target, which inlines it.
+template <class V> inline typename V::T exp_simd(typename V::T x) {
+  x = V::min(V::max(x, V::set1(-87.3f)), V::set1(88.0f));
+  const typename V::T n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
+  typename V::T r = V::fnmadd(n, V::set1(0.693359375f), x);
+  r = V::fnmadd(n, V::set1(-2.12194440e-4f), r);
+  typename V::T y = V::set1(1.9875691500e-4f);
+  y = V::fmadd(y, r, V::set1(1.3981999507e-3f));
+  y = V::fmadd(y, r, V::set1(8.3334519073e-3f));
+  y = V::fmadd(y, r, V::set1(4.1665795894e-2f));
+  y = V::fmadd(y, r, V::set1(1.6666665459e-1f));
+  y = V::fmadd(y, r, V::set1(5.0000001201e-1f));
+  y = V::fmadd(y, V::mul(r, r), V::add(r, V::set1(1.0f)));
+  return V::mul(y, V::pow2(n));
 }
+
+// 8 lanes of exp_simd: silu needs it for a few thousand values per call.
+TL_AVX2 TL_FLATTEN inline __m256 exp_avx2(__m256 x) { return exp_simd<tl::simd::Vec8>(x); }
 
 #endif
 

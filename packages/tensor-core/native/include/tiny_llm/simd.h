@@ -90,6 +90,7 @@ TL_AVX2 inline void transpose8(__m256 r[8]) {
   TARGET static T div(T a, T b) { return _mm##W##_div_ps(a, b); }                                   \
   /* b where a or b is NaN */                                                                        \
   TARGET static T max(T a, T b) { return _mm##W##_max_ps(a, b); }                                   \
+  TARGET static T min(T a, T b) { return _mm##W##_min_ps(a, b); }                                   \
   /* a * b + c */                                                                                    \
   TARGET static T fmadd(T a, T b, T c) { return _mm##W##_fmadd_ps(a, b, c); }                       \
   /* c - a * b */                                                                                    \
