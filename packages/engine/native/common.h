@@ -49,22 +49,10 @@ template <class Task> void run_tasks(int64_t n, const Task& task) {
 using tl::simd::hsum;
 using tl::simd::transpose8;
 
-// exp(x) for the lanes of a Vec8 or Vec16 (Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial; about
-// 1 ulp), clamped to the float range. Written once for both widths: call it from a TL_FLATTEN function of the
-// width's target, which inlines it.
+// exp(x) for the lanes of a Vec8 or Vec16: the SDK's vexp, with x clamped to the float range instead of its
+// invalid lanes handed to std::exp. Call it from a TL_FLATTEN function of the width's target, which inlines it.
 template <class V> inline typename V::T exp_simd(typename V::T x) {
-  x = V::min(V::max(x, V::set1(-87.3f)), V::set1(88.0f));
-  const typename V::T n = V::round(V::mul(x, V::set1(1.44269504088896341f)));
-  typename V::T r = V::fnmadd(n, V::set1(0.693359375f), x);
-  r = V::fnmadd(n, V::set1(-2.12194440e-4f), r);
-  typename V::T y = V::set1(1.9875691500e-4f);
-  y = V::fmadd(y, r, V::set1(1.3981999507e-3f));
-  y = V::fmadd(y, r, V::set1(8.3334519073e-3f));
-  y = V::fmadd(y, r, V::set1(4.1665795894e-2f));
-  y = V::fmadd(y, r, V::set1(1.6666665459e-1f));
-  y = V::fmadd(y, r, V::set1(5.0000001201e-1f));
-  y = V::fmadd(y, V::mul(r, r), V::add(r, V::set1(1.0f)));
-  return V::mul(y, V::pow2(n));
+  return tl::simd::vexp<V>(V::min(V::max(x, V::set1(-87.3f)), V::set1(88.0f)));
 }
 
 // 8 lanes of exp_simd: silu needs it for a few thousand values per call.

@@ -7,7 +7,6 @@
 #include <type_traits>
 
 #include "binding_util.h"
-#include "simd_math.h"
 #include "strided.h"
 
 namespace tl {
@@ -67,7 +66,7 @@ template <typename T> inline T apply_binary(int op, T a, T b) {
 }
 
 #ifdef TL_X86_SIMD
-// exp, sigmoid and silu on contiguous float32, a vector at a time with the vector exp (simd_math.h). Lanes where
+// exp, sigmoid and silu on contiguous float32, a vector at a time with the vector exp (tiny_llm/simd.h). Lanes where
 // that exp is not valid (huge inputs, the far negative tail, NaN) are redone with the scalar formula.
 template <class V, int Op> void exp_family(const float* x, float* out, int64_t n) {
   constexpr int L = V::kLanes;
@@ -76,9 +75,9 @@ template <class V, int Op> void exp_family(const float* x, float* out, int64_t n
   for (; i + L <= n; i += L) {
     const typename V::T v = V::load(x + i);
     const typename V::T arg = Op == kExp ? v : V::sub(V::zero(), v);  // exp(x), or exp(-x) for sigmoid
-    const typename V::T e = vexp<V>(arg);
+    const typename V::T e = simd::vexp<V>(arg);
     V::store(out + i, Op == kExp ? e : V::div(Op == kSilu ? v : one, V::add(one, e)));
-    if (uint32_t bad = vexp_invalid_lanes<V>(arg))
+    if (uint32_t bad = simd::vexp_invalid_lanes<V>(arg))
       for (int j = 0; j < L; ++j)
         if (bad & (1u << j)) out[i + j] = apply_unary<float>(Op, x[i + j]);
   }

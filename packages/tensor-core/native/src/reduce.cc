@@ -7,7 +7,6 @@
 #include <numeric>
 
 #include "binding_util.h"
-#include "simd_math.h"
 #include "strided.h"
 
 namespace tl {
@@ -168,8 +167,8 @@ template <class V> void softmax_row_f32(const float* x, int64_t n, float* out_ro
   typename V::T vsum = V::zero();
   for (i = 0; i + L <= n; i += L) {
     const typename V::T arg = V::sub(V::load(x + i), vm);
-    V::store(out_row + i, vexp<V>(arg));
-    if (vexp_invalid_lanes<V>(arg)) {
+    V::store(out_row + i, simd::vexp<V>(arg));
+    if (simd::vexp_invalid_lanes<V>(arg)) {
       for (int j = 0; j < L; ++j) out_row[i + j] = std::exp(x[i + j] - m);  // the tail below e^-87, or -inf
     }
     vsum = V::add(vsum, V::load(out_row + i));

@@ -1,6 +1,6 @@
 // SIMD helpers shared by tensor-core's kernels and the extension kernels of other packages: the target
 // attributes of the levels of tl::simd_level() (extension.h), the vector types Vec8 (AVX2) and Vec16 (AVX-512)
-// that width-generic kernels are written against, a horizontal sum and an in-register 8x8 transpose.
+// that width-generic kernels are written against, a vector exp, a horizontal sum and an in-register 8x8 transpose.
 //
 // Addons are built for the baseline ISA, so a SIMD kernel is compiled for its level with a target attribute and
 // called only when tl::simd_level() is at least that level:
@@ -170,6 +170,36 @@ struct Vec16 {
 };
 
 #undef TL_VEC_OPS
+
+// Vectorised exp, written once for both widths. Why: libm's expf is scalar, and in attention's softmax and the
+// MLP's SiLU it was the cost of the kernel. The method is Cephes' (as in avx_mathfun): exp(x) = 2^n * exp(r) with
+// n = round(x / ln 2) and |r| <= ln2 / 2, exp(r) by a degree-5 polynomial; about 1 ulp, and the same bits at every
+// width. It is only valid where neither the result nor 2^n overflows or goes subnormal: callers clamp x, or hand
+// lanes outside [kExpLow, kExpHigh] (and NaN) to std::exp (the far negative tail of SiLU must stay a tiny number,
+// not 0).
+constexpr float kExpLow = -87.0f;
+constexpr float kExpHigh = 88.0f;
+
+template <class V> inline typename V::T vexp(typename V::T x) {
+  const typename V::T n = V::round(V::mul(x, V::set1(1.44269504088896341f)));  // x / ln 2
+  // r = x - n ln2, in two steps so the rounding of n * ln2 does not eat r's low bits.
+  typename V::T r = V::fnmadd(n, V::set1(0.693359375f), x);
+  r = V::fnmadd(n, V::set1(-2.12194440e-4f), r);
+  typename V::T p = V::set1(1.9875691500e-4f);
+  p = V::fmadd(p, r, V::set1(1.3981999507e-3f));
+  p = V::fmadd(p, r, V::set1(8.3334519073e-3f));
+  p = V::fmadd(p, r, V::set1(4.1665795894e-2f));
+  p = V::fmadd(p, r, V::set1(1.6666665459e-1f));
+  p = V::fmadd(p, r, V::set1(5.0000001201e-1f));
+  p = V::fmadd(p, V::mul(r, r), V::add(r, V::set1(1.0f)));
+  return V::mul(p, V::pow2(n));
+}
+
+// Lanes where vexp is not valid (outside [kExpLow, kExpHigh], or NaN), as a bit mask.
+template <class V> inline uint32_t vexp_invalid_lanes(typename V::T x) {
+  const uint32_t all = (uint32_t{1} << V::kLanes) - 1;  // kLanes <= 16
+  return all & ~(V::template cmp<_CMP_GE_OQ>(x, V::set1(kExpLow)) & V::template cmp<_CMP_LE_OQ>(x, V::set1(kExpHigh)));
+}
 
 // acc + a[2i] * b[2i] + a[2i+1] * b[2i+1] in each float lane i, where a and b hold 32 bfloat16 values each (as
 // the bits of 16 floats): vdpbf16ps, two products per lane and instruction, at about the rate of vfmadd231ps.
