@@ -123,10 +123,6 @@ void softmax_rows(float* scores, int64_t G, int64_t T) {
 }
 
 #ifdef TL_X86_SIMD
-// The dot products of the scores, each a sum of D products, end in a horizontal sum: adding the lanes of the
-// accumulator costs as many instructions as the FMAs before it when D is 64 (4 FMAs at 16 lanes, then 8 shuffles
-// and adds). So keys go in blocks of kLanes: one query row's accumulators of the block's keys are reduced
-// together (V::hsum_each, a tree of shuffles and adds that leaves key j's sum in lane j), about 3 instructions a key.
 using tl::simd::Vec16;
 using tl::simd::Vec8;
 
@@ -176,6 +172,11 @@ template <class V> void exp_rows_simd(float* scores, int64_t G, int64_t T, float
   }
 }
 
+// The dot products of the scores, each a sum of D products, end in a horizontal sum: adding the lanes of the
+// accumulator costs as many instructions as the FMAs before it when D is 64 (4 FMAs at 16 lanes, then 8 shuffles
+// and adds). So keys go in blocks of kLanes: one query row's accumulators of the block's keys are reduced
+// together (V::hsum_each, a tree of shuffles and adds that leaves key j's sum in lane j), about 3 instructions a key.
+//
 // scores[g * stride + t] = scale * q[g] . K[t] for the G query rows and the n rows of K (D a multiple of the
 // lanes, at most kMaxHeadDim). A block of kLanes keys (4 KB at 16 lanes and D = 64) stays in L1 for the G rows;
 // each row's query vectors stay in registers for the block.

@@ -61,9 +61,9 @@ thread_local Buffer tls_tile;    // a task's float partial sums [rows, M padded]
 // x prepared for the tiles, panel after panel: pairs [K / 2][width] int32, dx [K / 32][width], xsum
 // [groups][width]. A panel is 32 x rows (two vectors), or 16 (one) when M is at most 16 (a batch of decode steps).
 struct Panels {
-  const int32_t* pairs;
-  const float* dx;
-  const float* xsum;
+  int32_t* pairs;
+  float* dx;
+  float* xsum;
   int width;
   int64_t count, pairs_size, dx_size, xsum_size;  // panels, and each panel's length in each array
 };
@@ -85,9 +85,9 @@ TL_AVX512_VNNI inline float quantize_block_avx512(const float* x, __m512i& pairs
 
 // Panel `panel` of x: rows past M are zeros (their outputs are never written).
 TL_AVX512_VNNI void pack_panel(const Problem& p, const Panels& x, int64_t panel) {
-  int32_t* pairs = const_cast<int32_t*>(x.pairs) + panel * x.pairs_size;
-  float* dx = const_cast<float*>(x.dx) + panel * x.dx_size;
-  float* xsum = const_cast<float*>(x.xsum) + panel * x.xsum_size;
+  int32_t* pairs = x.pairs + panel * x.pairs_size;
+  float* dx = x.dx + panel * x.dx_size;
+  float* xsum = x.xsum + panel * x.xsum_size;
   const int64_t blocks = p.K / kInt16Block;
   const int width = x.width;
   // Pair j of a block goes `width` int32 further than pair j - 1: one scatter per block and row.
@@ -281,7 +281,7 @@ void gemm_int16(const Problem& p) {
   x.dx_size = p.K / kInt16Block * x.width;
   x.xsum_size = p.groups * x.width;
   float* buffer = tls_panels.get(x.count * (x.pairs_size + x.dx_size + x.xsum_size));
-  x.pairs = reinterpret_cast<const int32_t*>(buffer);
+  x.pairs = reinterpret_cast<int32_t*>(buffer);
   x.dx = buffer + x.count * x.pairs_size;
   x.xsum = x.dx + x.count * x.dx_size;
   run_tasks(x.count, [&](int64_t panel) { pack_panel(p, x, panel); });
