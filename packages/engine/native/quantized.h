@@ -153,16 +153,17 @@ template <class Slot> float quantize_block(const float* x, const Slot& slot, int
   return dx;
 }
 
-
 // Whether the integer kernels take weights of `bits` bits (4 and 8; other widths keep float activations).
 bool int16_activations_supported(int bits);
 
 // out = x @ dequantize(w).T with x rounded to int16 per block of 32 values: p as for the float decode path (x
-// float32 [M, K] after any prologue, xsum its group sums). Correct for any M; the binding uses it up to M = 16.
+// float32 [M, K] after any prologue, xsum its group sums). Correct for any M; the binding uses it for decode-sized
+// M (up to 16) where the GEMM below does not take the call.
 void matmul_int16(Problem& p);
 
-// The same product for prefill-sized M, as a GEMM (native/quantized_gemm_int16.cc): p as for matmul_int16. Only
-// where int16_gemm_supported(bits): AVX-512 VNNI, 4 or 8 bits. Elsewhere prefill keeps float activations.
+// The same product as a GEMM (native/quantized_gemm_int16.cc), for many rows of x: prefills, and batches of 12 or
+// more decode steps (the binding's kInt16GemmMinM). p as for matmul_int16. Only where int16_gemm_supported(bits):
+// AVX-512 VNNI, 4 or 8 bits; elsewhere prefill keeps float activations.
 bool int16_gemm_supported(int bits);
 void gemm_int16(const Problem& p);
 

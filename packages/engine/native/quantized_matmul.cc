@@ -12,8 +12,9 @@
 //   residual [M, N] (float32, or null) are added to out; prologue 1 replaces x by rmsNorm(x) * normWeight, and
 //   prologue 2 reads x as [..., 2K] and multiplies by silu(x[:, :K]) * x[:, K:].
 //   int16 true rounds x to 16-bit integers per block of 32 for 4- and 8-bit weights: native/quantized_matmul_int16.cc
-//   for decode-sized x (M <= 16), native/quantized_gemm_int16.cc for prefills where the CPU has AVX-512 VNNI; the
-//   engine's default. This file is the float path (the engine's --exact, and prefills below VNNI).
+//   for decode-sized x (M <= 16), native/quantized_gemm_int16.cc for prefills and batches of 12 or more rows where
+//   the CPU has AVX-512 VNNI; the engine's default. This file is the float path (the engine's --exact, and
+//   prefills below VNNI).
 //
 //   dequantizeRows(w, scales, biases, ids, out, groupSize, bits): rows ids of the dequantized w, into out
 //   [..., K] (the quantized embedding's lookup).

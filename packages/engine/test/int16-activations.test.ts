@@ -3,9 +3,9 @@
 // 4 and 8 bits, over the golden prompts of models/tiny-qwen2-py and a Python file of 1,999 tokens
 // (test/fixtures/inventory.py), the next-token distribution of every position from both paths. The requirement:
 // mean KL(exact || fast) at most 1e-3 nats, and the same most likely token at 99% of positions or more.
-// The sequences run twice: in chunks of 16 tokens, the most that one call gives the decode kernels
-// (native/quantized_matmul_int16.cc), and in chunks of 512, prefills, which take the integer GEMM
-// (native/quantized_gemm_int16.cc) where the CPU has AVX-512 VNNI and float activations below it. The figures are
+// The sequences run twice: in chunks of 8 tokens, which the decode kernels take (native/quantized_matmul_int16.cc;
+// from 12 rows a call goes to the GEMM where the CPU has AVX-512 VNNI), and in chunks of 512, prefills, which take
+// the integer GEMM (native/quantized_gemm_int16.cc) on VNNI and float activations below it. The figures are
 // printed (docs/engine.md quotes them).
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -67,8 +67,8 @@ const argmax = (v: ArrayLike<number>) => {
 
 describe('integer activations against the exact path, on the demo model quantized', () => {
   for (const [bits, chunkLength] of [
-    [4, 16],
-    [8, 16],
+    [4, 8],
+    [8, 8],
     [4, 512],
     [8, 512],
   ]) {
