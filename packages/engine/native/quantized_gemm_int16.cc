@@ -35,6 +35,12 @@
 //      tiles of 12 weight rows, the same 24 accumulators. 4864 x 896 at M = 16, weights from DRAM (24 copies in
 //      turn): 493-495 us, where the decode tiles of quantized_matmul_int16.cc take 772-784 us. (Requesting each
 //      task's weight rows ahead, towards L2, moved this by less than the run-to-run spread: not kept.)
+//   7. With one panel (M <= 16) each weight meets the x rows once, so unpacking a task's rows into a buffer first
+//      (step 2) wrote and read back four bytes per 4-bit weight for nothing: the tiles unpack each block of their
+//      rows into a few hundred bytes on the stack as they reach it (unpack_block). 4864 x 896 at M = 16 (three
+//      rounds alternating the builds): weights from DRAM 484-499 -> 414-441 us, in cache 378-391 -> 316-321 us;
+//      896 x 4864 from DRAM 434 -> 348 us. Qwen2-0.5B 4-bit at batch 16 (`tiny-llm bench --batch 16`, two rounds):
+//      189-206 -> 206-235 tok/s.
 // What is left is the per-block work of step 3 (3 instructions per accumulator per 16 vpdpwssd, about 19%), which
 // the blocks of 32 values, each with its own dx, make necessary.
 #include <algorithm>
@@ -112,23 +118,23 @@ TL_AVX512_VNNI void pack_panel(const Problem& p, const Panels& x, int64_t panel)
 
 // ---- Step 2: weight rows to int16 ----------------------------------------------------------------------------------
 
+// One block of 32 packed weights (16 bytes at 4 bits, 32 at 8) -> 32 int16, in order.
+TL_AVX512_VNNI inline void unpack_block(const uint8_t* src, int bits, int16_t* dst) {
+  if (bits == 4) {
+    // Each byte to an int32 lane: its low nibble the pair's first int16, its high nibble the second.
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    _mm512_storeu_si512(dst, _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)),
+                                             _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xF0)), 12)));
+  } else {
+    _mm512_storeu_si512(dst, _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src))));
+  }
+}
+
 // Rows [n0, n0 + rows), columns [k0, k0 + kn) (kn a multiple of 32) -> dst [rows][kn] int16, in order.
 TL_AVX512_VNNI void unpack_rows(const Problem& p, int64_t n0, int64_t rows, int64_t k0, int64_t kn, int16_t* dst) {
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* src = p.w + (n0 + r) * p.row_bytes + k0 * p.bits / 8;
-    int16_t* out = dst + r * kn;
-    if (p.bits == 4) {
-      // 16 bytes = 32 values: each byte to an int32 lane, its low nibble the pair's first int16, its high the second.
-      for (int64_t k = 0; k < kn; k += 32) {
-        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k / 2)));
-        const __m512i pair = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0x0F)),
-                                             _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xF0)), 12));
-        _mm512_storeu_si512(out + k, pair);
-      }
-    } else {
-      for (int64_t k = 0; k < kn; k += 32)
-        _mm512_storeu_si512(out + k, _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + k))));
-    }
+    for (int64_t k = 0; k < kn; k += kInt16Block) unpack_block(src + k * p.bits / 8, p.bits, dst + r * kn + k);
   }
 }
 
@@ -143,6 +149,9 @@ struct TileArgs {
   const float* xsum;     // the panel's group sums from the slice's first group
   const int16_t* w;      // weight row 0 of the tile at the slice's first column; row r at w + r * ldw
   int64_t ldw;
+  const uint8_t* packed;  // or, for tiles that unpack their own blocks, the packed row 0 there; row r at
+  int64_t row_bytes;      // packed + r * row_bytes
+  int bits;
   const float* scales;   // row r's scale of the slice's group g at scales[r * ldp + g] (biases likewise)
   const float* biases;
   int64_t ldp;
@@ -164,14 +173,22 @@ TL_AVX512_VNNI inline void store_column(const Problem& p, int64_t m, int64_t n, 
 }
 
 // R weight rows x H vectors of 16 x rows (the panel's width): 2R H accumulators, at most 24 of the 32 registers.
-template <int R, int H> TL_AVX512_VNNI void tile(const TileArgs& a) {
+template <int R, int H, bool kUnpacks> TL_AVX512_VNNI void tile(const TileArgs& a) {
   constexpr int kWidth = H * kLanes;
   __m512 f[R][H];
   for (int r = 0; r < R; ++r)
     for (int h = 0; h < H; ++h) f[r][h] = a.first ? _mm512_setzero_ps() : _mm512_loadu_ps(a.sums + r * a.lds + kLanes * h);
-  const int16_t* w[R];
-  for (int r = 0; r < R; ++r) w[r] = a.w + r * a.ldw;
+  alignas(64) int16_t unpacked[R][kInt16Block];
   for (int b = 0, g = 0, in_group = 0; b < a.blocks; ++b) {
+    const int16_t* w[R];  // the block's weights of row r from w[r]
+    for (int r = 0; r < R; ++r) {
+      if constexpr (kUnpacks) {
+        unpack_block(a.packed + r * a.row_bytes + b * kInt16Block * a.bits / 8, a.bits, unpacked[r]);
+        w[r] = unpacked[r];
+      } else {
+        w[r] = a.w + r * a.ldw + b * kInt16Block;
+      }
+    }
     __m512i acc[R][H];
     for (int r = 0; r < R; ++r)
       for (int h = 0; h < H; ++h) acc[r][h] = _mm512_setzero_si512();
@@ -183,7 +200,7 @@ template <int R, int H> TL_AVX512_VNNI void tile(const TileArgs& a) {
       for (int h = 0; h < H; ++h) x[h] = _mm512_loadu_si512(xb + j * kWidth + kLanes * h);
       for (int r = 0; r < R; ++r) {
         int32_t pair;
-        std::memcpy(&pair, w[r] + b * kInt16Block + 2 * j, sizeof pair);
+        std::memcpy(&pair, w[r] + 2 * j, sizeof pair);
         const __m512i wv = _mm512_set1_epi32(pair);
         for (int h = 0; h < H; ++h) acc[r][h] = _mm512_dpwssd_epi32(acc[r][h], x[h], wv);
       }
@@ -218,11 +235,12 @@ template <int R, int H> TL_AVX512_VNNI void tile(const TileArgs& a) {
 // The tiles for rows weight rows from a.n0 (any count): the widest first (12 rows on one vector of x rows, 6 on
 // two), then narrower ones for what is left. Returns the rows done.
 template <int H> TL_AVX512_VNNI int run_tile(int rows, const TileArgs& a) {
-  if (H == 1 && rows >= 12) return tile<12, 1>(a), 12;
-  if (rows >= 6) return tile<6, H>(a), 6;
-  if (rows >= 4) return tile<4, H>(a), 4;
-  if (rows >= 2) return tile<2, H>(a), 2;
-  return tile<1, H>(a), 1;
+  constexpr bool kUnpacks = H == 1;
+  if (H == 1 && rows >= 12) return tile<12, 1, kUnpacks>(a), 12;
+  if (rows >= 6) return tile<6, H, kUnpacks>(a), 6;
+  if (rows >= 4) return tile<4, H, kUnpacks>(a), 4;
+  if (rows >= 2) return tile<2, H, kUnpacks>(a), 2;
+  return tile<1, H, kUnpacks>(a), 1;
 }
 
 // ---- Step 4: blocking ----------------------------------------------------------------------------------------------
@@ -231,17 +249,20 @@ template <int H> TL_AVX512_VNNI int run_tile(int rows, const TileArgs& a) {
 template <int H> TL_AVX512_VNNI void task_rows(const Problem& p, const Panels& x, int64_t kc, int64_t n0, int64_t rows) {
   const int width = x.width;
   const int64_t m_padded = x.count * width;
-  int16_t* wq = reinterpret_cast<int16_t*>(tls_wq.get((rows * kc + 1) / 2));
+  // With one panel (H = 1) each weight meets 16 x rows once: the tiles unpack their own blocks (step 7).
+  int16_t* wq = H == 2 ? reinterpret_cast<int16_t*>(tls_wq.get((rows * kc + 1) / 2)) : nullptr;
   float* scales = tls_params.get(2 * rows * p.groups);
   float* biases = scales + rows * p.groups;
   float* sums = tls_tile.get(rows * m_padded);  // partial sums between slices: row r, x row m at r * m_padded + m
   params_f32(p, n0, static_cast<int>(rows), scales, biases);
   for (int64_t k0 = 0; k0 < p.K; k0 += kc) {
     const int64_t kn = std::min(kc, p.K - k0);
-    unpack_rows(p, n0, rows, k0, kn, wq);
-    TileArgs a;
+    if (H == 2) unpack_rows(p, n0, rows, k0, kn, wq);
+    TileArgs a{};
     a.p = &p;
     a.ldw = kn;
+    a.row_bytes = p.row_bytes;
+    a.bits = p.bits;
     a.ldp = p.groups;
     a.blocks = static_cast<int>(kn / kInt16Block);
     a.blocks_per_group = p.G / kInt16Block;
@@ -256,7 +277,8 @@ template <int H> TL_AVX512_VNNI void task_rows(const Problem& p, const Panels& x
         a.pairs = x.pairs + panel * x.pairs_size + k0 / 2 * width;
         a.dx = x.dx + panel * x.dx_size + k0 / kInt16Block * width;
         a.xsum = x.xsum + panel * x.xsum_size + k0 / p.G * width;
-        a.w = wq + r0 * kn;
+        if (H == 2) a.w = wq + r0 * kn;
+        a.packed = p.w + (n0 + r0) * p.row_bytes + k0 * p.bits / 8;
         a.scales = scales + r0 * p.groups + k0 / p.G;
         a.biases = biases + r0 * p.groups + k0 / p.G;
         a.sums = sums + r0 * m_padded + panel * width;
