@@ -510,7 +510,8 @@ const char* prefill(const Problem& p, const tl::TensorRef& x2d) {
 constexpr int64_t kDecodeMaxM = 16;
 // The integer GEMM's panels are 16 x rows wide at M <= 16, so its time is flat up to there, where the decode tiles
 // grow with M: 4864 x 896 at 4 bits, weights from DRAM, the tiles take 183, 373 and 778 us at M = 4, 8 and 16,
-// the GEMM 485-495 us at each. It takes over from 12 rows (a batch of decode steps).
+// the GEMM 485-495 us at each (414-441 at M = 16 since its step 7). It takes over from 12 rows (a batch of decode
+// steps).
 constexpr int64_t kInt16GemmMinM = 12;
 
 bool is_float(DType d) { return is_float_dtype(d); }
