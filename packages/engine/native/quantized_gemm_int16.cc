@@ -19,7 +19,8 @@
 //      arithmetic, in vectors), stored as pairs of k (one int32 per row and pair) so that one vector load gives 16
 //      rows' pairs; the panel's dx per block and x's group sums beside, also one float per row.
 //   2. Weight rows unpacked to int16 in order (unpack_rows), one slice of K at a time: 4 bits, a byte holds values
-//      2i (low nibble) and 2i + 1 (high): one int32 pair. Done once per weight per call, against M multiplies.
+//      2i (low nibble) and 2i + 1 (high): one int32 pair. Done once per weight per call, against M multiplies
+//      (for two or more panels; step 7 has one panel's tiles unpack as they go).
 //   3. The micro-tile (tile): 6 weight rows x 32 x rows, 12 int32 and 12 float accumulators in registers. Per pair
 //      of k: two x loads and six broadcasts of a weight pair serve 12 vpdpwssd. Per block: convert, multiply by
 //      dx (per x row) times the weight scale (per weight row), add; per group: add bias * sum of x.
@@ -277,8 +278,10 @@ template <int H> TL_AVX512_VNNI void task_rows(const Problem& p, const Panels& x
         a.pairs = x.pairs + panel * x.pairs_size + k0 / 2 * width;
         a.dx = x.dx + panel * x.dx_size + k0 / kInt16Block * width;
         a.xsum = x.xsum + panel * x.xsum_size + k0 / p.G * width;
-        if (H == 2) a.w = wq + r0 * kn;
-        a.packed = p.w + (n0 + r0) * p.row_bytes + k0 * p.bits / 8;
+        if (H == 2)
+          a.w = wq + r0 * kn;
+        else
+          a.packed = p.w + (n0 + r0) * p.row_bytes + k0 * p.bits / 8;
         a.scales = scales + r0 * p.groups + k0 / p.G;
         a.biases = biases + r0 * p.groups + k0 / p.G;
         a.sums = sums + r0 * m_padded + panel * width;
