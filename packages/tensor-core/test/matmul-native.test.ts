@@ -248,6 +248,7 @@ describe('native.matmul: skinny paths (M <= 16, decode)', () => {
       [3, 100, 9],
       [5, 61, 6],
       [16, 257, 11],
+      [40, 130, 29],
     ]) {
       checkMatmul(...pair(M, K, N, { bLayout: 'trans' }));
       checkMatmul(...pair(M, K, N, { bLayout: 'trans', aLayout: 'trans', aDtype: BF16, bDtype: F16 }));
@@ -284,7 +285,7 @@ describe('native.matmul: batches', () => {
   });
 
   it('broadcast batch dims (stride 0), like grouped-query attention, on the GEMM and skinny paths', () => {
-    for (const M of [1, 5, 20]) {
+    for (const M of [1, 5, 20, 40]) {
       const [G, R, K, N] = [2, 3, 40, 37];
       // a broadcast over the first batch dim, b (one per group) over the second.
       const a = operand([G, R, M, K], [0, M * K, K, 1], F32, 10 + M);

@@ -14,7 +14,9 @@
 //   2. Skinny "rows" path (decode, b in weight layout, M <= 16, and up to 64 for a weight): every output column
 //      is a dot product of A's rows with one contiguous row of W, so W is streamed from memory exactly once. For
 //      M <= 3 (memory-bound) W is converted to f32 in registers and each W vector serves all rows of A; for
-//      M = 4..64 (compute-bound) groups of 4 W rows are converted once and multiplied in 4-row register tiles.
+//      M = 4..64 (compute-bound) groups of 4 W rows are converted once and multiplied in 4-row register tiles,
+//      or, from 8 rows with AVX2 and 32 with AVX-512, in the outer-product form: A packed into transposed
+//      panels, each W value broadcast against a panel of rows.
 //   3. Skinny "cols" path (M <= 16, b contiguous rows, e.g. attention probabilities @ V): the axpy form, one
 //      pass over B's rows with A's values broadcast.
 // Each has SIMD forms for the avx2 and avx512 levels and a scalar one (any CPU, TINY_LLM_SIMD=scalar), picked by
@@ -116,6 +118,7 @@ template <class V, DType D> inline typename V::T load(const Stor<D>* p) {
 thread_local ScratchBuffer tls_pack_a;   // packed A block (MC x KC), or A rows converted to f32 on the skinny paths
 thread_local ScratchBuffer tls_pack_b;   // packed B block (KC x NC); the calling thread's copy is shared by the pool
 thread_local ScratchBuffer tls_scratch;  // chunks of W rows converted to f32 on the skinny rows path
+thread_local ScratchBuffer tls_panels;   // A packed into panels for the rows path's outer form (calling thread)
 
 // Runs task(i) for every i in [0, n) on `threads` threads. Tasks are handed out one at a time from a shared
 // counter rather than split statically: the machine is shared, and a thread the OS delays then simply takes
@@ -596,6 +599,9 @@ const float* a_rows_f32(const Mat& a, ScratchBuffer& buf, int64_t* lda) {
 // Rows path: out[m][j] = dot(A row m, W row j) for all M rows of A and r rows of W (row stride ldw, k contiguous).
 using DotFn = void (*)(const float* a, int64_t lda, int64_t M, const void* w, int64_t ldw, int64_t K, float* out,
                        int64_t ldo, int r);
+// Rows path, outer-product form: the same for r rows of W, with A packed into panels (see pack_panels).
+using OuterFn = void (*)(const float* panels, int64_t M, const void* w, int64_t ldw, int64_t K, float* out,
+                         int64_t ldo, int r, float* scratch);
 // Cols path: C[m][0..nc) = sum_k A[m][k] * B[k][0..nc), B rows contiguous with stride ldb.
 using AxpyFn = void (*)(const float* a, int64_t lda, const void* b, int64_t ldb, int64_t K, float* c, int64_t ldc,
                         int mb, int64_t nc);
@@ -791,6 +797,94 @@ void dot_many(const float* a, int64_t lda, int64_t M, const Stor<D>* w, int64_t 
     }
 }
 
+// Many A rows (kOuterMinM..64: a batch of decode steps, a short prefill chunk) in the outer-product form, with
+// lanes along A's rows instead of k. A is packed once per call into panels of kLanes rows, transposed
+// (panel[k][lane] = A[row lane][k], see pack_panels), and each W value, converted to f32 once, is broadcast against a whole panel. One FMA then serves
+// one W value for kLanes rows, every accumulator is an output (kLanes rows of one column): no horizontal sums
+// (dot_many's hsums cost a third as many instructions as its FMAs at K = 384) and no partial sums kept between
+// k-chunks. A tile is R W rows x P panels of accumulators, R * P = 24 of 32 zmm registers (12 of 16 ymm);
+// per k it loads P panel vectors and R broadcast W values for R * P FMAs.
+template <class V> constexpr int kOuterR = V::kLanes == 16 ? 12 : 6;
+// Where it beats dot_many's tiles (hot weights, 4864 x 896, 896 x 4864, 2048 x 384 and 8192 x 384 in bf16, 2
+// threads, Zen 5). With AVX-512, from two full panels, where a broadcast serves two FMAs: M = 32 231-307 ->
+// 278-304 GFLOP/s, M = 64 212-292 -> 267-328; with one panel it measured slower (M = 16 240-266 -> 220-236), as
+// each FMA then waits on its own broadcast load, and so with a second panel mostly padding (M = 24 259-268 ->
+// 218-227). With AVX2 (panels of 8 rows, 6 x 2 tiles against dot_many's
+// 4 x 2), from M = 8: M = 8 98-104 -> 108-111, M = 16 120-130 -> 157-176, M = 64 126-150 -> 191-196.
+template <class V> constexpr int64_t kOuterMinM = V::kLanes == 16 ? 32 : 8;
+// The tile's W rows are converted into blocks of kOuterKC values of each row ([K / kOuterKC][R][kOuterKC]), so
+// that one pointer plus constant offsets reaches all R rows: with a pointer per row the loop ran out of
+// general-purpose registers and reloaded them from the stack at every k. K is padded to a multiple of it with
+// zeros (in the panels too).
+constexpr int64_t kOuterKC = 64;
+inline int64_t outer_padded_k(int64_t K) { return (K + kOuterKC - 1) / kOuterKC * kOuterKC; }
+
+template <class V, int R, int P>
+void outer_tile(const float* panels, int64_t panel_ld, const float* wblocks, int64_t Kp, float* sums) {
+  constexpr int L = V::kLanes;
+  typename V::T c[P][R];
+#pragma GCC unroll 2
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) c[p][r] = V::zero();
+  for (int64_t k0 = 0; k0 < Kp; k0 += kOuterKC) {
+    const float* wb = wblocks + k0 * R;
+    const float* pk = panels + k0 * L;
+    for (int64_t k = 0; k < kOuterKC; ++k) {
+      typename V::T a[P];
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) a[p] = V::load(pk + p * panel_ld + k * L);
+#pragma GCC unroll 12
+      for (int r = 0; r < R; ++r) {
+        const typename V::T wv = V::set1(wb[r * kOuterKC + k]);
+#pragma GCC unroll 2
+        for (int p = 0; p < P; ++p) c[p][r] = V::fmadd(a[p], wv, c[p][r]);
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) V::store(sums + (p * R + r) * L, c[p][r]);
+}
+
+// r rows of W (a task's run) against all of A's panels, in tiles of R W rows converted to f32 into `scratch`
+// (R x padded K floats; a tail of fewer rows is padded with zero rows, so every tile has the same shape).
+template <class V, DType D>
+void outer_rows(const float* panels, int64_t M, const void* wv, int64_t ldw, int64_t K, float* out, int64_t ldo, int r,
+                float* scratch) {
+  constexpr int L = V::kLanes, R = kOuterR<V>;
+  const Stor<D>* w = static_cast<const Stor<D>*>(wv);
+  const int64_t Kp = outer_padded_k(K), num_panels = (M + L - 1) / L, panel_ld = Kp * L;
+  alignas(64) float sums[2 * R * L];
+  for (int n0 = 0; n0 < r; n0 += R) {
+    const int rows = std::min(R, r - n0);
+    const Stor<D>* wt = w + n0 * ldw;
+    // The next tile's rows, fetched while this one is multiplied (weights come cold from DRAM in a decode step).
+    if (n0 + R < r)
+      for (int64_t off = 0; off < std::min<int64_t>(R, r - n0 - R) * ldw * int64_t{sizeof(Stor<D>)}; off += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(wt + R * ldw) + off, _MM_HINT_T0);
+    for (int j = 0; j < R; ++j)
+      for (int64_t k0 = 0; k0 < Kp; k0 += kOuterKC) {
+        float* dst = scratch + k0 * R + j * kOuterKC;
+        const Stor<D>* src = wt + j * ldw + k0;
+        int64_t k = 0;
+        if (j < rows && k0 + kOuterKC <= K)
+          for (; k < kOuterKC; k += L) V::store(dst + k, load<V, D>(src + k));
+        for (; k < kOuterKC; ++k) dst[k] = j < rows && k0 + k < K ? to_f32<D>(src[k]) : 0.0f;
+      }
+    for (int64_t p0 = 0; p0 < num_panels; p0 += 2) {
+      const int P = num_panels - p0 >= 2 ? 2 : 1;
+      if (P == 2) outer_tile<V, R, 2>(panels + p0 * panel_ld, panel_ld, scratch, Kp, sums);
+      else outer_tile<V, R, 1>(panels + p0 * panel_ld, panel_ld, scratch, Kp, sums);
+      // sums[(p * R + j) * L + lane] is out[row (p0 + p) * L + lane][n0 + j]: transposed into out.
+      for (int p = 0; p < P; ++p)
+        for (int lane = 0; lane < L && (p0 + p) * L + lane < M; ++lane)
+          for (int j = 0; j < rows; ++j) out[((p0 + p) * L + lane) * ldo + n0 + j] = sums[(p * R + j) * L + lane];
+    }
+  }
+}
+
 template <class V, DType D>
 void dot_simd(const float* a, int64_t lda, int64_t M, const void* wv, int64_t ldw, int64_t K, float* out, int64_t ldo,
               int r) {
@@ -864,6 +958,16 @@ TL_AVX512 TL_FLATTEN void dot_avx512(const float* a, int64_t lda, int64_t M, con
   dot_simd<Vec16, D>(a, lda, M, w, ldw, K, out, ldo, r);
 }
 template <DType D>
+TL_AVX2 TL_FLATTEN void outer_avx2(const float* panels, int64_t M, const void* w, int64_t ldw, int64_t K, float* out,
+                                  int64_t ldo, int r, float* scratch) {
+  outer_rows<Vec8, D>(panels, M, w, ldw, K, out, ldo, r, scratch);
+}
+template <DType D>
+TL_AVX512 TL_FLATTEN void outer_avx512(const float* panels, int64_t M, const void* w, int64_t ldw, int64_t K,
+                                      float* out, int64_t ldo, int r, float* scratch) {
+  outer_rows<Vec16, D>(panels, M, w, ldw, K, out, ldo, r, scratch);
+}
+template <DType D>
 TL_AVX2 TL_FLATTEN void axpy_avx2(const float* a, int64_t lda, const void* b, int64_t ldb, int64_t K, float* c,
                                   int64_t ldc, int mb, int64_t nc) {
   axpy_simd<Vec8, D>(a, lda, b, ldb, K, c, ldc, mb, nc);
@@ -878,6 +982,10 @@ TL_AVX512 TL_FLATTEN void axpy_avx512(const float* a, int64_t lda, const void* b
 struct SkinnyKernels {
   DotFn dot;
   AxpyFn axpy;
+  OuterFn outer;       // null at the scalar level
+  int64_t outer_min_m;  // A rows from which the outer form replaces dot's tiles
+  int outer_lanes;      // rows per panel of the outer form
+  int outer_r;          // W rows per tile of the outer form (the f32 scratch holds outer_r x padded K)
 };
 
 SkinnyKernels skinny_kernels(DType bd, SimdLevel level) {
@@ -890,9 +998,17 @@ SkinnyKernels skinny_kernels(DType bd, SimdLevel level) {
     if (level == SimdLevel::Avx2) {
       s.dot = &dot_avx2<D>;
       s.axpy = &axpy_avx2<D>;
+      s.outer = &outer_avx2<D>;
+      s.outer_min_m = kOuterMinM<Vec8>;
+      s.outer_lanes = Vec8::kLanes;
+      s.outer_r = kOuterR<Vec8>;
     } else if (level == SimdLevel::Avx512) {
       s.dot = &dot_avx512<D>;
       s.axpy = &axpy_avx512<D>;
+      s.outer = &outer_avx512<D>;
+      s.outer_min_m = kOuterMinM<Vec16>;
+      s.outer_lanes = Vec16::kLanes;
+      s.outer_r = kOuterR<Vec16>;
     }
 #endif
   });
@@ -905,6 +1021,21 @@ struct Item {
   float* c;
 };
 
+// A's rows in panels of `lanes` rows, each transposed: panels[p][k][lane] = A[p * lanes + lane][k], rows past M
+// zero (their sums are computed and dropped).
+void pack_panels(const Mat& a, int lanes, float* panels) {
+  const int64_t M = a.rows, K = outer_padded_k(a.cols), num_panels = (M + lanes - 1) / lanes;
+  std::fill(panels, panels + num_panels * K * lanes, 0.0f);
+  with_dtype(a.dtype, [&](auto d) {
+    constexpr DType D = decltype(d)::value;
+    const Stor<D>* src = base<D>(a);
+    for (int64_t m = 0; m < M; ++m) {
+      float* dst = panels + (m / lanes) * K * lanes + m % lanes;
+      for (int64_t k = 0; k < a.cols; ++k) dst[k * lanes] = to_f32<D>(src[m * a.rs + k * a.cs]);
+    }
+  });
+}
+
 // Rows path over all items. A task is a run of W rows (output columns) of one item: a decode step over one big
 // weight splits along N, a batch of small attention heads splits across heads.
 void skinny_rows(const std::vector<Item>& items, int64_t M, int64_t N, int64_t K, int threads,
@@ -914,6 +1045,22 @@ void skinny_rows(const std::vector<Item>& items, int64_t M, int64_t N, int64_t K
   constexpr int64_t kRowsPerTask = 16 * kRowsR;
   const int64_t tasks_per_item = (N + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t es = dtype_size(items[0].b.dtype);
+  if (s.outer && M >= s.outer_min_m) {
+    // Every item's panels, packed once on the calling thread and read by all.
+    const int64_t item_floats = (M + s.outer_lanes - 1) / s.outer_lanes * s.outer_lanes * outer_padded_k(K);
+    float* panels = tls_panels.get(static_cast<int64_t>(items.size()) * item_floats);
+    for (size_t i = 0; i < items.size(); ++i) pack_panels(items[i].a, s.outer_lanes, panels + i * item_floats);
+    // Tasks of whole tiles (60 rows: 5 of 12, 10 of 6), so that only an item's last task has a partial tile.
+    constexpr int64_t kOuterRowsPerTask = 60;
+    const int64_t outer_tasks = (N + kOuterRowsPerTask - 1) / kOuterRowsPerTask;
+    return run_tasks_in_parts(static_cast<int64_t>(items.size()) * outer_tasks, threads, [&](int64_t t) {
+      const int64_t i = t / outer_tasks;
+      const int64_t n0 = (t % outer_tasks) * kOuterRowsPerTask;
+      const int r = static_cast<int>(std::min(N, n0 + kOuterRowsPerTask) - n0);
+      const void* w = static_cast<const char*>(items[i].b.data) + n0 * items[i].b.cs * es;
+      s.outer(panels + i * item_floats, M, w, items[i].b.cs, K, items[i].c + n0, N, r, tls_scratch.get(s.outer_r * outer_padded_k(K)));
+    });
+  }
   run_tasks_in_parts(static_cast<int64_t>(items.size()) * tasks_per_item, threads, [&](int64_t t) {
     const Item& item = items[t / tasks_per_item];
     const int64_t n_begin = (t % tasks_per_item) * kRowsPerTask, n_end = std::min(N, n_begin + kRowsPerTask);
