@@ -1,7 +1,10 @@
 // The SIMD levels against each other, in one process (native.setSimdLevel): every kernel that has SIMD forms
 // gives, at every level the CPU has, the scalar kernels' results up to float32 rounding. The other test files
 // check each level against independent references; this one catches a level that drifts from the others
-// within those references' tolerance.
+// within those references' tolerance. A source that compiles its SIMD forms under TL_X86_SIMD without the
+// header defining it would silently keep only the scalar ones, with the same results: the last test reads the
+// sources for that.
+import { readdirSync, readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import * as tc from '../src/index.ts';
 import { seeded } from '../src/testing.ts';
@@ -69,5 +72,23 @@ describe(`SIMD levels agree with the scalar kernels (${levels.join(', ')})`, () 
     expect(worstDrift(results, (i) => Math.abs(results[0][i]) + 1e-30)).toBeLessThan(1e-5);
     const args = atEachLevel(() => tc.argmax(rows, -1));
     for (const r of args) expect(Array.from(r)).toEqual(Array.from(args[0]));
+  });
+});
+
+describe('native sources with SIMD forms include the header that enables them', () => {
+  const dir = new URL('../native/src/', import.meta.url);
+  const sources = new Map(readdirSync(dir).map((f) => [f, readFileSync(new URL(f, dir), 'utf8')]));
+  /** Whether `file` includes tiny_llm/simd.h, directly or through the directory's own headers. */
+  const includesSimd = (file: string, seen = new Set<string>()): boolean => {
+    const text = sources.get(file) ?? '';
+    if (text.includes('#include <tiny_llm/simd.h>')) return true;
+    seen.add(file);
+    return [...text.matchAll(/#include "([^"]+)"/g)].some(([, h]) => sources.has(h) && !seen.has(h) && includesSimd(h, seen));
+  };
+
+  it('every file that tests TL_X86_SIMD', () => {
+    const users = [...sources.keys()].filter((f) => /#if(def)?\s+TL_X86_SIMD|defined\(TL_X86_SIMD\)/.test(sources.get(f)!));
+    expect(users.length).toBeGreaterThan(3);
+    expect(users.filter((f) => !includesSimd(f))).toEqual([]);
   });
 });

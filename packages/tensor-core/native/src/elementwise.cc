@@ -6,6 +6,8 @@
 #include <cmath>
 #include <type_traits>
 
+#include <tiny_llm/simd.h>
+
 #include "binding_util.h"
 #include "strided.h"
 

@@ -6,6 +6,8 @@
 #include <limits>
 #include <numeric>
 
+#include <tiny_llm/simd.h>
+
 #include "binding_util.h"
 #include "strided.h"
 
