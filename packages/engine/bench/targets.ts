@@ -54,12 +54,20 @@ function main(): number {
     atLeast: 0.7,
     unit: '',
   });
-  // Decode at a long context against a short one: the KV cache keeps the step's cost from growing with it.
-  const short = (reports.demo_context_16 = runJson('demo model, context 16', [CLI, 'bench', '--prompt-len', '16', '--gen', '64']));
-  const long = (reports.demo_context_1024 = runJson('demo model, context 1024', [CLI, 'bench', '--prompt-len', '1024', '--gen', '64']));
+  // Decode at a long context against a short one: the KV cache keeps the step's cost from growing with it. A
+  // decode of 64 tokens takes a tenth of a second, so one pair of runs moves with the neighbours' bursts (1.28x to
+  // 1.54x in three pairs of one minute): three rounds alternate the two, and their median ratio is the figure.
+  const contextRounds = Array.from({ length: 3 }, (_, i) => {
+    const bench = (context: number) =>
+      runJson(`demo model, context ${context}, round ${i + 1}`, [CLI, 'bench', '--prompt-len', String(context), '--gen', '64']);
+    const [short, long] = [bench(16), bench(1024)];
+    return { short, long, ratio: short.decode_tokens_per_s / long.decode_tokens_per_s };
+  });
+  reports.demo_context_rounds = contextRounds;
+  const ratios = contextRounds.map((r) => r.ratio).sort((a, b) => a - b);
   targets.push({
-    what: 'demo model: decode step at 1024 tokens of context / at 16',
-    measured: short.decode_tokens_per_s / long.decode_tokens_per_s,
+    what: `demo model: decode step at 1024 tokens of context / at 16 (median of ${ratios.map((r) => r.toFixed(2)).join(', ')})`,
+    measured: ratios[1],
     atMost: 1.3,
     unit: 'x',
   });
