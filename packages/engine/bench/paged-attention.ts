@@ -1,7 +1,8 @@
 // The engine's fused decode attention (native/attention_decode.cc) on a paged KV cache (chapter 3.1: the pages of
 // each row scattered over a pool, read through block tables) against the same kernel on a contiguous cache, at
-// Qwen2-0.5B's attention shape (14 query heads on 2 kv heads of 64), for one and 16 rows.
-//   cd packages/engine && npx tsx bench/paged-attention.ts [--json FILE]
+// Qwen2-0.5B's attention shape (14 query heads on 2 kv heads of 64) or another's, for one and 16 rows.
+//   cd packages/engine && npx tsx bench/paged-attention.ts [--heads 14] [--kv-heads 2] [--json FILE]
+// (--heads 8 --kv-heads 1, a multi-query shape: one row is a single task, which the kernel cuts into parts.)
 // Each call is RoPE, the new key and value written into the cache, and attention over every cached token.
 // Interleaved rounds, best of each: the machine is shared, and the two sides must see the same neighbours.
 // Calls repeat on one layer's cache, which then stays in the CPU's caches; the last row instead goes over 24
@@ -12,7 +13,12 @@ import * as tc from '@tiny-llm/tensor-core';
 import { blockTablesTensor } from '@tiny-llm/reference/week3';
 import { engineKernels } from '../src/model/native.ts';
 
-const [HEADS, KV_HEADS, DIM, PAGE] = [14, 2, 64, 16];
+const { values } = parseArgs({
+  options: { json: { type: 'string' }, heads: { type: 'string', default: '14' }, 'kv-heads': { type: 'string', default: '2' } },
+});
+const [HEADS, KV_HEADS, DIM, PAGE] = [Number(values.heads), Number(values['kv-heads']), 64, 16];
+if (!(Number.isInteger(HEADS) && Number.isInteger(KV_HEADS) && KV_HEADS > 0 && HEADS % KV_HEADS === 0))
+  throw new Error(`paged-attention: --heads ${values.heads} must be a multiple of --kv-heads ${values['kv-heads']}`);
 const ROUNDS = 9;
 
 interface Row {
@@ -86,7 +92,6 @@ function measure(context: number, batch: number, layers = 1): Row {
   return { context, batch, layers, dense_us: best.dense, paged_us: best.paged, paged_over_dense: best.paged / best.dense };
 }
 
-const { values } = parseArgs({ options: { json: { type: 'string' } } });
 const rows = [256, 1024, 4096].flatMap((context) => [1, 16].map((batch) => measure(context, batch)));
 rows.push(measure(1024, 1, 24));
 console.log(

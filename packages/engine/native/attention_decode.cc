@@ -31,7 +31,8 @@
 // each a trip through JavaScript, an allocation and a wake-up of the pool, for a few hundred KFLOPs. Here every
 // new key and value is written first (a few rows: on the calling thread), so that the new tokens of a row see
 // each other; then the work is one task per (batch row, new token, kv head): its G = Hq / Hkv query heads are
-// rotated and attend over the cache together, each cached row read once for all of them. The cached rows are
+// rotated and attend over the cache together, each cached row read once for all of them (with fewer tasks than
+// threads, each task's rows in parts, merged after: see kSplitRows). The cached rows are
 // read as runs of consecutive rows: a contiguous cache's cut every kRunRows, a paged one's one per page.
 // The plain loops (attend's scalar form) are the definition; the SIMD form, written once for AVX2 and AVX-512
 // (attend_simd), changes three things, each commented where it is: scores reduce a block of keys' sums together
@@ -66,6 +67,7 @@ constexpr int64_t kPrefetchRuns = 2;
 
 thread_local Buffer tls_scores;  // one task's scores [G, T], each pool thread its own
 thread_local Buffer tls_q;       // one task's rotated query heads [G, D]
+thread_local Buffer tls_parts;   // the calling thread's: each part's outputs [G, D], then each part's stats [G, 2]
 
 struct Shape {
   int64_t Hq, Hkv, D;
@@ -106,8 +108,9 @@ void rotate(const Shape& s, int64_t position, const float* src, const float* nor
   }
 }
 
-// Softmax of each of the G rows of scores [G, T] in place.
-void softmax_rows(float* scores, int64_t G, int64_t T) {
+// Softmax of each of the G rows of scores [G, T] in place; with `stats`, each row's max and sum of exps
+// (stats[2g], stats[2g + 1]) for merging with other parts of the row (see merge_parts).
+void softmax_rows(float* scores, int64_t G, int64_t T, float* stats) {
   for (int64_t g = 0; g < G; ++g) {
     float* r = scores + g * T;
     float mx = r[0];
@@ -119,6 +122,7 @@ void softmax_rows(float* scores, int64_t G, int64_t T) {
     }
     const float inv = static_cast<float>(1.0 / sum);
     for (int64_t t = 0; t < T; ++t) r[t] *= inv;
+    if (stats) stats[2 * g] = mx, stats[2 * g + 1] = static_cast<float>(sum);
   }
 }
 
@@ -145,12 +149,12 @@ template <class V> float row_max_simd(const float* r, int64_t T) {
 }
 
 // The softmax of each of the G rows of scores [G, T], less its division: exp(score - the row's max) in place, and
-// 1 / the row's sum into inv[g]. The weighted sum divides its G x D outputs instead (weighted_sum_block), which
+// 1 / the row's sum into inv[g] (and with `stats`, the max and the sum, as softmax_rows). The weighted sum divides its G x D outputs instead (weighted_sum_block), which
 // saves a pass over the G x T probabilities; and the exps run at the vector's width (16 lanes with AVX-512; they
 // were 8 wide at both levels). Qwen2-0.5B's shape, one row (bench/paged-attention.ts, two rounds alternating the
 // builds): 1024 positions, 24 layers' caches in turn, contiguous 38.0-39.2 -> 33.8-33.9 us, paged 45.0-46.5 ->
 // 38.4-39.9 us; 4096 positions, contiguous 114-119 -> 97-99 us.
-template <class V> void exp_rows_simd(float* scores, int64_t G, int64_t T, float* inv) {
+template <class V> void exp_rows_simd(float* scores, int64_t G, int64_t T, float* inv, float* stats) {
   constexpr int L = V::kLanes;
   for (int64_t g = 0; g < G; ++g) {
     float* r = scores + g * T;
@@ -169,6 +173,7 @@ template <class V> void exp_rows_simd(float* scores, int64_t G, int64_t T, float
       sum += r[t];
     }
     inv[g] = static_cast<float>(1.0 / sum);
+    if (stats) stats[2 * g] = mx, stats[2 * g + 1] = static_cast<float>(sum);
   }
 }
 
@@ -264,7 +269,7 @@ void weighted_sum_simd(const float* p, const float* inv, int64_t G, const Run* r
 // A task's scores, softmax and weighted sum at one width (see attend).
 template <class V>
 void attend_simd(const float* q, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D, float scale,
-                 float* scores, float* out) {
+                 float* scores, float* out, float* stats) {
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
     // Fetch a later run's keys while this one's are scored (kPrefetchRuns).
     if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
@@ -272,17 +277,17 @@ void attend_simd(const float* q, int64_t G, const Run* runs, int64_t num_runs, i
     scores_simd<V>(q, G, runs[r].k, runs[r].n, D, scale, scores + t0, T);
   }
   float inv[kMaxGroup];
-  exp_rows_simd<V>(scores, G, T, inv);
+  exp_rows_simd<V>(scores, G, T, inv, stats);
   weighted_sum_simd<V>(scores, inv, G, runs, num_runs, T, D, out, D);
 }
 
 TL_AVX2 TL_FLATTEN void attend_avx2(const float* q, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D,
-                                    float scale, float* scores, float* out) {
-  attend_simd<Vec8>(q, G, runs, num_runs, T, D, scale, scores, out);
+                                    float scale, float* scores, float* out, float* stats) {
+  attend_simd<Vec8>(q, G, runs, num_runs, T, D, scale, scores, out, stats);
 }
 TL_AVX512 TL_FLATTEN void attend_avx512(const float* q, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D,
-                                        float scale, float* scores, float* out) {
-  attend_simd<Vec16>(q, G, runs, num_runs, T, D, scale, scores, out);
+                                        float scale, float* scores, float* out, float* stats) {
+  attend_simd<Vec16>(q, G, runs, num_runs, T, D, scale, scores, out, stats);
 }
 #endif
 
@@ -292,17 +297,20 @@ void write_kv(const Shape& s, const float* qkv_t, int64_t position, float* krow,
   std::memcpy(vrow, qkv_t + (s.Hq + s.Hkv + h) * s.D, s.D * sizeof(float));
 }
 
-// Attention of a new token at `position` for the G query heads of kv head h, over the T = position + 1 rows of
-// `runs` (which end with its own row, already written).
-void attend(const Shape& s, const float* qkv_t, int64_t position, const Run* runs, int64_t num_runs, float* out_t, int64_t h) {
-  const int64_t D = s.D, G = s.Hq / s.Hkv, T = position + 1;
+// Attention of a new token at `position` for the G query heads of kv head h over the cached rows in `runs`: all
+// of its rows up to its own (already written), or a part of them with `stats` (see merge_parts). out is the G
+// heads' D values side by side.
+void attend(const Shape& s, const float* qkv_t, int64_t position, const Run* runs, int64_t num_runs, float* out, int64_t h,
+            float* stats) {
+  const int64_t D = s.D, G = s.Hq / s.Hkv;
+  int64_t T = 0;
+  for (int64_t r = 0; r < num_runs; ++r) T += runs[r].n;
   float* q = tls_q.get(G * D);
   for (int64_t g = 0; g < G; ++g) rotate(s, position, qkv_t + (h * G + g) * D, s.q_norm, q + g * D);
   float* scores = tls_scores.get(G * T);
-  float* out = out_t + h * G * D;  // heads h*G .. h*G + G - 1, side by side
 #ifdef TL_X86_SIMD
-  if (tl::has_avx512() && D % 16 == 0) return attend_avx512(q, G, runs, num_runs, T, D, s.scale, scores, out);
-  if (has_avx2_fma() && D % 8 == 0) return attend_avx2(q, G, runs, num_runs, T, D, s.scale, scores, out);
+  if (tl::has_avx512() && D % 16 == 0) return attend_avx512(q, G, runs, num_runs, T, D, s.scale, scores, out, stats);
+  if (has_avx2_fma() && D % 8 == 0) return attend_avx2(q, G, runs, num_runs, T, D, s.scale, scores, out, stats);
 #endif
   for (int64_t g = 0; g < G; ++g)
     for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r)
@@ -311,7 +319,7 @@ void attend(const Shape& s, const float* qkv_t, int64_t position, const Run* run
         for (int64_t i = 0; i < D; ++i) dot += q[g * D + i] * runs[r].k[t * D + i];
         scores[g * T + t0 + t] = dot * s.scale;
       }
-  softmax_rows(scores, G, T);
+  softmax_rows(scores, G, T, stats);
   for (int64_t g = 0; g < G; ++g) {
     float* o = out + g * D;
     for (int64_t i = 0; i < D; ++i) o[i] = 0;
@@ -384,13 +392,66 @@ struct DecodeArgs {
   }
 };
 
+// Fewer tasks than threads (one row decoding has as many as kv heads: 2 for Qwen2, 1 for a multi-query model)
+// would leave threads idle. Then a task's rows are cut into parts (flash-decoding), up to two per thread and of
+// at least kSplitRows rows: each part is attended on its own, with its own max and sum of exps, and the parts are
+// merged after. A multi-query shape (8 query heads on 1 kv head of 64; bench/paged-attention.ts --heads 8
+// --kv-heads 1, alternating builds, 2 threads), one row: 4096 rows 71-90 -> 43-59 us, 1024 rows 18-23 -> 15-20
+// us. Where the tasks already fill the threads, parts only cost (Qwen2-0.5B's single row on 2 threads, cut into
+// parts of 256 rows, 4 per thread: 74-78 -> 101 us at 4096 rows), so they are left whole.
+constexpr int64_t kSplitRows = 256;
+
+// Task i's parts are first[i] .. first[i + 1] - 1, each of runs_per_part[i] runs but the last.
+struct Parts {
+  std::vector<int64_t> first, runs_per_part;
+  int64_t count() const { return first.back(); }
+  int64_t task_of(int64_t part) const { return std::upper_bound(first.begin(), first.end(), part) - first.begin() - 1; }
+};
+
+// Fewer tasks than threads: up to 2 * threads parts in all, of kSplitRows rows or more. position_of(i) is task i's
+// position: it attends over rows 0 .. position, in runs of run_rows.
+template <class PositionOf>
+Parts cut_into_parts(int64_t tasks, int64_t threads, int64_t run_rows, const PositionOf& position_of) {
+  const int64_t max_parts = (2 * threads + tasks - 1) / tasks;
+  const int64_t min_runs = std::max<int64_t>(1, kSplitRows / run_rows);
+  Parts p{std::vector<int64_t>(tasks + 1, 0), std::vector<int64_t>(tasks)};
+  for (int64_t i = 0; i < tasks; ++i) {
+    const int64_t runs = (position_of(i) + run_rows) / run_rows;
+    const int64_t parts = std::min(max_parts, std::max<int64_t>(1, runs / min_runs));
+    p.runs_per_part[i] = (runs + parts - 1) / parts;
+    p.first[i + 1] = p.first[i] + (runs + p.runs_per_part[i] - 1) / p.runs_per_part[i];
+  }
+  return p;
+}
+
+// Merges the parts of one task: out[g] = sum_p w_p o_p[g] / sum_p w_p, where part p's output o_p[g] is its own
+// softmax's weighted sum, and w_p = sum_p e^(max_p - max) rescales its sum of exps to the largest max of the row.
+void merge_parts(const float* part_out, const float* part_stats, int64_t parts, int64_t G, int64_t D, float* out) {
+  for (int64_t g = 0; g < G; ++g) {
+    float mx = part_stats[2 * g];
+    for (int64_t p = 1; p < parts; ++p) mx = std::max(mx, part_stats[p * 2 * G + 2 * g]);
+    double total = 0;
+    float* o = out + g * D;
+    std::fill(o, o + D, 0.0f);
+    for (int64_t p = 0; p < parts; ++p) {
+      const float* st = part_stats + p * 2 * G + 2 * g;
+      const float w = static_cast<float>(st[1] * std::exp(static_cast<double>(st[0]) - mx));
+      total += w;
+      const float* op = part_out + (p * G + g) * D;
+      for (int64_t i = 0; i < D; ++i) o[i] += w * op[i];
+    }
+    const float inv = static_cast<float>(1.0 / total);
+    for (int64_t i = 0; i < D; ++i) o[i] *= inv;
+  }
+}
+
 // Writes the new keys and values, then runs the (row, new token, kv head) attention tasks. Row b's L new tokens
 // are at positions[b] .. positions[b] + L - 1; `cache.row(b, h, t)` is where token t's key and value go, and
-// `cache.runs(b, h, T, runs)` lists the runs of its tokens 0 .. T - 1.
+// `cache.runs(b, h, T, runs)` lists the runs of its tokens 0 .. T - 1, each of cache.run_rows() rows but the last.
 template <class Cache>
 Napi::Value run_decode(Napi::Env env, const char* op, const Shape& s, int64_t B, int64_t L, const tl::TensorRef& qkv,
                        const tl::TensorRef& out, const int64_t* positions, const Cache& cache) {
-  const int64_t qkv_row = (s.Hq + 2 * s.Hkv) * s.D, out_row = s.Hq * s.D;
+  const int64_t qkv_row = (s.Hq + 2 * s.Hkv) * s.D, out_row = s.Hq * s.D, G = s.Hq / s.Hkv;
   const float* qkv_p = qkv.ptr<float>();
   float* out_p = out.ptr<float>();
   for (int64_t b = 0; b < B; ++b)
@@ -399,14 +460,42 @@ Napi::Value run_decode(Napi::Env env, const char* op, const Shape& s, int64_t B,
         const Run row = cache.row(b, h, positions[b] + l);
         write_kv(s, qkv_p + (b * L + l) * qkv_row, positions[b] + l, row.k, row.v, h);
       }
+  // Task i is (row b, new token l, kv head h): the token's G query heads over the rows up to its position.
+  const int64_t tasks = B * L * s.Hkv;
+  auto position_of = [&](int64_t i) { return positions[i / (L * s.Hkv)] + i / s.Hkv % L; };
+  auto qkv_of = [&](int64_t i) { return qkv_p + (i / s.Hkv) * qkv_row; };
+  auto out_of = [&](int64_t i) { return out_p + (i / s.Hkv) * out_row + (i % s.Hkv) * G * s.D; };
+  auto runs_of = [&](int64_t i) -> std::vector<Run>& {
+    std::vector<Run>& runs = tls_runs;
+    runs.clear();
+    cache.runs(i / (L * s.Hkv), i % s.Hkv, position_of(i) + 1, runs);
+    return runs;
+  };
   try {
-    run_tasks(B * L * s.Hkv, [&](int64_t i) {
-      const int64_t b = i / (L * s.Hkv), l = i / s.Hkv % L, h = i % s.Hkv, position = positions[b] + l;
-      std::vector<Run>& runs = tls_runs;
-      runs.clear();
-      cache.runs(b, h, position + 1, runs);
-      attend(s, qkv_p + (b * L + l) * qkv_row, position, runs.data(), static_cast<int64_t>(runs.size()), out_p + (b * L + l) * out_row, h);
+    const int64_t threads = tl::num_threads();
+    const Parts parts = tasks < threads ? cut_into_parts(tasks, threads, cache.run_rows(), position_of) : Parts{};
+    if (tasks >= threads || parts.count() == tasks) {
+      run_tasks(tasks, [&](int64_t i) {
+        const std::vector<Run>& runs = runs_of(i);
+        attend(s, qkv_of(i), position_of(i), runs.data(), static_cast<int64_t>(runs.size()), out_of(i), i % s.Hkv, nullptr);
+      });
+      return env.Undefined();
+    }
+    // Each part's output [G, D], then each part's max and sum [G, 2].
+    float* part_out = tls_parts.get(parts.count() * G * (s.D + 2));
+    float* part_stats = part_out + parts.count() * G * s.D;
+    run_tasks(parts.count(), [&](int64_t part) {
+      const int64_t i = parts.task_of(part);
+      const std::vector<Run>& runs = runs_of(i);
+      const int64_t r0 = (part - parts.first[i]) * parts.runs_per_part[i];
+      const int64_t r1 = std::min(r0 + parts.runs_per_part[i], static_cast<int64_t>(runs.size()));
+      attend(s, qkv_of(i), position_of(i), runs.data() + r0, r1 - r0, part_out + part * G * s.D, i % s.Hkv,
+             part_stats + part * 2 * G);
     });
+    for (int64_t i = 0; i < tasks; ++i) {
+      const int64_t p0 = parts.first[i];
+      merge_parts(part_out + p0 * G * s.D, part_stats + p0 * 2 * G, parts.first[i + 1] - p0, G, s.D, out_of(i));
+    }
   } catch (const std::bad_alloc&) {
     Napi::Error::New(env, std::string(op) + ": out of memory for scratch buffers").ThrowAsJavaScriptException();
   }
@@ -445,6 +534,7 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   struct Contiguous {
     float *keys, *values;
     int64_t Hkv, S, D;
+    int64_t run_rows() const { return kRunRows; }
     Run row(int64_t b, int64_t h, int64_t t) const {
       const int64_t at = ((b * Hkv + h) * S + t) * D;
       return Run{keys + at, values + at, 1};
@@ -504,6 +594,7 @@ Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info) {
     float *keys, *values;
     const int32_t* table;
     int64_t M, Hkv, P, D;
+    int64_t run_rows() const { return P; }
     Run row(int64_t b, int64_t h, int64_t t) const {
       const int64_t at = ((table[b * M + t / P] * Hkv + h) * P + t % P) * D;
       return Run{keys + at, values + at, 1};

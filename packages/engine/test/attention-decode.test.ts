@@ -11,7 +11,7 @@ import { blockTablesTensor } from '@tiny-llm/reference/week3';
 import { describe, expect, it } from 'vitest';
 import { engineKernels } from '../src/model/native.ts';
 
-const [HQ, HKV, BASE, EPS, SCALE] = [6, 2, 10000, 1e-6, 0.25];
+const [HQ, BASE, EPS, SCALE] = [6, 10000, 1e-6, 0.25];
 
 interface Case {
   /** Each row's first new position; its tokens are positions[b] .. positions[b] + tokens - 1. */
@@ -23,6 +23,8 @@ interface Case {
   pageSize: number;
   headDim: number;
   norms: boolean;
+  /** kv heads (default 2): 1 is a multi-query model, whose single row is one task per new token. */
+  kvHeads?: number;
 }
 
 /**
@@ -32,11 +34,12 @@ interface Case {
 function check(c: Case, run: (t: Record<string, tc.Tensor>, tail: unknown[]) => void): void {
   const { positions, tokens: l, tables, numPages, pageSize: p, headDim: d } = c;
   const b = positions.length;
+  const HKV = c.kvHeads ?? 2;
   const [keys, values] = [seededTensor([numPages, HKV, p, d], 1), seededTensor([numPages, HKV, p, d], 2)];
   const before = [keys, values].map(f64.toND); // the cache as it was: the kernel writes into it
   const qkv = seededTensor([b, l, (HQ + 2 * HKV) * d], 3);
   const [qNorm, kNorm] = [seededTensor([d], 4), seededTensor([d], 5)];
-  const rope = tc.fast.ropeTables(d, 128, BASE);
+  const rope = tc.fast.ropeTables(d, Math.max(128, ...positions.map((n) => n + l)), BASE);
   const out = tc.empty([b, l, HQ * d]);
   const norms = c.norms ? [qNorm.native(), kNorm.native()] : [null, null];
   run({ qkv, cos: rope.cos, sin: rope.sin, keys, values, out }, [HQ, HKV, SCALE, ...norms, EPS]);
@@ -76,7 +79,10 @@ function check(c: Case, run: (t: Record<string, tc.Tensor>, tail: unknown[]) => 
 }
 
 const describeCase = (c: Case) =>
-  `${c.tokens} new token${c.tokens > 1 ? 's' : ''} per row from ${c.positions.join(', ')}, head size ${c.headDim}${c.norms ? ', with per-head q and k norms (Qwen3)' : ''}`;
+  `${c.tokens} new token${c.tokens > 1 ? 's' : ''} per row from ${c.positions.join(', ')}, head size ${c.headDim}${c.norms ? ', with per-head q and k norms (Qwen3)' : ''}${c.kvHeads === 1 ? ', one kv head' : ''}`;
+
+/** `n` distinct pages of a pool of `pool`, in a scattered order. */
+const scattered = (n: number, pool: number) => Array.from({ length: n }, (_, i) => (i * 7) % pool);
 
 describe('pagedAttentionDecode: RoPE, the cache write and attention through block tables, in one call', () => {
   const shuffled = [[5], [2, 9, 0], [7, 1, 4, 8, 3]];
@@ -86,6 +92,10 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
     { positions: [0, 20, 37], tokens: 3, tables: shuffled, numPages: 10, pageSize: 8, headDim: 16, norms: true },
     // Pages of 32: runs long enough for blocks of 16 keys, and a tail.
     { positions: [3, 45, 100], tokens: 3, tables: [[6], [2, 0], [1, 4, 7, 3]], numPages: 8, pageSize: 32, headDim: 64, norms: false },
+    // One row of a multi-query model over a long cache: with 2 threads or more, fewer (row, token, kv head) tasks
+    // than threads, so each one's rows are attended in parts and merged (1001 rows: 3 parts of 336 or fewer).
+    { positions: [1000], tokens: 1, tables: [scattered(63, 64)], numPages: 64, pageSize: 16, headDim: 64, norms: false, kvHeads: 1 },
+    { positions: [700], tokens: 1, tables: [scattered(44, 50)], numPages: 50, pageSize: 16, headDim: 64, norms: true },
   ];
   for (const c of cases) {
     it(`${describeCase(c)}, shuffled pages of ${c.pageSize}`, () => {
@@ -132,14 +142,17 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
 
 describe("attentionDecode: the same on each row's own cache buffer", () => {
   // A row's buffer [Hkv, S, D] is the one page of S tokens that the float64 reference reads through table [row].
-  for (const [position, tokens, headDim, norms] of [
-    [0, 1, 16, false],
-    [37, 1, 64, true],
-    [40, 3, 64, false],
-    [70, 5, 32, true],
+  for (const [rows, position, tokens, headDim, norms, kvHeads] of [
+    [2, 0, 1, 16, false, 2],
+    [2, 37, 1, 64, true, 2],
+    [2, 40, 3, 64, false, 2],
+    [2, 70, 5, 32, true, 2],
+    [1, 1000, 1, 64, false, 1], // in parts, as the paged case of one kv head
   ] as const) {
-    const c: Case = { positions: [position, position], tokens, tables: [[0], [1]], numPages: 2, pageSize: 80, headDim, norms };
-    it(`2 rows, ${describeCase(c)}`, () => {
+    const [positions, tables] = [Array(rows).fill(position), Array.from({ length: rows }, (_, i) => [i])];
+    const pageSize = Math.max(80, position + tokens);
+    const c: Case = { positions, tokens, tables, numPages: rows, pageSize, headDim, norms, kvHeads };
+    it(`${rows} row${rows > 1 ? 's' : ''}, ${describeCase(c)}`, () => {
       check(c, (t, tail) =>
         engineKernels().attentionDecode(
           ...[t.qkv, t.cos, t.sin].map((x) => x.native()),
