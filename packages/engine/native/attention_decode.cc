@@ -32,8 +32,8 @@
 // new key and value is written first (a few rows: on the calling thread), so that the new tokens of a row see
 // each other; then the work is one task per (batch row, new token, kv head): its G = Hq / Hkv query heads are
 // rotated and attend over the cache together, each cached row read once for all of them (with fewer tasks than
-// threads, each task's rows in parts, merged after: see kSplitRows). The cached rows are
-// read as runs of consecutive rows: a contiguous cache's cut every kRunRows, a paged one's one per page.
+// threads, each task's rows in parts, merged after: see kSplitRows). The cached rows are read as runs of
+// consecutive rows: a contiguous cache's cut every kRunRows, a paged one's one per page.
 // The plain loops (attend's scalar form) are the definition; the SIMD form, written once for AVX2 and AVX-512
 // (attend_simd), changes three things, each commented where it is: scores reduce a block of keys' sums together
 // instead of one horizontal sum per key, the weighted sum reads each value row once for a block of query heads
@@ -149,9 +149,9 @@ template <class V> float row_max_simd(const float* r, int64_t T) {
 }
 
 // The softmax of each of the G rows of scores [G, T], less its division: exp(score - the row's max) in place, and
-// 1 / the row's sum into inv[g] (and with `stats`, the max and the sum, as softmax_rows). The weighted sum divides its G x D outputs instead (weighted_sum_block), which
-// saves a pass over the G x T probabilities; and the exps run at the vector's width (16 lanes with AVX-512; they
-// were 8 wide at both levels). Qwen2-0.5B's shape, one row (bench/paged-attention.ts, two rounds alternating the
+// 1 / the row's sum into inv[g] (and with `stats`, the max and the sum, as softmax_rows). The weighted sum divides
+// its G x D outputs instead (weighted_sum_block), which saves a pass over the G x T probabilities; and the exps run
+// at the vector's width (16 lanes with AVX-512; they were 8 wide at both levels). Qwen2-0.5B's shape, one row (bench/paged-attention.ts, two rounds alternating the
 // builds): 1024 positions, 24 layers' caches in turn, contiguous 38.0-39.2 -> 33.8-33.9 us, paged 45.0-46.5 ->
 // 38.4-39.9 us; 4096 positions, contiguous 114-119 -> 97-99 us.
 template <class V> void exp_rows_simd(float* scores, int64_t G, int64_t T, float* inv, float* stats) {

@@ -799,18 +799,18 @@ void dot_many(const float* a, int64_t lda, int64_t M, const Stor<D>* w, int64_t 
 
 // Many A rows (kOuterMinM..64: a batch of decode steps, a short prefill chunk) in the outer-product form, with
 // lanes along A's rows instead of k. A is packed once per call into panels of kLanes rows, transposed
-// (panel[k][lane] = A[row lane][k], see pack_panels), and each W value, converted to f32 once, is broadcast against a whole panel. One FMA then serves
-// one W value for kLanes rows, every accumulator is an output (kLanes rows of one column): no horizontal sums
-// (dot_many's hsums cost a third as many instructions as its FMAs at K = 384) and no partial sums kept between
-// k-chunks. A tile is R W rows x P panels of accumulators, R * P = 24 of 32 zmm registers (12 of 16 ymm);
-// per k it loads P panel vectors and R broadcast W values for R * P FMAs.
+// (panel[k][lane] = A[row lane][k], see pack_panels), and each W value, converted to f32 once, is broadcast
+// against a whole panel. One FMA then serves one W value for kLanes rows, and every accumulator is an output
+// (kLanes rows of one column): no horizontal sums (dot_many's cost a third as many instructions as its FMAs at
+// K = 384) and no partial sums kept between k-chunks. A tile is R W rows x P panels of accumulators, R * P = 24
+// of 32 zmm registers (12 of 16 ymm); per k it loads P panel vectors and R broadcast W values for R * P FMAs.
 template <class V> constexpr int kOuterR = V::kLanes == 16 ? 12 : 6;
 // Where it beats dot_many's tiles (hot weights, 4864 x 896, 896 x 4864, 2048 x 384 and 8192 x 384 in bf16, 2
 // threads, Zen 5). With AVX-512, from two full panels, where a broadcast serves two FMAs: M = 32 231-307 ->
 // 278-304 GFLOP/s, M = 64 212-292 -> 267-328; with one panel it measured slower (M = 16 240-266 -> 220-236), as
 // each FMA then waits on its own broadcast load, and so with a second panel mostly padding (M = 24 259-268 ->
-// 218-227). With AVX2 (panels of 8 rows, 6 x 2 tiles against dot_many's
-// 4 x 2), from M = 8: M = 8 98-104 -> 108-111, M = 16 120-130 -> 157-176, M = 64 126-150 -> 191-196.
+// 218-227). With AVX2 (panels of 8 rows, 6 x 2 tiles against dot_many's 4 x 2), from M = 8: M = 8 98-104 ->
+// 108-111, M = 16 120-130 -> 157-176, M = 64 126-150 -> 191-196.
 template <class V> constexpr int64_t kOuterMinM = V::kLanes == 16 ? 32 : 8;
 // The tile's W rows are converted into blocks of kOuterKC values of each row ([K / kOuterKC][R][kOuterKC]), so
 // that one pointer plus constant offsets reaches all R rows: with a pointer per row the loop ran out of
@@ -1040,10 +1040,6 @@ void pack_panels(const Mat& a, int lanes, float* panels) {
 // weight splits along N, a batch of small attention heads splits across heads.
 void skinny_rows(const std::vector<Item>& items, int64_t M, int64_t N, int64_t K, int threads,
                  const SkinnyKernels& s) {
-  // Up to 64 W rows per task (~110 KB of a bf16 weight with K = 896): long enough for the prefetcher to
-  // stream, short enough for dynamic hand-out to balance the threads.
-  constexpr int64_t kRowsPerTask = 16 * kRowsR;
-  const int64_t tasks_per_item = (N + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t es = dtype_size(items[0].b.dtype);
   if (s.outer && M >= s.outer_min_m) {
     // Every item's panels, packed once on the calling thread and read by all.
@@ -1058,9 +1054,14 @@ void skinny_rows(const std::vector<Item>& items, int64_t M, int64_t N, int64_t K
       const int64_t n0 = (t % outer_tasks) * kOuterRowsPerTask;
       const int r = static_cast<int>(std::min(N, n0 + kOuterRowsPerTask) - n0);
       const void* w = static_cast<const char*>(items[i].b.data) + n0 * items[i].b.cs * es;
-      s.outer(panels + i * item_floats, M, w, items[i].b.cs, K, items[i].c + n0, N, r, tls_scratch.get(s.outer_r * outer_padded_k(K)));
+      float* scratch = tls_scratch.get(s.outer_r * outer_padded_k(K));
+      s.outer(panels + i * item_floats, M, w, items[i].b.cs, K, items[i].c + n0, N, r, scratch);
     });
   }
+  // Up to 64 W rows per task (~110 KB of a bf16 weight with K = 896): long enough for the prefetcher to
+  // stream, short enough for dynamic hand-out to balance the threads.
+  constexpr int64_t kRowsPerTask = 16 * kRowsR;
+  const int64_t tasks_per_item = (N + kRowsPerTask - 1) / kRowsPerTask;
   run_tasks_in_parts(static_cast<int64_t>(items.size()) * tasks_per_item, threads, [&](int64_t t) {
     const Item& item = items[t / tasks_per_item];
     const int64_t n_begin = (t % tasks_per_item) * kRowsPerTask, n_end = std::min(N, n_begin + kRowsPerTask);
