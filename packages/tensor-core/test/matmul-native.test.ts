@@ -244,6 +244,7 @@ describe('native.matmul: skinny paths (M <= 16, decode)', () => {
   it('K not a multiple of 8 or 32, N not a multiple of 4, transposed and bf16 a', () => {
     for (const [M, K, N] of [
       [1, 7, 3],
+      [6, 7, 5],
       [2, 33, 5],
       [3, 100, 9],
       [5, 61, 6],
