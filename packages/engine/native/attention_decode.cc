@@ -408,21 +408,24 @@ struct Parts {
   int64_t task_of(int64_t part) const { return std::upper_bound(first.begin(), first.end(), part) - first.begin() - 1; }
 };
 
-// Fewer tasks than threads: up to 2 * threads parts in all, of kSplitRows rows or more. position_of(i) is task i's
-// position: it attends over rows 0 .. position, in runs of run_rows.
+// Fewer tasks than threads: up to 2 * threads parts in all, of kSplitRows rows or more, into p (the calling
+// thread's, reused from call to call: a single row's decode cuts its tasks at every layer of every token).
+// position_of(i) is task i's position: it attends over rows 0 .. position, in runs of run_rows.
 template <class PositionOf>
-Parts cut_into_parts(int64_t tasks, int64_t threads, int64_t run_rows, const PositionOf& position_of) {
+void cut_into_parts(int64_t tasks, int64_t threads, int64_t run_rows, const PositionOf& position_of, Parts& p) {
   const int64_t max_parts = (2 * threads + tasks - 1) / tasks;
   const int64_t min_runs = std::max<int64_t>(1, kSplitRows / run_rows);
-  Parts p{std::vector<int64_t>(tasks + 1, 0), std::vector<int64_t>(tasks)};
+  p.first.assign(tasks + 1, 0);
+  p.runs_per_part.resize(tasks);
   for (int64_t i = 0; i < tasks; ++i) {
     const int64_t runs = (position_of(i) + run_rows) / run_rows;
     const int64_t parts = std::min(max_parts, std::max<int64_t>(1, runs / min_runs));
     p.runs_per_part[i] = (runs + parts - 1) / parts;
     p.first[i + 1] = p.first[i] + (runs + p.runs_per_part[i] - 1) / p.runs_per_part[i];
   }
-  return p;
 }
+
+thread_local Parts tls_plan;  // the calling thread's cut of its tasks into parts
 
 // Merges the parts of one task: out[g] = sum_p w_p o_p[g] / sum_p w_p, where part p's output o_p[g] is its own
 // softmax's weighted sum, and w_p = sum_p e^(max_p - max) rescales its sum of exps to the largest max of the row.
@@ -473,7 +476,8 @@ Napi::Value run_decode(Napi::Env env, const char* op, const Shape& s, int64_t B,
   };
   try {
     const int64_t threads = tl::num_threads();
-    const Parts parts = tasks < threads ? cut_into_parts(tasks, threads, cache.run_rows(), position_of) : Parts{};
+    Parts& parts = tls_plan;
+    if (tasks < threads) cut_into_parts(tasks, threads, cache.run_rows(), position_of, parts);
     if (tasks >= threads || parts.count() == tasks) {
       run_tasks(tasks, [&](int64_t i) {
         const std::vector<Run>& runs = runs_of(i);
