@@ -15,12 +15,12 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const tmp = mkdtempSync(join(tmpdir(), 'tiny-llm-targets-'));
 
-/** Runs a command of the repository and returns the JSON it wrote to the file it was given. */
+/** Runs a command of the repository (node's arguments) and returns the JSON it wrote to the file it was given. */
 // biome-ignore lint/suspicious/noExplicitAny: the JSON report of another script, read field by field
 function runJson(label: string, command: string[]): any {
   const out = join(tmp, `${label.replace(/\W+/g, '-')}.json`);
   process.stderr.write(`${label}: ${command.join(' ')}\n`);
-  const child = spawnSync(process.execPath, ['--import', 'tsx', ...command, '--json', out], {
+  const child = spawnSync(process.execPath, [...command, '--json', out], {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
   });
@@ -28,7 +28,9 @@ function runJson(label: string, command: string[]): any {
   return JSON.parse(readFileSync(out, 'utf8'));
 }
 
-const CLI = 'packages/engine/src/cli.ts';
+// `pnpm tiny-llm`, as a user runs it; the benchmark scripts run through tsx.
+const CLI = ['packages/engine/bin/run.mjs', 'cli'];
+const script = (path: string) => ['--import', 'tsx', path];
 const HALF_B = 'fixtures/configs/Qwen2-0.5B-Instruct.json';
 
 interface Target {
@@ -47,7 +49,7 @@ function main(): number {
   const targets: Target[] = [];
   const reports: Record<string, unknown> = {};
 
-  const demo = (reports.demo = runJson('demo model, batch 16', [CLI, 'bench', '--batch', '16']));
+  const demo = (reports.demo = runJson('demo model, batch 16', [...CLI, 'bench', '--batch', '16']));
   targets.push({
     what: 'demo model: aggregate decode at batch 16 / prefill rate',
     measured: demo.batch_decode_ratio_to_prefill,
@@ -59,7 +61,7 @@ function main(): number {
   // 1.54x in three pairs of one minute): three rounds alternate the two, and their median ratio is the figure.
   const contextRounds = Array.from({ length: 3 }, (_, i) => {
     const bench = (context: number) =>
-      runJson(`demo model, context ${context}, round ${i + 1}`, [CLI, 'bench', '--prompt-len', String(context), '--gen', '64']);
+      runJson(`demo model, context ${context}, round ${i + 1}`, [...CLI, 'bench', '--prompt-len', String(context), '--gen', '64']);
     const [short, long] = [bench(16), bench(1024)];
     return { short, long, ratio: short.decode_tokens_per_s / long.decode_tokens_per_s };
   });
@@ -72,7 +74,7 @@ function main(): number {
     unit: 'x',
   });
 
-  const flash = (reports.flash_attention = runJson('flash attention', ['packages/engine/bench/flash-attention.ts'])) as {
+  const flash = (reports.flash_attention = runJson('flash attention', script('packages/engine/bench/flash-attention.ts'))) as {
     length: number;
     causal_speedup_over_zero_mask: number;
     speedup_over_sdpa: number;
@@ -98,7 +100,7 @@ function main(): number {
   });
 
   // Paged attention (chapter 3.1): reading the cache through block tables costs little over a contiguous cache.
-  const paged = (reports.paged_attention = runJson('paged attention', ['packages/engine/bench/paged-attention.ts'])) as {
+  const paged = (reports.paged_attention = runJson('paged attention', script('packages/engine/bench/paged-attention.ts'))) as {
     context: number;
     batch: number;
     layers: number;
@@ -114,7 +116,7 @@ function main(): number {
     });
   }
   // Prefix caching (chapter 3.2): the second turn of a chat with tools computes only what the first did not.
-  const prefix = (reports.prefix_caching = runJson('prefix caching', ['packages/engine/bench/prefix-cache.ts']));
+  const prefix = (reports.prefix_caching = runJson('prefix caching', script('packages/engine/bench/prefix-cache.ts')));
   targets.push({
     what: 'demo chat with tools, second turn: first token with prefix caching, times sooner',
     measured: prefix.speedup,
@@ -124,7 +126,7 @@ function main(): number {
 
   if (!values.quick) {
     const bf16 = (reports.qwen2_05b_bf16 = runJson('Qwen2-0.5B shape, bf16, batch 16', [
-      CLI,
+      ...CLI,
       'bench',
       '--config',
       HALF_B,
@@ -141,7 +143,7 @@ function main(): number {
       unit: '',
     });
     const q4 = (reports.qwen2_05b_q4 = runJson('Qwen2-0.5B shape, q4, batch 16', [
-      CLI,
+      ...CLI,
       'bench',
       '--config',
       HALF_B,
@@ -157,7 +159,7 @@ function main(): number {
       unit: '',
     });
     const q4Single = (reports.qwen2_05b_q4_memory = runJson('Qwen2-0.5B shape, q4, memory', [
-      CLI,
+      ...CLI,
       'bench',
       '--config',
       HALF_B,

@@ -1,4 +1,4 @@
-// The engine's command line: `pnpm tiny-llm <command> [flags]` (tsx packages/engine/src/cli.ts).
+// The engine's command line: `pnpm tiny-llm <command> [flags]` (node packages/engine/bin/run.mjs cli).
 //
 //   generate   raw completion of a prompt, streamed to stdout (stats on stderr)
 //   chat       the chat template, one turn (--message) or an interactive session, with tools
@@ -795,12 +795,11 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
-if (invokedDirectly) {
-  // `tiny-llm generate ... | head` closes stdout early: that is not an error.
+/** `pnpm tiny-llm` (packages/engine/bin/run.mjs): main, where stdout closed early (`generate ... | head`) is not an error. */
+export function runFromShell(argv: readonly string[]): Promise<number> {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(0);
     throw err;
   });
-  process.exitCode = await main(process.argv.slice(2));
+  return main(argv);
 }

@@ -2,7 +2,6 @@
 // models/tiny-qwen2-py (a 15.7M-parameter Qwen2 trained on Python code and tool-calling chats) and streams
 // a code completion and two chat turns (one answered, one a tool call), with the speed of each.
 import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { TinyTokenizer } from '@tiny-llm/tokenizer';
 import { Conversation, readToolsFile } from './chat.ts';
 import { choiceOf, DEFAULT_MODEL, displayPath, loadTokenizerOf, loadWithProgress, MODEL_FLAGS, resolveInput } from './cli.ts';
@@ -51,7 +50,7 @@ async function completeFunction(model: EngineModel, tokenizer: TinyTokenizer, pr
   }
 }
 
-async function demo(argv: string[]): Promise<void> {
+async function demo(argv: readonly string[]): Promise<void> {
   const flags = parseFlags('demo', argv, MODEL_FLAGS);
   const dir = resolveInput(flags.model ?? DEFAULT_MODEL);
   const tokenizer = loadTokenizerOf(dir);
@@ -103,15 +102,16 @@ function statsLine(s: GenerateResult['stats']): string {
   return formatStats(s).replace(/; stopped: .*$/, '');
 }
 
-const invokedDirectly = process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url);
-if (invokedDirectly) {
+/** `pnpm demo` (packages/engine/bin/run.mjs): the exit code. */
+export async function runFromShell(argv: readonly string[]): Promise<number> {
   try {
-    await demo(process.argv.slice(2));
+    await demo(argv);
+    return 0;
   } catch (caught) {
     const err = isNotImplemented(caught) ? learnerNotImplemented(caught) : deviceErrorOf(caught);
     process.stderr.write(`demo: ${err instanceof UserError ? err.message : `internal error: ${oneLine(err)}`}\n`);
     if (process.env.TINY_LLM_DEBUG === '1') process.stderr.write(`${(err as Error).stack}\n`);
-    process.exitCode = err instanceof UserError ? err.exitCode : 1;
+    return err instanceof UserError ? err.exitCode : 1;
   } finally {
     closeDevice();
   }

@@ -79,8 +79,11 @@ export function deviceErrorOf(err: unknown): unknown {
   return err;
 }
 
-/** The first line of an error's message (the CLI prints one line). */
+/**
+ * The first line of an error's message (the CLI prints one line), with the next when the first only introduces
+ * it: a learner's file that does not compile reads "Transform failed with 1 error:", then its file, line and error.
+ */
 export function oneLine(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.split('\n')[0];
+  const [first = '', next] = (err instanceof Error ? err.message : String(err)).split('\n').filter((line) => line.trim() !== '');
+  return first.endsWith(':') && next !== undefined ? `${first} ${next.trim()}` : first;
 }

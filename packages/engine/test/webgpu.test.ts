@@ -18,7 +18,7 @@ import { computeLogits } from '../src/logits.ts';
 import { closeDevice, deviceBackend, loadModel, type ModelChoice } from '../src/registry.ts';
 import { spawnServer } from '../src/server/spawn.ts';
 import type { EngineModel } from '../src/session.ts';
-import { cli, ROOT, runScript } from './support/cli.ts';
+import { cli, ROOT, runEntry } from './support/cli.ts';
 
 const DRAFT = 'tiny-qwen2-py-draft';
 
@@ -159,10 +159,7 @@ describe('every command with --device webgpu (spawned)', () => {
         .join('\n')}\n`,
     );
     const tokenizer = loadTokenizer(join(ROOT, 'models', DRAFT));
-    const [batch, demo] = await Promise.all([
-      cli(['batch', ...model, '--prompts', prompts]),
-      runScript('packages/engine/src/demo.ts', model),
-    ]);
+    const [batch, demo] = await Promise.all([cli(['batch', ...model, '--prompts', prompts]), runEntry('demo', model)]);
     expect(batch.code, batch.stderr).toBe(0);
     expect(batch.stderr).toMatch(/batch: 2 prompts on the reference week 2 model and scheduler, on webgpu/);
     const lines = batch.stdout

@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const CLI = fileURLToPath(new URL('../cli.ts', import.meta.url));
+const RUN = fileURLToPath(new URL('../../bin/run.mjs', import.meta.url));
 
 export interface ServerProcess {
   url: string;
@@ -15,7 +15,7 @@ export interface ServerProcess {
 
 /** Starts the server on a free port with these extra flags; resolves once it listens. */
 export function spawnServer(args: readonly string[] = []): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--port', '0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [RUN, 'cli', 'serve', '--port', '0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   const log: string[] = [];
   const stop = () =>
     new Promise<void>((resolve) => {

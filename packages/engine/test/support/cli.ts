@@ -1,5 +1,5 @@
-// The engine's scripts run as `pnpm tiny-llm` and `pnpm demo` run them (tsx, from the repository root), for the
-// tests that check a command end to end. Async, so that spawns can overlap.
+// The engine's entries run as `pnpm tiny-llm` and `pnpm demo` run them (bin/run.mjs, from the repository root),
+// for the tests that check a command end to end. Async, so that spawns can overlap.
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -12,12 +12,12 @@ export interface CliResult {
 }
 
 /**
- * Runs a script of the repository with `args` (and extra environment); never hangs: a run past five minutes is
- * killed (a software GPU makes some runs take a minute on a loaded machine).
+ * Runs an entry of the engine (`cli`: `pnpm tiny-llm`, `demo`: `pnpm demo`) with `args` (and extra environment);
+ * never hangs: a run past five minutes is killed (a software GPU makes some runs take a minute on a loaded machine).
  */
-export function runScript(script: string, args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+export function runEntry(entry: 'cli' | 'demo', args: string[], env: Record<string, string> = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
+    const child = spawn(process.execPath, ['packages/engine/bin/run.mjs', entry, ...args], {
       cwd: ROOT,
       env: { ...process.env, TINY_LLM_DEBUG: '', ...env },
       timeout: 300_000,
@@ -34,4 +34,4 @@ export function runScript(script: string, args: string[], env: Record<string, st
 }
 
 /** `pnpm tiny-llm <args>`. */
-export const cli = (args: string[], env: Record<string, string> = {}) => runScript('packages/engine/src/cli.ts', args, env);
+export const cli = (args: string[], env: Record<string, string> = {}) => runEntry('cli', args, env);
