@@ -79,7 +79,7 @@ function check(c: Case, run: (t: Record<string, tc.Tensor>, tail: unknown[]) => 
 }
 
 const describeCase = (c: Case) =>
-  `${c.tokens} new token${c.tokens > 1 ? 's' : ''} per row from ${c.positions.join(', ')}, head size ${c.headDim}${c.norms ? ', with per-head q and k norms (Qwen3)' : ''}${c.kvHeads === 1 ? ', one kv head' : ''}`;
+  `${c.tokens} new token${c.tokens > 1 ? 's' : ''} per row from ${c.positions.length > 4 ? `${Math.min(...c.positions)}..${Math.max(...c.positions)} (${c.positions.length} rows)` : c.positions.join(', ')}, head size ${c.headDim}${c.norms ? ', with per-head q and k norms (Qwen3)' : ''}${c.kvHeads === 1 ? ', one kv head' : ''}`;
 
 /** `n` distinct pages of a pool of `pool`, in a scattered order. */
 const scattered = (n: number, pool: number) => Array.from({ length: n }, (_, i) => (i * 7) % pool);
@@ -96,6 +96,17 @@ describe('pagedAttentionDecode: RoPE, the cache write and attention through bloc
     // than threads, so each one's rows are attended in parts and merged (1001 rows: 3 parts of 336 or fewer).
     { positions: [1000], tokens: 1, tables: [scattered(63, 64)], numPages: 64, pageSize: 16, headDim: 64, norms: false, kvHeads: 1 },
     { positions: [700], tokens: 1, tables: [scattered(44, 50)], numPages: 50, pageSize: 16, headDim: 64, norms: true },
+    // A batch of 64 rows: at least 4 tokens a thread up to 16 threads, so each thread attends a token's two kv
+    // heads in turn.
+    {
+      positions: Array.from({ length: 64 }, (_, b) => (b * 37) % 90),
+      tokens: 1,
+      tables: Array.from({ length: 64 }, (_, b) => [b, 64 + b, 128 + b, 192 + b, 256 + b, 320 + b].map((p) => (p * 7) % 384)),
+      numPages: 384,
+      pageSize: 16,
+      headDim: 64,
+      norms: false,
+    },
   ];
   for (const c of cases) {
     it(`${describeCase(c)}, shuffled pages of ${c.pageSize}`, () => {
