@@ -21,29 +21,10 @@ using tl::has_avx2_fma;
 using tl::has_f16c;
 using Buffer = tl::ScratchBuffer;
 
-// Runs task(i) for i in [0, n) on the shared pool, handing tasks out one at a time from a counter: the machine is
-// shared, and a thread the OS delays then takes fewer tasks instead of holding the others up. (parallel_for
-// splits statically into one chunk per thread.) Exceptions must not escape a pool thread: rethrown here.
-template <class Task> void run_tasks(int64_t n, const Task& task) {
-  if (n <= 0) return;
-  const int threads = tl::num_threads();
-  if (threads <= 1 || n == 1) {
-    for (int64_t i = 0; i < n; ++i) task(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  tl::parallel_for(std::min<int64_t>(threads, n), 1, [&](int64_t, int64_t) {
-    try {
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(i);
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-      next.store(n);
-    }
-  });
-  if (error) std::rethrow_exception(error);
-}
+// The SDK's task hand-out (tiny_llm/extension.h) on every thread of the pool: run_tasks deals tasks out one at a
+// time, run_tasks_in_parts gives each thread a contiguous part first (for tasks that stream memory in order).
+template <class Task> void run_tasks(int64_t n, const Task& task) { tl::run_tasks(n, tl::num_threads(), task); }
+template <class Task> void run_tasks_in_parts(int64_t n, const Task& task) { tl::run_tasks_in_parts(n, tl::num_threads(), task); }
 
 #ifdef TL_X86_SIMD
 using tl::simd::hsum;

@@ -120,66 +120,7 @@ thread_local ScratchBuffer tls_pack_b;   // packed B block (KC x NC); the callin
 thread_local ScratchBuffer tls_scratch;  // chunks of W rows converted to f32 on the skinny rows path
 thread_local ScratchBuffer tls_panels;   // A packed into panels for the rows path's outer form (calling thread)
 
-// Runs task(i) for every i in [0, n) on `threads` threads. Tasks are handed out one at a time from a shared
-// counter rather than split statically: the machine is shared, and a thread the OS delays then simply takes
-// fewer tasks instead of holding the others up at the end of the region. An exception (a failed buffer
-// allocation) must not escape a pool thread: it stops the hand-out and is rethrown on the calling thread.
-template <class Task> void run_tasks(int64_t n, int threads, const Task& task) {
-  if (n <= 0) return;
-  if (threads <= 1 || n == 1) {
-    for (int64_t i = 0; i < n; ++i) task(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  parallel_for(std::min<int64_t>(threads, n), 1, [&](int64_t, int64_t) {
-    try {
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) task(i);
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-      next.store(n);
-    }
-  });
-  if (error) std::rethrow_exception(error);
-}
-
-// [begin, end) of part t when `total` items are cut into `parts` parts whose sizes differ by at most one.
-inline int64_t part_begin(int64_t total, int64_t parts, int64_t t) { return total * t / parts; }
-
-// run_tasks for tasks that stream memory in order (the GEMV's runs of W rows): thread t first takes, in order,
-// the tasks of the t-th of `threads` contiguous parts of [0, n), and only then helps with the others' from where
-// they stand. Each thread's reads then form one long stream that the prefetchers follow, where tasks dealt out
-// in turn make every thread jump at every task, and a delayed thread still ends up with less work. A Qwen2-0.5B
-// decode step (988 MB of bf16 weights, AVX-512) went from 0.83 to 0.92 of the read bandwidth measured in the
-// same rounds (medians of 5, interleaved with the dealt-out form in one process; a busy machine).
-template <class Task> void run_tasks_in_parts(int64_t n, int threads, const Task& task) {
-  if (threads <= 1 || n <= threads) return run_tasks(n, threads, task);
-  struct alignas(64) Part {
-    std::atomic<int64_t> next;
-    int64_t end;
-  };
-  std::unique_ptr<Part[]> parts(new Part[threads]);
-  for (int p = 0; p < threads; ++p) {
-    parts[p].next.store(part_begin(n, threads, p));
-    parts[p].end = part_begin(n, threads, p + 1);
-  }
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  parallel_for(threads, 1, [&](int64_t first, int64_t last) {
-    try {
-      for (int64_t own = first; own < last; ++own)
-        for (int q = 0; q < threads; ++q) {
-          Part& part = parts[(own + q) % threads];
-          for (int64_t i = part.next.fetch_add(1); i < part.end; i = part.next.fetch_add(1)) task(i);
-        }
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-      for (int p = 0; p < threads; ++p) parts[p].next.store(parts[p].end);
-    }
-  });
-  if (error) std::rethrow_exception(error);
-}
+// run_tasks, run_tasks_in_parts and part_begin: the SDK's (tiny_llm/extension.h), shared with the extension addons.
 
 // =====================================================================================================================
 // 1. Packed GEMM
