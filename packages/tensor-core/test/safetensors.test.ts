@@ -221,6 +221,26 @@ describe('zero-copy reads', () => {
     expect(Array.from(b.toArray())).toEqual([9, 8]);
   });
 
+  it("cpu.releaseFilePages lets a mapped tensor's whole pages go; its values read the same after", () => {
+    const path = tmpPath();
+    const values = Float32Array.from({ length: 5000 }, (_, i) => i * 0.5 - 7);
+    saveSafetensors(path, { w: make('float32', [50, 100], values), small: make('float32', [3], new Float32Array([1, 2, 3])) });
+    const file = readSafetensors(path);
+    const w = file.get('w');
+    Array.from(w.toArray()); // resident
+    const released = cpu.releaseFilePages(w);
+    // 20000 bytes from a page boundary or past one: at least the 3 whole 4 KB pages inside, never more than it spans.
+    expect(released).toBeGreaterThanOrEqual(3 * 4096);
+    expect(released).toBeLessThanOrEqual(20000);
+    expect(released % 4096).toBe(0);
+    expect(Array.from(w.toArray())).toEqual(Array.from(values)); // read from the file again
+    expect(cpu.releaseFilePages(file.get('small'))).toBe(0); // no whole page inside 12 bytes
+    // Memory that is not a file mapping is never touched.
+    const owned = make('float32', [50, 100], values);
+    expect(cpu.releaseFilePages(owned)).toBe(0);
+    expect(Array.from(owned.toArray())).toEqual(Array.from(values));
+  });
+
   it('tensors of one file are independent: disposing one leaves the others readable', () => {
     const path = tmpPath();
     saveSafetensors(path, { a: make('float32', [1], new Float32Array([1])) });

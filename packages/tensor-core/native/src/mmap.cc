@@ -18,7 +18,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "registry.h"
@@ -30,7 +33,15 @@ struct Mapping {
   size_t length;
 };
 
+// The live mappings by address, for releaseMappedPages to check what it is given.
+std::mutex g_mappings_mutex;
+std::map<uintptr_t, size_t> g_mappings;
+
 void Unmap(Napi::Env /*env*/, void* /*data*/, Mapping* mapping) {
+  {
+    std::lock_guard<std::mutex> lock(g_mappings_mutex);
+    g_mappings.erase(reinterpret_cast<uintptr_t>(mapping->addr));
+  }
   munmap(mapping->addr, mapping->length);
   delete mapping;
 }
@@ -90,8 +101,38 @@ Napi::Value MmapFile(const Napi::CallbackInfo& info) {
   madvise(addr, length, MADV_WILLNEED);
 
   auto* mapping = new Mapping{addr, length};
+  {
+    std::lock_guard<std::mutex> lock(g_mappings_mutex);
+    g_mappings[reinterpret_cast<uintptr_t>(addr)] = length;
+  }
   return Napi::ArrayBuffer::New(env, addr, length, Unmap, mapping);
 }
 TL_EXPORT("mmapFile", MmapFile);
+
+// native.releaseMappedPages(arrayBuffer, byteOffset, byteLength): lets the kernel take back the resident pages of
+// that range of a mapped file (the whole pages inside it), once what they hold has been copied elsewhere (the
+// engine packs a weight into its own layout at load: without this the file's pages and the copy would both count).
+// A page touched again is read from the file again: its values never change, since nothing writes to a mapped
+// checkpoint. Returns the bytes released; 0 for a buffer that is not a mapping of mmapFile's.
+Napi::Value ReleaseMappedPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsArrayBuffer() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "releaseMappedPages: expected (arrayBuffer, byteOffset, byteLength)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+  const int64_t offset = info[1].As<Napi::Number>().Int64Value(), length = info[2].As<Napi::Number>().Int64Value();
+  const auto base = reinterpret_cast<uintptr_t>(buffer.Data());
+  if (offset < 0 || length <= 0 || static_cast<size_t>(offset + length) > buffer.ByteLength()) return Napi::Number::New(env, 0);
+  {
+    std::lock_guard<std::mutex> lock(g_mappings_mutex);
+    if (g_mappings.count(base) == 0) return Napi::Number::New(env, 0);
+  }
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (base + offset + page - 1) / page * page, end = (base + offset + length) / page * page;
+  if (end <= begin || madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) return Napi::Number::New(env, 0);
+  return Napi::Number::New(env, static_cast<double>(end - begin));
+}
+TL_EXPORT("releaseMappedPages", ReleaseMappedPages);
 
 }  // namespace

@@ -150,6 +150,19 @@ class CpuBackend implements Backend {
     return new CpuStorage(this, buffer, byteOffset, byteLength, null);
   }
 
+  /**
+   * Lets the operating system take back the resident pages under a contiguous tensor that is a view of a mapped
+   * file (a checkpoint opened by loadSafetensors), once its values have been copied elsewhere: a page touched again
+   * is read from the file again, with the same values. Returns the bytes let go: 0 for any other memory, which
+   * this never touches.
+   */
+  releaseFilePages(x: Tensor): number {
+    const s = x.storage as CpuStorage;
+    if (s.pooled || !x.isContiguous || x.size === 0) return 0;
+    const size = itemSize(x.dtype);
+    return Number(native.releaseMappedPages(s.buffer, s.byteOffset + x.offset * size, x.size * size));
+  }
+
   upload(data: StorageArray): CpuStorage {
     const storage = this.allocate('uint8', data.byteLength);
     new Uint8Array(storage.buffer, storage.byteOffset, data.byteLength).set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
