@@ -13,6 +13,7 @@
 #include <cstring>
 #include <exception>
 #include <new>
+#include <string>
 
 namespace engine {
 
@@ -62,6 +63,24 @@ const char* parse_fusion(const Napi::CallbackInfo& info, size_t first, Fusion& f
 // Checks the fusion's tensors against the problem [M, K] x [K, N]; returns nullptr or what is wrong.
 const char* check_fusion(const Fusion& f, int64_t M, int64_t K, int64_t N);
 
+// The tensors and the fusion of a dense linear binding: x (argument 0), its weight (1, checked by the binding), out
+// (2) and the fusion (from 3), with the checks both bindings make of x, out and the fusion.
+struct LinearArgs {
+  tl::TensorRef x, weight, out;
+  Fusion fusion;
+  const char* fusion_error = nullptr;
+  int64_t M = 0;  // x's rows
+  int64_t K = 0;  // the weight's input features: x's last dimension, or half of it with the swiglu prologue
+  int64_t N = 0;  // the outputs: out's last dimension
+
+  // Reads the arguments; false with a JavaScript exception pending.
+  bool read(const Napi::CallbackInfo& info, const char* op);
+  // What is wrong with x, out and the fusion, or nullptr.
+  const char* check() const;
+  // "(x ..., <weight_name> ..., out ...)", for messages.
+  std::string describe(const char* weight_name) const;
+};
+
 // The x a kernel reads, as float32 [M, K]: x itself when it is float32 and there is no prologue, else a scratch
 // of the calling thread (valid until its next call) holding x widened and transformed. With kSwiglu, x is [M, 2K].
 const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusion& f);
@@ -71,5 +90,7 @@ const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusio
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info);       // native/attention_decode.cc
 Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info);  // native/attention_decode.cc
 Napi::Value DenseLinear(const Napi::CallbackInfo& info);      // native/dense_linear.cc
+Napi::Value PackPanels(const Napi::CallbackInfo& info);       // native/dense_panels.cc
+Napi::Value PanelLinear(const Napi::CallbackInfo& info);      // native/dense_panels.cc
 
 }  // namespace engine

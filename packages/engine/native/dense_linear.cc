@@ -1,5 +1,7 @@
-// The week 2 model's projections with dense weights (float32, bf16, f16), with the same fused work as the quantized
-// ones (native/fusion.cc): a decode step of Qwen2-0.5B in bf16 ran 170 small ops around its 97 matmuls (RMSNorms,
+// A product with a dense weight in its checkpoint's layout (float32, bf16, f16), with the same fused work as the
+// quantized ones (native/fusion.cc): the output head of a model whose embedding table is tied, since the token
+// lookup reads that table by rows. (The layers' weights are packed into panels at load: native/dense_panels.cc.)
+// The fusion exists because a decode step of Qwen2-0.5B in bf16 ran 170 small ops around its 97 matmuls (RMSNorms,
 // bias and residual adds, silu and mul), each a trip through JavaScript, an allocation and a wake-up of the pool.
 //
 //   denseLinear(x, wT, out[, bias, residual, prologue, normWeight, eps])
@@ -20,34 +22,19 @@ namespace engine {
 Napi::Value DenseLinear(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "denseLinear";
-  tl::TensorRef x = tl::tensor_arg(info, 0, op);
-  if (env.IsExceptionPending()) return env.Undefined();
-  tl::TensorRef wT = tl::tensor_arg(info, 1, op);
-  if (env.IsExceptionPending()) return env.Undefined();
-  tl::TensorRef out = tl::tensor_arg(info, 2, op);
-  if (env.IsExceptionPending()) return env.Undefined();
-  Fusion fusion;
-  const char* fusion_error = parse_fusion(info, 3, fusion);
-  if (env.IsExceptionPending()) return env.Undefined();
-  auto fail = [&](const std::string& why) {
-    Napi::TypeError::New(env, std::string(op) + ": " + why + " (x " + x.describe() + ", wT " + wT.describe() +
-                                  ", out " + out.describe() + ")")
-        .ThrowAsJavaScriptException();
+  LinearArgs args;
+  if (!args.read(info, op)) return env.Undefined();
+  const auto fail = [&](const std::string& why) {
+    Napi::TypeError::New(env, std::string(op) + ": " + why + " " + args.describe("wT")).ThrowAsJavaScriptException();
     return env.Undefined();
   };
-  if (fusion_error) return fail(fusion_error);
-  if (x.ndim() < 1 || out.ndim() < 1 || wT.ndim() != 2) return fail("wT must be 2-D, x and out at least 1-D");
-  if (!is_float_dtype(x.dtype) || !is_float_dtype(wT.dtype))
-    return fail("x and wT must be float32, bfloat16 or float16");
-  if (out.dtype != tl::DType::F32 || !out.contiguous() || !x.contiguous())
-    return fail("x and out must be contiguous, out float32");
-  const int64_t xk = x.shape.back(), K = fusion.prologue == kSwiglu ? xk / 2 : xk, N = wT.shape[1];
-  if (fusion.prologue == kSwiglu && xk % 2 != 0) return fail("the swiglu prologue needs x of an even last dimension");
+  const tl::TensorRef &x = args.x, &wT = args.weight, &out = args.out;
+  const Fusion& fusion = args.fusion;
+  const int64_t M = args.M, K = args.K, N = args.N;
+  if (wT.ndim() != 2 || !is_float_dtype(wT.dtype)) return fail("wT must be a 2-D float32, bfloat16 or float16 weight");
+  if (const char* err = args.check()) return fail(err);
   if (wT.shape[0] != K) return fail("wT's rows do not match x's last dimension");
-  const int64_t M = xk == 0 ? 0 : x.numel() / xk;
-  if (out.shape.back() != N || out.numel() != M * N) return fail("out must be [..., N] with x's rows");
-  if (const char* err = check_fusion(fusion, M, K, N)) return fail(err);
-  if (fusion.residual.data && fusion.residual.data == out.data) return fail("the residual must not be out");
+  if (wT.shape[1] != N) return fail("out's last dimension does not match wT's columns");
   if (M == 0 || N == 0) return env.Undefined();
   tl::TensorRef x2d;
   try {

@@ -12,6 +12,7 @@
 // division in its inner loop); at 97 matmuls per token it is now vectorised.
 
 #include <string>
+#include <utility>
 
 #include "common.h"
 
@@ -120,6 +121,39 @@ const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusio
   return buf;
 }
 
+
+bool LinearArgs::read(const Napi::CallbackInfo& info, const char* op) {
+  Napi::Env env = info.Env();
+  for (auto [i, t] : {std::pair{0, &x}, std::pair{1, &weight}, std::pair{2, &out}}) {
+    *t = tl::tensor_arg(info, i, op);
+    if (env.IsExceptionPending()) return false;
+  }
+  fusion_error = parse_fusion(info, 3, fusion);
+  if (env.IsExceptionPending()) return false;
+  if (x.ndim() >= 1 && out.ndim() >= 1) {
+    const int64_t xk = x.shape.back();
+    K = fusion.prologue == kSwiglu ? xk / 2 : xk;
+    M = xk == 0 ? 0 : x.numel() / xk;
+    N = out.shape.back();
+  }
+  return true;
+}
+
+const char* LinearArgs::check() const {
+  if (fusion_error) return fusion_error;
+  if (x.ndim() < 1 || out.ndim() < 1) return "x and out must be at least 1-D";
+  if (!is_float_dtype(x.dtype)) return "x must be float32, bfloat16 or float16";
+  if (out.dtype != DType::F32 || !out.contiguous() || !x.contiguous()) return "x and out must be contiguous, out float32";
+  if (fusion.prologue == kSwiglu && x.shape.back() % 2 != 0) return "the swiglu prologue needs x of an even last dimension";
+  if (out.numel() != M * N) return "out must be [..., N] with x's rows";
+  if (const char* err = check_fusion(fusion, M, K, N)) return err;
+  if (fusion.residual.data && fusion.residual.data == out.data) return "the residual must not be out";
+  return nullptr;
+}
+
+std::string LinearArgs::describe(const char* weight_name) const {
+  return "(x " + x.describe() + ", " + weight_name + " " + weight.describe() + ", out " + out.describe() + ")";
+}
 
 bool is_float_dtype(tl::DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 

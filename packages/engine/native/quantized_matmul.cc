@@ -756,6 +756,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports["attentionDecode"] = Napi::Function::New(env, engine::AttentionDecode);
   exports["pagedAttentionDecode"] = Napi::Function::New(env, engine::PagedAttentionDecode);
   exports["denseLinear"] = Napi::Function::New(env, engine::DenseLinear);
+  exports["packPanels"] = Napi::Function::New(env, engine::PackPanels);
+  exports["panelLinear"] = Napi::Function::New(env, engine::PanelLinear);
   exports["dequantizeRows"] = Napi::Function::New(env, DequantizeRows);
   return exports;
 }

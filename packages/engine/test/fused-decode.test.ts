@@ -1,5 +1,5 @@
 // The fused decode path of the week 2 model: the work fused into quantizedMatmul and Linear (an RMSNorm or
-// SwiGLU prologue, bias and residual epilogues; native/fusion.cc), the dense linear layer (native/dense_linear.cc),
+// SwiGLU prologue, bias and residual epilogues; native/fusion.cc), the dense linear layer (native/dense_panels.cc),
 // the one-kernel decode attention (native/attention_decode.cc) with DecodeKvCache.reserve/commit, and the quantized
 // embedding lookup, each against a float64 reference or the composed ops.
 import * as tc from '@tiny-llm/tensor-core';
@@ -49,11 +49,11 @@ describe('quantizedMatmul with fused work', () => {
   });
 });
 
-describe("Linear with dense weights: the same fusion through tensor-core's matmul", () => {
+describe('Linear with dense weights: the same fusion around the panels kernel (native/dense_panels.cc)', () => {
   for (const dtype of ['float32', 'bfloat16'] as const) {
     for (const kinds of KINDS) {
-      it(`${dtype} weight: ${kinds.join(' + ')} (M = 1, 3, 37)`, () => {
-        for (const m of [1, 3, 37]) {
+      it(`${dtype} weight: ${kinds.join(' + ')} (M = 1, 3, 37, 200)`, () => {
+        for (const m of [1, 3, 37, 200]) {
           const c = fusedCase(m, 40, 128, 8, 64, kinds, m + 11);
           // The dequantized weight as a dense one: float32 holds it exactly (the float64 reference applies);
           // bf16 rounds it, so that case is held to the composed ops on the same bf16 weight.

@@ -1,16 +1,18 @@
 // The layers of the week 2 engine that hold weights: a linear layer over a weight kept in its file dtype
 // (float32, bf16, f16, or MLX-quantized), and the gated MLP built from three of them.
 //
-// Unlike week 1, nothing is converted at load time. A half-precision weight W (out, in) is handed to matmul as
-// the transposed view W.T, built once here: the kernel reads W's rows in place and widens them to float32 in
-// registers, so decode streams the 2-byte weights from memory exactly once and no float32 copy ever exists. An
-// MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its kernel, with integer
-// activations unless the layer is built with `exact` (QuantizedMatmulOptions.exact).
+// Unlike week 1, nothing is widened at load time: weights stay in their file dtype. On the CPU a dense weight W
+// (out, in) is packed once, here, into panels of 32 outputs (native/dense_panels.cc: the layout its kernels
+// multiply fastest, at one row of x and at hundreds), still in its file dtype, and the pages of the mapped file it
+// came from are let go; the kernels widen the 2-byte weights to float32 in registers, so decode streams them from
+// memory exactly once and no float32 copy ever exists. On another backend (WebGPU) matmul reads the transposed
+// view W.T in place. An MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its
+// kernel, with integer activations unless the layer is built with `exact` (QuantizedMatmulOptions.exact).
 //
 // forward() can also take the work around the projection (LinearFusion: an RMSNorm or SwiGLU on its input, the
 // residual added to its output, and always its bias), done in the same native call: quantizedMatmul's prologue
-// and epilogue, or for dense weights native/dense_linear.cc around tensor-core's matmul. Each of those was a
-// separate op of its own per layer and token.
+// and epilogue, or for dense weights panelLinear's (native/fusion.cc). Each of those was a separate op of its own
+// per layer and token.
 import * as tc from '@tiny-llm/tensor-core';
 import type { Tensor } from '@tiny-llm/tensor-core';
 import { engineKernels } from './native.ts';
@@ -138,7 +140,9 @@ function adjacentView(ts: readonly Tensor[]): Tensor | null {
 export class Linear {
   readonly inFeatures: number;
   readonly outFeatures: number;
-  /** The dense weight's transposed view [in, out] (null when quantized). */
+  /** A dense weight on the CPU, packed into panels (packPanels); else null. */
+  private readonly panels: Tensor | null;
+  /** A dense weight on another backend: its transposed view [in, out]; else null. */
   private readonly wT: Tensor | null;
   private readonly quantized: tc.QuantizedWeight | null;
   /** The bias as float32 (a vector of `out` values: widened once, it costs nothing). */
@@ -160,11 +164,13 @@ export class Linear {
     [this.outFeatures, this.inFeatures] = weight.shape;
     if (weight instanceof tc.QuantizedWeight) {
       this.quantized = weight;
-      this.wT = null;
+      this.panels = this.wT = null;
     } else {
       if (!tc.isFloating(weight.dtype)) throw new TypeError(`${name}: the weight must be floating point, got ${weight.describe()}`);
       this.quantized = null;
-      this.wT = tc.keep(tc.transpose(weight));
+      const onCpu = weight.backend === tc.cpu;
+      this.panels = onCpu ? tc.keep(packPanels(weight)) : null;
+      this.wT = onCpu ? null : tc.keep(tc.transpose(weight));
     }
     if (bias) {
       if (bias.ndim !== 1 || bias.shape[0] !== this.outFeatures) {
@@ -208,8 +214,61 @@ export class Linear {
       y.dispose();
       return out;
     }
-    return denseLinear(x, this.wT!, this.name, { bias: this.bias, norm, swiglu, residual });
+    const fused = { bias: this.bias, norm, swiglu, residual };
+    if (this.panels) {
+      const panels = this.panels.native();
+      return cpuLinear(x, this.outFeatures, this.name, fused, (xn, out, ...rest) => engineKernels().panelLinear(xn, panels, out, ...rest));
+    }
+    return denseLinear(x, this.wT!, this.name, fused);
   }
+}
+
+/**
+ * A dense weight W [out, in] (any float dtype, any strides) packed for native/dense_panels.cc: [ceil(out / 32), in,
+ * 32] of its dtype, the weights of 32 outputs side by side for each input. The pages of the mapped file W was read
+ * from, if any, are let go: the panels are what is read from now on.
+ */
+export function packPanels(weight: Tensor): Tensor {
+  const [out, inF] = weight.shape;
+  const panels = tc.empty([Math.ceil(out / 32), inF, 32], weight.dtype);
+  engineKernels().packPanels(weight.native(), panels.native());
+  tc.cpu.releaseFilePages(weight);
+  return panels;
+}
+
+/** The fusion's arguments of a native linear kernel after x, its weight and out: bias, residual, prologue, norm. */
+type NativeLinearCall = (x: tc.NativeView, out: tc.NativeView, ...fusion: unknown[]) => void;
+
+/**
+ * x [..., in] -> [..., outF] float32 through one native kernel call on the CPU, with LinearFusion's work and the
+ * bias done in it; a residual the kernel cannot read as [rows, outF] float32 is added after.
+ */
+function cpuLinear(x: Tensor, outF: number, name: string, fusion: LinearFusion & { bias?: Tensor | null }, call: NativeLinearCall): Tensor {
+  const { norm = null, swiglu = false, residual = null, bias = null } = fusion;
+  const rows = x.size / x.shape[x.ndim - 1];
+  const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous && residual.size === rows * outF;
+  const xc = tc.contiguous(x);
+  const out = tc.empty([...x.shape.slice(0, -1), outF], 'float32');
+  try {
+    call(
+      xc.native(),
+      out.native(),
+      bias?.native(),
+      fuseResidual ? residual.native() : null,
+      swiglu ? 2 : norm ? 1 : 0,
+      norm?.weight.native(),
+      norm?.eps,
+    );
+  } catch (err) {
+    out.dispose();
+    throw new Error(`${name}: ${(err as Error).message}`);
+  } finally {
+    if (xc !== x) xc.dispose();
+  }
+  if (!residual || fuseResidual) return out;
+  const sum = tc.add(residual, out);
+  out.dispose();
+  return sum;
 }
 
 /**
@@ -220,33 +279,9 @@ export class Linear {
 export function denseLinear(x: Tensor, wT: Tensor, name: string, fusion: LinearFusion & { bias?: Tensor | null } = {}): Tensor {
   const [inF, outF] = wT.shape;
   const { norm = null, swiglu = false, residual = null, bias = null } = fusion;
-  const outShape = [...x.shape.slice(0, -1), outF];
-  const rows = x.size / x.shape[x.ndim - 1];
   if (x.backend === tc.cpu && wT.backend === tc.cpu && (!bias || bias.isContiguous)) {
-    const fuseResidual = residual !== null && residual.dtype === 'float32' && residual.isContiguous && residual.size === rows * outF;
-    const xc = tc.contiguous(x);
-    const out = tc.empty(outShape, 'float32');
-    try {
-      engineKernels().denseLinear(
-        xc.native(),
-        wT.native(),
-        out.native(),
-        bias?.native(),
-        fuseResidual ? residual.native() : null,
-        swiglu ? 2 : norm ? 1 : 0,
-        norm?.weight.native(),
-        norm?.eps,
-      );
-    } catch (err) {
-      out.dispose();
-      throw new Error(`${name}: ${(err as Error).message}`);
-    } finally {
-      if (xc !== x) xc.dispose();
-    }
-    if (!residual || fuseResidual) return out;
-    const sum = tc.add(residual, out);
-    out.dispose();
-    return sum;
+    const w = wT.native();
+    return cpuLinear(x, outF, name, fusion, (xn, out, ...rest) => engineKernels().denseLinear(xn, w, out, ...rest));
   }
   // Other backends: the same ops, composed.
   let input = x;
