@@ -10,7 +10,7 @@
 //    decode is memory-bound, so tokens/s <= read bandwidth / bytes of weights read per token (~0.99 GB).
 // --q4 also runs the 0.5B shapes with MLX 4-bit weights (~0.28 GB per token, through quantizedMatmul).
 // --profile counts the ops of one decode step and where their time goes (the reference addon's kernels by weight
-// shape: quantizedMatmul as "qmm N x K", denseLinear as "linear N x K", and attentionDecode); for the demo model
+// shape: quantizedMatmul as "qmm N x K", panelLinear and denseLinear as "linear N x K", and attentionDecode); for the demo model
 // also after the 1024-token prompt, where attention reads a KV cache of 8 MB per step.
 // --composed also runs the 0.5B shapes with { fusedKernels: false } (the separate RMSNorm, bias, residual, SwiGLU,
 // RoPE, cache and attention ops), alternating with the fused model in each round, and reports both.
@@ -95,50 +95,38 @@ function profileStep(model: Qwen2Model, prompt: number[]): void {
       return r;
     };
   });
-  // The quantized kernel is the reference addon's, not the backend's: wrapped too, and keyed by weight shape.
+  // The engine's kernels are its addon's, not the backend's: wrapped too, the products keyed by weight shape.
   const addon = engineKernels() as Record<string, (...a: unknown[]) => unknown>;
-  const qmm = addon.quantizedMatmul;
-  addon.quantizedMatmul = function (this: unknown, ...a: unknown[]) {
-    const t = performance.now();
-    const r = qmm.apply(this, a);
-    const meta = (a[1] as [ArrayBuffer, Float64Array])[1]; // [byteOffset, dtype, ndim, ...shape, ...strides]
-    const key = `qmm ${meta[3]}x${(meta[4] * 32) / (a[6] as number)}`;
-    const s = stats.get(key) ?? { n: 0, ms: 0 };
-    s.n++;
-    s.ms += performance.now() - t;
-    stats.set(key, s);
-    return r;
+  const shapeOf = (view: unknown) => (view as [ArrayBuffer, Float64Array])[1]; // [byteOffset, dtype, ndim, ...shape, ...strides]
+  const wrap = (name: string, keyOf: (args: unknown[]) => string) => {
+    const original = addon[name];
+    addon[name] = function (this: unknown, ...a: unknown[]) {
+      const t = performance.now();
+      const r = original.apply(this, a);
+      const key = keyOf(a);
+      const s = stats.get(key) ?? { n: 0, ms: 0 };
+      s.n++;
+      s.ms += performance.now() - t;
+      stats.set(key, s);
+      return r;
+    };
+    return () => {
+      addon[name] = original;
+    };
   };
-  const dense = addon.denseLinear;
-  addon.denseLinear = function (this: unknown, ...a: unknown[]) {
-    const t = performance.now();
-    const r = dense.apply(this, a);
-    const meta = (a[1] as [ArrayBuffer, Float64Array])[1]; // wT [K, N]
-    const key = `linear ${meta[4]}x${meta[3]}`;
-    const s = stats.get(key) ?? { n: 0, ms: 0 };
-    s.n++;
-    s.ms += performance.now() - t;
-    stats.set(key, s);
-    return r;
-  };
-  const attention = addon.attentionDecode;
-  addon.attentionDecode = function (this: unknown, ...a: unknown[]) {
-    const t = performance.now();
-    const r = attention.apply(this, a);
-    const s = stats.get('attentionDecode') ?? { n: 0, ms: 0 };
-    s.n++;
-    s.ms += performance.now() - t;
-    stats.set('attentionDecode', s);
-    return r;
-  };
+  const restoreKernels = [
+    wrap('quantizedMatmul', (a) => `qmm ${shapeOf(a[1])[3]}x${(shapeOf(a[1])[4] * 32) / (a[6] as number)}`),
+    // panels [P, K, 32], out [..., N]
+    wrap('panelLinear', (a) => `linear ${shapeOf(a[2])[3 + shapeOf(a[2])[2] - 1]}x${shapeOf(a[1])[4]}`),
+    wrap('denseLinear', (a) => `linear ${shapeOf(a[1])[4]}x${shapeOf(a[1])[3]}`), // wT [K, N]
+    wrap('attentionDecode', () => 'attentionDecode'),
+  ];
   const steps = 20;
   const t0 = performance.now();
   for (let i = 0; i < steps; i++) tc.tidy(() => tc.argmax(model.forwardLastLogits(ids2d([[1]]), cache), -1).item());
   const total = (performance.now() - t0) / steps;
   names.forEach((n, i) => (backend[n] = originals[i]));
-  addon.quantizedMatmul = qmm;
-  addon.denseLinear = dense;
-  addon.attentionDecode = attention;
+  for (const restore of restoreKernels) restore();
   let kernelMs = 0;
   let calls = 0;
   console.log(`  one decode step: ${total.toFixed(3)} ms (instrumented)`);
