@@ -91,7 +91,8 @@ template <class V, DType D> inline typename V::T load_w(const Stor<D>* p) {
 //
 // The first tile over a block of the panel reads it from memory (a batch's step reads every weight once, and
 // cold): it prefetches 4 KB ahead in the panel (on into the next panel, which the same thread takes next when
-// the tasks are panels in order), and the tiles after it find the block in cache.
+// the tasks are panels in order), and the tiles after it find the block in cache. The demo model's batch-16 step
+// without it read its panels at 85-117 GFLOP/s, with it 131-216 (2101 -> 2502 tok/s).
 template <class V, DType D, int MB, int NV, bool kPrefetch>
 void tile_simd(const float* a, int64_t lda, const Stor<D>* panel, int64_t k0, int64_t k1, int64_t c0, float* c,
                bool accumulate) {
