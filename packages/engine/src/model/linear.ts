@@ -25,8 +25,9 @@ export interface InputNorm {
 }
 
 /**
- * The work around a projection that Linear.forward can fuse into it. A quantized weight does it in the same
- * native call as the matmul (quantizedMatmul's prologue and epilogue); a dense one composes the same ops.
+ * The work around a projection that Linear.forward can fuse into it. On the CPU it is done in the same native call
+ * as the matmul (quantizedMatmul's and panelLinear's prologue and epilogue); on another backend the same ops are
+ * composed.
  */
 export interface LinearFusion {
   /** The input is normalised first (the RMSNorm in front of q/k/v and of the MLP). */
