@@ -230,8 +230,8 @@ export class Linear {
  * from, if any, are let go: the panels are what is read from now on.
  */
 export function packPanels(weight: Tensor): Tensor {
-  const [out, inF] = weight.shape;
-  const panels = tc.empty([Math.ceil(out / 32), inF, 32], weight.dtype);
+  const [outF, inF] = weight.shape;
+  const panels = tc.empty([Math.ceil(outF / 32), inF, 32], weight.dtype);
   engineKernels().packPanels(weight.native(), panels.native());
   tc.cpu.releaseFilePages(weight);
   return panels;
