@@ -90,5 +90,9 @@ Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info);  // native/att
 Napi::Value DenseLinear(const Napi::CallbackInfo& info);      // native/dense_linear.cc
 Napi::Value PackPanels(const Napi::CallbackInfo& info);       // native/dense_panels.cc
 Napi::Value PanelLinear(const Napi::CallbackInfo& info);      // native/dense_panels.cc
+Napi::Value PackQuantizedPanels(const Napi::CallbackInfo& info);       // native/quantized_panels.cc
+Napi::Value QuantizedPanelLinear(const Napi::CallbackInfo& info);      // native/quantized_panels.cc
+Napi::Value DequantizePanelRows(const Napi::CallbackInfo& info);       // native/quantized_panels.cc
+Napi::Value QuantizedPanelsSupported(const Napi::CallbackInfo& info);  // native/quantized_panels.cc
 
 }  // namespace engine

@@ -153,6 +153,21 @@ template <class Slot> float quantize_block(const float* x, const Slot& slot, int
   return dx;
 }
 
+#ifdef TL_X86_SIMD
+// quantize_block's arithmetic on 16 lanes (the same float32 operations, and vcvtps2dq rounds to nearest even as
+// nearbyint does): returns dx, and the block's 32 int16 in order in `q` (as 16 int32 pairs, the integer GEMM's view).
+TL_AVX512_VNNI inline float quantize_block_avx512(const float* x, __m512i& q) {
+  const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+  const float dx = amax / 32767.0f;
+  const __m512 inv = _mm512_set1_ps(dx != 0.0f ? 1.0f / dx : 0.0f);
+  const __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)));
+  const __m256i hi = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
+  q = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  return dx;
+}
+#endif
+
 // Whether the integer kernels take weights of `bits` bits (4 and 8; other widths keep float activations).
 bool int16_activations_supported(int bits);
 

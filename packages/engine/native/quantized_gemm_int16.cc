@@ -77,19 +77,6 @@ struct Panels {
 
 // ---- Step 1: x's panels --------------------------------------------------------------------------------------------
 
-// quantize_block's arithmetic on 16 lanes (the same float32 operations, and vcvtps2dq rounds to nearest even as
-// nearbyint does): returns dx, the block's 32 int16 as 16 int32 pairs in `pairs`.
-TL_AVX512_VNNI inline float quantize_block_avx512(const float* x, __m512i& pairs) {
-  const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
-  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-  const float dx = amax / 32767.0f;
-  const __m512 inv = _mm512_set1_ps(dx != 0.0f ? 1.0f / dx : 0.0f);
-  const __m256i lo = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)));
-  const __m256i hi = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
-  pairs = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  return dx;
-}
-
 // Panel `panel` of x: rows past M are zeros (their outputs are never written).
 TL_AVX512_VNNI void pack_panel(const Problem& p, const Panels& x, int64_t panel) {
   int32_t* pairs = x.pairs + panel * x.pairs_size;

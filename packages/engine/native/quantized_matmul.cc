@@ -758,6 +758,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports["denseLinear"] = Napi::Function::New(env, engine::DenseLinear);
   exports["packPanels"] = Napi::Function::New(env, engine::PackPanels);
   exports["panelLinear"] = Napi::Function::New(env, engine::PanelLinear);
+  exports["packQuantizedPanels"] = Napi::Function::New(env, engine::PackQuantizedPanels);
+  exports["quantizedPanelLinear"] = Napi::Function::New(env, engine::QuantizedPanelLinear);
+  exports["dequantizePanelRows"] = Napi::Function::New(env, engine::DequantizePanelRows);
+  exports["quantizedPanelsSupported"] = Napi::Function::New(env, engine::QuantizedPanelsSupported);
   exports["dequantizeRows"] = Napi::Function::New(env, DequantizeRows);
   return exports;
 }

@@ -7,7 +7,9 @@
 // came from are let go; the kernels widen the 2-byte weights to float32 in registers, so decode streams them from
 // memory exactly once and no float32 copy ever exists. On another backend (WebGPU) matmul reads the transposed
 // view W.T in place. An MLX-quantized weight goes to quantizedMatmul (chapter 2.2), which dequantizes inside its
-// kernel, with integer activations unless the layer is built with `exact` (QuantizedMatmulOptions.exact).
+// kernel, with integer activations unless the layer is built with `exact` (QuantizedMatmulOptions.exact). A 4-bit
+// one with integer activations, on a CPU with AVX-512 VNNI, is packed at load into panels of 16 rows instead
+// (native/quantized_panels.cc: the same product, in a layout whose kernel multiplies 16 rows per instruction).
 //
 // forward() can also take the work around the projection (LinearFusion: an RMSNorm or SwiGLU on its input, the
 // residual added to its output, and always its bias), done in the same native call: quantizedMatmul's prologue
@@ -118,6 +120,14 @@ export function fuseWeights(parts: readonly Weight[], maxCopyBytes = FUSE_COPY_M
 }
 
 /**
+ * Lets go of `fused` (fuseWeights of `parts`) once `linear` has packed a layout of its own from it: a copy would
+ * otherwise wait for the garbage collector, holding those weights twice until then.
+ */
+export function releaseFused(parts: readonly Weight[], fused: Weight, linear: Linear): void {
+  if (!parts.includes(fused) && !linear.readsSourceWeight) fused.dispose();
+}
+
+/**
  * One tensor over the parts when they lie back to back in one mapped file (or other wrapped CPU memory), else
  * null. Pooled buffers are left alone: the pool may hand them out again once their tensors are disposed.
  */
@@ -146,6 +156,8 @@ export class Linear {
   /** A dense weight on another backend: its transposed view [in, out]; else null. */
   private readonly wT: Tensor | null;
   private readonly quantized: tc.QuantizedWeight | null;
+  /** A 4-bit weight with integer activations on a CPU with AVX-512 VNNI, packed (packQuantizedPanels); else null. */
+  private readonly quantizedPanels: QuantizedPanels | null;
   /** The bias as float32 (a vector of `out` values: widened once, it costs nothing). */
   readonly bias: Tensor | null;
   /** A quantized weight multiplies float32 activations (else int16 ones, for 4 and 8 bits). */
@@ -164,11 +176,12 @@ export class Linear {
     }
     [this.outFeatures, this.inFeatures] = weight.shape;
     if (weight instanceof tc.QuantizedWeight) {
-      this.quantized = weight;
+      this.quantizedPanels = !this.exact && quantizedPanelsSupported(weight) ? packQuantizedPanels(weight) : null;
+      this.quantized = this.quantizedPanels ? null : weight;
       this.panels = this.wT = null;
     } else {
       if (!tc.isFloating(weight.dtype)) throw new TypeError(`${name}: the weight must be floating point, got ${weight.describe()}`);
-      this.quantized = null;
+      this.quantized = this.quantizedPanels = null;
       const onCpu = weight.backend === tc.cpu;
       this.panels = onCpu ? tc.keep(packPanels(weight)) : null;
       this.wT = onCpu ? null : tc.keep(tc.transpose(weight));
@@ -183,8 +196,13 @@ export class Linear {
     }
   }
 
+  /** Whether forward reads the weight the layer was built from (else a packed layout of its own). */
+  get readsSourceWeight(): boolean {
+    return this.quantized !== null || this.wT !== null;
+  }
+
   get isQuantized(): boolean {
-    return this.quantized !== null;
+    return this.quantized !== null || this.quantizedPanels !== null;
   }
 
   /**
@@ -216,6 +234,7 @@ export class Linear {
       return out;
     }
     const fused = { bias: this.bias, norm, swiglu, residual };
+    if (this.quantizedPanels) return quantizedPanelLinear(x, this.quantizedPanels, this.name, fused);
     if (this.panels) {
       const panels = this.panels.native();
       return cpuLinear(x, this.outFeatures, this.name, fused, (xn, out, ...rest) => engineKernels().panelLinear(xn, panels, out, ...rest));
@@ -235,6 +254,51 @@ export function packPanels(weight: Tensor): Tensor {
   engineKernels().packPanels(weight.native(), panels.native());
   tc.cpu.releaseFilePages(weight);
   return panels;
+}
+
+/** A 4-bit weight as native/quantized_panels.cc multiplies it: the packed values, and each group's scales and biases. */
+export interface QuantizedPanels {
+  /** uint32 [ceil(out / 16), in / 8, 16]: 8 values of each of 16 rows per 16 words. */
+  panels: Tensor;
+  /** [ceil(out / 16), in / groupSize, 2, 16] of the scales' dtype: per panel and group, 16 scales then 16 biases. */
+  params: Tensor;
+  outFeatures: number;
+}
+
+/** Whether Linear packs `w` into panels: a 2-D 4-bit weight on the CPU, where this process has AVX-512 VNNI. */
+export function quantizedPanelsSupported(w: tc.QuantizedWeight): boolean {
+  return w.bits === 4 && w.shape.length === 2 && w.weight.backend === tc.cpu && engineKernels().quantizedPanelsSupported();
+}
+
+/**
+ * A 4-bit MLX weight [out, in] packed for native/quantized_panels.cc (whose header says where each value goes).
+ * As with packPanels, the pages of the mapped file it came from are let go.
+ */
+export function packQuantizedPanels(w: tc.QuantizedWeight): QuantizedPanels {
+  if (w.bits !== 4) throw new RangeError(`packQuantizedPanels: only 4-bit weights pack into panels, got ${w.toString()}`);
+  const [outF, inF] = w.shape;
+  const count = Math.ceil(outF / 16);
+  const panels = tc.empty([count, inF / 8, 16], 'uint32');
+  const params = tc.empty([count, inF / w.groupSize, 2, 16], w.scales.dtype);
+  engineKernels().packQuantizedPanels(w.weight.native(), w.scales.native(), w.biases.native(), panels.native(), params.native());
+  for (const t of [w.weight, w.scales, w.biases]) tc.cpu.releaseFilePages(t);
+  return { panels: tc.keep(panels), params: tc.keep(params), outFeatures: outF };
+}
+
+/**
+ * x [..., in] @ dequantize(W).T for a weight packed by packQuantizedPanels, x rounded to int16 per block of 32
+ * values as quantizedMatmul's integer path rounds it, with LinearFusion's work and the bias in the same call.
+ */
+export function quantizedPanelLinear(
+  x: Tensor,
+  w: QuantizedPanels,
+  name: string,
+  fusion: LinearFusion & { bias?: Tensor | null } = {},
+): Tensor {
+  const [panels, params] = [w.panels.native(), w.params.native()];
+  return cpuLinear(x, w.outFeatures, name, fusion, (xn, out, ...rest) =>
+    engineKernels().quantizedPanelLinear(xn, panels, out, ...rest, params),
+  );
 }
 
 /** The fusion's arguments of a native linear kernel after x, its weight and out: bias, residual, prologue, norm. */
@@ -340,6 +404,7 @@ export class GatedMlp {
     const fused = options.fuse === false ? null : fuseWeights([gate, up], options.maxCopyBytes);
     const precision = { exact: options.exact };
     this.gateUp = fused ? new Linear(fused, null, `${name}.gate_up_proj`, precision) : null;
+    if (fused) releaseFused([gate, up], fused, this.gateUp!);
     this.gate = fused ? null : new Linear(gate, null, `${name}.gate_proj`, precision);
     this.up = fused ? null : new Linear(up, null, `${name}.up_proj`, precision);
     this.down = new Linear(down, null, `${name}.down_proj`, precision);

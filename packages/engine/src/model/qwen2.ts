@@ -5,8 +5,9 @@
 //   cache and attends over everything cached. A prefill is one call with the prompt; each decode step is one
 //   call with one token. RoPE rotates the new tokens at their absolute positions offset, offset + 1, ...
 // - Weights stay in their file dtype: bf16/f16 matrices are read in place by matmul (as transposed views,
-//   built once at load), MLX-quantized ones by the engine's quantized matmul; a quantized embedding is
-//   dequantized only for the rows a call looks up (one native call, dequantizeRows).
+//   built once at load), MLX-quantized ones by the engine's quantized matmul (4-bit ones packed into panels
+//   where the CPU has AVX-512 VNNI: Linear); a quantized embedding is dequantized only for the rows a call looks
+//   up (one native call, dequantizeRows, or dequantizePanelRows for a tied 4-bit table packed as the head).
 // - tensor-core's fused kernels: fast.rmsNorm, fast.rope (tables computed once per model, grown on demand),
 //   fast.sdpa for the few-query steps; a prefill's attention is chapter 2.4's flash attention kernel ('causal'
 //   is aligned to the bottom right, so a prefill after cached tokens masks correctly).
@@ -37,6 +38,11 @@ import {
   GatedMlp,
   type InputNorm,
   Linear,
+  releaseFused,
+  packQuantizedPanels,
+  quantizedPanelLinear,
+  type QuantizedPanels,
+  quantizedPanelsSupported,
   type QuantizedPrecision,
   type Weight,
 } from './linear.ts';
@@ -113,6 +119,8 @@ export class TokenEmbedding {
   readonly hiddenSize: number;
   private readonly table: Tensor | null;
   private readonly quantized: tc.QuantizedWeight | null;
+  /** A 4-bit table that is also the output head, packed as Linear packs its 4-bit weights; else null. */
+  private readonly panels: QuantizedPanels | null;
   /** The table's transposed view [hidden, vocab], for the tied head (dense tables). */
   private readonly tableT: Tensor | null;
 
@@ -121,16 +129,19 @@ export class TokenEmbedding {
     vocabSize: number,
     hiddenSize: number,
     private readonly precision: QuantizedPrecision = {},
+    isOutputHead = false,
   ) {
     expectWeightShape('model.embed_tokens', weight, [vocabSize, hiddenSize]);
     this.vocabSize = vocabSize;
     this.hiddenSize = hiddenSize;
     if (weight instanceof tc.QuantizedWeight) {
-      this.quantized = weight;
+      const pack = isOutputHead && !precision.exact && quantizedPanelsSupported(weight);
+      this.panels = pack ? packQuantizedPanels(weight) : null;
+      this.quantized = pack ? null : weight;
       this.table = null;
       this.tableT = null;
     } else {
-      this.quantized = null;
+      this.quantized = this.panels = null;
       this.table = weight;
       this.tableT = tc.keep(tc.transpose(weight));
     }
@@ -146,19 +157,23 @@ export class TokenEmbedding {
       return widened;
     }
     // Dequantize only the looked-up rows (one native call; the ids were range-checked by the model).
-    const q = this.quantized!;
     const out = tc.empty([...ids.shape, this.hiddenSize], 'float32');
     const idsc = tc.contiguous(ids);
     try {
-      engineKernels().dequantizeRows(
-        q.weight.native(),
-        q.scales.native(),
-        q.biases.native(),
-        idsc.native(),
-        out.native(),
-        q.groupSize,
-        q.bits,
-      );
+      if (this.panels) {
+        engineKernels().dequantizePanelRows(this.panels.panels.native(), this.panels.params.native(), idsc.native(), out.native());
+      } else {
+        const q = this.quantized!;
+        engineKernels().dequantizeRows(
+          q.weight.native(),
+          q.scales.native(),
+          q.biases.native(),
+          idsc.native(),
+          out.native(),
+          q.groupSize,
+          q.bits,
+        );
+      }
     } catch (err) {
       out.dispose();
       throw err;
@@ -170,6 +185,7 @@ export class TokenEmbedding {
 
   /** x [..., hidden] -> logits [..., vocab] = x @ table.T (tied output head); `norm` normalises x first. */
   asLinear(x: Tensor, norm: InputNorm | null = null): Tensor {
+    if (this.panels) return quantizedPanelLinear(x, this.panels, 'lm_head', { norm });
     return this.quantized
       ? quantizedMatmul(x, this.quantized, { norm, exact: this.precision.exact })
       : denseLinear(x, this.tableT!, 'lm_head', { norm });
@@ -236,6 +252,7 @@ export class Qwen2Attention {
           )
         : null;
       this.qkvProj = new Linear(fused, bias, `${prefix}.qkv_proj`, precision);
+      releaseFused([q.w, k.w, v.w], fused, this.qkvProj);
       this.qProj = this.kProj = this.vProj = null;
     } else {
       this.qkvProj = null;
@@ -537,7 +554,8 @@ export class Qwen2Model {
     const progress = (done: number) => options.onProgress?.(done, total);
 
     const precision: QuantizedPrecision = { exact: options.exact };
-    this.embedding = new TokenEmbedding(need('model.embed_tokens.weight'), config.vocabSize, hiddenSize, precision);
+    const embedding = need('model.embed_tokens.weight');
+    this.embedding = new TokenEmbedding(embedding, config.vocabSize, hiddenSize, precision, config.tieWordEmbeddings);
     progress(1);
     const shape: AttentionShape = {
       hiddenSize,
