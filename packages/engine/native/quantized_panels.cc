@@ -314,6 +314,18 @@ bool group_size_ok(int64_t K, int64_t groups) {
   return G == 32 || G == 64 || G == 128;
 }
 
+// What is wrong with a packed weight (packQuantizedPanels' panels and params) for rows of K values, or nullptr.
+const char* check_panels(const tl::TensorRef& panels, const tl::TensorRef& params, int64_t K) {
+  if (panels.ndim() != 3 || panels.shape[2] != kRows || panels.dtype != DType::U32 || !panels.contiguous())
+    return "panels must be contiguous uint32 [P, K / 8, 16] (packQuantizedPanels)";
+  if (panels.shape[1] * kPerWord != K) return "the panels' K does not match x's last dimension";
+  if (params.ndim() != 4 || params.shape[0] != panels.shape[0] || params.shape[2] != 2 || params.shape[3] != kRows ||
+      !is_float_dtype(params.dtype) || !params.contiguous())
+    return "params must be contiguous float [P, K / groupSize, 2, 16] (packQuantizedPanels)";
+  if (!group_size_ok(K, params.shape[1])) return "params do not give a group size of 32, 64 or 128 for x's K";
+  return nullptr;
+}
+
 // MLX word `src` (values 8c .. 8c + 7 in nibbles 0 .. 7) as a panel word (value 8c + j in byte j's low nibble,
 // 8c + 4 + j in its high one).
 uint32_t panel_word(uint32_t src) {
@@ -393,17 +405,10 @@ Napi::Value QuantizedPanelLinear(const Napi::CallbackInfo& info) {
   };
   const tl::TensorRef& panels = args.weight;
   const int64_t M = args.M, K = args.K, N = args.N;
-  if (panels.ndim() != 3 || panels.shape[2] != kRows || panels.dtype != DType::U32 || !panels.contiguous())
-    return fail("panels must be contiguous uint32 [P, K / 8, 16] (packQuantizedPanels)");
   if (const char* err = args.check()) return fail(err);
-  const int64_t P = panels.shape[0];
-  if (panels.shape[1] * kPerWord != K) return fail("the panels' K does not match x's last dimension");
+  if (const char* err = check_panels(panels, params, K)) return fail(err);
+  const int64_t P = panels.shape[0], groups = params.shape[1];
   if (N > P * kRows || N <= (P - 1) * kRows) return fail("out's last dimension does not fit the panels");
-  if (params.ndim() != 4 || params.shape[0] != P || params.shape[2] != 2 || params.shape[3] != kRows ||
-      !is_float_dtype(params.dtype) || !params.contiguous())
-    return fail("params must be contiguous float [P, K / groupSize, 2, 16] (packQuantizedPanels)");
-  const int64_t groups = params.shape[1];
-  if (!group_size_ok(K, groups)) return fail("params do not give a group size of 32, 64 or 128 for x's K");
   if (M == 0) return env.Undefined();
   const PanelWeight w{static_cast<const uint32_t*>(panels.data), params.data, params.dtype, N, K, K / groups, groups};
   const Fusion& f = args.fusion;
@@ -432,12 +437,9 @@ Napi::Value DequantizePanelRows(const Napi::CallbackInfo& info) {
         .ThrowAsJavaScriptException();
     return env.Undefined();
   };
-  if (panels.ndim() != 3 || panels.shape[2] != kRows || panels.dtype != DType::U32 || !panels.contiguous())
-    return fail("panels must be contiguous uint32 [P, K / 8, 16] (packQuantizedPanels)");
-  const int64_t P = panels.shape[0], K = panels.shape[1] * kPerWord;
-  if (params.ndim() != 4 || params.shape[0] != P || params.shape[2] != 2 || params.shape[3] != kRows ||
-      !is_float_dtype(params.dtype) || !params.contiguous() || !group_size_ok(K, params.shape[1]))
-    return fail("params must be contiguous float [P, K / groupSize, 2, 16] (packQuantizedPanels)");
+  const int64_t K = panels.ndim() == 3 ? panels.shape[1] * kPerWord : 0;
+  if (const char* err = check_panels(panels, params, K)) return fail(err);
+  const int64_t P = panels.shape[0];
   if ((ids.dtype != DType::I32 && ids.dtype != DType::U32) || !ids.contiguous()) return fail("ids must be contiguous int32");
   if (out.dtype != DType::F32 || !out.contiguous() || out.numel() != ids.numel() * K)
     return fail("out must be contiguous float32 [..., K] with a row per id");

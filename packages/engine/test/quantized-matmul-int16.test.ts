@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import * as tc from '@tiny-llm/tensor-core';
 import { quantizedMatmul } from '../src/model/quantized-matmul.ts';
 import { engineKernels } from '../src/model/native.ts';
-import { checkInt16, int16Expected } from './support/int16-reference.ts';
+import { checkFusion, checkInt16 } from './support/int16-reference.ts';
 import { makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
 
 /** The int16 kernel this process runs (native cpuFeatures), checked against the level asked for. */
@@ -100,40 +100,7 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
     'the fused prologue (rmsNorm, swiglu) rounds the prepared x; the epilogue (bias, residual) adds in float: M = %i',
     (m) => {
       const p = makeProblem(m, 40, 256, 4, 64);
-      const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
-      const residual = tc.tensor(
-        Float32Array.from({ length: m * 40 }, (_, i) => Math.sin(i)),
-        { shape: [m, 40] },
-      );
-      const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
-      const gateUp = tc.tensor(
-        Float32Array.from({ length: m * 512 }, (_, i) => Math.cos(i * 0.37) * 2),
-        { shape: [m, 512] },
-      );
-      const cases = [
-        { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
-        {
-          fusion: { residual, swiglu: true },
-          prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])),
-        },
-      ];
-      for (const { fusion, prepared } of cases) {
-        const what = Object.keys(fusion).join(' + ');
-        const fused = quantizedMatmul(fusion.swiglu ? gateUp : p.x, p.w, fusion).toArray() as Float32Array;
-        check({ ...p, x: prepared }, `${what}: the prepared x`);
-        const unfused = quantizedMatmul(prepared, p.w).toArray() as Float32Array;
-        // The engine computes the prologue itself and tensor-core computed `prepared`: the two may differ in a
-        // last bit, which can move a value's int16 rounding by one step. Each side is within the activations'
-        // rounding bound of the exact product, so they agree to twice that (a missing prologue or epilogue
-        // would miss by far more).
-        const { bound } = int16Expected({ ...p, x: prepared });
-        for (let i = 0; i < fused.length; i++) {
-          const epilogue = ('bias' in fusion ? bias.toArray()[i % 40] : 0) + ('residual' in fusion ? residual.toArray()[i] : 0);
-          expect(Math.abs(fused[i] - (unfused[i] + epilogue)), `${what}, output ${i}`).toBeLessThan(
-            2 * bound[i] + 1e-5 * (1 + Math.abs(fused[i])),
-          );
-        }
-      }
+      checkFusion(p, (x, fusion) => quantizedMatmul(x, p.w, fusion).toArray() as Float32Array);
     },
   );
 

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import * as tc from '@tiny-llm/tensor-core';
 import { Linear, packQuantizedPanels, quantizedPanelLinear, quantizedPanelsSupported } from '../src/model/linear.ts';
 import { engineKernels } from '../src/model/native.ts';
-import { checkInt16, int16Expected } from './support/int16-reference.ts';
+import { checkFusion, checkInt16 } from './support/int16-reference.ts';
 import { makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
 
 const vnni = (() => {
@@ -91,38 +91,7 @@ describe(`4-bit weights in panels (${vnni ? 'the VNNI kernel' : 'the plain loops
   it.each([1, 20])('the fused prologue (rmsNorm, swiglu) and epilogue (bias, residual): M = %i', (m) => {
     const p = makeProblem(m, 40, 256, 4, 64);
     const packed = packQuantizedPanels(p.w);
-    const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
-    const residual = tc.tensor(
-      Float32Array.from({ length: m * 40 }, (_, i) => Math.sin(i)),
-      { shape: [m, 40] },
-    );
-    const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
-    const gateUp = tc.tensor(
-      Float32Array.from({ length: m * 512 }, (_, i) => Math.cos(i * 0.37) * 2),
-      { shape: [m, 512] },
-    );
-    const cases = [
-      { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
-      {
-        fusion: { residual, swiglu: true },
-        prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])),
-      },
-    ];
-    for (const { fusion, prepared } of cases) {
-      const what = Object.keys(fusion).join(' + ');
-      const fused = quantizedPanelLinear(fusion.swiglu ? gateUp : p.x, packed, 'test', fusion).toArray() as Float32Array;
-      const unfused = quantizedPanelLinear(prepared, packed, 'test').toArray() as Float32Array;
-      // The kernel's prologue and tensor-core's ops may differ in a last bit, which can move a value's int16
-      // rounding by a step: each side is within the activations' rounding of the exact product, so they agree to
-      // twice that (a missing prologue or epilogue would miss by far more).
-      const { bound } = int16Expected({ ...p, x: prepared });
-      for (let i = 0; i < fused.length; i++) {
-        const epilogue = ('bias' in fusion ? bias.toArray()[i % 40] : 0) + ('residual' in fusion ? residual.toArray()[i] : 0);
-        expect(Math.abs(fused[i] - (unfused[i] + epilogue)), `${what}, output ${i}`).toBeLessThan(
-          2 * bound[i] + 1e-5 * (1 + Math.abs(fused[i])),
-        );
-      }
-    }
+    checkFusion(p, (x, fusion) => quantizedPanelLinear(x, packed, 'test', fusion).toArray() as Float32Array);
   });
 
   it("dequantizePanelRows: rows of dequantize(w), from any panel; an id outside the panels' rows is refused", () => {

@@ -7,6 +7,7 @@
 //   sum_k |scale * q_k| * dx / 2 per output.
 import { expect } from 'vitest';
 import * as tc from '@tiny-llm/tensor-core';
+import type { Tensor } from '@tiny-llm/tensor-core';
 import type { Problem } from './quantized-matmul-cases.ts';
 
 const BLOCK = 32;
@@ -115,4 +116,55 @@ export function checkInt16(got: Float32Array, p: Problem, what: string): number 
     }
   }
   return worst;
+}
+
+/** The fusion a kernel under test takes (quantizedMatmul's and Linear's). */
+export interface Fusion {
+  bias?: Tensor;
+  residual?: Tensor;
+  norm?: { weight: Tensor; eps: number };
+  swiglu?: boolean;
+}
+
+/**
+ * A kernel's fused prologue (rmsNorm; swiglu of a [M, 2K] x) and epilogue (bias, residual) against the same
+ * kernel on the x that tensor-core's ops prepare, plus the epilogue added after; and that product against the
+ * int16 references. p is [M, 40] x [40, 256] (K = 256); `multiply(x, fusion)` returns the kernel's output.
+ */
+export function checkFusion(p: Problem, multiply: (x: Tensor, fusion: Fusion) => Float32Array): void {
+  const m = p.m;
+  const bias = tc.tensor(Float32Array.from({ length: 40 }, (_, i) => i / 10));
+  const residual = tc.tensor(
+    Float32Array.from({ length: m * 40 }, (_, i) => Math.sin(i)),
+    { shape: [m, 40] },
+  );
+  const norm = { weight: tc.tensor(Float32Array.from({ length: 256 }, (_, i) => 0.5 + (i % 7) / 7)), eps: 1e-6 };
+  const gateUp = tc.tensor(
+    Float32Array.from({ length: m * 512 }, (_, i) => Math.cos(i * 0.37) * 2),
+    { shape: [m, 512] },
+  );
+  const cases: { fusion: Fusion; prepared: Tensor }[] = [
+    { fusion: { bias, norm }, prepared: tc.fast.rmsNorm(p.x, norm.weight, norm.eps) },
+    {
+      fusion: { residual, swiglu: true },
+      prepared: tc.mul(tc.silu(tc.slice(gateUp, [null, [0, 256]])), tc.slice(gateUp, [null, [256, 512]])),
+    },
+  ];
+  for (const { fusion, prepared } of cases) {
+    const what = Object.keys(fusion).join(' + ');
+    const fused = multiply(fusion.swiglu ? gateUp : p.x, fusion);
+    const unfused = multiply(prepared, {});
+    checkInt16(unfused, { ...p, x: prepared }, `${what}: the prepared x`);
+    // The kernel computes the prologue itself and tensor-core computed `prepared`: the two may differ in a last
+    // bit, which can move a value's int16 rounding by one step. Each side is within the activations' rounding
+    // bound of the exact product, so they agree to twice that (a missing prologue or epilogue would miss by far
+    // more).
+    const { bound } = int16Expected({ ...p, x: prepared });
+    for (let i = 0; i < fused.length; i++) {
+      const epilogue = (fusion.bias ? bias.toArray()[i % 40] : 0) + (fusion.residual ? residual.toArray()[i] : 0);
+      expect(Math.abs(fused[i] - (unfused[i] + epilogue)), `${what}, output ${i}`).toBeLessThan(
+        2 * bound[i] + 1e-5 * (1 + Math.abs(fused[i])),
+      );
+    }
+  }
 }
