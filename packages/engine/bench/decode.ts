@@ -10,8 +10,8 @@
 //    decode is memory-bound, so tokens/s <= read bandwidth / bytes of weights read per token (~0.99 GB).
 // --q4 also runs the 0.5B shapes with MLX 4-bit weights (~0.28 GB per token, through quantizedMatmul).
 // --profile counts the ops of one decode step and where their time goes (the reference addon's kernels by weight
-// shape: quantizedMatmul as "qmm N x K", quantizedPanelLinear as "qpanels N x K", panelLinear and denseLinear as
-// "linear N x K", and attentionDecode); for the demo model
+// shape: quantizedMatmul as "qmm N x K", quantizedPanelLinear as "qpanels N x K", panelLinear as "linear N x K",
+// and attentionDecode); for the demo model
 // also after the 1024-token prompt, where attention reads a KV cache of 8 MB per step.
 // --composed also runs the 0.5B shapes with { fusedKernels: false } (the separate RMSNorm, bias, residual, SwiGLU,
 // RoPE, cache and attention ops), alternating with the fused model in each round, and reports both.
@@ -119,7 +119,6 @@ function profileStep(model: Qwen2Model, prompt: number[]): void {
     wrap('quantizedMatmul', (a) => `qmm ${shapeOf(a[1])[3]}x${(shapeOf(a[1])[4] * 32) / (a[6] as number)}`),
     // panels [P, K, 32], out [..., N]
     wrap('panelLinear', (a) => `linear ${shapeOf(a[2])[3 + shapeOf(a[2])[2] - 1]}x${shapeOf(a[1])[4]}`),
-    wrap('denseLinear', (a) => `linear ${shapeOf(a[1])[4]}x${shapeOf(a[1])[3]}`), // wT [K, N]
     // panels [P, K / 8, 16], out [..., N]
     wrap('quantizedPanelLinear', (a) => `qpanels ${shapeOf(a[2])[3 + shapeOf(a[2])[2] - 1]}x${shapeOf(a[1])[4] * 8}`),
     wrap('attentionDecode', () => 'attentionDecode'),

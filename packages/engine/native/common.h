@@ -87,9 +87,9 @@ const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusio
 
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info);       // native/attention_decode.cc
 Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info);  // native/attention_decode.cc
-Napi::Value DenseLinear(const Napi::CallbackInfo& info);      // native/dense_linear.cc
 Napi::Value PackPanels(const Napi::CallbackInfo& info);       // native/dense_panels.cc
 Napi::Value PanelLinear(const Napi::CallbackInfo& info);      // native/dense_panels.cc
+Napi::Value PanelRows(const Napi::CallbackInfo& info);        // native/dense_panels.cc
 Napi::Value PackQuantizedPanels(const Napi::CallbackInfo& info);       // native/quantized_panels.cc
 Napi::Value QuantizedPanelLinear(const Napi::CallbackInfo& info);      // native/quantized_panels.cc
 Napi::Value DequantizePanelRows(const Napi::CallbackInfo& info);       // native/quantized_panels.cc

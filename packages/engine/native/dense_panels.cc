@@ -8,6 +8,9 @@
 //     x       [..., K] float32 / bfloat16 / float16, contiguous ([..., 2K] with the swiglu prologue)
 //     out     [..., N] float32, contiguous, as many rows as x: N (at most 32 per panel) is read from out
 //   out = prologue(x) @ W^T + bias + residual
+//   panelRows(panels, ids, out)
+//     rows ids of W, widened to float32 into out [..., K]: the lookup of a tied embedding table, kept only as the
+//     output head's panels
 //
 // Why panels. In a checkpoint each output's K weights lie side by side, so a product takes dot products of x's rows
 // with W's rows: every dot product ends in a horizontal sum, and x's rows are read again for every few rows of W
@@ -314,6 +317,45 @@ Napi::Value PackPanels(const Napi::CallbackInfo& info) {
             out[k * kPanel + j] = n < N ? src[n * w.strides[0] + k * w.strides[1]] : Stor<D>{0};
         }
     });
+  });
+  return env.Undefined();
+}
+
+Napi::Value PanelRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "panelRows";
+  tl::TensorRef t[3];
+  for (int i = 0; i < 3; ++i) {
+    t[i] = tl::tensor_arg(info, i, op);
+    if (env.IsExceptionPending()) return env.Undefined();
+  }
+  const tl::TensorRef &panels = t[0], &ids = t[1], &out = t[2];
+  const auto fail = [&](const std::string& why) {
+    Napi::TypeError::New(env, std::string(op) + ": " + why + " (panels " + panels.describe() + ", ids " + ids.describe() +
+                                  ", out " + out.describe() + ")")
+        .ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (panels.ndim() != 3 || panels.shape[2] != kPanel || !panels.contiguous() || !is_float_dtype(panels.dtype))
+    return fail("panels must be contiguous [P, K, 32] of a float dtype (packPanels)");
+  if ((ids.dtype != DType::I32 && ids.dtype != DType::U32) || !ids.contiguous()) return fail("ids must be contiguous int32");
+  const int64_t P = panels.shape[0], K = panels.shape[1];
+  if (out.dtype != DType::F32 || !out.contiguous() || out.numel() != ids.numel() * K)
+    return fail("out must be contiguous float32 [..., K] with a row per id");
+  const int32_t* id = static_cast<const int32_t*>(ids.data);
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    // Rows past N in the last panel are zeros: an id there is as wrong as one past the panels.
+    if (id[i] < 0 || id[i] >= P * kPanel) return fail("id " + std::to_string(id[i]) + " is outside the panels' rows");
+  }
+  float* dst = out.ptr<float>();
+  with_dtype(panels.dtype, [&](auto dt) {
+    constexpr DType D = decltype(dt)::value;
+    const Stor<D>* src = static_cast<const Stor<D>*>(panels.data);
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      // Row n is lane n % 32 of panel n / 32: one value every 32.
+      const Stor<D>* lane = src + (id[i] / kPanel) * K * kPanel + id[i] % kPanel;
+      for (int64_t k = 0; k < K; ++k) dst[i * K + k] = widen<D>(lane[k * kPanel]);
+    }
   });
   return env.Undefined();
 }

@@ -1,5 +1,5 @@
-// Step 9 of native/quantized_matmul.cc, shared with native/dense_linear.cc: the work fused around a decode
-// projection.
+// Step 9 of native/quantized_matmul.cc, shared with the panels' products (native/dense_panels.cc,
+// native/quantized_panels.cc): the work fused around a decode projection.
 //
 // A decode step used to run, per layer, rmsNorm -> qkv matmul -> bias add, ... , o matmul -> residual add,
 // rmsNorm -> gate/up matmul -> silu, mul -> down matmul -> residual add: fourteen ops, each a trip through

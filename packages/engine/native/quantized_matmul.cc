@@ -755,9 +755,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports["cpuFeatures"] = Napi::Function::New(env, CpuFeatures);
   exports["attentionDecode"] = Napi::Function::New(env, engine::AttentionDecode);
   exports["pagedAttentionDecode"] = Napi::Function::New(env, engine::PagedAttentionDecode);
-  exports["denseLinear"] = Napi::Function::New(env, engine::DenseLinear);
   exports["packPanels"] = Napi::Function::New(env, engine::PackPanels);
   exports["panelLinear"] = Napi::Function::New(env, engine::PanelLinear);
+  exports["panelRows"] = Napi::Function::New(env, engine::PanelRows);
   exports["packQuantizedPanels"] = Napi::Function::New(env, engine::PackQuantizedPanels);
   exports["quantizedPanelLinear"] = Napi::Function::New(env, engine::QuantizedPanelLinear);
   exports["dequantizePanelRows"] = Napi::Function::New(env, engine::DequantizePanelRows);

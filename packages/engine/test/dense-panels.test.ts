@@ -84,6 +84,24 @@ describe('Linear on the CPU: weights in panels of 32 outputs', () => {
     expect(fromView[(1 * 3 + 1) * 32 + 2]).toBe(35 + 34);
   });
 
+  it('panelRows: rows of the weight from its panels, widened to float32; an id outside the panels is refused', () => {
+    for (const dtype of ['float32', 'bfloat16', 'float16'] as const) {
+      const w = tc.astype(tc.random.normal([45, 24], { seed: 3 }), dtype);
+      const panels = packPanels(w);
+      const ids = [0, 31, 32, 44, 7, 7];
+      const out = tc.empty([2, 3, 24]);
+      engineKernels().panelRows(panels.native(), tc.tensor(ids, { dtype: 'int32' }).native(), out.native());
+      const table = tc.astype(w, 'float32').toArray() as Float32Array;
+      const got = out.toArray() as Float32Array;
+      ids.forEach((id, i) => {
+        for (let k = 0; k < 24; k++) expect(got[i * 24 + k], `${dtype}, id ${id}, column ${k}`).toBe(table[id * 24 + k]);
+      });
+      expect(() =>
+        engineKernels().panelRows(panels.native(), tc.tensor([64], { dtype: 'int32' }).native(), tc.empty([1, 24]).native()),
+      ).toThrow(/panelRows: id 64 is outside the panels' rows/);
+    }
+  });
+
   it('bad arguments name what is wrong', () => {
     const w = tc.random.normal([40, 16], { seed: 1 });
     const panels = packPanels(w);

@@ -235,10 +235,7 @@ export class Linear {
     }
     const fused = { bias: this.bias, norm, swiglu, residual };
     if (this.quantizedPanels) return quantizedPanelLinear(x, this.quantizedPanels, this.name, fused);
-    if (this.panels) {
-      const panels = this.panels.native();
-      return cpuLinear(x, this.outFeatures, this.name, fused, (xn, out, ...rest) => engineKernels().panelLinear(xn, panels, out, ...rest));
-    }
+    if (this.panels) return panelLinear(x, this.panels, this.outFeatures, this.name, fused);
     return denseLinear(x, this.wT!, this.name, fused);
   }
 }
@@ -254,6 +251,21 @@ export function packPanels(weight: Tensor): Tensor {
   engineKernels().packPanels(weight.native(), panels.native());
   tc.cpu.releaseFilePages(weight);
   return panels;
+}
+
+/**
+ * x [..., in] @ W.T for a dense weight packed by packPanels (out features `outF`), with LinearFusion's work and the
+ * bias in the same native call.
+ */
+export function panelLinear(
+  x: Tensor,
+  panels: Tensor,
+  outF: number,
+  name: string,
+  fusion: LinearFusion & { bias?: Tensor | null } = {},
+): Tensor {
+  const p = panels.native();
+  return cpuLinear(x, outF, name, fusion, (xn, out, ...rest) => engineKernels().panelLinear(xn, p, out, ...rest));
 }
 
 /** A 4-bit weight as native/quantized_panels.cc multiplies it: the packed values, and each group's scales and biases. */
@@ -337,18 +349,13 @@ function cpuLinear(x: Tensor, outF: number, name: string, fusion: LinearFusion &
 }
 
 /**
- * x @ wT (+ bias) with a dense weight given as its transposed view wT [in, out], and the fusion of LinearFusion:
- * on the CPU one native call (native/dense_linear.cc: the prologue, tensor-core's matmul, the epilogue), elsewhere
- * the same ops composed. With fusion.swiglu x is [..., 2 * in].
+ * x @ wT (+ bias) with a dense weight given as its transposed view wT [in, out], and the fusion of LinearFusion
+ * composed from ops: how a weight on another backend (WebGPU) is multiplied (on the CPU weights are in panels).
+ * With fusion.swiglu x is [..., 2 * in].
  */
 export function denseLinear(x: Tensor, wT: Tensor, name: string, fusion: LinearFusion & { bias?: Tensor | null } = {}): Tensor {
-  const [inF, outF] = wT.shape;
+  const inF = wT.shape[0];
   const { norm = null, swiglu = false, residual = null, bias = null } = fusion;
-  if (x.backend === tc.cpu && wT.backend === tc.cpu && (!bias || bias.isContiguous)) {
-    const w = wT.native();
-    return cpuLinear(x, outF, name, fusion, (xn, out, ...rest) => engineKernels().denseLinear(xn, w, out, ...rest));
-  }
-  // Other backends: the same ops, composed.
   let input = x;
   if (swiglu) {
     const lead = x.shape.slice(0, -1).map(() => null);

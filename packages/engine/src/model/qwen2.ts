@@ -38,12 +38,14 @@ import {
   GatedMlp,
   type InputNorm,
   Linear,
-  releaseFused,
+  packPanels,
   packQuantizedPanels,
+  panelLinear,
   quantizedPanelLinear,
   type QuantizedPanels,
   quantizedPanelsSupported,
   type QuantizedPrecision,
+  releaseFused,
   type Weight,
 } from './linear.ts';
 import { quantizedMatmul } from './quantized-matmul.ts';
@@ -121,7 +123,9 @@ export class TokenEmbedding {
   private readonly quantized: tc.QuantizedWeight | null;
   /** A 4-bit table that is also the output head, packed as Linear packs its 4-bit weights; else null. */
   private readonly panels: QuantizedPanels | null;
-  /** The table's transposed view [hidden, vocab], for the tied head (dense tables). */
+  /** A dense table on the CPU that is also the output head, packed as Linear packs dense weights; else null. */
+  private readonly densePanels: Tensor | null;
+  /** The table's transposed view [hidden, vocab], for the tied head of a table left unpacked (another backend). */
   private readonly tableT: Tensor | null;
 
   constructor(
@@ -138,12 +142,13 @@ export class TokenEmbedding {
       const pack = isOutputHead && !precision.exact && quantizedPanelsSupported(weight);
       this.panels = pack ? packQuantizedPanels(weight) : null;
       this.quantized = pack ? null : weight;
-      this.table = null;
-      this.tableT = null;
+      this.table = this.tableT = this.densePanels = null;
     } else {
+      const pack = isOutputHead && weight.backend === tc.cpu;
       this.quantized = this.panels = null;
-      this.table = weight;
-      this.tableT = tc.keep(tc.transpose(weight));
+      this.densePanels = pack ? tc.keep(packPanels(weight)) : null;
+      this.table = pack ? null : weight;
+      this.tableT = pack ? null : tc.keep(tc.transpose(weight));
     }
   }
 
@@ -156,11 +161,13 @@ export class TokenEmbedding {
       rows.dispose();
       return widened;
     }
-    // Dequantize only the looked-up rows (one native call; the ids were range-checked by the model).
+    // Read (dequantize, widen) only the looked-up rows: one native call; the ids were range-checked by the model.
     const out = tc.empty([...ids.shape, this.hiddenSize], 'float32');
     const idsc = tc.contiguous(ids);
     try {
-      if (this.panels) {
+      if (this.densePanels) {
+        engineKernels().panelRows(this.densePanels.native(), idsc.native(), out.native());
+      } else if (this.panels) {
         engineKernels().dequantizePanelRows(this.panels.panels.native(), this.panels.params.native(), idsc.native(), out.native());
       } else {
         const q = this.quantized!;
@@ -185,6 +192,7 @@ export class TokenEmbedding {
 
   /** x [..., hidden] -> logits [..., vocab] = x @ table.T (tied output head); `norm` normalises x first. */
   asLinear(x: Tensor, norm: InputNorm | null = null): Tensor {
+    if (this.densePanels) return panelLinear(x, this.densePanels, this.vocabSize, 'lm_head', { norm });
     if (this.panels) return quantizedPanelLinear(x, this.panels, 'lm_head', { norm });
     return this.quantized
       ? quantizedMatmul(x, this.quantized, { norm, exact: this.precision.exact })
