@@ -84,6 +84,20 @@ describe('Linear on the CPU: weights in panels of 32 outputs', () => {
     expect(fromView[(1 * 3 + 1) * 32 + 2]).toBe(35 + 34);
   });
 
+  it('packPanels packs a large weight a slice of rows at a time, every slice in its place', () => {
+    // 4200 x 1000 float32 is 16.8 MB: two slices of 16 MB or less, the second of 8 rows (a part of one panel).
+    const [n, k] = [4200, 1000];
+    const w = tc.random.normal([n, k], { seed: 5 });
+    const panels = packPanels(w).toArray() as Float32Array;
+    const values = w.toArray() as Float32Array;
+    for (let probe = 0; probe < 4000; probe++) {
+      const row = probe < 40 ? n - 1 - probe : (probe * 7919) % n;
+      const col = (probe * 104729) % k;
+      const at = (Math.floor(row / 32) * k + col) * 32 + (row % 32);
+      expect(panels[at], `row ${row}, column ${col}`).toBe(values[row * k + col]);
+    }
+  });
+
   it('panelRows: rows of the weight from its panels, widened to float32; an id outside the panels is refused', () => {
     for (const dtype of ['float32', 'bfloat16', 'float16'] as const) {
       const w = tc.astype(tc.random.normal([45, 24], { seed: 3 }), dtype);

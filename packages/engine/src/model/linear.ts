@@ -240,16 +240,27 @@ export class Linear {
   }
 }
 
+/** Rows of a weight packed at a time (packPanels): about this many bytes of it, in whole panels. */
+const PACK_SLICE_BYTES = 16 << 20;
+
 /**
  * A dense weight W [out, in] (any float dtype, any strides) packed for native/dense_panels.cc: [ceil(out / 32), in,
  * 32] of its dtype, the weights of 32 outputs side by side for each input. The pages of the mapped file W was read
- * from, if any, are let go: the panels are what is read from now on.
+ * from, if any, are let go: the panels are what is read from now on. That goes a slice of rows at a time, so that a
+ * large matrix (a tied embedding table: 272 MB for Qwen2-0.5B in bf16) and its panels are never both resident.
  */
 export function packPanels(weight: Tensor): Tensor {
   const [outF, inF] = weight.shape;
   const panels = tc.empty([Math.ceil(outF / 32), inF, 32], weight.dtype);
-  engineKernels().packPanels(weight.native(), panels.native());
-  tc.cpu.releaseFilePages(weight);
+  const rowsPerSlice = 32 * Math.max(1, Math.floor(PACK_SLICE_BYTES / (32 * Math.max(1, inF) * tc.itemSize(weight.dtype))));
+  for (let r0 = 0; r0 < outF; r0 += rowsPerSlice) {
+    const r1 = Math.min(outF, r0 + rowsPerSlice);
+    tc.tidy(() => {
+      const rows = tc.slice(weight, [[r0, r1]]);
+      engineKernels().packPanels(rows.native(), tc.slice(panels, [[r0 / 32, Math.ceil(r1 / 32)]]).native());
+      tc.cpu.releaseFilePages(rows);
+    });
+  }
   return panels;
 }
 
