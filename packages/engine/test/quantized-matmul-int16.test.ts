@@ -8,7 +8,7 @@ import * as tc from '@tiny-llm/tensor-core';
 import { quantizedMatmul } from '../src/model/quantized-matmul.ts';
 import { engineKernels } from '../src/model/native.ts';
 import { checkFusion, checkInt16 } from './support/int16-reference.ts';
-import { makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
+import { edgeCaseProblems, makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
 
 /** The int16 kernel this process runs (native cpuFeatures), checked against the level asked for. */
 function expectedInt16Kernel(): string {
@@ -44,15 +44,7 @@ describe(`quantizedMatmul with integer activations (${expectedInt16Kernel()} ker
   }
 
   it('float16 and float32 scales, bfloat16 x, blocks of zeros and of one large value', () => {
-    for (const scaleDtype of ['float16', 'float32'] as const) {
-      check(makeProblem(3, 20, 256, 4, 64, { scaleDtype, xDtype: 'bfloat16' }), scaleDtype);
-    }
-    const p = makeProblem(2, 24, 128, 8, 32);
-    const xv = p.x.toArray() as Float32Array;
-    xv.fill(0, 0, 32); // a block of zeros: scale 0
-    xv.fill(0, 128 + 32, 128 + 64);
-    xv[128 + 40] = 1000; // one value dominating its block
-    check({ ...p, x: tc.tensor(xv, { shape: [2, 128] }) }, 'zeros and a spike');
+    for (const { problem, what } of edgeCaseProblems(8)) check(problem, what);
   });
 
   it('sizes that split across the pool (N = 1100, K = 2048; M = 1, 7, 16)', () => {

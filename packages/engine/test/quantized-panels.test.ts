@@ -8,7 +8,7 @@ import * as tc from '@tiny-llm/tensor-core';
 import { Linear, packQuantizedPanels, quantizedPanelLinear, quantizedPanelsSupported } from '../src/model/linear.ts';
 import { engineKernels } from '../src/model/native.ts';
 import { checkFusion, checkInt16 } from './support/int16-reference.ts';
-import { makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
+import { edgeCaseProblems, makeProblem, type Problem } from './support/quantized-matmul-cases.ts';
 
 const vnni = (() => {
   const f = tc.cpuFeatures();
@@ -77,15 +77,7 @@ describe(`4-bit weights in panels (${vnni ? 'the VNNI kernel' : 'the plain loops
   });
 
   it('float16 and float32 scales, bfloat16 x, blocks of zeros and of one large value', () => {
-    for (const scaleDtype of ['float16', 'float32'] as const) {
-      check(makeProblem(3, 20, 256, 4, 64, { scaleDtype, xDtype: 'bfloat16' }), scaleDtype);
-    }
-    const p = makeProblem(2, 24, 128, 4, 32);
-    const xv = p.x.toArray() as Float32Array;
-    xv.fill(0, 0, 32); // a block of zeros: scale 0
-    xv.fill(0, 128 + 32, 128 + 64);
-    xv[128 + 40] = 1000; // one value dominating its block
-    check({ ...p, x: tc.tensor(xv, { shape: [2, 128] }) }, 'zeros and a spike');
+    for (const { problem, what } of edgeCaseProblems(4)) check(problem, what);
   });
 
   it.each([1, 20])('the fused prologue (rmsNorm, swiglu) and epilogue (bias, residual): M = %i', (m) => {

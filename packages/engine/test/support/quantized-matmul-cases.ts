@@ -43,6 +43,24 @@ export function makeProblem(
   return { x, w, m, n, k };
 }
 
+/**
+ * Problems at the edges of the integer activations: 4-bit weights with float16 and float32 scales and bfloat16 x;
+ * and a `bits`-bit one whose x has blocks of zeros (scale 0) and a block dominated by one large value.
+ */
+export function edgeCaseProblems(bits: number): { problem: Problem; what: string }[] {
+  const cases: { problem: Problem; what: string }[] = (['float16', 'float32'] as const).map((scaleDtype) => ({
+    problem: makeProblem(3, 20, 256, 4, 64, { scaleDtype, xDtype: 'bfloat16' }),
+    what: scaleDtype,
+  }));
+  const p = makeProblem(2, 24, 128, bits, 32);
+  const xv = p.x.toArray() as Float32Array;
+  xv.fill(0, 0, 32); // a block of zeros: scale 0
+  xv.fill(0, 128 + 32, 128 + 64);
+  xv[128 + 40] = 1000; // one value dominating its block
+  cases.push({ problem: { ...p, x: tc.tensor(xv, { shape: [2, 128] }) }, what: 'zeros and a spike' });
+  return cases;
+}
+
 /** x @ dequantize(w).T in float64, [M, N] flattened. */
 export function reference(p: Problem): Float64Array {
   const wd = tc.dequantize(p.w).toArray() as Float32Array;
