@@ -37,7 +37,7 @@
 //      hi = xq >> 8 in [-128, 127] (signed) and lo = xq & 255 in [0, 255] (unsigned). lo times the weights (0 to
 //      15: valid signed bytes) and the weights times hi are one vpdpbusd each, and the two sums give the block's
 //      dot product exactly: sum q * xq = 256 * sum q * hi + sum q * lo (at most 32 * 15 * 32767: int32 holds it).
-//      128 products of a row take 4 vpdpbusd and 3 logic instructions where the row kernels took about 12.
+//      128 products (8 values of 16 rows) take 4 vpdpbusd and 3 logic instructions; the row kernels took about 12.
 //   3. Tiles of up to 6 x rows (a batch's decode step, a prefill): a vector of words unpacked once serves all of
 //      them. One x row keeps two accumulators of each kind, so that two vpdpbusd chains hide each other's latency;
 //      more rows interleave their own. 6 rows rather than 4 (24 of the 32 registers as accumulators): 3-19% more
@@ -50,6 +50,9 @@
 //      medians: 71.8 -> 77.8 and 73.3 -> 87.0 tok/s (8 and 16 KB ahead: no better than 4).
 // One core, M = 1 (best of several, the row kernel in the same run): 1024 x 896 from L2 18.4 -> 39.7 GB/s of
 // weights and parameters, 896 x 4864 14.7 -> 33.3; from DRAM (8 copies in turn) 16.7 -> 21.8 and 9.6 -> 14.6.
+// Without VNNI a byte product takes two instructions (vpmaddubsw, vpmaddwd); an AVX2 form of the panels, 8 rows a
+// vector, measured slower than the row kernels at the AVX2 level (decode 66.5 against 76.7 tok/s, prefill 156
+// against 180), so there 4-bit layers keep the checkpoint's layout.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
