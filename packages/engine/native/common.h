@@ -83,6 +83,20 @@ struct LinearArgs {
 // of the calling thread (valid until its next call) holding x widened and transformed. With kSwiglu, x is [M, 2K].
 const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusion& f);
 
+// What is wrong with a row lookup (an embedding's: dequantizeRows, dequantizePanelRows, panelRows), or "": ids
+// int32 (or uint32), contiguous, each in [0, rows); out float32, contiguous, K values per id. (A panel layout's rows
+// past N are zeros: an id there is as wrong as one past the table, and `rows` counts the panels' rows.)
+inline std::string check_lookup(const tl::TensorRef& ids, const tl::TensorRef& out, int64_t K, int64_t rows) {
+  if ((ids.dtype != tl::DType::I32 && ids.dtype != tl::DType::U32) || !ids.contiguous()) return "ids must be contiguous int32";
+  if (out.dtype != tl::DType::F32 || !out.contiguous() || out.numel() != ids.numel() * K)
+    return "out must be contiguous float32 [..., K] with a row per id";
+  const int32_t* id = static_cast<const int32_t*>(ids.data);
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    if (id[i] < 0 || id[i] >= rows) return "id " + std::to_string(id[i]) + " is outside the " + std::to_string(rows) + " rows";
+  }
+  return "";
+}
+
 // ---- The other bindings, registered by the module's Init (native/quantized_matmul.cc) ----------------------------
 
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info);       // native/attention_decode.cc

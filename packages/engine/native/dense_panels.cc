@@ -338,15 +338,9 @@ Napi::Value PanelRows(const Napi::CallbackInfo& info) {
   };
   if (panels.ndim() != 3 || panels.shape[2] != kPanel || !panels.contiguous() || !is_float_dtype(panels.dtype))
     return fail("panels must be contiguous [P, K, 32] of a float dtype (packPanels)");
-  if ((ids.dtype != DType::I32 && ids.dtype != DType::U32) || !ids.contiguous()) return fail("ids must be contiguous int32");
-  const int64_t P = panels.shape[0], K = panels.shape[1];
-  if (out.dtype != DType::F32 || !out.contiguous() || out.numel() != ids.numel() * K)
-    return fail("out must be contiguous float32 [..., K] with a row per id");
+  const int64_t K = panels.shape[1];
+  if (const std::string why = check_lookup(ids, out, K, panels.shape[0] * kPanel); !why.empty()) return fail(why);
   const int32_t* id = static_cast<const int32_t*>(ids.data);
-  for (int64_t i = 0; i < ids.numel(); ++i) {
-    // Rows past N in the last panel are zeros: an id there is as wrong as one past the panels.
-    if (id[i] < 0 || id[i] >= P * kPanel) return fail("id " + std::to_string(id[i]) + " is outside the panels' rows");
-  }
   float* dst = out.ptr<float>();
   with_dtype(panels.dtype, [&](auto dt) {
     constexpr DType D = decltype(dt)::value;

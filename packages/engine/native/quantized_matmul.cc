@@ -713,10 +713,8 @@ Napi::Value DequantizeRows(const Napi::CallbackInfo& info) {
   const int64_t N = w.shape[0], K = w.shape[1] * 32 / bits;
   if (K % G != 0 || scales.shape[0] != N || scales.shape[1] != K / G || biases.shape != scales.shape)
     return fail("scales and biases must be [N, K / groupSize]");
-  if (ids.dtype != DType::I32 && ids.dtype != DType::U32) return fail("ids must be int32");
-  if (out.dtype != DType::F32 || out.numel() != ids.numel() * K || !out.contiguous() || !ids.contiguous() ||
-      !w.contiguous() || !scales.contiguous() || !biases.contiguous())
-    return fail("out must be float32 [..., K] with a row per id; every operand contiguous");
+  if (!w.contiguous() || !scales.contiguous() || !biases.contiguous()) return fail("w, scales and biases must be contiguous");
+  if (const std::string why = check_lookup(ids, out, K, N); !why.empty()) return fail(why);
   Problem p{};
   p.K = K;
   p.N = N;
@@ -730,9 +728,6 @@ Napi::Value DequantizeRows(const Napi::CallbackInfo& info) {
   p.sdtype = scales.dtype;
   const DequantFn dequant = dequant_kernel(bits);
   const int32_t* id = static_cast<const int32_t*>(ids.data);
-  for (int64_t i = 0; i < ids.numel(); ++i) {
-    if (id[i] < 0 || id[i] >= N) return fail("id " + std::to_string(id[i]) + " is outside the " + std::to_string(N) + " rows");
-  }
   try {
     for (int64_t i = 0; i < ids.numel(); ++i) dequant(p, id[i], id[i] + 1, out.ptr<float>() + i * K);
   } catch (const std::bad_alloc&) {

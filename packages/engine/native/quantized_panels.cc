@@ -445,16 +445,9 @@ Napi::Value DequantizePanelRows(const Napi::CallbackInfo& info) {
   };
   const int64_t K = panels.ndim() == 3 ? panels.shape[1] * kPerWord : 0;
   if (const char* err = check_panels(panels, params, K)) return fail(err);
-  const int64_t P = panels.shape[0];
-  if ((ids.dtype != DType::I32 && ids.dtype != DType::U32) || !ids.contiguous()) return fail("ids must be contiguous int32");
-  if (out.dtype != DType::F32 || !out.contiguous() || out.numel() != ids.numel() * K)
-    return fail("out must be contiguous float32 [..., K] with a row per id");
+  if (const std::string why = check_lookup(ids, out, K, panels.shape[0] * kRows); !why.empty()) return fail(why);
   const int64_t groups = params.shape[1], G = K / groups;
   const int32_t* id = static_cast<const int32_t*>(ids.data);
-  for (int64_t i = 0; i < ids.numel(); ++i) {
-    // Rows past N in the last panel are zeros: an id there is as wrong as one past the panels.
-    if (id[i] < 0 || id[i] >= P * kRows) return fail("id " + std::to_string(id[i]) + " is outside the panels' rows");
-  }
   const uint32_t* words = static_cast<const uint32_t*>(panels.data);
   float* dst = out.ptr<float>();
   for (int64_t i = 0; i < ids.numel(); ++i) {

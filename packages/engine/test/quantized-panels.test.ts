@@ -104,7 +104,7 @@ describe(`4-bit weights in panels (${vnni ? 'the VNNI kernel' : 'the plain loops
         tc.tensor([48], { dtype: 'int32' }).native(),
         tc.empty([1, 128]).native(),
       ),
-    ).toThrow(/id 48 is outside the panels' rows/);
+    ).toThrow(/id 48 is outside the 48 rows/);
   });
 
   it('bad arguments: a clear error naming what is wrong', () => {
