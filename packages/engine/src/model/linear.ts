@@ -196,6 +196,43 @@ export class Linear {
     }
   }
 
+  /**
+   * Rows `ids` (int32 [...]) of the weight as float32 [..., in]: the token lookup of an embedding table, which a
+   * tied model multiplies as its output head. On the CPU one native call reads (widens, dequantizes) only those
+   * rows, from whichever layout the layer keeps; ids must be in range.
+   */
+  rows(ids: Tensor): Tensor {
+    if (this.wT) {
+      const table = tc.transpose(this.wT);
+      const rows = tc.take(table, ids);
+      table.dispose();
+      if (rows.dtype === 'float32') return rows;
+      const widened = tc.astype(rows, 'float32');
+      rows.dispose();
+      return widened;
+    }
+    const out = tc.empty([...ids.shape, this.inFeatures], 'float32');
+    const idsc = tc.contiguous(ids);
+    const kernels = engineKernels();
+    try {
+      if (this.panels) {
+        kernels.panelRows(this.panels.native(), idsc.native(), out.native());
+      } else if (this.quantizedPanels) {
+        const { panels, params } = this.quantizedPanels;
+        kernels.dequantizePanelRows(panels.native(), params.native(), idsc.native(), out.native());
+      } else {
+        const q = this.quantized!;
+        kernels.dequantizeRows(q.weight.native(), q.scales.native(), q.biases.native(), idsc.native(), out.native(), q.groupSize, q.bits);
+      }
+    } catch (err) {
+      out.dispose();
+      throw new Error(`${this.name}: ${(err as Error).message}`);
+    } finally {
+      if (idsc !== ids) idsc.dispose();
+    }
+    return out;
+  }
+
   /** Whether forward reads the weight the layer was built from (else a packed layout of its own). */
   get readsSourceWeight(): boolean {
     return this.quantized !== null || this.wT !== null;
@@ -268,7 +305,7 @@ export function packPanels(weight: Tensor): Tensor {
  * x [..., in] @ W.T for a dense weight packed by packPanels (out features `outF`), with LinearFusion's work and the
  * bias in the same native call.
  */
-export function panelLinear(
+function panelLinear(
   x: Tensor,
   panels: Tensor,
   outF: number,

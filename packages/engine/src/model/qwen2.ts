@@ -4,10 +4,10 @@
 // - forward(ids, cache, offset) runs only the new tokens: each layer appends their keys and values to its
 //   cache and attends over everything cached. A prefill is one call with the prompt; each decode step is one
 //   call with one token. RoPE rotates the new tokens at their absolute positions offset, offset + 1, ...
-// - Weights stay in their file dtype: bf16/f16 matrices are read in place by matmul (as transposed views,
-//   built once at load), MLX-quantized ones by the engine's quantized matmul (4-bit ones packed into panels
-//   where the CPU has AVX-512 VNNI: Linear); a quantized embedding is dequantized only for the rows a call looks
-//   up (one native call, dequantizeRows, or dequantizePanelRows for a tied 4-bit table packed as the head).
+// - Weights stay in their file dtype: on the CPU, dense matrices are packed at load into panels (Linear; on
+//   another backend matmul reads their transposed views), MLX-quantized ones multiplied by the engine's quantized
+//   matmul (4-bit ones packed into panels where the CPU has AVX-512 VNNI). The embedding table is a Linear too,
+//   whose lookup reads (and dequantizes or widens) only the rows a call asks for (one native call: Linear.rows).
 // - tensor-core's fused kernels: fast.rmsNorm, fast.rope (tables computed once per model, grown on demand),
 //   fast.sdpa for the few-query steps; a prefill's attention is chapter 2.4's flash attention kernel ('causal'
 //   is aligned to the bottom right, so a prefill after cached tokens masks correctly).
@@ -32,23 +32,15 @@ import { loadMoeBlock } from './moe.ts';
 import { DecodeKvCache, type LayerCache } from './kv-cache.ts';
 import { engineKernels } from './native.ts';
 import {
-  denseLinear,
   expectWeightShape,
   fuseWeights,
   GatedMlp,
   type InputNorm,
   Linear,
-  packPanels,
-  packQuantizedPanels,
-  panelLinear,
-  quantizedPanelLinear,
-  type QuantizedPanels,
-  quantizedPanelsSupported,
   type QuantizedPrecision,
   releaseFused,
   type Weight,
 } from './linear.ts';
-import { quantizedMatmul } from './quantized-matmul.ts';
 
 /** Where weights come from: a tensor (or quantized weight) by its Hugging Face name, undefined if absent. */
 export type WeightSource = (name: string) => Weight | undefined;
@@ -115,88 +107,30 @@ function pagedRowsOf(caches: readonly PagedLayerCache[]): PagedRows {
   };
 }
 
-/** The token embedding, in the file's dtype or MLX-quantized; also the output head of tied models. */
+/**
+ * The token embedding, in the file's dtype or MLX-quantized; also the output head of tied models. The table is kept
+ * as a Linear layer (in whatever layout Linear packs it into): its rows are the lookup, its product the tied head.
+ */
 export class TokenEmbedding {
   readonly vocabSize: number;
   readonly hiddenSize: number;
-  private readonly table: Tensor | null;
-  private readonly quantized: tc.QuantizedWeight | null;
-  /** A 4-bit table that is also the output head, packed as Linear packs its 4-bit weights; else null. */
-  private readonly panels: QuantizedPanels | null;
-  /** A dense table on the CPU that is also the output head, packed as Linear packs dense weights; else null. */
-  private readonly densePanels: Tensor | null;
-  /** The table's transposed view [hidden, vocab], for the tied head of a table left unpacked (another backend). */
-  private readonly tableT: Tensor | null;
+  private readonly table: Linear;
 
-  constructor(
-    weight: Weight,
-    vocabSize: number,
-    hiddenSize: number,
-    private readonly precision: QuantizedPrecision = {},
-    isOutputHead = false,
-  ) {
+  constructor(weight: Weight, vocabSize: number, hiddenSize: number, precision: QuantizedPrecision = {}) {
     expectWeightShape('model.embed_tokens', weight, [vocabSize, hiddenSize]);
     this.vocabSize = vocabSize;
     this.hiddenSize = hiddenSize;
-    if (weight instanceof tc.QuantizedWeight) {
-      const pack = isOutputHead && !precision.exact && quantizedPanelsSupported(weight);
-      this.panels = pack ? packQuantizedPanels(weight) : null;
-      this.quantized = pack ? null : weight;
-      this.table = this.tableT = this.densePanels = null;
-    } else {
-      const pack = isOutputHead && weight.backend === tc.cpu;
-      this.quantized = this.panels = null;
-      this.densePanels = pack ? tc.keep(packPanels(weight)) : null;
-      this.table = pack ? null : weight;
-      this.tableT = pack ? null : tc.keep(tc.transpose(weight));
-    }
+    this.table = new Linear(weight, null, 'model.embed_tokens', precision);
   }
 
   /** ids int32 [...] -> float32 [..., hidden]. Ids must be in range (the model checks them first). */
   forward(ids: Tensor): Tensor {
-    if (this.table) {
-      const rows = tc.take(this.table, ids);
-      if (rows.dtype === 'float32') return rows;
-      const widened = tc.astype(rows, 'float32');
-      rows.dispose();
-      return widened;
-    }
-    // Read (dequantize, widen) only the looked-up rows: one native call; the ids were range-checked by the model.
-    const out = tc.empty([...ids.shape, this.hiddenSize], 'float32');
-    const idsc = tc.contiguous(ids);
-    try {
-      if (this.densePanels) {
-        engineKernels().panelRows(this.densePanels.native(), idsc.native(), out.native());
-      } else if (this.panels) {
-        engineKernels().dequantizePanelRows(this.panels.panels.native(), this.panels.params.native(), idsc.native(), out.native());
-      } else {
-        const q = this.quantized!;
-        engineKernels().dequantizeRows(
-          q.weight.native(),
-          q.scales.native(),
-          q.biases.native(),
-          idsc.native(),
-          out.native(),
-          q.groupSize,
-          q.bits,
-        );
-      }
-    } catch (err) {
-      out.dispose();
-      throw err;
-    } finally {
-      if (idsc !== ids) idsc.dispose();
-    }
-    return out;
+    return this.table.rows(ids);
   }
 
   /** x [..., hidden] -> logits [..., vocab] = x @ table.T (tied output head); `norm` normalises x first. */
   asLinear(x: Tensor, norm: InputNorm | null = null): Tensor {
-    if (this.densePanels) return panelLinear(x, this.densePanels, this.vocabSize, 'lm_head', { norm });
-    if (this.panels) return quantizedPanelLinear(x, this.panels, 'lm_head', { norm });
-    return this.quantized
-      ? quantizedMatmul(x, this.quantized, { norm, exact: this.precision.exact })
-      : denseLinear(x, this.tableT!, 'lm_head', { norm });
+    return this.table.forward(x, { norm });
   }
 }
 
@@ -562,8 +496,7 @@ export class Qwen2Model {
     const progress = (done: number) => options.onProgress?.(done, total);
 
     const precision: QuantizedPrecision = { exact: options.exact };
-    const embedding = need('model.embed_tokens.weight');
-    this.embedding = new TokenEmbedding(embedding, config.vocabSize, hiddenSize, precision, config.tieWordEmbeddings);
+    this.embedding = new TokenEmbedding(need('model.embed_tokens.weight'), config.vocabSize, hiddenSize, precision);
     progress(1);
     const shape: AttentionShape = {
       hiddenSize,
