@@ -305,13 +305,7 @@ export function packPanels(weight: Tensor): Tensor {
  * x [..., in] @ W.T for a dense weight packed by packPanels (out features `outF`), with LinearFusion's work and the
  * bias in the same native call.
  */
-function panelLinear(
-  x: Tensor,
-  panels: Tensor,
-  outF: number,
-  name: string,
-  fusion: LinearFusion & { bias?: Tensor | null } = {},
-): Tensor {
+function panelLinear(x: Tensor, panels: Tensor, outF: number, name: string, fusion: LinearFusion & { bias?: Tensor | null } = {}): Tensor {
   const p = panels.native();
   return cpuLinear(x, outF, name, fusion, (xn, out, ...rest) => engineKernels().panelLinear(xn, p, out, ...rest));
 }
