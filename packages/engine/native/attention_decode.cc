@@ -63,6 +63,14 @@ constexpr int64_t kMaxGroup = 64;
 // cache). A contiguous cache cut into runs of 16 with this prefetch, against one run without it, at Qwen2-0.5B's
 // attention shape and 1024 cached positions, 24 layers' caches in turn (bench/paged-attention.ts): one row 50-60
 // -> 30-33 us; the demo model's decode after a 1024-token prompt 538-584 -> 629-968 tokens/s (bench/decode.ts).
+// Then both keys and values fetched during the key pass, into L2 rather than L1 (prefetcht1 instead of t0: L2
+// holds more misses in flight), where the values had been fetched into L1 during the weighted sum, leaving memory
+// idle while the keys were scored and again in the softmax: medians of 9 rounds alternating the two builds, one
+// process, 2 threads, every layer's cache read cold: 16 rows of the demo model's shape (6 query heads on 2 kv
+// heads) at 304 positions, 8 layers, 345 -> 224 us and 327 -> 256 (14-15 -> 19-22 GB/s, against a read probe of
+// 29-31); at 1024 positions 1320 -> 940 us; Qwen2-0.5B's shape at 304 positions, 16 rows, 24 layers, 475 -> 340
+// us, and one row at 1024, 82 -> 67 us. The cost, where the cache sits in L2 or L3: one row of the demo's shape at
+// 304 positions, 8.4 -> 9.0 us. Not better: fetching 4 or 8 runs ahead, or the next task's first runs.
 constexpr int64_t kRunRows = 16;
 constexpr int64_t kPrefetchRuns = 2;
 
@@ -226,12 +234,8 @@ void weighted_sum_block(const float* p, const float* inv, int64_t g0, int64_t co
   for (int g = 0; g < GB; ++g)
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) acc[g][j] = V::zero();
+  // The values are in L2 by now: attend_simd fetched them while it scored the keys.
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
-    // The values come from memory run by run: fetch a later run's while this one is summed, only the lines of this
-    // block's columns (each prefetch costs an instruction, wasted when the KV cache already sits in the CPU caches).
-    if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
-      for (int64_t t = 0; t < runs[ahead].n; ++t)
-        for (int64_t i = 0; i < NV * L; i += 16) __builtin_prefetch(runs[ahead].v + t * D + d0 + i);
     for (int64_t t = 0; t < runs[r].n; ++t) {
       typename V::T v[NV];
 #pragma GCC unroll 2
@@ -271,10 +275,18 @@ void weighted_sum_simd(const float* p, const float* inv, int64_t G, const Run* r
 template <class V>
 void attend_simd(const float* q, int64_t G, const Run* runs, int64_t num_runs, int64_t T, int64_t D, float scale,
                  float* scores, float* out, float* stats) {
+  // Memory is read only while the keys are scored: a later run's keys and values are fetched into L2 then
+  // (kPrefetchRuns ahead; the first runs' values now), and the weighted sum finds its values there. Each prefetch
+  // is an instruction, wasted when the cache already sits in the CPU's caches.
+  auto fetch = [D](const Run& run, bool keys) {
+    for (int64_t i = 0; i < run.n * D; i += 16) {
+      if (keys) __builtin_prefetch(run.k + i, 0, 2);
+      __builtin_prefetch(run.v + i, 0, 2);
+    }
+  };
+  for (int64_t r = 0; r < std::min(kPrefetchRuns, num_runs); ++r) fetch(runs[r], false);
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
-    // Fetch a later run's keys while this one's are scored (kPrefetchRuns).
-    if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
-      for (int64_t i = 0; i < runs[ahead].n * D; i += 16) __builtin_prefetch(runs[ahead].k + i);
+    if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs) fetch(runs[ahead], true);
     scores_simd<V>(q, G, runs[r].k, runs[r].n, D, scale, scores + t0, T);
   }
   float inv[kMaxGroup];
