@@ -63,14 +63,15 @@ constexpr int64_t kMaxGroup = 64;
 // cache). A contiguous cache cut into runs of 16 with this prefetch, against one run without it, at Qwen2-0.5B's
 // attention shape and 1024 cached positions, 24 layers' caches in turn (bench/paged-attention.ts): one row 50-60
 // -> 30-33 us; the demo model's decode after a 1024-token prompt 538-584 -> 629-968 tokens/s (bench/decode.ts).
-// Then both keys and values fetched during the key pass, into L2 rather than L1 (prefetcht1 instead of t0: L2
-// holds more misses in flight), where the values had been fetched into L1 during the weighted sum, leaving memory
-// idle while the keys were scored and again in the softmax: medians of 9 rounds alternating the two builds, one
-// process, 2 threads, every layer's cache read cold: 16 rows of the demo model's shape (6 query heads on 2 kv
-// heads) at 304 positions, 8 layers, 345 -> 224 us and 327 -> 256 (14-15 -> 19-22 GB/s, against a read probe of
-// 29-31); at 1024 positions 1320 -> 940 us; Qwen2-0.5B's shape at 304 positions, 16 rows, 24 layers, 475 -> 340
-// us, and one row at 1024, 82 -> 67 us. The cost, where the cache sits in L2 or L3: one row of the demo's shape at
-// 304 positions, 8.4 -> 9.0 us. Not better: fetching 4 or 8 runs ahead, or the next task's first runs.
+// Then both keys and values fetched from memory during the key pass, into L2 (prefetcht1: L2 holds more misses in
+// flight than L1), where the values had been fetched only during the weighted sum, leaving memory idle while the
+// keys were scored; the weighted sum still brings its lines on from L2 into L1. Medians of 11 rounds alternating
+// the builds in one process, 2 threads, every layer's cache read cold (a read probe of 28-32 GB/s): 16 rows of the
+// demo model's shape (6 query heads on 2 kv heads) at 304 positions, 8 layers, 326 -> 203 us (15 -> 25 GB/s); one
+// row at 1024 positions, contiguous, 40 layers, 67 -> 47 us; Qwen2-0.5B's shape (14 on 2) at 304 positions, 16
+// rows, 24 layers, 528 -> 369 us; one row of the demo's shape at 304 positions, its caches in L2 and L3, 8.2 us
+// both. Not better: fetching 1, 3, 4 or 8 runs ahead, the next task's first runs, or a hint not to keep the lines
+// in L3 (prefetchnta).
 constexpr int64_t kRunRows = 16;
 constexpr int64_t kPrefetchRuns = 2;
 
@@ -234,8 +235,12 @@ void weighted_sum_block(const float* p, const float* inv, int64_t g0, int64_t co
   for (int g = 0; g < GB; ++g)
 #pragma GCC unroll 2
     for (int j = 0; j < NV; ++j) acc[g][j] = V::zero();
-  // The values are in L2 by now: attend_simd fetched them while it scored the keys.
   for (int64_t r = 0, t0 = 0; r < num_runs; t0 += runs[r].n, ++r) {
+    // attend_simd fetched the values into L2 while it scored the keys; a later run's lines of this block's columns
+    // are brought on into L1 while this one is summed.
+    if (const int64_t ahead = r + kPrefetchRuns; ahead < num_runs)
+      for (int64_t t = 0; t < runs[ahead].n; ++t)
+        for (int64_t i = 0; i < NV * L; i += 16) __builtin_prefetch(runs[ahead].v + t * D + d0 + i);
     for (int64_t t = 0; t < runs[r].n; ++t) {
       typename V::T v[NV];
 #pragma GCC unroll 2
