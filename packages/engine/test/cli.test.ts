@@ -447,6 +447,20 @@ describe('flags, random weights, the bench accounting', () => {
     expect(flops / (2 * bf16.params)).toBeGreaterThan(0.7);
     expect(flops / (2 * bf16.params)).toBeLessThan(1);
   });
+
+  it('bench --batch: the batch rate, the prefill rate measured between its steps, and their ratio', async () => {
+    const json = join(tmp, 'bench-batch.json');
+    const r = await cli(['bench', '--prompt-len', '16', '--gen', '16', '--reps', '1', '--batch', '3', '--json', json]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(
+      /decode at batch 3: [\d.]+ tok\/s aggregate = [\d.]+ of the prefill rate measured between its steps \([\d.]+ tok\/s\)/,
+    );
+    const report = JSON.parse(readFileSync(json, 'utf8'));
+    expect(report.batch).toBe(3);
+    expect(report.batch_decode_tokens_per_s).toBeGreaterThan(0);
+    expect(report.batch_prefill_tokens_per_s).toBeGreaterThan(0);
+    expect(report.batch_decode_ratio_to_prefill).toBeCloseTo(report.batch_decode_tokens_per_s / report.batch_prefill_tokens_per_s, 6);
+  });
 });
 
 // Keep the fixture paths honest: the tests above rely on them.
