@@ -548,10 +548,9 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   DecodeArgs a;
   if (!a.parse(info, op, 6)) return env.Undefined();
   const int64_t position = info[3].ToNumber().Int64Value();
-  tl::TensorRef keys = tl::tensor_arg(info, 4, op);
-  if (env.IsExceptionPending()) return env.Undefined();
-  tl::TensorRef values = tl::tensor_arg(info, 5, op);
-  if (env.IsExceptionPending()) return env.Undefined();
+  tl::TensorRef kv[2];
+  if (!tensor_args(info, op, 4, kv)) return env.Undefined();
+  const tl::TensorRef &keys = kv[0], &values = kv[1];
   auto fail = [&](const std::string& why) {
     Napi::RangeError::New(env, std::string(op) + ": " + why + " (" + a.describe() + ", keys " + keys.describe() + ", values " +
                                    values.describe() + ", position " + std::to_string(position) + ")")
@@ -593,10 +592,7 @@ Napi::Value PagedAttentionDecode(const Napi::CallbackInfo& info) {
   DecodeArgs a;
   if (!a.parse(info, op, 7)) return env.Undefined();
   tl::TensorRef t[4];
-  for (int i = 0; i < 4; ++i) {
-    t[i] = tl::tensor_arg(info, 3 + i, op);
-    if (env.IsExceptionPending()) return env.Undefined();
-  }
+  if (!tensor_args(info, op, 3, t)) return env.Undefined();
   const tl::TensorRef &positions_t = t[0], &keys = t[1], &values = t[2], &tables = t[3];
   auto fail = [&](const std::string& why) {
     Napi::RangeError::New(env, std::string(op) + ": " + why + " (" + a.describe() + ", pages " + keys.describe() + ", block tables " +

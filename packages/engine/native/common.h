@@ -25,6 +25,16 @@ using Buffer = tl::ScratchBuffer;
 template <class Task> void run_tasks(int64_t n, const Task& task) { tl::run_tasks(n, tl::num_threads(), task); }
 template <class Task> void run_tasks_in_parts(int64_t n, const Task& task) { tl::run_tasks_in_parts(n, tl::num_threads(), task); }
 
+// Arguments first .. first + N - 1 of a binding, read as tensors into t; false, with a JavaScript exception
+// pending that names op and the argument, when one is not a tensor.
+template <int N> bool tensor_args(const Napi::CallbackInfo& info, const char* op, int first, tl::TensorRef (&t)[N]) {
+  for (int i = 0; i < N; ++i) {
+    t[i] = tl::tensor_arg(info, first + i, op);
+    if (info.Env().IsExceptionPending()) return false;
+  }
+  return true;
+}
+
 #ifdef TL_X86_SIMD
 using tl::simd::hsum;
 using tl::simd::transpose8;

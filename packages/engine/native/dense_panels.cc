@@ -289,10 +289,9 @@ void panel_product(const float* x, int64_t M, int64_t K, int64_t N, const void* 
 Napi::Value PackPanels(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "packPanels";
-  tl::TensorRef w = tl::tensor_arg(info, 0, op);
-  if (env.IsExceptionPending()) return env.Undefined();
-  tl::TensorRef panels = tl::tensor_arg(info, 1, op);
-  if (env.IsExceptionPending()) return env.Undefined();
+  tl::TensorRef t[2];
+  if (!tensor_args(info, op, 0, t)) return env.Undefined();
+  const tl::TensorRef &w = t[0], &panels = t[1];
   const auto fail = [&](const char* why) {
     Napi::TypeError::New(env, std::string(op) + ": " + why + " (w " + w.describe() + ", panels " + panels.describe() + ")")
         .ThrowAsJavaScriptException();
@@ -325,10 +324,7 @@ Napi::Value PanelRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "panelRows";
   tl::TensorRef t[3];
-  for (int i = 0; i < 3; ++i) {
-    t[i] = tl::tensor_arg(info, i, op);
-    if (env.IsExceptionPending()) return env.Undefined();
-  }
+  if (!tensor_args(info, op, 0, t)) return env.Undefined();
   const tl::TensorRef &panels = t[0], &ids = t[1], &out = t[2];
   const auto fail = [&](const std::string& why) {
     Napi::TypeError::New(env, std::string(op) + ": " + why + " (panels " + panels.describe() + ", ids " + ids.describe() +

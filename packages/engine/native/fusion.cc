@@ -124,10 +124,9 @@ const float* prepare_x(const tl::TensorRef& x, int64_t M, int64_t K, const Fusio
 
 bool LinearArgs::read(const Napi::CallbackInfo& info, const char* op) {
   Napi::Env env = info.Env();
-  for (auto [i, t] : {std::pair{0, &x}, std::pair{1, &weight}, std::pair{2, &out}}) {
-    *t = tl::tensor_arg(info, i, op);
-    if (env.IsExceptionPending()) return false;
-  }
+  tl::TensorRef t[3];
+  if (!tensor_args(info, op, 0, t)) return false;
+  x = t[0], weight = t[1], out = t[2];
   fusion_error = parse_fusion(info, 3, fusion);
   if (env.IsExceptionPending()) return false;
   if (x.ndim() >= 1 && out.ndim() >= 1) {

@@ -561,10 +561,7 @@ Napi::Value QuantizedMatmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "quantizedMatmul";
   tl::TensorRef t[5];
-  for (int i = 0; i < 5; ++i) {
-    t[i] = tl::tensor_arg(info, i, op);
-    if (env.IsExceptionPending()) return env.Undefined();
-  }
+  if (!tensor_args(info, op, 0, t)) return env.Undefined();
   const tl::TensorRef &x = t[0], &w = t[1], &scales = t[2], &biases = t[3], &out = t[4];
   const int G = info[5].ToNumber().Int32Value();
   const int bits = info[6].ToNumber().Int32Value();
@@ -693,10 +690,7 @@ Napi::Value DequantizeRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "dequantizeRows";
   tl::TensorRef t[5];
-  for (int i = 0; i < 5; ++i) {
-    t[i] = tl::tensor_arg(info, i, op);
-    if (env.IsExceptionPending()) return env.Undefined();
-  }
+  if (!tensor_args(info, op, 0, t)) return env.Undefined();
   const tl::TensorRef &w = t[0], &scales = t[1], &biases = t[2], &ids = t[3], &out = t[4];
   const int G = info[5].ToNumber().Int32Value();
   const int bits = info[6].ToNumber().Int32Value();

@@ -349,10 +349,7 @@ Napi::Value PackQuantizedPanels(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "packQuantizedPanels";
   tl::TensorRef t[5];
-  for (int i = 0; i < 5; ++i) {
-    t[i] = tl::tensor_arg(info, i, op);
-    if (env.IsExceptionPending()) return env.Undefined();
-  }
+  if (!tensor_args(info, op, 0, t)) return env.Undefined();
   const tl::TensorRef &w = t[0], &scales = t[1], &biases = t[2], &panels = t[3], &params = t[4];
   const auto fail = [&](const char* why) {
     Napi::TypeError::New(env, std::string(op) + ": " + why + " (w " + w.describe() + ", scales " + scales.describe() +
@@ -432,10 +429,7 @@ Napi::Value DequantizePanelRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const char* op = "dequantizePanelRows";
   tl::TensorRef t[4];
-  for (int i = 0; i < 4; ++i) {
-    t[i] = tl::tensor_arg(info, i, op);
-    if (env.IsExceptionPending()) return env.Undefined();
-  }
+  if (!tensor_args(info, op, 0, t)) return env.Undefined();
   const tl::TensorRef &panels = t[0], &params = t[1], &ids = t[2], &out = t[3];
   const auto fail = [&](const std::string& why) {
     Napi::TypeError::New(env, std::string(op) + ": " + why + " (panels " + panels.describe() + ", params " +
