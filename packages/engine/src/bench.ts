@@ -459,17 +459,17 @@ export async function runBench(flags: BenchFlags, h: BenchHelpers): Promise<Benc
   }
 
   const batch = flags.batch;
-  if (batch !== undefined && !(model instanceof EngineQwen2)) {
+  // Batches run through the engine's scheduler: its own model, or its tensor-parallel group.
+  const batchModel = model instanceof EngineQwen2 || model instanceof TensorParallelModel ? model : null;
+  if (batch !== undefined && batchModel === null) {
     throw new UsageError('bench: --batch measures the engine on the CPU (leave out --solution, --week and --device)');
   }
   process.stderr.write(`measuring: prefill ${promptLen} tokens, decode ${gen} tokens, best of ${reps}...\n`);
   const speed = await measureSpeed(model, promptLen, gen, reps, seed);
   let batched: { tokensPerS: number; prefillTokensPerS: number } | null = null;
-  if (batch !== undefined) {
-    if (!(model instanceof EngineQwen2 || model instanceof TensorParallelModel))
-      throw new UsageError('bench: --batch measures the engine (leave out --solution and --week)');
+  if (batch !== undefined && batchModel !== null) {
     process.stderr.write(`measuring: decode at batch ${batch} (${gen} steps after ${batch} prefills of ${promptLen} tokens)...\n`);
-    batched = await measureBatchDecode(model, batch, promptLen, gen, seed);
+    batched = await measureBatchDecode(batchModel, batch, promptLen, gen, seed);
   }
   let allReduce: AllReduceTiming[] | null = null;
   if (model instanceof TensorParallelModel) {

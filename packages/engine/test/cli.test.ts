@@ -448,9 +448,12 @@ describe('flags, random weights, the bench accounting', () => {
     expect(flops / (2 * bf16.params)).toBeLessThan(1);
   });
 
-  it('bench --batch: the batch rate, the prefill rate measured between its steps, and their ratio', async () => {
-    const json = join(tmp, 'bench-batch.json');
-    const r = await cli(['bench', '--prompt-len', '16', '--gen', '16', '--reps', '1', '--batch', '3', '--json', json]);
+  it.each([
+    ['the engine', []],
+    ['its tensor-parallel group', ['--tensor-parallel', '2']],
+  ])('bench --batch, %s: the batch rate, the prefill rate measured between its steps, and their ratio', async (what, extra) => {
+    const json = join(tmp, `bench-batch-${extra.length}.json`);
+    const r = await cli(['bench', ...extra, '--prompt-len', '16', '--gen', '16', '--reps', '1', '--batch', '3', '--json', json]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(
       /decode at batch 3: [\d.]+ tok\/s aggregate = [\d.]+ of the prefill rate measured between its steps \([\d.]+ tok\/s\)/,
